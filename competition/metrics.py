@@ -1,0 +1,91 @@
+"""Multi-label metrics as pure functions of (y_true, predictions or probabilities), via scikit-learn.
+
+Macro metrics skip nothing silently: F1/precision/recall count a label absent from y_true and
+never predicted as 0 (zero_division=0); ranking metrics (AP, ROC-AUC) are undefined for such a
+label and average over the labels where they are defined.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def decide(prob: np.ndarray, thresholds=0.5, min_labels: int = 1) -> np.ndarray:
+    """Binary predictions: prob >= threshold per label, then force the top `min_labels` on empty rows."""
+    prob = np.asarray(prob, dtype=np.float64)
+    pred = (prob >= np.asarray(thresholds, dtype=np.float64)).astype(np.uint8)
+    if min_labels > 0:
+        short = pred.sum(1) < min_labels
+        if short.any():
+            top = np.argsort(-prob[short], axis=1)[:, :min_labels]
+            rows = np.nonzero(short)[0][:, None]
+            pred[rows, top] = 1
+    return pred
+
+
+def f1(y, pred, average="micro"):
+    return float(skm.f1_score(y, pred, average=average, zero_division=0))
+
+
+def precision(y, pred, average="micro"):
+    return float(skm.precision_score(y, pred, average=average, zero_division=0))
+
+
+def recall(y, pred, average="micro"):
+    return float(skm.recall_score(y, pred, average=average, zero_division=0))
+
+
+def hamming_loss(y, pred):
+    return float(skm.hamming_loss(y, pred))
+
+
+def subset_accuracy(y, pred):
+    return float(skm.accuracy_score(y, pred))
+
+
+def jaccard(y, pred):
+    return float(skm.jaccard_score(y, pred, average="samples", zero_division=0))
+
+
+def per_label(fn, y, score):
+    """fn over the labels where y has both classes; NaN elsewhere."""
+    y = np.asarray(y)
+    out = np.full(y.shape[1], np.nan)
+    for j in range(y.shape[1]):
+        if 0 < y[:, j].sum() < len(y):
+            out[j] = fn(y[:, j], score[:, j])
+    return out
+
+
+def mean_average_precision(y, prob):
+    ap = per_label(skm.average_precision_score, y, prob)
+    return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
+
+
+def roc_auc_macro(y, prob):
+    auc = per_label(skm.roc_auc_score, y, prob)
+    return float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan")
+
+
+def top1_hit_rate(y, prob):
+    """Share of rows whose highest-scoring label is a true label."""
+    y = np.asarray(y)
+    return float(y[np.arange(len(y)), np.argmax(prob, axis=1)].mean())
+
+
+def summary(y, prob, thresholds=0.5, min_labels: int = 1) -> dict:
+    """Every metric at once, for reports and run metadata."""
+    pred = decide(prob, thresholds, min_labels)
+    return {
+        "micro_f1": f1(y, pred, "micro"),
+        "macro_f1": f1(y, pred, "macro"),
+        "samples_f1": f1(y, pred, "samples"),
+        "micro_precision": precision(y, pred),
+        "micro_recall": recall(y, pred),
+        "mAP": mean_average_precision(y, prob),
+        "macro_roc_auc": roc_auc_macro(y, prob),
+        "hamming_loss": hamming_loss(y, pred),
+        "subset_accuracy": subset_accuracy(y, pred),
+        "top1_hit_rate": top1_hit_rate(y, prob),
+        "jaccard": jaccard(y, pred),
+    }

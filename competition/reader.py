@@ -1,0 +1,177 @@
+"""Read a competition's raw train/test CSVs and validate them, reporting every offender at once.
+
+The COMP5329 files are not valid CSV: some captions hold unescaped quotes and some span
+several lines, so `pandas.read_csv` mis-parses them. Records are found instead by the line
+that starts with an image id (the spec's `id_pattern`); the caption, the last column, is
+everything after the other fields, up to the next record.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from competition.images import header_problem
+from competition.spec import Spec
+
+MAX_LISTED = 20
+
+
+class DataError(ValueError):
+    """Bad competition input: the message names the file and lists the offenders."""
+
+
+def offenders_error(path, problem: str, offenders: list[str]) -> DataError:
+    shown = "\n  ".join(offenders[:MAX_LISTED])
+    more = f"\n  ... and {len(offenders) - MAX_LISTED} more" if len(offenders) > MAX_LISTED else ""
+    return DataError(f"{path}: {len(offenders)} {problem}:\n  {shown}{more}")
+
+
+def unquote(field: str) -> str:
+    """Strip one pair of enclosing quotes; undo CSV's doubled quotes only if the field used them."""
+    field = field.strip()
+    if len(field) >= 2 and field[0] == field[-1] == '"':
+        field = field[1:-1]
+        if '"' in field and re.fullmatch(r'(?:[^"]|"")*', field):
+            field = field.replace('""', '"')
+    return field
+
+
+def read_records(path: Path, id_pattern: str, columns: list[str]) -> pd.DataFrame:
+    """Split a file into records by id-led lines, so stray quotes and newlines stay inside a caption."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    if not lines:
+        raise DataError(f"{path}: empty file")
+    header = next(csv.reader([lines[0]]))
+    if header != columns:
+        raise DataError(f"{path}: header {header} differs from the spec's columns {columns}")
+    starts = re.compile(rf'^"?(?:{id_pattern})"?,')
+    records: list[tuple[int, list[str]]] = []
+    stray = []
+    for number, line in enumerate(lines[1:], start=2):
+        if starts.match(line):
+            records.append((number, [line]))
+        elif records:
+            records[-1][1].append(line)
+        elif line.strip():
+            stray.append(f"line {number}: {line[:80]!r}")
+    if stray:
+        raise offenders_error(path, "lines before the first record that do not start with an id", stray)
+    rows = []
+    for number, parts in records:
+        text = "\n".join(parts).rstrip()
+        fields = text.split(",", len(columns) - 1)
+        if len(fields) < len(columns):
+            fields += [""] * (len(columns) - len(fields))
+        rows.append([unquote(f) for f in fields] + [number])
+    return pd.DataFrame(rows, columns=columns + ["line"])
+
+
+@dataclasses.dataclass
+class Dataset:
+    spec: Spec
+    root: Path
+    train: pd.DataFrame  # id, labels (tuple of tokens), caption?, line
+    test: pd.DataFrame   # id, caption?, line
+    has_images: bool
+
+    @property
+    def image_root(self) -> Path:
+        return self.root / self.spec.image_dir
+
+    def image_paths(self, frame: pd.DataFrame) -> list[Path]:
+        return [self.image_root / i for i in frame["id"]]
+
+    def targets(self) -> np.ndarray:
+        return encode(self.train["labels"], self.spec.tokens)
+
+    def require_images(self) -> None:
+        if not self.has_images:
+            raise DataError(f"{self.image_root}: no images; this stage needs them "
+                            "(a captions-only data set works with caption models only)")
+
+
+def encode(label_sets, tokens: list[str]) -> np.ndarray:
+    """Multi-hot matrix, columns in spec token order."""
+    index = {t: j for j, t in enumerate(tokens)}
+    out = np.zeros((len(label_sets), len(tokens)), dtype=np.uint8)
+    for i, labels in enumerate(label_sets):
+        for t in labels:
+            out[i, index[t]] = 1
+    return out
+
+
+def columns_of(spec: Spec, labelled: bool) -> list[str]:
+    cols = [spec.id_column] + ([spec.label_column] if labelled else [])
+    return cols + ([spec.caption_column] if spec.caption_column else [])
+
+
+def tidy(frame: pd.DataFrame, spec: Spec) -> pd.DataFrame:
+    renames = {spec.id_column: "id", spec.label_column: "labels", spec.caption_column: "caption"}
+    return frame.rename(columns={k: v for k, v in renames.items() if k in frame})
+
+
+def check_ids(frame: pd.DataFrame, path: Path) -> None:
+    dup = frame[frame["id"].duplicated(keep=False)]
+    if len(dup):
+        raise offenders_error(path, "duplicate ids", [f"line {r.line}: {r.id}" for r in dup.itertuples()])
+    empty = frame[frame["id"] == ""]
+    if len(empty):
+        raise offenders_error(path, "empty ids", [f"line {n}" for n in empty["line"]])
+
+
+def parse_labels(frame: pd.DataFrame, spec: Spec, path: Path) -> pd.DataFrame:
+    valid = set(spec.tokens)
+    empty, unknown, parsed = [], [], []
+    for r in frame.itertuples():
+        tokens = [t for t in r.labels.split(spec.label_separator.strip() or None) if t.strip()]
+        tokens = [t.strip() for t in tokens]
+        if not tokens:
+            empty.append(f"line {r.line} ({r.id})")
+        bad = [t for t in tokens if t not in valid]
+        if bad:
+            unknown.append(f"line {r.line} ({r.id}): {' '.join(repr(b) for b in bad)}")
+        # Order in the file is arbitrary ("8 3 13"): keep spec order, drop repeats.
+        parsed.append(tuple(t for t in spec.tokens if t in tokens))
+    if unknown:
+        raise offenders_error(path, f"rows with unknown label tokens (valid: {' '.join(spec.tokens)})", unknown)
+    if empty:
+        raise offenders_error(path, "rows with an empty label cell", empty)
+    return frame.assign(labels=parsed)
+
+
+def check_images(ds: Dataset) -> None:
+    """Every id needs a readable image header; full decoding is checked again when caching."""
+    frames = [("train", ds.train), ("test", ds.test)]
+    ids = [(name, i) for name, f in frames for i in f["id"]]
+    with ThreadPoolExecutor(8) as pool:
+        problems = list(pool.map(lambda p: header_problem(ds.image_root / p[1]), ids))
+    bad = [f"{name} id {i}: {why}" for (name, i), why in zip(ids, problems) if why]
+    if bad:
+        raise offenders_error(ds.image_root, "images missing or unreadable", bad)
+
+
+def load_dataset(spec: Spec, root: str | Path | None = None, check: bool = True) -> Dataset:
+    root = Path(root or spec.data)
+    train_path, test_path = root / spec.train_csv, root / spec.test_csv
+    train = tidy(read_records(train_path, spec.id_pattern, columns_of(spec, True)), spec)
+    test = tidy(read_records(test_path, spec.id_pattern, columns_of(spec, False)), spec)
+    check_ids(train, train_path)
+    check_ids(test, test_path)
+    both = sorted(set(train["id"]) & set(test["id"]))
+    if both:
+        raise offenders_error(test_path, "ids also in train", both)
+    train = parse_labels(train, spec, train_path)
+    image_root = root / spec.image_dir
+    has_images = image_root.is_dir() and any(image_root.iterdir())
+    ds = Dataset(spec, root, train.reset_index(drop=True), test.reset_index(drop=True), has_images)
+    if check and has_images:
+        check_images(ds)
+    return ds

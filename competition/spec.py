@@ -1,0 +1,65 @@
+"""One YAML file per competition: files, columns, ordered label tokens, metric and budgets."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+SPEC_DIR = Path(__file__).resolve().parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    name: str
+    data: str
+    labels: dict  # token -> human name, in probability-column order
+    train_csv: str = "train.csv"
+    test_csv: str = "test.csv"
+    image_dir: str = "data"
+    id_column: str = "ImageID"
+    id_pattern: str = r'[^,"\s]+'
+    label_column: str = "Labels"
+    label_separator: str = " "
+    caption_column: str | None = None
+    metric: str = "micro_f1"
+    min_labels_per_image: int = 1
+    budget: dict = dataclasses.field(default_factory=lambda: {"model_mb": None, "gpu_hours": None})
+    source: str = ""
+
+    @property
+    def tokens(self) -> list[str]:
+        return list(self.labels)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.labels.values())
+
+
+def available_specs() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(SPEC_DIR.glob("*.yaml"))}
+
+
+def load_spec(name_or_path: str) -> Spec:
+    """A spec by name (competition/<name>.yaml) or by path to a user's own YAML."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        specs = available_specs()
+        if name_or_path not in specs:
+            raise KeyError(f"unknown competition {name_or_path!r}; valid: {', '.join(specs)} "
+                           "(or a path to a spec YAML)")
+        path = specs[name_or_path]
+    raw = yaml.safe_load(path.read_text()) or {}
+    fields = {f.name for f in dataclasses.fields(Spec)} - {"source"}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; valid: {sorted(fields)}")
+    missing = sorted({"name", "data", "labels"} - set(raw))
+    if missing:
+        raise ValueError(f"{path}: missing keys {missing}")
+    # YAML may read label tokens as ints; tokens are strings so tag-word labels need no new code.
+    raw["labels"] = {str(k): str(v) for k, v in raw["labels"].items()}
+    budget = {"model_mb": None, "gpu_hours": None}
+    budget.update(raw.get("budget") or {})
+    raw["budget"] = budget
+    return Spec(**raw, source=str(path))

@@ -1,0 +1,73 @@
+"""Fold assignment and its quality report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+from sklearn.model_selection import KFold
+
+from competition.reader import DataError, offenders_error
+
+
+def assign(splitter, y: np.ndarray) -> np.ndarray:
+    fold = np.full(len(y), -1, dtype=np.int64)
+    for k, (_, val) in enumerate(splitter.split(np.zeros(len(y)), y)):
+        fold[val] = k
+    return fold
+
+
+def make_folds(ids, y: np.ndarray, k: int, seed: int) -> pd.DataFrame:
+    if k < 2 or k > len(y):
+        raise ValueError(f"K={k} folds need 2 <= K <= {len(y)} rows")
+    fold = assign(MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed), y)
+    return pd.DataFrame({"ImageID": list(ids), "fold": fold})
+
+
+def max_relative_deviation(y: np.ndarray, fold: np.ndarray, k: int) -> np.ndarray:
+    """Per label: max over folds of |fold share - overall share| / overall share."""
+    overall = y.mean(0)
+    shares = np.stack([y[fold == f].mean(0) for f in range(k)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.nanmax(np.abs(shares - overall) / overall, axis=0)
+
+
+def quality_report(y: np.ndarray, fold: np.ndarray, k: int, seed: int, tokens, names) -> tuple[str, pd.DataFrame]:
+    """Per-fold label counts, and the stratified split's worst deviation next to plain KFold's."""
+    plain = assign(KFold(n_splits=k, shuffle=True, random_state=seed), y)
+    counts = pd.DataFrame({f"fold{f}": y[fold == f].sum(0) for f in range(k)}, index=list(tokens))
+    table = counts.assign(
+        name=list(names), total=y.sum(0),
+        dev_stratified=max_relative_deviation(y, fold, k),
+        dev_kfold=max_relative_deviation(y, plain, k),
+    )
+    table.index.name = "label"
+    lines = [
+        f"{len(y)} rows, {k} folds, seed {seed}; fold sizes {np.bincount(fold, minlength=k).tolist()}",
+        "dev_* = largest relative deviation of a fold's label share from the overall share (lower is better)",
+        table.to_string(float_format=lambda v: f"{v:.3f}"),
+        f"mean deviation: stratified {table.dev_stratified.mean():.3f}  plain KFold {table.dev_kfold.mean():.3f}",
+    ]
+    rare = table[table.total < table.total.median()]
+    lines.append(f"rare labels (below median count): stratified {rare.dev_stratified.mean():.3f}  "
+                 f"plain KFold {rare.dev_kfold.mean():.3f}")
+    missing = [f"label {t} absent from fold {f}" for t in counts.index for f in range(k)
+               if counts.loc[t, f"fold{f}"] == 0 and table.loc[t, "total"] >= k]
+    if missing:
+        raise AssertionError("stratification failed: " + "; ".join(missing))
+    return "\n".join(lines) + "\n", table
+
+
+def read_folds(path: Path, ids) -> np.ndarray:
+    """Fold of each id, in the order of `ids`; every id must be in the folds file."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no folds file; run `make folds` first")
+    frame = pd.read_csv(path, dtype={"ImageID": str})
+    mapping = dict(zip(frame["ImageID"], frame["fold"]))
+    missing = [i for i in ids if i not in mapping]
+    if missing or len(mapping) != len(ids):
+        extra = sorted(set(mapping) - set(ids))
+        raise offenders_error(path, "ids differ between folds file and train.csv (re-run `make folds FORCE=1`)",
+                              [f"missing {i}" for i in missing] + [f"extra {i}" for i in extra])
+    return np.array([mapping[i] for i in ids], dtype=np.int64)

@@ -1,0 +1,1 @@
+"""Training pipelines: K-fold timm backbones (and a captions model) -> OOF + test probabilities."""

@@ -1,0 +1,38 @@
+"""python -m pipelines {train,bench} --model NAME [key=value ...]"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from competition import load_dataset, load_spec
+from pipelines.config import available_configs, resolve
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__)
+    ap.add_argument("cmd", choices=["train", "bench"])
+    ap.add_argument("--comp", default="demo")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--runs", default="runs")
+    ap.add_argument("--model", required=True, help=f"one of {', '.join(available_configs())} or a YAML path")
+    ap.add_argument("--force", action="store_true", help="start this model over if its run is incompatible")
+    ap.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    a = ap.parse_args(argv)
+    cfg = resolve(a.model, a.overrides)
+    spec = load_spec(a.comp)
+    if cfg["kind"] == "captions" and not spec.caption_column:
+        raise SystemExit(f"{spec.name} has no caption column: a captions model cannot be trained for it")
+    ds = load_dataset(spec, a.data)
+    if a.cmd == "bench":
+        from pipelines.bench import run_bench
+        run_bench(spec, ds, Path(a.runs), cfg)
+        return 0
+    from pipelines.run import train_model
+    quiet = int(os.environ.get("RANK", "0")) != 0
+    train_model(spec, ds, Path(a.runs), cfg, force=a.force, log=(lambda *_: None) if quiet else print)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
