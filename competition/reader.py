@@ -52,7 +52,7 @@ def read_records(path: Path, id_pattern: str, columns: list[str]) -> pd.DataFram
     header = next(csv.reader([lines[0]]))
     if header != columns:
         raise DataError(f"{path}: header {header} differs from the spec's columns {columns}")
-    starts = re.compile(rf'^"?(?:{id_pattern})"?,')
+    starts = re.compile(rf'^"?(?:{id_pattern})"?(?:,|$)')
     records: list[tuple[int, list[str]]] = []
     stray = []
     for number, line in enumerate(lines[1:], start=2):

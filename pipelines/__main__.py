@@ -1,4 +1,4 @@
-"""python -m pipelines {train,bench} --model NAME [key=value ...]"""
+"""python -m pipelines {train,bench} --model NAME [key=value ...]: train every fold of one model, or benchmark it."""
 from __future__ import annotations
 
 import argparse
@@ -17,9 +17,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--model", required=True, help=f"one of {', '.join(available_configs())} or a YAML path")
     ap.add_argument("--force", action="store_true", help="start this model over if its run is incompatible")
-    ap.add_argument("overrides", nargs="*", help="config overrides, key=value")
-    a = ap.parse_args(argv)
-    cfg = resolve(a.model, a.overrides)
+    a, overrides = ap.parse_known_args(argv)  # the rest are key=value config overrides
+    cfg = resolve(a.model, overrides)
     spec = load_spec(a.comp)
     if cfg["kind"] == "captions" and not spec.caption_column:
         raise SystemExit(f"{spec.name} has no caption column: a captions model cannot be trained for it")

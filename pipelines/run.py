@@ -49,7 +49,8 @@ def check_run(model_dir: Path, cfg: dict, folds_sha: str, tokens, force: bool) -
         problems.append("the folds file changed since this run started")
     if old["labels"] != list(tokens):
         problems.append("the label order changed")
-    changed = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k))
+    # Keys new since the run started are not a change: their defaults reproduce the old behaviour.
+    changed = sorted(k for k in set(old_cfg) & set(new_cfg) if old_cfg[k] != new_cfg[k])
     if changed:
         problems.append("config differs: " + ", ".join(f"{k} {old_cfg.get(k)!r} -> {new_cfg.get(k)!r}" for k in changed))
     if problems and not force:
@@ -172,7 +173,7 @@ def plot_history(model_dir: Path, k: int) -> None:
         path = model_dir / f"fold{f}" / "history.csv"
         if path.exists():
             frames.append(pd.read_csv(path).assign(fold=f))
-    if not frames or "epoch" not in frames[0]:
+    if not frames or "train_loss" not in frames[0]:  # captions models have no epochs
         return
     import matplotlib
     matplotlib.use("Agg")

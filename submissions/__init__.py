@@ -1,0 +1,1 @@
+"""Blending, per-label thresholds, budgets and the validated submission file."""

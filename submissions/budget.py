@@ -1,0 +1,68 @@
+"""Fit an ensemble into the competition's size and GPU-hour budgets.
+
+Size = the weight files needed at inference (every fold of a member, or its single refit).
+Cost = the GPU-hours its members' training recorded. When the chosen members exceed a budget,
+the subset (and per member folds or refit) with the best OOF micro-F1 within budget wins.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from submissions.blend import mean_blend, quick_score
+
+MAX_SEARCH_MEMBERS = 12
+
+
+def options(member):
+    yield False
+    if member.test_full is not None:
+        yield True
+
+
+def cost(members, use_full: dict) -> tuple[float, float]:
+    return (sum(m.size_mb(use_full[m.name]) for m in members), sum(m.gpu_hours for m in members))
+
+
+def within(size, hours, max_mb, max_hours) -> bool:
+    return (max_mb is None or size <= max_mb + 1e-9) and (max_hours is None or hours <= max_hours + 1e-9)
+
+
+def select(members, y, min_labels, max_mb, max_hours):
+    """(chosen members, use_full per name, list of reasons for what was dropped or swapped)."""
+    # Prefer fold models (their test predictions match how the OOF was made) while they fit.
+    fold_mode = {m.name: False for m in members}
+    size, hours = cost(members, fold_mode)
+    if within(size, hours, max_mb, max_hours):
+        return members, fold_mode, []
+    if len(members) > MAX_SEARCH_MEMBERS:
+        raise ValueError(f"{len(members)} members over budget: pass MODELS= to choose at most {MAX_SEARCH_MEMBERS}")
+    best = None
+    for r in range(len(members), 0, -1):
+        for subset in itertools.combinations(members, r):
+            for modes in itertools.product(*[list(options(m)) for m in subset]):
+                use_full = {m.name: f for m, f in zip(subset, modes)}
+                size, hours = cost(subset, use_full)
+                if not within(size, hours, max_mb, max_hours):
+                    continue
+                oof, _ = mean_blend([m.oof for m in subset], [m.oof for m in subset])
+                s = quick_score(y, oof, min_labels)
+                key = (s, -sum(use_full.values()), -size)  # ties: fewer refits, then smaller
+                if best is None or key > best[0]:
+                    best = (key, list(subset), use_full)
+    if best is None:
+        raise ValueError(f"no member fits the budget ({max_mb} MB, {max_hours} GPU-hours): "
+                         + ", ".join(f"{m.name} {min(m.size_mb(f) for f in options(m)):.1f} MB "
+                                     f"{m.gpu_hours:.2f} GPU-h" for m in members))
+    _, chosen, use_full = best
+    reasons = []
+    for m in members:
+        if m not in chosen:
+            reasons.append(f"dropped {m.name} ({m.folds_mb:.1f} MB in folds, {m.gpu_hours:.2f} GPU-h): "
+                           "the best blend within budget leaves it out")
+        elif use_full[m.name]:
+            reasons.append(f"{m.name} enters as its full-data refit ({m.full_mb:.1f} MB instead of {m.folds_mb:.1f} MB)")
+    size, hours = cost(chosen, use_full)
+    reasons.append(f"within budget: {size:.1f} MB <= {max_mb} MB, {hours:.2f} <= {max_hours} GPU-hours")
+    return chosen, use_full, reasons

@@ -1,0 +1,97 @@
+"""Trained models as blend members: OOF and test probabilities, sizes and costs, checked for compatibility."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from competition.artifacts import file_sha256, read_json
+from competition.reader import DataError, Dataset
+from folds.split import read_folds
+
+
+@dataclasses.dataclass
+class Member:
+    name: str
+    dir: Path
+    meta: dict
+    oof: np.ndarray                 # (train rows, labels), train.csv order
+    test_folds: np.ndarray          # mean over fold models, test.csv order
+    test_full: np.ndarray | None    # full-data refit, if trained
+    folds_mb: float                 # all fold weight files
+    full_mb: float | None
+    gpu_hours: float
+    oof_sha256: str
+
+    def test(self, use_full: bool) -> np.ndarray:
+        return self.test_full if use_full else self.test_folds
+
+    def size_mb(self, use_full: bool) -> float:
+        return self.full_mb if use_full else self.folds_mb
+
+
+def read_probs(path: Path, ids, tokens) -> np.ndarray:
+    frame = pd.read_csv(path, dtype={"ImageID": str})
+    missing = [t for t in tokens if t not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: label columns {missing} missing (label order differs from the spec?)")
+    frame = frame.set_index("ImageID")
+    absent = [i for i in ids if i not in frame.index]
+    if absent or len(frame) != len(ids):
+        raise DataError(f"{path}: rows do not match the ids ({len(absent)} missing, {len(frame)} rows for {len(ids)} ids)")
+    return frame.loc[list(ids), list(tokens)].to_numpy(dtype=np.float64)
+
+
+def load_member(model_dir: Path, ds: Dataset, tokens) -> Member:
+    meta = read_json(model_dir / "meta.json")
+    k = meta["k"]
+    train_ids, test_ids = list(ds.train["id"]), list(ds.test["id"])
+    oof = read_probs(model_dir / "oof.csv", train_ids, tokens)
+    test = np.mean([read_probs(model_dir / f"test_fold{f}.csv", test_ids, tokens) for f in range(k)], axis=0)
+    full = meta.get("full")
+    test_full = read_probs(model_dir / "test_full.csv", test_ids, tokens) if full else None
+    folds_mb = sum((model_dir / meta["folds"][str(f)]["weights"]).stat().st_size for f in range(k)) / 2**20
+    full_mb = (model_dir / full["weights"]).stat().st_size / 2**20 if full else None
+    return Member(model_dir.name, model_dir, meta, oof, test, test_full, folds_mb, full_mb,
+                  float(meta["gpu_hours"]), file_sha256(model_dir / "oof.csv"))
+
+
+def complete(model_dir: Path) -> bool:
+    if not (model_dir / "meta.json").exists() or not (model_dir / "oof.csv").exists():
+        return False
+    meta = read_json(model_dir / "meta.json")
+    return len(meta["folds_done"]) == meta["k"]
+
+
+def load_members(spec, ds: Dataset, comp_dir: Path, names: list[str] | None = None, log=print) -> list[Member]:
+    """Every complete model under models/ (or exactly `names`), all on the current folds and labels."""
+    models_dir = comp_dir / "models"
+    available = sorted(p.name for p in models_dir.iterdir() if p.is_dir()) if models_dir.is_dir() else []
+    if names:
+        unknown = [n for n in names if n not in available]
+        if unknown:
+            raise DataError(f"{models_dir}: no trained model {unknown}; trained: {', '.join(available) or 'none'}")
+        incomplete = [n for n in names if not complete(models_dir / n)]
+        if incomplete:
+            raise DataError(f"{models_dir}: models {incomplete} have unfinished folds; finish them with `make train`")
+    else:
+        names = [n for n in available if complete(models_dir / n)]
+        for n in sorted(set(available) - set(names)):
+            log(f"skipping {n}: not every fold is trained")
+    if not names:
+        raise DataError(f"{models_dir}: no complete trained model; run `make train MODEL=...` first")
+    folds_sha = file_sha256(comp_dir / "folds.csv")
+    read_folds(comp_dir / "folds.csv", list(ds.train["id"]))
+    bad = []
+    for n in names:
+        meta = read_json(models_dir / n / "meta.json")
+        if meta["folds_sha256"] != folds_sha:
+            bad.append(f"{n}: trained on another folds file ({meta['folds_sha256'][:12]} vs current {folds_sha[:12]})")
+        if meta["labels"] != list(spec.tokens):
+            bad.append(f"{n}: label order {meta['labels']} differs from the spec")
+    if bad:
+        raise DataError("refusing to blend members trained on different folds or labels (retrain them):\n  "
+                        + "\n  ".join(bad))
+    return [load_member(models_dir / n, ds, spec.tokens) for n in names]

@@ -1,0 +1,141 @@
+"""Per-label thresholds against micro-F1, with the "at least one label" rule, and their honest score.
+
+micro-F1 = 2 TP / (TP + FP + P), where P (all true labels) is fixed, so a threshold only moves
+TP and FP. For one label with the others fixed, sorting its scores once gives TP and FP at
+every cut at once (the rule included: a row left empty gets its top label); coordinate ascent
+over labels then handles their coupling through the pooled counts. That exact search
+warm-starts an Optuna study over the same objective.
+"""
+from __future__ import annotations
+
+import numpy as np
+import optuna
+
+from competition.metrics import decide
+
+METHODS = ("fixed", "global", "exact", "optuna")
+
+
+def micro_f1(y: np.ndarray, pred: np.ndarray) -> float:
+    """Same value as sklearn's f1_score(average='micro', zero_division=0), 30x faster for search loops."""
+    tp = np.logical_and(y == 1, pred == 1).sum()
+    denom = pred.sum() + y.sum()
+    return float(2 * tp / denom) if denom else 0.0
+
+
+def score(y, prob, thresholds, min_labels=1) -> float:
+    return micro_f1(y, decide(prob, thresholds, min_labels))
+
+
+def global_threshold(y, prob, min_labels=1, grid=np.linspace(0.02, 0.98, 97)) -> np.ndarray:
+    best = max(grid, key=lambda t: score(y, prob, t, min_labels))
+    return np.full(prob.shape[1], float(best))
+
+
+def cuts(sorted_scores: np.ndarray) -> np.ndarray:
+    """Threshold that keeps the top c rows, for c = 0..n (midpoints: robust to unseen scores)."""
+    s = sorted_scores
+    mids = (s[:-1] + s[1:]) / 2
+    return np.concatenate([[np.nextafter(s[0], np.inf) if len(s) else 1.0], mids, [np.nextafter(s[-1], -np.inf) if len(s) else 0.0]])
+
+
+def best_cut_for_label(y, prob, thr, j, order_j, top, min_labels) -> tuple[float, float]:
+    """Best threshold for label j with the others fixed: (threshold, micro-F1)."""
+    n, L = y.shape
+    others = np.delete(np.arange(L), j)
+    passed_others = prob[:, others] >= thr[others]
+    tp_fixed = np.logical_and(passed_others, y[:, others] == 1).sum()
+    fp_fixed = np.logical_and(passed_others, y[:, others] == 0).sum()
+    yj = y[:, j].astype(np.int64)
+    # Row contributions when label j is above / below its threshold.
+    tp_above, fp_above = yj.copy(), 1 - yj
+    tp_below, fp_below = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    if min_labels >= 1:
+        empty = ~passed_others.any(1)
+        forced = y[np.arange(n), top]  # truth of each row's top label
+        own = empty & (top == j)        # j is the top label: predicted either way
+        tp_below[own], fp_below[own] = yj[own], 1 - yj[own]
+        other = empty & (top != j)
+        tp_below[other], fp_below[other] = forced[other], 1 - forced[other]
+    d_tp = (tp_above - tp_below)[order_j]
+    d_fp = (fp_above - fp_below)[order_j]
+    tp = tp_fixed + tp_below.sum() + np.concatenate([[0], np.cumsum(d_tp)])
+    fp = fp_fixed + fp_below.sum() + np.concatenate([[0], np.cumsum(d_fp)])
+    f1 = 2 * tp / np.maximum(tp + fp + y.sum(), 1)
+    s = prob[order_j, j]
+    valid = np.concatenate([[True], s[:-1] > s[1:], [True]])  # a cut between tied scores is not a cut
+    f1 = np.where(valid, f1, -1)
+    c = int(np.argmax(f1))
+    return float(cuts(s)[c]), float(f1[c])
+
+
+def exact_per_label(y, prob, min_labels=1, init=None, max_passes=10) -> np.ndarray:
+    if min_labels > 1:
+        raise ValueError("exact search handles min_labels 0 or 1; use the optuna method")
+    y = np.asarray(y).astype(np.int64)
+    prob = np.asarray(prob, dtype=np.float64)
+    thr = np.array(init if init is not None else global_threshold(y, prob, min_labels), dtype=np.float64)
+    orders = [np.argsort(-prob[:, j], kind="stable") for j in range(y.shape[1])]
+    top = np.argmax(prob, axis=1)
+    best = score(y, prob, thr, min_labels)
+    for _ in range(max_passes):
+        improved = False
+        for j in range(y.shape[1]):
+            t, f1 = best_cut_for_label(y, prob, thr, j, orders[j], top, min_labels)
+            if f1 > best + 1e-12:
+                thr[j], best, improved = t, f1, True
+        if not improved:
+            break
+    return thr
+
+
+def optuna_per_label(y, prob, min_labels=1, trials=200, seed=0, init=None, storage=None, study_name=None):
+    """TPE over one threshold per label, warm-started from `init`; resumes a stored study."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    L = prob.shape[1]
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
+                                storage=storage, study_name=study_name, load_if_exists=storage is not None)
+    if init is not None and not study.trials:
+        study.enqueue_trial({f"t{j}": float(np.clip(init[j], 0.001, 0.999)) for j in range(L)})
+
+    def objective(trial):
+        thr = np.array([trial.suggest_float(f"t{j}", 0.001, 0.999) for j in range(L)])
+        return score(y, prob, thr, min_labels)
+
+    remaining = trials - len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining)
+    return np.array([study.best_params[f"t{j}"] for j in range(L)])
+
+
+def tune(method: str, y, prob, min_labels=1, trials=200, seed=0, storage=None, study_name=None) -> np.ndarray:
+    if method == "fixed":
+        return np.full(prob.shape[1], 0.5)
+    if method == "global":
+        return global_threshold(y, prob, min_labels)
+    if method == "exact":
+        return exact_per_label(y, prob, min_labels)
+    if method == "optuna":
+        init = exact_per_label(y, prob, min_labels) if min_labels <= 1 else None
+        return optuna_per_label(y, prob, min_labels, trials, seed, init, storage, study_name)
+    raise KeyError(f"unknown threshold method {method!r}; valid: {', '.join(METHODS)}")
+
+
+def nested_score(method, y, prob, fold, min_labels=1, trials=200, seed=0) -> float:
+    """Tune on K-1 folds' OOF, decide the held-out fold, pool the decisions: the honest score."""
+    pred = np.zeros_like(y, dtype=np.uint8)
+    for f in np.unique(fold):
+        inner, outer = fold != f, fold == f
+        thr = tune(method, y[inner], prob[inner], min_labels, trials, seed)
+        pred[outer] = decide(prob[outer], thr, min_labels)
+    return micro_f1(y, pred)
+
+
+def compare(y, prob, fold, min_labels=1, trials=200, seed=0, methods=METHODS, storage=None, study_name=None):
+    """In-sample and nested micro-F1 for each method, plus the in-sample thresholds."""
+    rows = []
+    for m in methods:
+        thr = tune(m, y, prob, min_labels, trials, seed, storage if m == "optuna" else None, study_name)
+        rows.append({"method": m, "in_sample": score(y, prob, thr, min_labels),
+                     "nested": nested_score(m, y, prob, fold, min_labels, trials, seed), "thresholds": thr})
+    return rows

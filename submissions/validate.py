@@ -1,0 +1,64 @@
+"""python -m submissions.validate FILE --comp NAME [--data DIR]: check a submission against a competition spec."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from competition import load_dataset, load_spec
+from competition.reader import DataError, offenders_error
+
+
+def validate_frame(frame: pd.DataFrame, spec, test_ids, where="submission") -> None:
+    """Raise DataError listing every problem class found: header, ids, labels, empty rows."""
+    expected = [spec.id_column, spec.label_column]
+    if list(frame.columns) != expected:
+        raise DataError(f"{where}: header {list(frame.columns)}, expected {expected}")
+    ids = frame[spec.id_column].astype(str)
+    dup = sorted(set(ids[ids.duplicated()]))
+    if dup:
+        raise offenders_error(where, "duplicate ids", dup)
+    missing, extra = sorted(set(test_ids) - set(ids)), sorted(set(ids) - set(test_ids))
+    if missing or extra:
+        raise offenders_error(where, "ids differ from test.csv", [f"missing {i}" for i in missing] + [f"extra {i}" for i in extra])
+    valid = set(spec.tokens)
+    unknown, short = [], []
+    for row, (i, cell) in enumerate(zip(ids, frame[spec.label_column].fillna("").astype(str)), start=2):
+        tokens = cell.split()
+        bad = [t for t in tokens if t not in valid]
+        if bad:
+            unknown.append(f"line {row} ({i}): {' '.join(bad)}")
+        if len(tokens) < spec.min_labels_per_image:
+            short.append(f"line {row} ({i}): {len(tokens)} labels")
+    if unknown:
+        raise offenders_error(where, f"rows with unknown labels (valid: {' '.join(spec.tokens)})", unknown)
+    if short:
+        raise offenders_error(where, f"rows with fewer than {spec.min_labels_per_image} labels", short)
+
+
+def validate_file(path, spec, test_ids) -> None:
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    validate_frame(frame, spec, test_ids, str(path))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m submissions.validate", description=__doc__)
+    ap.add_argument("file")
+    ap.add_argument("--comp", default="demo")
+    ap.add_argument("--data", default=None)
+    a = ap.parse_args(argv)
+    spec = load_spec(a.comp)
+    ds = load_dataset(spec, a.data, check=False)
+    try:
+        validate_file(Path(a.file), spec, list(ds.test["id"]))
+    except DataError as e:
+        print(f"INVALID {e}", file=sys.stderr)
+        return 1
+    print(f"valid: {a.file} ({len(ds.test)} rows, {spec.name})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,33 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail at once instead of retrying
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """A tiny generated competition in the COMP5329 format (runs/demo/data layout)."""
+    from competition.demo_data import generate
+    runs = tmp_path_factory.mktemp("runs")
+    generate(runs / "demo" / "data", n_train=90, n_test=24, size=40, seed=3, workers=1)
+    return runs / "demo" / "data"
+
+
+@pytest.fixture
+def demo_copy(demo_data, tmp_path) -> Path:
+    """A private, writable copy of the tiny competition."""
+    dst = tmp_path / "data"
+    shutil.copytree(demo_data, dst)
+    return dst
+
+
+@pytest.fixture
+def quirks(tmp_path) -> Path:
+    """The hand-written fixture with the real file's quirks, as a captions-only data set."""
+    shutil.copyfile(FIXTURES / "quirks_train.csv", tmp_path / "train.csv")
+    shutil.copyfile(FIXTURES / "quirks_test.csv", tmp_path / "test.csv")
+    return tmp_path

@@ -1,0 +1,145 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from competition import DataError, load_dataset, load_spec
+from competition.images import load_resized, load_rgb
+from competition.reader import encode
+
+
+def spec():
+    return load_spec("comp5329")
+
+
+def test_spec_labels_are_strings_in_order():
+    s = spec()
+    assert s.tokens == [str(i) for i in range(1, 20) if i != 12]
+    assert s.labels["1"] == "person" and s.labels["19"] == "horse"
+    assert s.budget == {"model_mb": 100, "gpu_hours": 24}
+
+
+def test_unknown_spec_lists_valid_names():
+    with pytest.raises(KeyError, match="comp5329.*demo|demo.*comp5329"):
+        load_spec("nope")
+
+
+def test_unknown_spec_key_fails(tmp_path):
+    p = tmp_path / "x.yaml"
+    p.write_text("name: x\ndata: d\nlabels: {a: A}\ncolour: red\n")
+    with pytest.raises(ValueError, match="unknown keys.*colour"):
+        load_spec(str(p))
+
+
+def test_tag_word_labels_need_no_code(tmp_path):
+    p = tmp_path / "planet.yaml"
+    p.write_text("name: planet\ndata: d\nid_pattern: '(train|test)_\\d+'\nlabels: {clear: clear, primary: primary, road: road}\n")
+    (tmp_path / "train.csv").write_text("ImageID,Labels\ntrain_0,clear primary\ntrain_1,road\n")
+    (tmp_path / "test.csv").write_text("ImageID\ntest_0\n")
+    ds = load_dataset(load_spec(str(p)), tmp_path)
+    assert ds.targets().tolist() == [[1, 1, 0], [0, 0, 1]]
+
+
+def test_reader_survives_quotes_and_newlines(quirks):
+    ds = load_dataset(spec(), quirks)
+    assert len(ds.train) == 8 and len(ds.test) == 3
+    cap = dict(zip(ds.train["id"], ds.train["caption"]))
+    assert cap["3.jpg"] == 'A man surfing with titling that reads "spray."'
+    assert cap["5.jpg"] == "A store\n\n\nfull of very tidily arranged piles of jeans, and tops."
+    assert cap["6.jpg"] == 'A dog, a frisbee and "quoted" words.'  # proper CSV escaping is undone
+    assert cap["7.jpg"] == 'A fire hydrant that reads " Make Love To Iraq " .'
+    labels = dict(zip(ds.train["id"], ds.train["labels"]))
+    assert labels["2.jpg"] == ("3", "8", "13")  # spec order, whatever the file's order
+    assert ds.test["caption"].tolist()[1] == 'Two lines\nof caption with "quotes".'
+    assert not ds.has_images  # captions only is valid
+
+
+def write(tmp_path, train_rows, test_rows=('30000.jpg,"t"',)):
+    (tmp_path / "train.csv").write_text("ImageID,Labels,Caption\n" + "\n".join(train_rows) + "\n")
+    (tmp_path / "test.csv").write_text("ImageID,Caption\n" + "\n".join(test_rows) + "\n")
+    return tmp_path
+
+
+def test_duplicate_ids_listed(tmp_path):
+    write(tmp_path, ['0.jpg,1,"a"', '1.jpg,2,"b"', '0.jpg,3,"c"'])
+    with pytest.raises(DataError, match=r"train.csv: 2 duplicate ids:\n  line 2: 0.jpg\n  line 4: 0.jpg"):
+        load_dataset(spec(), tmp_path)
+
+
+def test_unknown_labels_listed_with_rows(tmp_path):
+    write(tmp_path, ['0.jpg,1 12,"a"', '1.jpg,2,"b"', '2.jpg,25 3,"c"'])
+    with pytest.raises(DataError) as e:
+        load_dataset(spec(), tmp_path)
+    msg = str(e.value)
+    assert "train.csv: 2 rows with unknown label tokens" in msg
+    assert "line 2 (0.jpg): '12'" in msg and "line 4 (2.jpg): '25'" in msg
+
+
+def test_empty_label_cell(tmp_path):
+    write(tmp_path, ['0.jpg,1,"a"', '1.jpg,,"b"'])
+    with pytest.raises(DataError, match=r"1 rows with an empty label cell:\n  line 3 \(1.jpg\)"):
+        load_dataset(spec(), tmp_path)
+
+
+def test_many_offenders_are_counted(tmp_path):
+    write(tmp_path, [f'{i}.jpg,99,"x"' for i in range(30)])
+    with pytest.raises(DataError, match=r"30 rows with unknown label tokens.*\.\.\. and 10 more"):
+        try:
+            load_dataset(spec(), tmp_path)
+        except DataError as e:
+            assert str(e).count("line ") == 20
+            raise DataError(str(e).replace("\n", " "))
+
+
+def test_missing_and_undecodable_images(demo_copy):
+    (demo_copy / "data" / "1.jpg").unlink()
+    (demo_copy / "data" / "2.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(DataError) as e:
+        load_dataset(load_spec("demo"), demo_copy)
+    msg = str(e.value)
+    assert "2 images missing or unreadable" in msg
+    assert "train id 1.jpg: missing file" in msg and "train id 2.jpg: cannot read image" in msg
+
+
+def test_image_modes_decode_to_rgb(tmp_path):
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    cases = {
+        "gray.jpg": base.convert("L"),
+        "rgba.png": base.convert("RGBA"),
+        "palette.png": base.convert("P"),
+        "cmyk.jpg": base.convert("CMYK"),
+    }
+    for name, im in cases.items():
+        im.save(tmp_path / name)
+    base.save(tmp_path / "png_named.jpg", format="PNG")
+    for name in list(cases) + ["png_named.jpg"]:
+        arr = load_rgb(tmp_path / name)
+        assert arr.shape == (20, 30, 3) and arr.dtype == np.uint8, name
+    assert load_resized(tmp_path / "cmyk.jpg", 16).shape == (16, 16, 3)
+    # Transparent pixels become white.
+    clear = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    clear.save(tmp_path / "clear.png")
+    assert (load_rgb(tmp_path / "clear.png") == 255).all()
+
+
+def test_exif_orientation_applied(tmp_path):
+    im = Image.new("RGB", (40, 20), (0, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    im.save(tmp_path / "rot.jpg", exif=exif)
+    assert load_rgb(tmp_path / "rot.jpg").shape == (40, 20, 3)
+
+
+def test_multi_hot_in_spec_order():
+    y = encode([("1", "19"), ("3",)], spec().tokens)
+    assert y.shape == (2, 18) and y[0, 0] == 1 and y[0, 17] == 1 and y[1, 2] == 1 and y.sum() == 3
+
+
+def test_real_files_quirk_counts_if_present():
+    """Only where the shared competition files exist beside the checkout (developers' machines)."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "comp5329-6k"
+    if not root.exists():
+        pytest.skip("shared data set not present")
+    ds = load_dataset(spec(), root, check=False)
+    assert (len(ds.train), len(ds.test)) == (6000, 1000)

@@ -1,0 +1,48 @@
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from folds.split import make_folds, quality_report, read_folds
+
+
+def run_folds(runs, data, *extra):
+    return subprocess.run([sys.executable, "-m", "folds", "--comp", "demo", "--data", str(data), "--runs", str(runs),
+                           "--k", "3", *extra], capture_output=True, text=True)
+
+
+def test_deterministic_and_refuses_silent_change(demo_data, tmp_path):
+    r = run_folds(tmp_path, demo_data, "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    path = tmp_path / "demo" / "folds.csv"
+    first = path.read_bytes()
+    assert run_folds(tmp_path, demo_data, "--seed", "1").returncode == 0
+    assert path.read_bytes() == first  # same inputs, same bytes
+    r = run_folds(tmp_path, demo_data, "--seed", "2")
+    assert r.returncode != 0 and "FORCE=1" in r.stderr
+    assert path.read_bytes() == first  # the good file is untouched
+    assert run_folds(tmp_path, demo_data, "--seed", "2", "--force").returncode == 0
+    assert path.read_bytes() != first
+    frame = pd.read_csv(path)
+    assert list(frame.columns) == ["ImageID", "fold"] and sorted(frame.fold.unique()) == [0, 1, 2]
+    assert (tmp_path / "demo" / "folds_report.txt").exists()
+
+
+def test_every_label_in_every_fold_and_beats_kfold():
+    rng = np.random.default_rng(0)
+    y = (rng.random((600, 10)) < np.linspace(0.02, 0.5, 10)).astype(np.uint8)
+    frame = make_folds([f"{i}.jpg" for i in range(600)], y, 5, seed=0)
+    text, table = quality_report(y, frame.fold.to_numpy(), 5, 0, [str(i) for i in range(10)], list("abcdefghij"))
+    for j in range(10):
+        if y[:, j].sum() >= 5:
+            assert all(y[frame.fold == f, j].sum() > 0 for f in range(5))
+    assert table.dev_stratified.mean() < table.dev_kfold.mean()
+    assert "plain KFold" in text
+
+
+def test_read_folds_names_mismatched_ids(tmp_path):
+    pd.DataFrame({"ImageID": ["a", "b"], "fold": [0, 1]}).to_csv(tmp_path / "f.csv", index=False)
+    with pytest.raises(ValueError, match="missing c"):
+        read_folds(tmp_path / "f.csv", ["a", "c"])

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from competition import metrics as m
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 6)) < 0.3).astype(int)
+    prob = np.clip(y * 0.4 + rng.random((200, 6)) * 0.6, 0, 1)
+    return y, prob, m.decide(prob, 0.5, 0)
+
+
+def test_against_sklearn(data):
+    y, prob, pred = data
+    for avg in ("micro", "macro", "samples"):
+        assert m.f1(y, pred, avg) == pytest.approx(skm.f1_score(y, pred, average=avg, zero_division=0))
+    assert m.precision(y, pred) == pytest.approx(skm.precision_score(y, pred, average="micro"))
+    assert m.recall(y, pred) == pytest.approx(skm.recall_score(y, pred, average="micro"))
+    assert m.mean_average_precision(y, prob) == pytest.approx(skm.average_precision_score(y, prob, average="macro"))
+    assert m.roc_auc_macro(y, prob) == pytest.approx(skm.roc_auc_score(y, prob, average="macro"))
+    assert m.hamming_loss(y, pred) == pytest.approx(skm.hamming_loss(y, pred))
+    assert m.subset_accuracy(y, pred) == pytest.approx(skm.accuracy_score(y, pred))
+    assert m.jaccard(y, pred) == pytest.approx(skm.jaccard_score(y, pred, average="samples"))
+
+
+def test_hand_computed_case():
+    y = np.array([[1, 0, 1], [0, 1, 0]])
+    prob = np.array([[0.9, 0.6, 0.2], [0.1, 0.3, 0.4]])
+    pred = m.decide(prob, 0.5, min_labels=0)
+    assert pred.tolist() == [[1, 1, 0], [0, 0, 0]]
+    # TP=1, FP=1, FN=2 -> micro-F1 = 2/(2+1+2)
+    assert m.f1(y, pred) == pytest.approx(0.4)
+    assert m.top1_hit_rate(y, prob) == pytest.approx(0.5)  # row 0 top=0 (true), row 1 top=2 (false)
+    assert m.hamming_loss(y, pred) == pytest.approx(3 / 6)
+
+
+def test_at_least_one_label_rule():
+    prob = np.array([[0.1, 0.3, 0.2], [0.7, 0.1, 0.9]])
+    assert m.decide(prob, 0.5).tolist() == [[0, 1, 0], [1, 0, 1]]
+    assert m.decide(prob, 0.5, min_labels=2)[0].tolist() == [0, 1, 1]
+
+
+def test_absent_label_does_not_crash():
+    y = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0]])  # label 2 never true
+    prob = np.array([[0.9, 0.2, 0.6], [0.8, 0.7, 0.1], [0.2, 0.9, 0.3]])
+    s = m.summary(y, prob)
+    assert np.isfinite(s["mAP"]) and np.isfinite(s["macro_roc_auc"]) and np.isfinite(s["macro_f1"])
+    assert s["mAP"] == pytest.approx(1.0)  # averaged over the two defined labels
