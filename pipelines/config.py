@@ -15,6 +15,8 @@ DEFAULTS = {
     "pretrained": "none",       # none | hub | offline | file
     "pretrained_file": None,
     "mode": "finetune",         # finetune | frozen (only the head trains)
+    "train_from": None,         # EfficientNet family: stages before this one stay frozen and are run
+                                # once (cached); only the rest trains. ~6x faster at 224 px on a CPU.
     "head": "linear",           # linear | mlp
     "head_hidden": [1024],      # mlp widths
     "dropout": 0.0,
@@ -89,6 +91,10 @@ def resolve(model: str, overrides: list[str] | dict | None = None) -> dict:
             pairs[key.strip()] = parse_value(value.strip())
     check_keys(pairs, "overrides")
     cfg = {**DEFAULTS, **from_file, **pairs, "name": path.stem}
+    if isinstance(cfg["folds"], (tuple, list, int)):  # `folds=0,2` parses as a tuple
+        cfg["folds"] = ",".join(map(str, cfg["folds"] if not isinstance(cfg["folds"], int) else [cfg["folds"]]))
+    if cfg["train_from"] is not None and cfg["mode"] == "frozen":
+        raise ValueError("train_from and mode: frozen exclude each other")
     if cfg["kind"] not in ("image", "captions"):
         raise ValueError(f"kind must be image or captions, not {cfg['kind']!r}")
     return cfg

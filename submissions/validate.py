@@ -61,4 +61,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from competition.cli import run
+    run(main)

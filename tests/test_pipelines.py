@@ -1,0 +1,225 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+
+from competition import load_dataset, load_spec
+from competition.reader import DataError
+from pipelines.cache import build_cache
+from pipelines.config import resolve
+from pipelines.weights import WeightsError, load_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, **kw):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, **kw)
+
+
+def folds_for(data, runs, k=3):
+    r = cli("-m", "folds", "--comp", "demo", "--data", str(data), "--runs", str(runs), "--k", str(k))
+    assert r.returncode == 0, r.stderr
+
+
+def train(data, runs, model="tiny", *overrides, **kw):
+    return cli("-m", "pipelines", "train", "--comp", "demo", "--data", str(data), "--runs", str(runs),
+               "--model", model, *overrides, **kw)
+
+
+def test_config_overrides_and_unknown_keys():
+    cfg = resolve("tiny", ["epochs=3", "img_size=48", "folds=0,2", "lr=1e-2", "tta=false"])
+    assert (cfg["epochs"], cfg["img_size"], cfg["folds"], cfg["lr"], cfg["tta"]) == (3, 48, "0,2", 0.01, False)
+    with pytest.raises(KeyError, match="unknown config keys \\['epoch'\\]; valid keys: .*epochs"):
+        resolve("tiny", ["epoch=3"])
+    with pytest.raises(KeyError, match="unknown model 'nope'; valid: .*tf_efficientnet_lite0"):
+        resolve("nope")
+
+
+def test_every_config_builds():
+    from pipelines.config import available_configs
+    for name in available_configs():
+        cfg = resolve(name)
+        if cfg["kind"] == "image":
+            assert cfg["backbone"] in timm.list_models(), name
+
+
+@pytest.mark.parametrize("backbone", ["tf_efficientnet_lite0", "mobilenetv2_100"])
+def test_offline_weights_load_and_verify(backbone):
+    model = timm.create_model(backbone, num_classes=0)
+    before = model.conv_stem.weight.clone()
+    assert load_pretrained(model, backbone, "offline", None).startswith("offline")
+    assert not torch.equal(before, model.conv_stem.weight)
+
+
+def test_unavailable_pretrained_weights_fail_loudly(tmp_path):
+    model = timm.create_model("resnet18", num_classes=0)
+    with pytest.raises(WeightsError, match="could not be had"):
+        load_pretrained(model, "resnet18", "hub", None)  # no hub here (HF_HUB_OFFLINE)
+    with pytest.raises(WeightsError, match="no offline weights for 'resnet18'"):
+        load_pretrained(model, "resnet18", "offline", None)
+    with pytest.raises(WeightsError, match="not found"):
+        load_pretrained(model, "resnet18", "file", str(tmp_path / "missing.pth"))
+    torch.save({"a.weight": torch.zeros(3)}, tmp_path / "wrong.pth")
+    with pytest.raises(WeightsError, match="backbone tensors"):
+        load_pretrained(model, "resnet18", "file", str(tmp_path / "wrong.pth"))
+
+
+def test_pretrained_file_in_timm_names_roundtrips(tmp_path):
+    src = timm.create_model("test_efficientnet", num_classes=0)
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    dst = timm.create_model("test_efficientnet", num_classes=0)
+    load_pretrained(dst, "test_efficientnet", "file", str(tmp_path / "w.pth"))
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, dst.state_dict()[k])
+
+
+def test_cache_lists_undecodable_images(demo_copy, tmp_path):
+    bad = demo_copy / "data" / "5.jpg"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])  # header intact, pixels truncated
+    ds = load_dataset(load_spec("demo"), demo_copy)  # the header check passes
+    with pytest.raises(DataError, match="1 images that cannot be decoded:\n  5.jpg"):
+        build_cache(ds, tmp_path / "cache", 24, workers=1, quiet=True)
+    assert not list((tmp_path / "cache").glob("*.npy"))  # nothing half-written is left
+
+
+def test_train_writes_consistent_artifacts(demo_data, tmp_path):
+    folds_for(demo_data, tmp_path)
+    r = train(demo_data, tmp_path, "tiny", "epochs=2")
+    assert r.returncode == 0, r.stderr
+    d = tmp_path / "demo" / "models" / "tiny"
+    ds = load_dataset(load_spec("demo"), demo_data)
+    oof = pd.read_csv(d / "oof.csv", dtype={"ImageID": str})
+    tokens = load_spec("demo").tokens
+    assert list(oof.columns) == ["ImageID", "fold", *tokens]
+    assert oof.ImageID.tolist() == ds.train.id.tolist()  # every train row exactly once
+    folds = pd.read_csv(tmp_path / "demo" / "folds.csv", dtype={"ImageID": str})
+    assert (oof.fold.to_numpy() == folds.fold.to_numpy()).all()
+    assert oof[tokens].to_numpy().min() >= 0 and oof[tokens].to_numpy().max() <= 1
+    for f in range(3):
+        test = pd.read_csv(d / f"test_fold{f}.csv", dtype={"ImageID": str})
+        assert test.ImageID.tolist() == ds.test.id.tolist()
+        hist = pd.read_csv(d / f"fold{f}" / "history.csv")
+        assert {"train_loss", "val_loss", "micro_f1", "macro_f1", "mAP", "lr", "seconds", "images_per_s"} <= set(hist)
+        assert (d / f"fold{f}" / "best.safetensors").exists()
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["labels"] == tokens and meta["folds_done"] == [0, 1, 2]
+    assert set(meta["oof"]) == {"micro_f1_at_0.5", "mAP"} and meta["config"]["epochs"] == 2
+    assert (d / "learning_curves.png").exists() and (d / "config.yaml").exists()
+    # Re-running skips finished folds.
+    r = train(demo_data, tmp_path, "tiny", "epochs=2")
+    assert r.stdout.count("done, skipped") == 3
+    # Another folds file is refused until FORCE.
+    cli("-m", "folds", "--comp", "demo", "--data", str(demo_data), "--runs", str(tmp_path), "--k", "3",
+        "--seed", "7", "--force")
+    r = train(demo_data, tmp_path, "tiny", "epochs=2")
+    assert r.returncode != 0 and "folds file changed" in r.stderr and "FORCE=1" in r.stderr
+    # Changed settings are refused too.
+
+
+def test_single_fold_jobs_merge(demo_data, tmp_path):
+    folds_for(demo_data, tmp_path)
+    for f in (2, 0, 1):  # separate jobs, any order
+        r = train(demo_data, tmp_path, "tiny", "epochs=1", f"folds={f}")
+        assert r.returncode == 0, r.stderr
+    d = tmp_path / "demo" / "models" / "tiny"
+    assert (d / "oof.csv").exists()
+    r = train(demo_data, tmp_path, "tiny", "epochs=2", "folds=0")
+    assert r.returncode != 0 and "epochs 1 -> 2" in r.stderr
+
+
+def test_killed_training_resumes(demo_data, tmp_path):
+    folds_for(demo_data, tmp_path, k=2)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, "-m", "pipelines", "train", "--comp", "demo", "--data", str(demo_data), "--runs",
+            str(tmp_path), "--model", "tiny", "epochs=30", "patience=100"]
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state = tmp_path / "demo" / "models" / "tiny" / "fold0" / "state.pt"
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # a few epochs in, mid-fold
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists()
+    assert not (tmp_path / "demo" / "models" / "tiny" / "fold0" / "done.json").exists()
+    epoch = torch.load(state, weights_only=False)["epoch"]
+    assert 0 < epoch < 30
+    r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "fold 0: resuming after epoch" in r.stdout
+    d = tmp_path / "demo" / "models" / "tiny"
+    hist = pd.read_csv(d / "fold0" / "history.csv")
+    assert hist.epoch.tolist() == list(range(1, 31))  # no epoch lost or repeated
+    assert (d / "oof.csv").exists() and (d / "test_fold1.csv").exists() and (d / "meta.json").exists()
+    assert not list(d.rglob("*.tmp"))
+
+
+def test_fullfit_refit(demo_data, tmp_path):
+    folds_for(demo_data, tmp_path, k=2)
+    r = train(demo_data, tmp_path, "tiny", "epochs=2", "fullfit=true")
+    assert r.returncode == 0, r.stderr
+    d = tmp_path / "demo" / "models" / "tiny"
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["full"]["epochs"] >= 1 and (d / meta["full"]["weights"]).exists()
+    assert len(pd.read_csv(d / "test_full.csv")) == 24
+
+
+def test_captions_member_same_contract_no_pickle(demo_data, tmp_path):
+    folds_for(demo_data, tmp_path)
+    r = train(demo_data, tmp_path, "captions", "min_df=1")
+    assert r.returncode == 0, r.stderr
+    d = tmp_path / "demo" / "models" / "captions"
+    assert (d / "oof.csv").exists() and (d / "test_fold0.csv").exists()
+    weights = np.load(d / "fold0" / "model.npz", allow_pickle=False)  # plain arrays, no code
+    assert weights["coef"].shape[0] == 18
+    from pipelines.captions import CaptionModel
+    model = CaptionModel.load(d / "fold0" / "model")
+    ds = load_dataset(load_spec("demo"), demo_data)
+    test = pd.read_csv(d / "test_fold0.csv")[load_spec("demo").tokens].to_numpy()
+    assert np.allclose(model.predict(ds.test.caption.to_numpy()), test, atol=1e-6)
+
+
+def test_captions_refused_without_caption_column(tmp_path):
+    spec = tmp_path / "nocap.yaml"
+    spec.write_text("name: nocap\ndata: d\nlabels: {a: A}\n")
+    r = cli("-m", "pipelines", "train", "--comp", str(spec), "--model", "captions")
+    assert r.returncode != 0 and "no caption column" in r.stderr
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(demo_data, tmp_path):
+    folds_for(demo_data, tmp_path, k=2)
+    r = cli("-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "pipelines", "train", "--comp", "demo",
+            "--data", str(demo_data), "--runs", str(tmp_path), "--model", "tiny", "epochs=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "demo" / "models" / "tiny" / "oof.csv").exists()
+
+
+def test_frozen_trunk_mode_trains_top_and_saves_full_net(demo_data, tmp_path):
+    folds_for(demo_data, tmp_path, k=2)
+    r = train(demo_data, tmp_path, "tiny", "epochs=2", "train_from=2")
+    assert r.returncode == 0, r.stderr
+    d = tmp_path / "demo" / "models" / "tiny"
+    from safetensors.torch import load_file
+    from pipelines.model import build_model
+    saved = load_file(str(d / "fold0" / "best.safetensors"))
+    net, *_ = build_model(resolve("tiny"), 18)
+    assert set(saved) == set(net.state_dict())  # the whole network: what inference from images needs
+    assert len(list((tmp_path / "demo" / "cache").glob("trunk_*.npy"))) == 1
+    assert (d / "oof.csv").exists()
+
+
+def test_bad_input_is_one_clear_line(tmp_path):
+    r = cli("-m", "pipelines", "train", "--comp", "demo", "--data", str(tmp_path), "--model", "tiny")
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr

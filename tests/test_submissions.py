@@ -1,0 +1,190 @@
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+
+from competition import load_spec
+from competition.metrics import decide
+from competition.reader import DataError
+from submissions import thresholds as th
+from submissions.blend import blend_all, tune_weights, quick_score
+from submissions.budget import select
+from submissions.members import Member
+from submissions.validate import validate_frame
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def synthetic(n=400, labels=5, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, labels)) < np.linspace(0.1, 0.5, labels)).astype(np.uint8)
+    y[y.sum(1) == 0, 0] = 1
+    prob = np.clip(y * rng.uniform(0.1, 0.5, labels) + rng.random((n, labels)) * 0.6, 0, 1)
+    return y, prob
+
+
+def test_fast_micro_f1_equals_sklearn():
+    y, prob = synthetic()
+    pred = decide(prob, 0.4)
+    assert th.micro_f1(y, pred) == pytest.approx(f1_score(y, pred, average="micro"))
+
+
+@pytest.mark.parametrize("min_labels", [0, 1])
+def test_exact_search_is_coordinatewise_optimal(min_labels):
+    y, prob = synthetic(seed=1)
+    thr = th.exact_per_label(y, prob, min_labels)
+    best = th.score(y, prob, thr, min_labels)
+    assert best >= th.score(y, prob, th.global_threshold(y, prob, min_labels), min_labels)
+    for j in range(y.shape[1]):  # brute force: no single threshold change does better
+        for t in np.unique(prob[:, j]):
+            trial = thr.copy()
+            trial[j] = t
+            assert th.score(y, prob, trial, min_labels) <= best + 1e-12
+
+
+def test_exact_search_handles_the_rule_exactly():
+    """Brute force over a tiny grid, with the at-least-one rule, agrees with coordinate ascent's optimum."""
+    y, prob = synthetic(n=60, labels=3, seed=4)
+    thr = th.exact_per_label(y, prob, 1)
+    grid = np.linspace(0.05, 0.95, 19)
+    brute = max(th.score(y, prob, np.array(t), 1) for t in itertools.product(grid, repeat=3))
+    assert th.score(y, prob, thr, 1) >= brute - 1e-12
+
+
+def test_optuna_warm_start_and_resume(tmp_path):
+    y, prob = synthetic(seed=2)
+    init = th.exact_per_label(y, prob)
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    thr = th.optuna_per_label(y, prob, trials=5, init=init, storage=storage, study_name="s")
+    assert th.score(y, prob, thr) >= th.score(y, prob, init) - 1e-12  # the warm start is trial 0
+    import optuna
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 5
+    th.optuna_per_label(y, prob, trials=8, init=init, storage=storage, study_name="s")
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 8  # resumed, not restarted
+
+
+def test_nested_score_is_not_in_sample():
+    y, prob = synthetic(n=300, seed=3)
+    fold = np.arange(300) % 3
+    rows = th.compare(y, prob, fold, trials=5, methods=("fixed", "exact"))
+    fixed, exact = rows
+    assert fixed["in_sample"] == pytest.approx(fixed["nested"])  # nothing tuned
+    assert exact["nested"] <= exact["in_sample"]
+
+
+def test_weighted_blend_never_below_best_member():
+    y, good = synthetic(seed=5)
+    rng = np.random.default_rng(9)
+    bad = rng.random(good.shape)
+    w = tune_weights([good, bad], y, 1)
+    blended = w[0] * good + w[1] * bad
+    assert quick_score(y, blended, 1) >= quick_score(y, good, 1) - 1e-12
+
+
+def member(name, oof, mb, hours, full_mb=None, sha="x"):
+    return Member(name, Path(name), {"k": 5}, oof, oof, oof if full_mb else None, mb, full_mb, hours, sha)
+
+
+def test_budget_selector_drops_the_right_member():
+    y, good = synthetic(seed=6)
+    rng = np.random.default_rng(0)
+    noise = lambda: rng.random(good.shape)  # noqa: E731
+    left, right = noise(), noise()
+    left[:, :3], right[:, 3:] = good[:, :3], good[:, 3:]  # each knows different labels
+    members = [member("strong", left, 45, 2), member("weak", noise(), 50, 2),
+               member("big", right, 250, 30, full_mb=50)]
+    chosen, use_full, notes = select(members, y, 1, max_mb=100, max_hours=40)
+    names = {m.name for m in chosen}
+    assert "strong" in names and "weak" not in names
+    assert use_full.get("big") is True  # 250 MB of folds only fits as its 50 MB refit
+    assert any("dropped weak" in n for n in notes) and any("big enters as its full-data refit" in n for n in notes)
+    with pytest.raises(ValueError, match="no member fits"):
+        select(members, y, 1, max_mb=10, max_hours=None)
+
+
+def frame(rows):
+    return pd.DataFrame(rows, columns=["ImageID", "Labels"])
+
+
+def test_validator():
+    spec = load_spec("comp5329")
+    ids = ["30000.jpg", "30001.jpg"]
+    validate_frame(frame([["30000.jpg", "1 3"], ["30001.jpg", "19"]]), spec, ids)
+    with pytest.raises(DataError, match="(?s)ids differ.*missing 30001.jpg.*extra 9.jpg"):
+        validate_frame(frame([["30000.jpg", "1"], ["9.jpg", "1"]]), spec, ids)
+    with pytest.raises(DataError, match="(?s)unknown labels.*30001.jpg\\): 12"):
+        validate_frame(frame([["30000.jpg", "1"], ["30001.jpg", "12"]]), spec, ids)
+    with pytest.raises(DataError, match="(?s)fewer than 1 labels.*30001.jpg"):
+        validate_frame(frame([["30000.jpg", "1"], ["30001.jpg", ""]]), spec, ids)
+    with pytest.raises(DataError, match="duplicate ids"):
+        validate_frame(frame([["30000.jpg", "1"], ["30000.jpg", "2"]]), spec, ids)
+    with pytest.raises(DataError, match="header"):
+        validate_frame(pd.DataFrame({"id": ids, "Labels": ["1", "1"]}), spec, ids)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, demo_data):
+    runs = tmp_path_factory.mktemp("submit_runs")
+    assert cli("-m", "folds", "--comp", "demo", "--data", str(demo_data), "--runs", str(runs), "--k", "3").returncode == 0
+    for model, extra in (("tiny", ["epochs=2"]), ("captions", ["min_df=1"])):
+        r = cli("-m", "pipelines", "train", "--comp", "demo", "--data", str(demo_data), "--runs", str(runs),
+                "--model", model, *extra)
+        assert r.returncode == 0, r.stderr
+    return runs, demo_data
+
+
+def test_submit_end_to_end_and_threshold_reuse(trained):
+    runs, data = trained
+    args = ["-m", "submissions", "submit", "--comp", "demo", "--data", str(data), "--runs", str(runs), "--trials", "10"]
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    subs = sorted((runs / "demo" / "submissions").glob("*.csv"))
+    assert len(subs) == 1
+    side = json.loads(subs[0].with_suffix(".json").read_text())
+    assert {m["name"] for m in side["members"]} == {"tiny", "captions"}
+    assert side["blend"]["oof_micro_f1_global_thr_chosen"] >= side["best_member_oof_micro_f1"] - 1e-12
+    assert {r["method"] for r in side["threshold_comparison"]} == {"fixed", "global", "exact", "optuna"}
+    assert set(side["thresholds"]) == set(load_spec("demo").tokens)
+    r = cli("-m", "submissions.validate", str(subs[0]), "--comp", "demo", "--data", str(data))
+    assert r.returncode == 0, r.stderr
+    r = cli(*args)  # same members: the thresholds artifact is reused
+    assert "reusing" in r.stdout
+    r = cli("-m", "submissions", "report", "--comp", "demo", "--data", str(data), "--runs", str(runs), "--trials", "10")
+    assert r.returncode == 0, r.stderr
+    for name in ("per_label_f1.png", "thresholds.png", "member_correlation.png", "learning_curves_tiny.png"):
+        assert (runs / "demo" / "report" / name).exists()
+
+
+def test_mixing_folds_files_is_refused(trained, tmp_path):
+    import shutil
+    runs, data = trained
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy)
+    meta_path = copy / "demo" / "models" / "captions" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["folds_sha256"] = "0" * 64
+    meta_path.write_text(json.dumps(meta))
+    r = cli("-m", "submissions", "submit", "--comp", "demo", "--data", str(data), "--runs", str(copy))
+    assert r.returncode == 2 and "different folds" in r.stderr and "captions: trained on another folds file" in r.stderr
+
+
+def test_ignore_budget_is_loud(trained, tmp_path):
+    runs, data = trained
+    r = cli("-m", "submissions", "submit", "--comp", "demo", "--data", str(data), "--runs", str(runs),
+            "--trials", "5", "--budget-mb", "0.01", "--ignore-budget")
+    assert r.returncode == 0, r.stderr
+    assert "WARNING: IGNORE_BUDGET" in r.stderr
+    newest = max((runs / "demo" / "submissions").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    side = json.loads(newest.read_text())
+    assert side["budget"]["within"] is False and side["budget"]["ignored"] is True
