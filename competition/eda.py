@@ -29,7 +29,7 @@ def summary_text(ds: Dataset) -> str:
         f"{ds.spec.name}: {len(ds.train)} train, {len(ds.test)} test rows; {len(ds.spec.tokens)} labels; "
         f"images: {'yes' if ds.has_images else 'none (captions only)'}",
         f"labels per image: mean {per_image.mean():.2f}, max {per_image.max()}; "
-        f"distribution {dict(zip(*np.unique(per_image, return_counts=True)))}",
+        f"distribution {dict(zip(*(a.tolist() for a in np.unique(per_image, return_counts=True))))}",
         f"distinct label sets: {len(sets)}",
         "label counts: " + " ".join(f"{t}:{c}" for t, c in counts.items()),
         f"most common: {ds.spec.labels[max(counts, key=counts.get)]} on "
@@ -62,11 +62,12 @@ def plot_all(ds: Dataset, out: Path) -> list[Path]:
     co = y.T @ y
     with np.errstate(divide="ignore", invalid="ignore"):
         cond = co / np.diag(co)[:, None]  # P(column label | row label)
+    np.fill_diagonal(cond, np.nan)  # always 1: it would only flatten the colour scale
     fig, ax = plt.subplots(figsize=(9, 8))
-    im = ax.imshow(cond, cmap="viridis", vmin=0, vmax=1)
+    im = ax.imshow(cond, cmap="viridis", vmin=0, vmax=np.nanmax(cond))
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_title("label co-occurrence: P(column | row)")
+    ax.set_title("label co-occurrence: P(column | row), diagonal blank")
     fig.colorbar(im, ax=ax, fraction=0.046)
     paths.append(out / "label_cooccurrence.png")
     save(fig, paths[-1])

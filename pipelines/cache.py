@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from competition.artifacts import atomic_array
 from competition.images import load_resized
 from competition.reader import Dataset, offenders_error
 
@@ -33,17 +34,14 @@ def _decode(job):
 
 def build_cache(ds: Dataset, cache_dir: Path, size: int, workers: int | None = None,
                 quiet: bool = False) -> Path:
-    """Path of the cache, building it first if needed (temp file + rename: a killed build leaves nothing)."""
+    """Path of the cache, building it first if needed (a killed build leaves no cache behind)."""
     ds.require_images()
     path = cache_file(ds, cache_dir, size)
     if path.exists():
         return path
     paths = ds.image_paths(ds.train) + ds.image_paths(ds.test)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
     errors = []
-    try:
+    with atomic_array(path, np.uint8, (len(paths), size, size, 3)) as array:
         jobs = [(i, p, size) for i, p in enumerate(paths)]
         with Pool(workers or os.cpu_count()) as pool:
             for index, image, error in tqdm(pool.imap_unordered(_decode, jobs, chunksize=64), total=len(jobs),
@@ -54,10 +52,4 @@ def build_cache(ds: Dataset, cache_dir: Path, size: int, workers: int | None = N
                     array[index] = image
         if errors:
             raise offenders_error(ds.image_root, "images that cannot be decoded", sorted(errors))
-        array.flush()
-        del array
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

@@ -1,8 +1,8 @@
 """Captions member: TF-IDF n-grams + one-vs-rest logistic regression (scikit-learn).
 
 It writes the same artifacts as an image model, so the blender treats it as one more member.
-The fitted model is saved without pickle: vocabulary and settings as JSON, idf and
-coefficients as npz, so loading it runs no code.
+The fitted model is saved without pickle: vocabulary, idf, coefficients and settings as plain
+arrays in one .npz, so loading it runs no code and its size is the whole model's.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from competition import metrics
-from competition.artifacts import atomic_path, write_text
+from competition.artifacts import atomic_path
 from pipelines.train import FitResult
 
 
@@ -58,25 +58,26 @@ class CaptionModel:
         return 1.0 / (1.0 + np.exp(-np.asarray(logits)))
 
     def save(self, path: Path) -> Path:
-        vocab = {"words": {k: int(v) for k, v in self.vecs[0].vocabulary_.items()}}
-        idf = {"idf_words": self.vecs[0].idf_}
-        if len(self.vecs) > 1:
-            vocab["chars"] = {k: int(v) for k, v in self.vecs[1].vocabulary_.items()}
-            idf["idf_chars"] = self.vecs[1].idf_
-        write_text(path.with_suffix(".json"), json.dumps({"config": self.cfg, "vocabulary": vocab}))
-        with atomic_path(path.with_suffix(".npz")) as tmp:
+        """One .npz of plain arrays (terms as unicode arrays): the whole model, loadable without pickle."""
+        arrays = {"coef": self.coef, "intercept": self.intercept, "config": np.array(json.dumps(self.cfg))}
+        for vec, kind in zip(self.vecs, ("words", "chars")):
+            terms = sorted(vec.vocabulary_, key=vec.vocabulary_.get)
+            arrays[kind], arrays[f"idf_{kind}"] = np.array(terms), vec.idf_
+        path = path.with_suffix(".npz")
+        with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez_compressed(f, coef=self.coef, intercept=self.intercept, **idf)
-        return path.with_suffix(".npz")
+                np.savez_compressed(f, **arrays)
+        return path
 
     @classmethod
     def load(cls, path: Path) -> "CaptionModel":
-        meta = json.loads(Path(path).with_suffix(".json").read_text())
         arrays = np.load(Path(path).with_suffix(".npz"), allow_pickle=False)
-        model = cls(meta["config"])
-        model.vecs = vectorizers(meta["config"], meta["vocabulary"])
-        for vec, key in zip(model.vecs, ("idf_words", "idf_chars")):
-            vec.idf_ = arrays[key]
+        cfg = json.loads(str(arrays["config"]))
+        vocab = {kind: {t: i for i, t in enumerate(arrays[kind].tolist())} for kind in ("words", "chars") if kind in arrays}
+        model = cls(cfg)
+        model.vecs = vectorizers(cfg, vocab)
+        for vec, kind in zip(model.vecs, ("words", "chars")):
+            vec.idf_ = arrays[f"idf_{kind}"]
         model.coef, model.intercept = arrays["coef"], arrays["intercept"]
         return model
 

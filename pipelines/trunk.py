@@ -9,7 +9,6 @@ Supported: timm's EfficientNet family (efficientnet_*, tf_efficientnet_lite*, mo
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from competition.artifacts import atomic_array
 from pipelines.data import DeviceNormalize
 
 
@@ -68,20 +68,12 @@ def trunk_cache(net, start: int, image_cache: Path, mean, std, device, batch_siz
     net = net.to(device).eval()
     normalize = DeviceNormalize(mean, std, device, channels_last=True)
     probe = trunk_forward(net, start, normalize(torch.from_numpy(np.array(images[:1]))))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(images), 2, *probe.shape[1:]))
-    try:
+    with atomic_array(path, np.float16, (len(images), 2, *probe.shape[1:])) as out:
         for i in tqdm(range(0, len(images), batch_size), desc=f"trunk features {path.stem}", disable=quiet,
                       mininterval=2 if sys.stderr.isatty() else 30):
             x = normalize(torch.from_numpy(np.array(images[i:i + batch_size])))
             out[i:i + len(x), 0] = trunk_forward(net, start, x).half().cpu().numpy()
             out[i:i + len(x), 1] = trunk_forward(net, start, torch.flip(x, dims=[3])).half().cpu().numpy()
-        out.flush()
-        del out
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -184,7 +184,7 @@ def test_captions_member_same_contract_no_pickle(demo_data, tmp_path):
     weights = np.load(d / "fold0" / "model.npz", allow_pickle=False)  # plain arrays, no code
     assert weights["coef"].shape[0] == 18
     from pipelines.captions import CaptionModel
-    model = CaptionModel.load(d / "fold0" / "model")
+    model = CaptionModel.load(d / "fold0" / "model.npz")
     ds = load_dataset(load_spec("demo"), demo_data)
     test = pd.read_csv(d / "test_fold0.csv")[load_spec("demo").tokens].to_numpy()
     assert np.allclose(model.predict(ds.test.caption.to_numpy()), test, atol=1e-6)

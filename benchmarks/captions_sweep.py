@@ -1,0 +1,53 @@
+"""Choose the captions member's settings by 5-fold OOF micro-F1 (best global threshold).
+
+    .venv/bin/python benchmarks/captions_sweep.py --data ../shared/datasets/comp5329-text --runs runs/text
+
+Needs `make folds` for the same data first. Prints one line per setting.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from competition import load_dataset, load_spec  # noqa: E402
+from folds.split import read_folds  # noqa: E402
+from pipelines.captions import CaptionModel  # noqa: E402
+from pipelines.config import resolve  # noqa: E402
+from submissions import thresholds as th  # noqa: E402
+
+GRID = [
+    {"C": 1.0}, {"C": 2.0}, {"C": 4.0}, {"C": 8.0}, {"C": 16.0},
+    {"C": 4.0, "ngram_max": 1}, {"C": 4.0, "ngram_max": 3},
+    {"C": 4.0, "char_ngrams": True}, {"C": 8.0, "char_ngrams": True},
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--comp", default="comp5329")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--runs", default="runs")
+    a = ap.parse_args()
+    spec = load_spec(a.comp)
+    ds = load_dataset(spec, a.data, check=False)
+    fold = read_folds(Path(a.runs) / spec.name / "folds.csv", list(ds.train["id"]))
+    texts, y = ds.train["caption"].to_numpy(), ds.targets()
+    for overrides in GRID:
+        cfg = resolve("captions", overrides)
+        t0 = time.perf_counter()
+        oof = np.zeros(y.shape)
+        for f in np.unique(fold):
+            model = CaptionModel(cfg).fit(texts[fold != f], y[fold != f])
+            oof[fold == f] = model.predict(texts[fold == f])
+        g = th.global_threshold(y, oof)
+        print(f"{str(overrides):<40} OOF micro-F1 @0.5 {th.score(y, oof, 0.5):.4f}  "
+              f"@global {th.score(y, oof, g):.4f} (t={g[0]:.2f})  {time.perf_counter() - t0:5.1f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
