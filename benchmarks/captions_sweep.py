@@ -23,7 +23,7 @@ from submissions import thresholds as th  # noqa: E402
 GRID = [
     {"C": 1.0}, {"C": 2.0}, {"C": 4.0}, {"C": 8.0}, {"C": 16.0},
     {"C": 4.0, "ngram_max": 1}, {"C": 4.0, "ngram_max": 3},
-    {"C": 4.0, "char_ngrams": True}, {"C": 8.0, "char_ngrams": True},
+    {"C": 4.0, "char_ngrams": True},
 ]
 
 
