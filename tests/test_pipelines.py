@@ -223,3 +223,20 @@ def test_frozen_trunk_mode_trains_top_and_saves_full_net(demo_data, tmp_path):
 def test_bad_input_is_one_clear_line(tmp_path):
     r = cli("-m", "pipelines", "train", "--comp", "demo", "--data", str(tmp_path), "--model", "tiny")
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("overrides", [
+    ["loss=focal", "optimizer=sgd", "schedule=onecycle", "head=mlp", "head_hidden=[16]", "dropout=0.5"],
+    ["loss=asl", "optimizer=rmsprop", "lr=1e-3", "ema=false"],
+    ["loss=bce_pos_weight", "optimizer=adadelta", "lr=1.0", "schedule=none", "augment=strong"],
+    ["mode=frozen", "select_metric=mAP", "tta=false"],
+])
+def test_training_variants(demo_data, tmp_path, overrides):
+    from pipelines.run import train_model
+    folds_for(demo_data, tmp_path, k=2)
+    spec = load_spec("demo")
+    ds = load_dataset(spec, demo_data)
+    meta = train_model(spec, ds, tmp_path, resolve("tiny", ["epochs=1", *overrides]), log=lambda *_: None)
+    assert meta["folds_done"] == [0, 1] and 0 <= meta["oof"]["micro_f1_at_0.5"] <= 1
+    oof = pd.read_csv(tmp_path / "demo" / "models" / "tiny" / "oof.csv")
+    assert np.isfinite(oof[spec.tokens].to_numpy()).all()
