@@ -26,15 +26,19 @@ def main(argv=None) -> int:
     out = Path(a.runs) / spec.name / "folds.csv"
     buf = io.StringIO()
     frame.to_csv(buf, index=False)
-    if out.exists() and out.read_text() != buf.getvalue() and not a.force:
+    unchanged = out.exists() and out.read_text() == buf.getvalue()
+    if out.exists() and not unchanged and not a.force:
         raise SystemExit(f"{out} exists and would change; models trained on it would be silently "
                          "invalidated. Re-run with FORCE=1 to replace it.")
     report, table = quality_report(y, frame["fold"].to_numpy(), a.k, a.seed, spec.tokens, spec.names)
     print(report)
     write_text(out.with_name("folds_report.txt"), report)
     write_csv(out.with_name("folds_report.csv"), table.reset_index())
-    write_text(out, buf.getvalue())
-    print(f"wrote {out} ({len(frame)} rows, {a.k} folds)")
+    if unchanged:
+        print(f"{out} unchanged ({len(frame)} rows, {a.k} folds)")
+    else:
+        write_text(out, buf.getvalue())
+        print(f"wrote {out} ({len(frame)} rows, {a.k} folds)")
     return 0
 
 
