@@ -113,20 +113,20 @@ def background(rng: np.random.Generator, size: int) -> Image.Image:
     img = np.clip(grad + texture + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
     im = Image.fromarray(img)
     draw = ImageDraw.Draw(im)
-    for _ in range(rng.integers(3, 9)):  # clutter: lines and blobs that are no label
+    for _ in range(rng.integers(2, 6)):  # clutter: lines and blobs that are no label
         pts = [tuple(rng.integers(0, size, 2)) for _ in range(2)]
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         if rng.random() < 0.5:
             draw.line(pts, fill=colour, width=int(rng.integers(1, 4)))
         else:
             x, y = pts[0]
-            r = int(rng.integers(2, size // 10))
+            r = int(rng.integers(2, size // 16))
             draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
     return im
 
 
 def draw_object(draw: ImageDraw.ImageDraw, rng, kind: str, size: int, bg) -> None:
-    scale = size * rng.uniform(0.09, 0.24)
+    scale = size * rng.uniform(0.14, 0.28)
     cx, cy = rng.uniform(scale, size - scale, 2)
     angle = rng.uniform(0, 2 * math.pi)
     ca, sa = math.cos(angle), math.sin(angle)
@@ -143,7 +143,7 @@ def render(seed: int, labels: list[str], size: int) -> Image.Image:
     draw = ImageDraw.Draw(im)
     bg = tuple(int(c) for c in np.asarray(im).reshape(-1, 3).mean(0))
     for token in rng.permutation(labels):
-        for _ in range(1 if rng.random() < 0.8 else 2):
+        for _ in range(1 if rng.random() < 0.85 else 2):
             draw_object(draw, rng, OBJECTS[token][0], size, bg)
     for _ in range(rng.integers(0, 3)):  # occluders partly cover objects
         x, y = rng.integers(0, size, 2)

@@ -270,7 +270,7 @@ def fit(cfg: dict, data: FoldData, out_dir: Path, label: str, dist: Dist | None 
         s.train_model.train()
         losses, seen = [], 0
         bar = tqdm(s.train_loader, total=s.updates, desc=f"{label} epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=not dist.is_main, mininterval=1 if sys.stderr.isatty() else 30)
+                   disable=not (dist.is_main and sys.stderr.isatty()), mininterval=1)  # logs get the epoch line
         for i, (x, y) in enumerate(bar):
             if i >= s.updates:
                 break
@@ -281,7 +281,7 @@ def fit(cfg: dict, data: FoldData, out_dir: Path, label: str, dist: Dist | None 
                 s.ema.update(s.model, step=step)
             losses.append(loss.item())
             seen += len(x)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", ips=f"{seen / (time.time() - t0):.0f}")
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", ips=f"{seen / (time.time() - t0):.0f}", refresh=False)
         train_seconds = time.time() - t0
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": s.optimizer.param_groups[0]["lr"],
                "images_per_s": seen * dist.world / train_seconds}

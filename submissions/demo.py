@@ -7,10 +7,12 @@ from pathlib import Path
 from competition import load_dataset, load_spec
 from competition.demo_data import generate
 
-# Two offline-ready backbones at a CPU-friendly size, plus the captions member.
+# Two offline-ready backbones plus the captions member. On 2 CPU cores the backbones train
+# their last stage on cached trunk features (train_from=6): 700 img/s at 128 px, where full
+# fine-tuning at 64 px ran ~120 img/s and learned less in the same time.
 DEMO_MODELS = {
-    "tf_efficientnet_lite0": ["img_size=64", "epochs=2", "batch_size=32"],
-    "mobilenetv2_100": ["img_size=64", "epochs=2", "batch_size=32"],
+    "tf_efficientnet_lite0": ["img_size=128", "epochs=8", "train_from=6"],
+    "mobilenetv2_100": ["img_size=128", "epochs=8", "train_from=6"],
     "captions": [],
 }
 DEMO_K = 5
