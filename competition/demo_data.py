@@ -120,7 +120,7 @@ def background(rng: np.random.Generator, size: int) -> Image.Image:
             draw.line(pts, fill=colour, width=int(rng.integers(1, 4)))
         else:
             x, y = pts[0]
-            r = int(rng.integers(2, size // 16))
+            r = int(rng.integers(2, max(3, size // 16)))
             draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
     return im
 

@@ -143,3 +143,20 @@ def test_real_files_quirk_counts_if_present():
         pytest.skip("shared data set not present")
     ds = load_dataset(spec(), root, check=False)
     assert (len(ds.train), len(ds.test)) == (6000, 1000)
+
+
+@pytest.mark.parametrize("size", [16, 40, 128])
+def test_demo_data_renders_at_any_size(tmp_path, size):
+    from competition.demo_data import render
+    assert np.asarray(render(0, ["1", "3", "19"], size)).shape == (size, size, 3)
+
+
+def test_demo_data_statistics_and_format(demo_data):
+    from competition.demo_data import sample_labels
+    rng = np.random.default_rng(0)
+    sets = [sample_labels(rng) for _ in range(4000)]
+    person = np.mean(["1" in s for s in sets])
+    per_image = np.mean([len(s) for s in sets])
+    assert 0.72 < person < 0.80 and 1.35 < per_image < 1.75
+    ds = load_dataset(load_spec("demo"), demo_data)  # the COMP5329 reader takes it, quirks included
+    assert len(ds.train) == 90 and len(ds.test) == 24 and ds.has_images
