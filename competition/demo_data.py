@@ -50,6 +50,7 @@ SCENES = [  # (weight, {token: p})
     (0.14, {"15": 0.3, "16": 0.15, "2": 0.12, "18": 0.12}),
 ]
 PERSON_P = 0.76
+SCENE_SCALE = 0.62
 SCENERY = ["on a street", "in a field", "near the water", "in a city", "at the park",
            "next to a building", "on a sunny day", "in the snow", "at night"]
 
@@ -95,7 +96,8 @@ def sample_labels(rng: np.random.Generator) -> list[str]:
     labels = ["1"] if rng.random() < PERSON_P else []
     weights = np.array([w for w, _ in SCENES])
     scene = SCENES[rng.choice(len(SCENES), p=weights / weights.sum())][1]
-    labels += [t for t, p in scene.items() if rng.random() < p and t not in labels]
+    # Scaled so that images carry ~1.55 labels, as in COMP5329.
+    labels += [t for t, p in scene.items() if rng.random() < p * SCENE_SCALE and t not in labels]
     if not labels:
         tokens = list(scene)
         probs = np.array([scene[t] for t in tokens])

@@ -63,7 +63,8 @@ def parse_value(text: str):
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         low = text.lower()
-        return {"true": True, "false": False, "null": None, "none": None}.get(low, text)
+        # "none" stays a word: it is a valid value of several keys (pretrained, schedule, augment).
+        return {"true": True, "false": False, "null": None}.get(low, text)
 
 
 def check_keys(keys, where: str) -> None:
