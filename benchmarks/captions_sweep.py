@@ -21,9 +21,10 @@ from pipelines.config import resolve  # noqa: E402
 from submissions import thresholds as th  # noqa: E402
 
 GRID = [
-    {"C": 1.0}, {"C": 2.0}, {"C": 4.0}, {"C": 8.0}, {"C": 16.0},
+    {"C": c, "ngram_max": 2} for c in (1.0, 2.0, 4.0, 8.0, 16.0)
+] + [
     {"C": 4.0, "ngram_max": 1}, {"C": 4.0, "ngram_max": 3},
-    {"C": 4.0, "char_ngrams": True},
+    {"C": 4.0, "ngram_max": 2, "char_ngrams": True},
 ]
 
 

@@ -86,6 +86,6 @@ def run_bench(spec, ds, runs: Path, cfg: dict, n_images: int = 640, batches: int
     if device.type == "cuda":
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     for k, v in out.items():
-        print(f"{k:<36} {v:.1f}" if isinstance(v, float) else f"{k:<36} {v}")
+        print(f"{k:<36} {v:.4g}" if isinstance(v, float) else f"{k:<36} {v}")
     print(json.dumps(out))
     return out
