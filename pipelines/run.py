@@ -10,7 +10,6 @@ Layout under runs/<COMP>/models/<MODEL>/:
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from competition import metrics
 from competition.artifacts import file_sha256, read_json, write_csv, write_json, write_text
 from competition.reader import Dataset
 from folds.split import read_folds
+from pipelines.config import fold_list
 
 # Keys that change how a run executes, not what it computes: they may differ on resume.
 EXECUTION_KEYS = {"folds", "workers", "fullfit", "compile"}
@@ -112,7 +112,6 @@ def train_model(spec, ds: Dataset, runs: Path, cfg: dict, force: bool = False, l
     k = int(fold_of.max()) + 1
     folds_sha = file_sha256(folds_path)
     check_run(model_dir, cfg, folds_sha, spec.tokens, force)
-    from pipelines.config import fold_list
     wanted = fold_list(cfg, k)
     model_dir.mkdir(parents=True, exist_ok=True)
     if not (model_dir / "run.json").exists():

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path

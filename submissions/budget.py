@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 
 from submissions.blend import mean_blend, quick_score
 

@@ -124,7 +124,6 @@ def test_train_writes_consistent_artifacts(demo_data, tmp_path):
         "--seed", "7", "--force")
     r = train(demo_data, tmp_path, "tiny", "epochs=2")
     assert r.returncode != 0 and "folds file changed" in r.stderr and "FORCE=1" in r.stderr
-    # Changed settings are refused too.
 
 
 def test_single_fold_jobs_merge(demo_data, tmp_path):

@@ -13,7 +13,7 @@ from competition import load_spec
 from competition.metrics import decide
 from competition.reader import DataError
 from submissions import thresholds as th
-from submissions.blend import blend_all, tune_weights, quick_score
+from submissions.blend import tune_weights, quick_score
 from submissions.budget import select
 from submissions.members import Member
 from submissions.validate import validate_frame
