@@ -26,18 +26,17 @@ def header_problem(path: Path) -> str | None:
 def load_rgb(path: Path) -> np.ndarray:
     """HxWx3 uint8. PIL sniffs the format from content, so a PNG saved as .jpg decodes too."""
     with Image.open(path) as im:
-        return to_rgb(im)
+        return np.asarray(rgb_image(im))
 
 
 def load_resized(path: Path, size: int) -> np.ndarray:
     """Decode and resize to size x size (aspect not kept: crops would cut objects out of multi-label scenes)."""
     with Image.open(path) as im:
         im.draft("RGB", (size, size))  # JPEG: decode at reduced scale, several times faster
-        rgb = Image.fromarray(to_rgb(im))
-    return np.asarray(rgb.resize((size, size), Image.BILINEAR))
+        return np.asarray(rgb_image(im).resize((size, size), Image.BILINEAR))
 
 
-def to_rgb(im: Image.Image) -> np.ndarray:
+def rgb_image(im: Image.Image) -> Image.Image:
     im = ImageOps.exif_transpose(im)
     if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
         # Transparent pixels become white, not whatever colour the alpha channel hid.
@@ -45,4 +44,4 @@ def to_rgb(im: Image.Image) -> np.ndarray:
         canvas = Image.new("RGB", im.size, (255, 255, 255))
         canvas.paste(im, mask=im.getchannel("A"))
         im = canvas
-    return np.asarray(im.convert("RGB"))
+    return im.convert("RGB")

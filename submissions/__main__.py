@@ -31,9 +31,7 @@ def main(argv=None) -> int:
     ds = load_dataset(spec, a.data, check=False)
     comp_dir = Path(a.runs) / spec.name
     names = a.models.split(",") if a.models else None
-    budget = dict(budget_mb=spec.budget["model_mb"] if a.budget_mb is None else a.budget_mb,
-                  budget_hours=spec.budget["gpu_hours"] if a.budget_gpu_hours is None else a.budget_gpu_hours,
-                  ignore_budget=a.ignore_budget)
+    budget = dict(budget_mb=a.budget_mb, budget_hours=a.budget_gpu_hours, ignore_budget=a.ignore_budget)
     from submissions.submit import run_submit, run_thresholds
     if a.cmd == "submit":
         command = "python -m submissions " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))

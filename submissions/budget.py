@@ -14,6 +14,12 @@ from submissions.blend import mean_blend, quick_score
 MAX_SEARCH_MEMBERS = 12
 
 
+def limits(spec, max_mb=None, max_hours=None) -> tuple:
+    """The spec's budgets unless overridden."""
+    return (spec.budget["model_mb"] if max_mb is None else max_mb,
+            spec.budget["gpu_hours"] if max_hours is None else max_hours)
+
+
 def options(member):
     yield False
     if member.test_full is not None:

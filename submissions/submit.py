@@ -14,7 +14,7 @@ from competition.artifacts import read_json, write_csv, write_json
 from folds.split import read_folds
 from submissions import thresholds as th
 from submissions.blend import blend_all
-from submissions.budget import cost, select, within
+from submissions.budget import cost, limits, select, within
 from submissions.members import load_members
 from submissions.validate import validate_frame
 
@@ -92,6 +92,7 @@ def prepare(spec, ds, comp_dir, names, budget_mb, budget_hours, ignore_budget, l
 
 def run_thresholds(spec, ds, comp_dir, names=None, method=None, trials=200, seed=0, budget_mb=None,
                    budget_hours=None, ignore_budget=False, log=print):
+    budget_mb, budget_hours = limits(spec, budget_mb, budget_hours)
     members, use_full, blends, y, fold, budget_note = prepare(spec, ds, comp_dir, names, budget_mb, budget_hours,
                                                               ignore_budget, log)
     blend_name = max(blends, key=lambda k: blends[k]["score"])
@@ -110,8 +111,7 @@ def submission_frame(spec, ds, test_prob, thresholds) -> pd.DataFrame:
 def run_submit(spec, ds, comp_dir, command: str, names=None, method=None, trials=200, seed=0,
                budget_mb=None, budget_hours=None, ignore_budget=False, log=print):
     """Writes the submission; returns its path and what the report needs."""
-    budget_mb = spec.budget["model_mb"] if budget_mb is None else budget_mb
-    budget_hours = spec.budget["gpu_hours"] if budget_hours is None else budget_hours
+    budget_mb, budget_hours = limits(spec, budget_mb, budget_hours)
     members, use_full, blends, blend_name, art, y, fold, budget_note = run_thresholds(
         spec, ds, comp_dir, names, method, trials, seed, budget_mb, budget_hours, ignore_budget, log)
     thr = np.array([art["thresholds"][t] for t in spec.tokens])
