@@ -18,11 +18,12 @@ submit_set = $(if $(MODELS),--models $(MODELS)) $(if $(TRIALS),--trials $(TRIALS
              $(if $(METHOD),--method $(METHOD)) $(if $(IGNORE_BUDGET),--ignore-budget) \
              $(if $(BUDGET_MB),--budget-mb $(BUDGET_MB)) $(if $(BUDGET_GPU_HOURS),--budget-gpu-hours $(BUDGET_GPU_HOURS))
 
-.PHONY: help setup test test-all demo demo-data eda folds train thresholds submit report bench validate clean-demo
+.PHONY: help setup test test-gpu test-all demo demo-data eda folds train thresholds submit report bench validate clean-demo
 
 help:
 	@echo "make demo                 set up, then run the whole chain on generated data (CPU, minutes)"
 	@echo "make test                 set up, then run the test suite (slow tests: make test-all)"
+	@echo "make test-gpu             the CUDA tests (skipped without a GPU)"
 	@echo "make demo-data            generate the synthetic demo competition under $(RUNS)/demo/data"
 	@echo "make eda                  plots + summary under $(RUNS)/<COMP>/eda"
 	@echo "make folds                iterative stratified K-fold -> $(RUNS)/<COMP>/folds.csv (FORCE=1 to replace)"
@@ -46,6 +47,10 @@ $(VENV): requirements.txt
 test: $(VENV)
 	$(PY) -m pytest -q -m "not slow" tests
 
+# CUDA tests (kill + resume, bf16 and fp16 steps, channels_last, compile, torchrun/NCCL, bench); they skip without CUDA.
+test-gpu: $(VENV)
+	$(PY) -m pytest -q -m gpu tests
+
 test-all: $(VENV)
 	$(PY) -m pytest -q tests
 
@@ -62,7 +67,7 @@ train: $(VENV)
 	$(PY) -m pipelines train $(common) --model $(MODEL) $(if $(FORCE),--force) $(train_set)
 
 bench: $(VENV)
-	$(PY) -m pipelines bench $(common) --model $(MODEL) $(train_set)
+	$(PY) -m pipelines bench $(common) --model $(MODEL) $(if $(STEPS),--steps $(STEPS)) $(if $(IMAGES),--images $(IMAGES)) $(train_set)
 
 thresholds: $(VENV)
 	$(PY) -m submissions thresholds $(common) $(submit_set)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -37,6 +38,39 @@ def atomic_array(path, dtype, shape) -> Iterator:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
         yield array
         array.flush()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path, wait: bool = True) -> Iterator[bool]:
+    """Hold an flock on `path` for the block: True if held. The kernel drops it when the process dies,
+    kill -9 included, so a crashed job never leaves a lock behind. wait=False: False if another holds it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def build_once(path, build) -> Path:
+    """`build(path)` unless `path` exists, one process at a time. Under the lock, temporaries that a killed
+    earlier build left beside `path` (as large as the artifact) are removed first."""
+    path = Path(path)
+    if path.exists():
+        return path
+    with exclusive_lock(path.with_name(f".{path.name}.lock")):
+        if path.exists():  # another process built it while this one waited
+            return path
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            stale.unlink()
+        build(path)
+    return path
 
 
 def write_text(path, text: str) -> None:

@@ -38,6 +38,11 @@ def load_resized(path: Path, size: int) -> np.ndarray:
 
 def rgb_image(im: Image.Image) -> Image.Image:
     im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit (or 32-bit integer) gray: PIL's convert("RGB") clips at 255, which whitens the image.
+        # Scale the 16-bit range down instead (32-bit "I" from a 16-bit PNG holds the same range).
+        values = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.clip(values / 257.0, 0, 255).round().astype(np.uint8), mode="L")
     if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
         # Transparent pixels become white, not whatever colour the alpha channel hid.
         im = im.convert("RGBA")

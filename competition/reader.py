@@ -16,20 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from competition.errors import UserError, offenders_error
 from competition.images import header_problem
 from competition.spec import Spec
 
-MAX_LISTED = 20
-
-
-class DataError(ValueError):
-    """Bad competition input: the message names the file and lists the offenders."""
-
-
-def offenders_error(path, problem: str, offenders: list[str]) -> DataError:
-    shown = "\n  ".join(offenders[:MAX_LISTED])
-    more = f"\n  ... and {len(offenders) - MAX_LISTED} more" if len(offenders) > MAX_LISTED else ""
-    return DataError(f"{path}: {len(offenders)} {problem}:\n  {shown}{more}")
 
 
 def unquote(field: str) -> str:
@@ -42,35 +32,72 @@ def unquote(field: str) -> str:
     return field
 
 
-def read_records(path: Path, id_pattern: str, columns: list[str]) -> pd.DataFrame:
-    """Split a file into records by id-led lines, so stray quotes and newlines stay inside a caption."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
-    if not lines:
-        raise DataError(f"{path}: empty file")
-    header = next(csv.reader([lines[0]]))
-    if header != columns:
-        raise DataError(f"{path}: header {header} differs from the spec's columns {columns}")
-    starts = re.compile(rf'^"?(?:{id_pattern})"?(?:,|$)')
+def decode_text(path: Path) -> str:
+    """UTF-8 (BOM or not) or UTF-16 with a BOM; anything else is named by file, line and byte."""
+    raw = path.read_bytes()
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return raw.decode("utf-16")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise UserError(f"{path}: line {line} is not UTF-8 (byte {raw[e.start:e.start + 1]!r} at offset {e.start}); "
+                        "save the file as UTF-8") from None
+
+
+# A field that looks like an image id whatever the spec says: one token with a digit ("30005.JPG", "5").
+ID_LIKE = re.compile(r'^\s*"?\s*[^\s,"]*\d[^\s,"]*\s*"?\s*(?:,|$)')
+
+
+def record_start(id_pattern: str) -> re.Pattern:
+    """A line that starts a record: the id (any case, spaces or quotes around it), then a comma or the end."""
+    return re.compile(rf'^\s*"?\s*(?:{id_pattern})\s*"?\s*(?:,|$)', re.IGNORECASE)
+
+
+def split_records(path: Path, lines: list[str], id_pattern: str) -> list[tuple[int, list[str]]]:
+    """(line number, lines) per record. Continuation lines belong to the caption before them, unless they
+    look like a record of their own: those are listed, never glued into a caption."""
+    starts = record_start(id_pattern)
     records: list[tuple[int, list[str]]] = []
-    stray = []
+    stray, unplaced = [], []
     for number, line in enumerate(lines[1:], start=2):
         if starts.match(line):
             records.append((number, [line]))
+        elif ID_LIKE.match(line):
+            unplaced.append(f"line {number}: {line[:80]!r}")
         elif records:
             records[-1][1].append(line)
         elif line.strip():
             stray.append(f"line {number}: {line[:80]!r}")
     if stray:
         raise offenders_error(path, "lines before the first record that do not start with an id", stray)
+    if unplaced:
+        raise offenders_error(path, f"lines that look like records but whose id does not match the spec's "
+                                    f"id_pattern {id_pattern!r} (fix the id, or the spec)", unplaced)
+    return records
+
+
+def read_records(path: Path, id_pattern: str, columns: list[str]) -> pd.DataFrame:
+    """Split a file into records by id-led lines, so stray quotes and newlines stay inside a caption."""
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    lines = decode_text(path).splitlines()
+    if not lines:
+        raise UserError(f"{path}: empty file")
+    header = [h.strip() for h in next(csv.reader([lines[0]]))]
+    if header != columns:
+        raise UserError(f"{path}: header {header} differs from the spec's columns {columns}")
+    records = split_records(path, lines, id_pattern)
+    if not records:
+        raise UserError(f"{path}: no records after the header")
     rows = []
     for number, parts in records:
         text = "\n".join(parts).rstrip()
         fields = text.split(",", len(columns) - 1)
         if len(fields) < len(columns):
             fields += [""] * (len(columns) - len(fields))
-        rows.append([unquote(f) for f in fields] + [number])
+        fields = [unquote(f) for f in fields]
+        rows.append([fields[0].strip(), *fields[1:], number])
     return pd.DataFrame(rows, columns=columns + ["line"])
 
 
@@ -94,7 +121,7 @@ class Dataset:
 
     def require_images(self) -> None:
         if not self.has_images:
-            raise DataError(f"{self.image_root}: no images; this stage needs them "
+            raise UserError(f"{self.image_root}: no images; this stage needs them "
                             "(a captions-only data set works with caption models only)")
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from competition.errors import UserError
+
 SPEC_DIR = Path(__file__).resolve().parent
 
 
@@ -46,17 +48,17 @@ def load_spec(name_or_path: str) -> Spec:
     if not path.suffix:
         specs = available_specs()
         if name_or_path not in specs:
-            raise KeyError(f"unknown competition {name_or_path!r}; valid: {', '.join(specs)} "
+            raise UserError(f"unknown competition {name_or_path!r}; valid: {', '.join(specs)} "
                            "(or a path to a spec YAML)")
         path = specs[name_or_path]
     raw = yaml.safe_load(path.read_text()) or {}
     fields = {f.name for f in dataclasses.fields(Spec)} - {"source"}
     unknown = sorted(set(raw) - fields)
     if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; valid: {sorted(fields)}")
+        raise UserError(f"{path}: unknown keys {unknown}; valid: {sorted(fields)}")
     missing = sorted({"name", "data", "labels"} - set(raw))
     if missing:
-        raise ValueError(f"{path}: missing keys {missing}")
+        raise UserError(f"{path}: missing keys {missing}")
     # YAML may read label tokens as ints; tokens are strings so tag-word labels need no new code.
     raw["labels"] = {str(k): str(v) for k, v in raw["labels"].items()}
     budget = {"model_mb": None, "gpu_hours": None}

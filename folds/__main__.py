@@ -5,7 +5,7 @@ import argparse
 import io
 from pathlib import Path
 
-from competition import load_dataset, load_spec
+from competition import UserError, load_dataset, load_spec
 from competition.artifacts import write_csv, write_text
 from folds.split import make_folds, quality_report
 
@@ -22,13 +22,13 @@ def main(argv=None) -> int:
     spec = load_spec(a.comp)
     ds = load_dataset(spec, a.data)
     y = ds.targets()
-    frame = make_folds(ds.train["id"], y, a.k, a.seed)
+    frame = make_folds(ds.train["id"], y, a.k, a.seed, spec.tokens)
     out = Path(a.runs) / spec.name / "folds.csv"
     buf = io.StringIO()
     frame.to_csv(buf, index=False)
     unchanged = out.exists() and out.read_text() == buf.getvalue()
     if out.exists() and not unchanged and not a.force:
-        raise SystemExit(f"{out} exists and would change; models trained on it would be silently "
+        raise UserError(f"{out} exists and would change; models trained on it would be silently "
                          "invalidated. Re-run with FORCE=1 to replace it.")
     report, table = quality_report(y, frame["fold"].to_numpy(), a.k, a.seed, spec.tokens, spec.names)
     print(report)

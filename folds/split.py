@@ -8,7 +8,7 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import KFold
 
-from competition.reader import DataError, offenders_error
+from competition.errors import UserError, offenders_error
 
 
 def assign(splitter, y: np.ndarray) -> np.ndarray:
@@ -18,10 +18,17 @@ def assign(splitter, y: np.ndarray) -> np.ndarray:
     return fold
 
 
-def make_folds(ids, y: np.ndarray, k: int, seed: int) -> pd.DataFrame:
+def make_folds(ids, y: np.ndarray, k: int, seed: int, tokens=None) -> pd.DataFrame:
     if k < 2 or k > len(y):
-        raise ValueError(f"K={k} folds need 2 <= K <= {len(y)} rows")
+        raise UserError(f"K={k} folds need 2 <= K <= {len(y)} rows")
     fold = assign(MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed), y)
+    total = y.sum(0)
+    tokens = list(tokens) if tokens is not None else [str(j) for j in range(y.shape[1])]
+    missing = [f"label {tokens[j]} ({int(total[j])} images) absent from fold {f}" for j in range(y.shape[1])
+               for f in range(k) if total[j] >= k and y[fold == f, j].sum() == 0]
+    if missing:
+        raise UserError(f"stratified {k}-fold split with seed {seed} left labels out of folds although they have at "
+                        f"least {k} images: " + "; ".join(missing) + ". Try another SEED or a smaller K.")
     return pd.DataFrame({"ImageID": list(ids), "fold": fold})
 
 
@@ -52,17 +59,18 @@ def quality_report(y: np.ndarray, fold: np.ndarray, k: int, seed: int, tokens, n
     rare = table[table.total < table.total.median()]
     lines.append(f"rare labels (below median count): stratified {rare.dev_stratified.mean():.3f}  "
                  f"plain KFold {rare.dev_kfold.mean():.3f}")
-    missing = [f"label {t} absent from fold {f}" for t in counts.index for f in range(k)
-               if counts.loc[t, f"fold{f}"] == 0 and table.loc[t, "total"] >= k]
-    if missing:
-        raise AssertionError("stratification failed: " + "; ".join(missing))
+    few = table[table.total < k]
+    for t, row in few.iterrows():
+        lines.append(f"WARNING: label {t} ({row['name']}) has {int(row.total)} images, fewer than K={k}: "
+                     + ("it never occurs, so no model can learn it" if row.total == 0 else
+                        "some folds cannot validate it"))
     return "\n".join(lines) + "\n", table
 
 
 def read_folds(path: Path, ids) -> np.ndarray:
     """Fold of each id, in the order of `ids`; every id must be in the folds file."""
     if not Path(path).is_file():
-        raise DataError(f"{path}: no folds file; run `make folds` first")
+        raise UserError(f"{path}: no folds file; run `make folds` first")
     frame = pd.read_csv(path, dtype={"ImageID": str})
     mapping = dict(zip(frame["ImageID"], frame["fold"]))
     missing = [i for i in ids if i not in mapping]

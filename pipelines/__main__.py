@@ -5,7 +5,7 @@ import argparse
 import os
 from pathlib import Path
 
-from competition import load_dataset, load_spec
+from competition import UserError, load_dataset, load_spec
 from pipelines.config import available_configs, resolve
 
 
@@ -17,15 +17,19 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--model", required=True, help=f"one of {', '.join(available_configs())} or a YAML path")
     ap.add_argument("--force", action="store_true", help="start this model over if its run is incompatible")
+    ap.add_argument("--steps", type=int, default=60, help="bench: timed steps per measurement (>= 50)")
+    ap.add_argument("--images", type=int, default=None, help="bench: train rows used (default: all on CUDA, 1024 on CPU)")
+    ap.add_argument("--compile-too", action=argparse.BooleanOptionalAction, default=None,
+                    help="bench: also time the in-memory step with the other compile setting (default: on CUDA)")
     a, overrides = ap.parse_known_args(argv)  # the rest are key=value config overrides
     cfg = resolve(a.model, overrides)
     spec = load_spec(a.comp)
     if cfg["kind"] == "captions" and not spec.caption_column:
-        raise SystemExit(f"{spec.name} has no caption column: a captions model cannot be trained for it")
+        raise UserError(f"{spec.name} has no caption column: a captions model cannot be trained for it")
     ds = load_dataset(spec, a.data)
     if a.cmd == "bench":
         from pipelines.bench import run_bench
-        run_bench(spec, ds, Path(a.runs), cfg)
+        run_bench(spec, ds, Path(a.runs), cfg, steps=a.steps, n_images=a.images, compile_too=a.compile_too)
         return 0
     from pipelines.run import train_model
     quiet = int(os.environ.get("RANK", "0")) != 0

@@ -1,7 +1,7 @@
 """Decode every image once into a uint8 memory-mapped array, shared by every fold and model.
 
-Row order: train rows, then test rows. The file name carries a key of the data set (image folder
-and ids) and the size, so a cache is never reused for other data.
+Row order: train rows, then test rows. The file name carries a key of the images (ids, file sizes
+and modification times) and the size, so a cache is never reused for other or changed images.
 """
 from __future__ import annotations
 
@@ -13,15 +13,29 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from competition.artifacts import atomic_array
+from competition.artifacts import atomic_array, build_once
 from competition.images import load_resized
-from competition.reader import Dataset, offenders_error
+from competition.errors import UserError, offenders_error
+from competition.reader import Dataset
+
+
+def images_key(ds: Dataset) -> str:
+    """The images' identity: ids in order plus each file's size and modification time, so a file replaced
+    on disk gives another key (and so another cache, and a stale-model error for models trained on it)."""
+    digest = hashlib.sha1()
+    for part, frame in (("train", ds.train), ("test", ds.test)):
+        digest.update(f"--{part}--\n".encode())
+        for image_id, path in zip(frame["id"], ds.image_paths(frame)):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                raise UserError(f"{path}: image missing (id {image_id})") from None
+            digest.update(f"{image_id}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:12]
 
 
 def cache_file(ds: Dataset, cache_dir: Path, size: int) -> Path:
-    ids = "\n".join(list(ds.train["id"]) + ["--test--"] + list(ds.test["id"]))
-    key = hashlib.sha1(f"{ds.image_root.resolve()}\n{ids}".encode()).hexdigest()[:12]
-    return Path(cache_dir) / f"images_{key}_{size}px.npy"
+    return Path(cache_dir) / f"images_{images_key(ds)}_{size}px.npy"
 
 
 def _decode(job):
@@ -36,20 +50,19 @@ def build_cache(ds: Dataset, cache_dir: Path, size: int, workers: int | None = N
                 quiet: bool = False) -> Path:
     """Path of the cache, building it first if needed (a killed build leaves no cache behind)."""
     ds.require_images()
-    path = cache_file(ds, cache_dir, size)
-    if path.exists():
-        return path
     paths = ds.image_paths(ds.train) + ds.image_paths(ds.test)
-    errors = []
-    with atomic_array(path, np.uint8, (len(paths), size, size, 3)) as array:
-        jobs = [(i, p, size) for i, p in enumerate(paths)]
-        with Pool(workers or os.cpu_count()) as pool:
-            for index, image, error in tqdm(pool.imap_unordered(_decode, jobs, chunksize=64), total=len(jobs),
-                                            desc=f"cache {size}px", disable=quiet, mininterval=2):
-                if error:
-                    errors.append(error)
-                else:
-                    array[index] = image
-        if errors:
-            raise offenders_error(ds.image_root, "images that cannot be decoded", sorted(errors))
-    return path
+
+    def build(path: Path) -> None:
+        errors = []
+        with atomic_array(path, np.uint8, (len(paths), size, size, 3)) as array:
+            jobs = [(i, p, size) for i, p in enumerate(paths)]
+            with Pool(workers or os.cpu_count()) as pool:
+                for index, image, error in tqdm(pool.imap_unordered(_decode, jobs, chunksize=64), total=len(jobs),
+                                                desc=f"cache {size}px", disable=quiet, mininterval=2):
+                    if error:
+                        errors.append(error)
+                    else:
+                        array[index] = image
+            if errors:
+                raise offenders_error(ds.image_root, "images that cannot be decoded", sorted(errors))
+    return build_once(cache_file(ds, cache_dir, size), build)

@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 
 from competition import metrics
 from competition.artifacts import atomic_path
-from pipelines.train import FitResult
+from pipelines.result import FitResult
 
 
 def vectorizers(cfg: dict, vocab: dict | None = None) -> list[TfidfVectorizer]:

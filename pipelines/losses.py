@@ -6,6 +6,8 @@ import torch
 from timm.loss import AsymmetricLossMultiLabel
 from torch import nn
 
+from competition.errors import UserError
+
 
 class MeanASL(nn.Module):
     """timm's ASL returns a sum; divide by the element count so learning rates transfer from BCE."""
@@ -33,5 +35,5 @@ LOSSES = {
 
 def build_loss(name: str, train_targets: np.ndarray) -> nn.Module:
     if name not in LOSSES:
-        raise KeyError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
+        raise UserError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
     return LOSSES[name](train_targets)

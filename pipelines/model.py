@@ -5,6 +5,7 @@ import timm
 import torch
 from torch import nn
 
+from competition.errors import UserError
 from pipelines.weights import load_pretrained
 
 
@@ -17,7 +18,7 @@ def build_head(in_features: int, num_classes: int, cfg: dict) -> nn.Module:
             layers += [nn.Dropout(cfg["dropout"]), nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
             width = hidden
         return nn.Sequential(*layers, nn.Dropout(cfg["dropout"]), nn.Linear(width, num_classes))
-    raise KeyError(f"unknown head {cfg['head']!r}; valid: linear, mlp")
+    raise UserError(f"unknown head {cfg['head']!r}; valid: linear, mlp")
 
 
 class MultiLabelNet(nn.Module):
@@ -25,7 +26,7 @@ class MultiLabelNet(nn.Module):
         super().__init__()
         self.frozen = cfg["mode"] == "frozen"
         if cfg["mode"] not in ("finetune", "frozen"):
-            raise KeyError(f"unknown mode {cfg['mode']!r}; valid: finetune, frozen")
+            raise UserError(f"unknown mode {cfg['mode']!r}; valid: finetune, frozen")
         self.backbone = timm.create_model(cfg["backbone"], pretrained=False, num_classes=0)
         self.head = build_head(self.backbone.num_features, num_classes, cfg)
         if self.frozen:

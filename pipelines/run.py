@@ -10,6 +10,9 @@ Layout under runs/<COMP>/models/<MODEL>/:
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import shutil
 import time
 from pathlib import Path
@@ -19,7 +22,8 @@ import pandas as pd
 import yaml
 
 from competition import metrics
-from competition.artifacts import file_sha256, read_json, write_csv, write_json, write_text
+from competition.artifacts import exclusive_lock, file_sha256, read_json, write_csv, write_json, write_text
+from competition.errors import UserError
 from competition.reader import Dataset
 from folds.split import read_folds
 from pipelines.config import fold_list
@@ -36,8 +40,24 @@ def prob_frame(ids, prob: np.ndarray, tokens, fold=None) -> pd.DataFrame:
     return frame
 
 
-def check_run(model_dir: Path, cfg: dict, folds_sha: str, tokens, force: bool) -> None:
-    """Refuse to continue a run trained on other folds, labels or settings, unless told to start over."""
+def data_fingerprint(ds: Dataset, cfg: dict) -> str:
+    """What a model learns from: ids and labels, test ids, and its inputs (captions, or the images' key).
+    A model whose fingerprint differs from the current data's was trained on other data."""
+    digest = hashlib.sha256()
+    for image_id, labels in zip(ds.train["id"], ds.train["labels"]):
+        digest.update(f"{image_id}\t{' '.join(labels)}\n".encode())
+    digest.update(("--test--\n" + "\n".join(ds.test["id"])).encode())
+    if cfg["kind"] == "captions":
+        for frame in (ds.train, ds.test):
+            digest.update("\n--captions--\n".join(frame["caption"]).encode())
+    else:
+        from pipelines.cache import images_key
+        digest.update(f"\n--images--{images_key(ds)}".encode())
+    return digest.hexdigest()
+
+
+def check_run(model_dir: Path, cfg: dict, folds_sha: str, data_sha: str, tokens, force: bool, log=print) -> None:
+    """Refuse to continue a run trained on other folds, data, labels or settings, unless told to start over."""
     meta_path = model_dir / "run.json"
     if not meta_path.exists():
         return
@@ -47,6 +67,10 @@ def check_run(model_dir: Path, cfg: dict, folds_sha: str, tokens, force: bool) -
     problems = []
     if old["folds_sha256"] != folds_sha:
         problems.append("the folds file changed since this run started")
+    if "data_sha256" not in old:
+        log(f"{model_dir}: started before data fingerprints were recorded; cannot tell whether the data changed")
+    elif old["data_sha256"] != data_sha:
+        problems.append("the training data changed since this run started (ids, labels, captions or images)")
     if old["labels"] != list(tokens):
         problems.append("the label order changed")
     # Keys new since the run started are not a change: their defaults reproduce the old behaviour.
@@ -54,7 +78,7 @@ def check_run(model_dir: Path, cfg: dict, folds_sha: str, tokens, force: bool) -
     if changed:
         problems.append("config differs: " + ", ".join(f"{k} {old_cfg.get(k)!r} -> {new_cfg.get(k)!r}" for k in changed))
     if problems and not force:
-        raise SystemExit(f"{model_dir}: " + "; ".join(problems) + ". Re-run with FORCE=1 to start this model over.")
+        raise UserError(f"{model_dir}: " + "; ".join(problems) + ". Re-run with FORCE=1 to start this model over.")
     if problems:
         print(f"FORCE: removing {model_dir} ({'; '.join(problems)})")
         shutil.rmtree(model_dir)
@@ -92,7 +116,8 @@ def write_meta(model_dir: Path, cfg, spec, folds_sha, k, scores) -> dict:
     full = model_dir / "full" / "done.json"
     weight_files = {f: info["weights"] for f, info in folds.items()}
     meta = {
-        "model": cfg["name"], "kind": cfg["kind"], "config": cfg, "folds_sha256": folds_sha, "k": k,
+        "model": cfg["name"], "kind": cfg["kind"], "config": cfg, "folds_sha256": folds_sha,
+        "data_sha256": read_json(model_dir / "run.json").get("data_sha256"), "k": k,
         "labels": spec.tokens, "folds": folds, "folds_done": sorted(folds),
         "weights_mb_per_fold": {f: round(Path(model_dir / w).stat().st_size / 2**20, 3) for f, w in weight_files.items()},
         "full": read_json(full) if full.exists() else None,
@@ -110,34 +135,26 @@ def train_model(spec, ds: Dataset, runs: Path, cfg: dict, force: bool = False, l
     folds_path = comp_dir / "folds.csv"
     fold_of = read_folds(folds_path, list(ds.train["id"]))
     k = int(fold_of.max()) + 1
-    folds_sha = file_sha256(folds_path)
-    check_run(model_dir, cfg, folds_sha, spec.tokens, force)
+    folds_sha, data_sha = file_sha256(folds_path), data_fingerprint(ds, cfg)
+    check_run(model_dir, cfg, folds_sha, data_sha, spec.tokens, force, log)
     wanted = fold_list(cfg, k)
     model_dir.mkdir(parents=True, exist_ok=True)
     if not (model_dir / "run.json").exists():
-        write_json(model_dir / "run.json", {"config": cfg, "folds_sha256": folds_sha, "labels": spec.tokens})
+        write_json(model_dir / "run.json", {"config": cfg, "folds_sha256": folds_sha, "data_sha256": data_sha,
+                                            "labels": spec.tokens})
     write_text(model_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
-    fit = fold_fitter(cfg)
-    y = ds.targets()
     for f in wanted:
         fold_dir = model_dir / f"fold{f}"
-        if (fold_dir / "done.json").exists():
-            log(f"{cfg['name']} fold {f}: done, skipped")
-            continue
-        t0 = time.time()
-        train, val = np.nonzero(fold_of != f)[0], np.nonzero(fold_of == f)[0]
-        result = fit(cfg, ds, comp_dir, train, val, fold_dir, f"{cfg['name']} fold {f}", log=log)
-        seconds = time.time() - t0
-        write_csv(fold_dir / "oof.csv", prob_frame(ds.train["id"].iloc[val], result.val_prob, spec.tokens, fold=f))
-        write_csv(model_dir / f"test_fold{f}.csv", prob_frame(ds.test["id"], result.test_prob, spec.tokens))
-        write_csv(fold_dir / "history.csv", pd.DataFrame(result.history))
-        fold_scores = metrics.summary(y[val], result.val_prob, 0.5, spec.min_labels_per_image)
-        write_json(fold_dir / "done.json", {
-            "best_epoch": result.best_epoch, "seconds": round(seconds, 1), "hours": seconds / 3600,
-            "gpu_hours": result.gpu_hours, "device": result.device, "weights": str(result.weights.relative_to(model_dir)),
-            "weights_source": result.source, "params": result.params, "val": fold_scores})
-        log(f"{cfg['name']} fold {f}: micro-F1@0.5 {fold_scores['micro_f1']:.4f} mAP {fold_scores['mAP']:.4f} "
-            f"best epoch {result.best_epoch}, {seconds:.0f}s")
+        # One process per fold: a second job on the same folder skips the fold a live job holds.
+        # Under torchrun every rank must train the fold together, so ranks take no lock.
+        lock = contextlib.nullcontext(True) if distributed() else exclusive_lock(fold_dir / ".lock", wait=False)
+        with lock as held:
+            if not held:
+                log(f"{cfg['name']} fold {f}: another process is training it, skipped")
+            elif (fold_dir / "done.json").exists():
+                log(f"{cfg['name']} fold {f}: done, skipped")
+            else:
+                train_fold(cfg, spec, ds, comp_dir, model_dir, fold_of, f, log)
     scores = assemble(model_dir, spec, ds, fold_of, k)
     if scores and cfg["fullfit"]:
         full_fit(cfg, ds, comp_dir, model_dir, spec, k, log)
@@ -148,6 +165,29 @@ def train_model(spec, ds: Dataset, runs: Path, cfg: dict, force: bool = False, l
     else:
         log(f"{cfg['name']}: folds done {meta['folds_done']} of {k}; oof.csv is written when all are")
     return meta
+
+
+def distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def train_fold(cfg, spec, ds: Dataset, comp_dir: Path, model_dir: Path, fold_of: np.ndarray, f: int, log) -> None:
+    """Fit fold f and write its artifacts; done.json last, so a fold is done only when everything is there."""
+    fold_dir = model_dir / f"fold{f}"
+    t0 = time.time()
+    train, val = np.nonzero(fold_of != f)[0], np.nonzero(fold_of == f)[0]
+    result = fold_fitter(cfg)(cfg, ds, comp_dir, train, val, fold_dir, f"{cfg['name']} fold {f}", log=log)
+    seconds = time.time() - t0
+    write_csv(fold_dir / "oof.csv", prob_frame(ds.train["id"].iloc[val], result.val_prob, spec.tokens, fold=f))
+    write_csv(model_dir / f"test_fold{f}.csv", prob_frame(ds.test["id"], result.test_prob, spec.tokens))
+    write_csv(fold_dir / "history.csv", pd.DataFrame(result.history))
+    fold_scores = metrics.summary(ds.targets()[val], result.val_prob, 0.5, spec.min_labels_per_image)
+    write_json(fold_dir / "done.json", {
+        "best_epoch": result.best_epoch, "seconds": round(seconds, 1), "hours": seconds / 3600,
+        "gpu_hours": result.gpu_hours, "device": result.device, "weights": str(result.weights.relative_to(model_dir)),
+        "weights_source": result.source, "params": result.params, "val": fold_scores})
+    log(f"{cfg['name']} fold {f}: micro-F1@0.5 {fold_scores['micro_f1']:.4f} mAP {fold_scores['mAP']:.4f} "
+        f"best epoch {result.best_epoch}, {seconds:.0f}s")
 
 
 def full_fit(cfg, ds, comp_dir, model_dir, spec, k, log) -> None:

@@ -18,11 +18,14 @@ from tqdm import tqdm
 
 from competition import metrics
 from competition.artifacts import atomic_path
-from pipelines.augment import eval_transform, train_transform
-from pipelines.data import CachedImages, DeviceNormalize, auto_workers, make_loader
+from competition.errors import UserError
+from pipelines.augment import BatchAugment, eval_transform, stream_seed, train_transform
+from pipelines.data import (CachedImages, DeviceBatches, DeviceNormalize, auto_workers, load_cache_rows,
+                            make_loader, set_loader_epoch)
 from pipelines.distributed import Dist
 from pipelines.losses import build_loss
 from pipelines.model import build_model
+from pipelines.result import FitResult
 from pipelines.trunk import TopOfNet, TrunkFeatures, trunk_cache
 
 
@@ -37,24 +40,15 @@ class FoldData:
     test_rows: np.ndarray
 
 
-@dataclasses.dataclass
-class FitResult:
-    val_prob: np.ndarray
-    test_prob: np.ndarray
-    best_epoch: int
-    history: list
-    weights: Path
-    source: str
-    params: int
-    device: str = "cpu"
-    gpu_hours: float = 0.0
-
-
 def device_setup(cfg: dict, dist: Dist):
     device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
     amp_dtype = None
     if device.type == "cuda" and cfg["amp"]:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        choice = {"auto": torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
+                  "bf16": torch.bfloat16, "fp16": torch.float16}
+        if cfg["amp_dtype"] not in choice:
+            raise UserError(f"unknown amp_dtype {cfg['amp_dtype']!r}; valid: {', '.join(choice)}")
+        amp_dtype = choice[cfg["amp_dtype"]]
     return device, amp_dtype
 
 
@@ -77,43 +71,71 @@ def make_schedule(cfg, optimizer, updates_per_epoch):
         return (lambda step: sched.step()), sched
     if cfg["schedule"] == "none":
         return (lambda step: None), None
-    raise KeyError(f"unknown schedule {cfg['schedule']!r}; valid: cosine, onecycle, none")
+    raise UserError(f"unknown schedule {cfg['schedule']!r}; valid: cosine, onecycle, none")
 
 
 @torch.no_grad()
-def predict(model, loader, normalize, device, amp_dtype, tta: bool) -> np.ndarray:
-    model.eval()
+def predict(module, loader, to_input, device, amp_dtype, tta: bool) -> np.ndarray:
+    """Sigmoid probabilities of `module` over a loader, optionally averaged with the mirror view."""
+    module.eval()
     out = []
     for x, _ in loader:
-        x = normalize(x)
+        x = to_input(x)
         # Trunk features arrive as (batch, 2 views, C, H, W): the mirror view is precomputed.
         views = (x[:, 0], x[:, 1]) if x.dim() == 5 else (x, torch.flip(x, dims=[3]))
         with autocast(device, amp_dtype):
-            prob = torch.sigmoid(model(views[0]).float())
+            prob = torch.sigmoid(module(views[0]).float())
             if tta:
-                prob = (prob + torch.sigmoid(model(views[1]).float())) / 2
+                prob = (prob + torch.sigmoid(module(views[1]).float())) / 2
         out.append(prob.cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def inputs(cfg, data: FoldData, net, mean, std, device, channels_last):
-    """Datasets and the module that trains: the whole net on images, or its top on cached trunk features."""
-    size = cfg["img_size"]
-    if cfg["train_from"] is None:
-        normalize = DeviceNormalize(mean, std, device, channels_last)
-        return (CachedImages(data.cache, data.train_rows, data.train_y, train_transform(cfg["augment"], size)),
-                CachedImages(data.cache, data.val_rows, None, eval_transform(size)),
-                CachedImages(data.cache, data.test_rows, None, eval_transform(size)), net, normalize)
-    start = cfg["train_from"]
-    top = TopOfNet(net, start)
-    features = trunk_cache(net, start, data.cache, mean, std, device)
+def data_path(cfg: dict, device: torch.device) -> str:
+    """loader (DataLoader + albumentations per image) or device (cache on the device, batched augmentation)."""
+    if cfg["train_from"] is not None:
+        return "trunk"
+    if cfg["data_path"] == "auto":
+        return "device" if device.type == "cuda" else "loader"
+    if cfg["data_path"] not in ("loader", "device"):
+        raise UserError(f"unknown data_path {cfg['data_path']!r}; valid: auto, loader, device")
+    return cfg["data_path"]
+
+
+def image_inputs(cfg, data: FoldData, mean, std, device, channels_last, dist: Dist):
+    """Train/val/test batch sources over the image cache, and the uint8 -> model-input step."""
+    size, bs, seed = cfg["img_size"], cfg["batch_size"], cfg["seed"]
+    drop_last = len(data.train_rows) > bs
+    if data_path(cfg, device) == "device":
+        images = load_cache_rows(data.cache, device)
+        to_input = DeviceNormalize(mean, std, device, channels_last, BatchAugment(cfg["augment"], size))
+        return (DeviceBatches(images, data.train_rows, data.train_y, bs, device, shuffle=True, drop_last=drop_last,
+                              seed=seed, rank=dist.rank, world=dist.world),
+                DeviceBatches(images, data.val_rows, None, bs * 2, device),
+                DeviceBatches(images, data.test_rows, None, bs * 2, device), to_input)
+    workers = auto_workers(cfg["workers"], device)
+    train_ds = CachedImages(data.cache, data.train_rows, data.train_y, train_transform(cfg["augment"], size), seed)
+    return (make_loader(train_ds, bs, True, workers, device, drop_last, dist.sampler(train_ds, seed), seed),
+            make_loader(CachedImages(data.cache, data.val_rows, None, eval_transform(size)), bs * 2, False, workers, device),
+            make_loader(CachedImages(data.cache, data.test_rows, None, eval_transform(size)), bs * 2, False, workers,
+                        device),
+            DeviceNormalize(mean, std, device, channels_last))
+
+
+def trunk_inputs(cfg, data: FoldData, net, mean, std, device, channels_last, dist: Dist):
+    """Batch sources over cached trunk features (train_from), and the module that trains on them."""
+    top = TopOfNet(net, cfg["train_from"])
+    features = trunk_cache(net, cfg["train_from"], data.cache, mean, std, device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
-    def to_device(x):
+    def to_device(x, train=False):
         x = x.to(device, non_blocking=True)
         return x if x.dim() == 5 else x.contiguous(memory_format=fmt)
-    return (TrunkFeatures(features, data.train_rows, data.train_y, train=True, seed=cfg["seed"]),
-            TrunkFeatures(features, data.val_rows), TrunkFeatures(features, data.test_rows), top, to_device)
+    bs, seed, workers = cfg["batch_size"], cfg["seed"], auto_workers(cfg["workers"], device)
+    train_ds = TrunkFeatures(features, data.train_rows, data.train_y, train=True, seed=seed)
+    return (make_loader(train_ds, bs, True, workers, device, len(train_ds) > bs, dist.sampler(train_ds, seed), seed),
+            make_loader(TrunkFeatures(features, data.val_rows), bs * 2, False, workers, device),
+            make_loader(TrunkFeatures(features, data.test_rows), bs * 2, False, workers, device), to_device, top)
 
 
 def model_start(net, top) -> int:
@@ -165,11 +187,12 @@ class Setup:
     dist: Dist
     device: torch.device
     amp_dtype: torch.dtype | None
-    net: torch.nn.Module        # the whole network (what is saved)
-    model: torch.nn.Module      # what trains: the net, or its top on cached trunk features
+    net: torch.nn.Module          # the whole network: what is saved and what inference needs
+    trained: torch.nn.Module      # what the optimizer updates: the net, or its top on cached trunk features
+    step_module: torch.nn.Module  # `trained` as the train step calls it: compiled and/or DDP-wrapped
+    evaluated: torch.nn.Module    # what validation and test predictions use: the EMA of `trained`, or `trained`
     source: str
-    normalize: object
-    sampler: object
+    to_input: object              # loader batch -> model input on the device (augments training image batches)
     train_loader: object
     val_loader: object
     test_loader: object
@@ -178,138 +201,167 @@ class Setup:
     step_schedule: object
     sched_state: object
     loss_fn: torch.nn.Module
-    scaler: object
+    scaler: torch.amp.GradScaler
     ema: object
-    train_model: torch.nn.Module
 
 
 def setup(cfg: dict, data: FoldData, dist: Dist) -> Setup:
     torch.manual_seed(cfg["seed"])
     device, amp_dtype = device_setup(cfg, dist)
     net, source, mean, std = build_model(cfg, data.train_y.shape[1])
-    channels_last = cfg["channels_last"]  # also ~1.3x faster for these convnets on CPU
+    channels_last = cfg["channels_last"]  # faster for these convnets on CUDA and, measured, on CPU too
     net.to(device)
     if channels_last:
         net.to(memory_format=torch.channels_last)
-    workers = auto_workers(cfg["workers"], device)
-    train_ds, val_ds, test_ds, model, normalize = inputs(cfg, data, net, mean, std, device, channels_last)
-    sampler = dist.sampler(train_ds, cfg["seed"])
-    train_loader = make_loader(train_ds, cfg["batch_size"], True, workers, device,
-                               drop_last=len(train_ds) > cfg["batch_size"], sampler=sampler, seed=cfg["seed"])
-    eval_bs = cfg["batch_size"] * 2
+    if cfg["train_from"] is None:
+        trained = net
+        train_loader, val_loader, test_loader, to_input = image_inputs(cfg, data, mean, std, device, channels_last, dist)
+    else:
+        train_loader, val_loader, test_loader, to_input, trained = trunk_inputs(
+            cfg, data, net, mean, std, device, channels_last, dist)
     updates = len(train_loader) if cfg["max_train_batches"] is None else min(len(train_loader), cfg["max_train_batches"])
-    optimizer = create_optimizer_v2(model.trainable(), opt=cfg["optimizer"], lr=cfg["lr"],
+    optimizer = create_optimizer_v2(trained.trainable(), opt=cfg["optimizer"], lr=cfg["lr"],
                                     weight_decay=cfg["weight_decay"], momentum=cfg["momentum"])
     step_schedule, sched_state = make_schedule(cfg, optimizer, updates)
+    ema = ModelEmaV3(trained, decay=cfg["ema_decay"], use_warmup=True) if cfg["ema"] else None
     return Setup(
-        cfg, dist, device, amp_dtype, net, model, source, normalize, sampler, train_loader,
-        make_loader(val_ds, eval_bs, False, workers, device), make_loader(test_ds, eval_bs, False, workers, device),
+        cfg, dist, device, amp_dtype, net, trained, dist.wrap(torch.compile(trained) if cfg["compile"] else trained),
+        ema.module if ema is not None else trained, source, to_input, train_loader, val_loader, test_loader,
         updates, optimizer, step_schedule, sched_state, build_loss(cfg["loss"], data.train_y).to(device),
-        torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
-        ModelEmaV3(model, decay=cfg["ema_decay"], use_warmup=True) if cfg["ema"] else None,
-        dist.wrap(torch.compile(model) if cfg["compile"] else model))
+        torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), ema)
+
+
+def optimize(s: Setup, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One optimisation step on a batch that is already the model's input (what the in-memory bench times)."""
+    with autocast(s.device, s.amp_dtype):
+        loss = s.loss_fn(s.step_module(x).float(), y)
+    s.optimizer.zero_grad(set_to_none=True)
+    s.scaler.scale(loss).backward()
+    if s.cfg["grad_clip"]:
+        s.scaler.unscale_(s.optimizer)
+        torch.nn.utils.clip_grad_norm_(s.trained.parameters(), s.cfg["grad_clip"])
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    return loss.detach()
 
 
 def train_step(s: Setup, x, y) -> torch.Tensor:
-    """One optimisation step on a batch from the loader (uint8 images or trunk features)."""
-    x, y = s.normalize(x), y.to(s.device, non_blocking=True)
-    with autocast(s.device, s.amp_dtype):
-        loss = s.loss_fn(s.train_model(x).float(), y)
-    s.optimizer.zero_grad(set_to_none=True)
-    if s.scaler is not None:
-        s.scaler.scale(loss).backward()
-        s.scaler.unscale_(s.optimizer)
-    else:
-        loss.backward()
-    if s.cfg["grad_clip"]:
-        torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.cfg["grad_clip"])
-    if s.scaler is not None:
-        s.scaler.step(s.optimizer)
-        s.scaler.update()
-    else:
-        s.optimizer.step()
-    return loss
+    """One step on a batch as a batch source yields it (uint8 images or trunk features)."""
+    return optimize(s, s.to_input(x, train=True), y.to(s.device, non_blocking=True))
+
+
+def start_epoch(s: Setup, epoch: int) -> None:
+    """Every random stream of an epoch (order, augmentation, dropout) from (run seed, epoch): a resumed
+    run continues exactly as the uninterrupted one would have, on any device and any worker count."""
+    seed = s.cfg["seed"]
+    set_loader_epoch(s.train_loader, seed, epoch)
+    if isinstance(s.to_input, DeviceNormalize) and s.to_input.augment is not None:
+        s.to_input.augment.reseed(s.device, seed, epoch, 2)
+    torch.manual_seed(stream_seed(seed, epoch, 3))  # CPU and every CUDA device
+
+
+def train_one_epoch(s: Setup, epoch: int, step: int, label: str = "", max_steps: int | None = None,
+                    on_step=None) -> tuple[dict, int]:
+    """One pass over the training batches; the loss stays on the device until the epoch ends."""
+    start_epoch(s, epoch)
+    s.step_module.train()
+    limit = s.updates if max_steps is None else min(s.updates, max_steps)
+    loss_sum, seen, steps, t0 = torch.zeros((), device=s.device), 0, 0, time.perf_counter()
+    show = s.dist.is_main and sys.stderr.isatty()  # logs get the epoch line only
+    bar = tqdm(total=limit, desc=f"{label} epoch {epoch + 1}/{s.cfg['epochs']}", leave=False, disable=not show)
+    for i, (x, y) in enumerate(s.train_loader):
+        if i >= limit:
+            break
+        s.step_schedule(step)
+        loss_sum += train_step(s, x, y)
+        step, steps, seen = step + 1, steps + 1, seen + len(x)
+        if s.ema is not None:
+            s.ema.update(s.trained, step=step)
+        if on_step is not None:
+            on_step(i, len(x))
+        bar.update()
+        if show and i % 50 == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / steps:.4f}", ips=f"{seen / (time.perf_counter() - t0):.0f}")
+    bar.close()
+    seconds = time.perf_counter() - t0
+    row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(steps, 1),
+           "lr": s.optimizer.param_groups[0]["lr"], "images_per_s": seen * s.dist.world / max(seconds, 1e-9)}
+    return row, step
+
+
+def evaluate(s: Setup, y: np.ndarray) -> dict:
+    """Validation loss and metrics of the evaluated (EMA) weights, each computed once."""
+    prob = predict(s.evaluated, s.val_loader, s.to_input, s.device, s.amp_dtype, tta=False)
+    loss = torch.nn.functional.binary_cross_entropy(
+        torch.from_numpy(prob).double().clamp(1e-7, 1 - 1e-7), torch.from_numpy(y).double())
+    pred = metrics.decide(prob, 0.5, 1)
+    return {"val_loss": float(loss), "micro_f1": metrics.f1(y, pred, "micro"), "macro_f1": metrics.f1(y, pred, "macro"),
+            "mAP": metrics.mean_average_precision(y, prob)}
 
 
 def resume(s: Setup, state_path: Path, log, label):
-    """(history, next epoch, best score, best epoch, global step) from the last finished epoch."""
+    """(history, next epoch, best score, best epoch, global step) from the last finished epoch.
+
+    The state is loaded on the CPU with weights_only (tensors, dicts, numbers): each piece then goes
+    where its module lives. The random streams need no state: `start_epoch` derives them.
+    """
     if not state_path.exists():
         return [], 0, -np.inf, 0, 0
-    st = torch.load(state_path, map_location=s.device, weights_only=False)
-    s.model.load_state_dict(st["model"])
+    st = torch.load(state_path, map_location="cpu", weights_only=True)
+    s.trained.load_state_dict(st["model"])
     s.optimizer.load_state_dict(st["optimizer"])
     if s.ema is not None:
         s.ema.load_state_dict(st["ema"])
     if s.sched_state is not None:
         s.sched_state.load_state_dict(st["scheduler"])
-    if s.scaler is not None and st.get("scaler"):
+    if st.get("scaler"):
         s.scaler.load_state_dict(st["scaler"])
-    torch.set_rng_state(st["rng"])
     log(f"{label}: resuming after epoch {st['epoch']}")
     return st["history"], st["epoch"], st["best"], st["best_epoch"], st["step"]
 
 
+def checkpoint(s: Setup, path: Path, history, epoch, best, best_epoch, step) -> None:
+    save_state(path, model=s.trained.state_dict(), optimizer=s.optimizer.state_dict(),
+               ema=s.ema.state_dict() if s.ema is not None else None,
+               scheduler=s.sched_state.state_dict() if s.sched_state is not None else None,
+               scaler=s.scaler.state_dict() if s.scaler.is_enabled() else None,
+               history=history, epoch=epoch, best=float(best), best_epoch=best_epoch, step=step)
+
+
 def fit(cfg: dict, data: FoldData, out_dir: Path, label: str, dist: Dist | None = None, log=print) -> FitResult:
     """Train, keep the best epoch (or the last when there is no validation), predict val+test with TTA."""
+    t0 = time.time()
     dist = dist or Dist.from_env()
     out_dir.mkdir(parents=True, exist_ok=True)
     s = setup(cfg, data, dist)
     state_path, best_path = out_dir / "state.pt", out_dir / "best.safetensors"
     history, start, best, best_epoch, step = resume(s, state_path, log, label)
-    evaluated = s.ema.module if s.ema is not None else s.model
     has_val = len(data.val_rows) > 0
-    epochs = cfg["epochs"]
-
-    for epoch in range(start, epochs):
+    for epoch in range(start, cfg["epochs"]):
         if history and has_val and epoch - best_epoch >= cfg["patience"]:
             break
-        t0 = time.time()
-        if s.sampler is not None:
-            s.sampler.set_epoch(epoch)
-        s.train_model.train()
-        losses, seen = [], 0
-        bar = tqdm(s.train_loader, total=s.updates, desc=f"{label} epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=not (dist.is_main and sys.stderr.isatty()), mininterval=1)  # logs get the epoch line
-        for i, (x, y) in enumerate(bar):
-            if i >= s.updates:
-                break
-            s.step_schedule(step)
-            loss = train_step(s, x, y)
-            step += 1
-            if s.ema is not None:
-                s.ema.update(s.model, step=step)
-            losses.append(loss.item())
-            seen += len(x)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", ips=f"{seen / (time.time() - t0):.0f}", refresh=False)
-        train_seconds = time.time() - t0
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": s.optimizer.param_groups[0]["lr"],
-               "images_per_s": seen * dist.world / train_seconds}
+        t_epoch = time.perf_counter()
+        row, step = train_one_epoch(s, epoch, step, label)
         if has_val:
-            prob = predict(evaluated, s.val_loader, s.normalize, s.device, s.amp_dtype, tta=False)
-            row["val_loss"] = float(torch.nn.functional.binary_cross_entropy(
-                torch.from_numpy(prob).double().clamp(1e-7, 1 - 1e-7), torch.from_numpy(data.val_y).double()))
-            row.update({m: metrics.summary(data.val_y, prob)[m] for m in ("micro_f1", "macro_f1", "mAP")})
-        row["seconds"] = time.time() - t0
+            row.update(evaluate(s, data.val_y))
+        row["seconds"] = time.perf_counter() - t_epoch
         history.append(row)
         score = row[cfg["select_metric"]] if has_val else epoch
         if score > best:
             best, best_epoch = score, epoch + 1
             if dist.is_main:
-                save_weights(as_full_net(s.net, s.model, evaluated), best_path)
+                save_weights(as_full_net(s.net, s.trained, s.evaluated), best_path)
         if dist.is_main:
-            save_state(state_path, model=s.model.state_dict(), optimizer=s.optimizer.state_dict(),
-                       ema=s.ema.state_dict() if s.ema is not None else None,
-                       scheduler=s.sched_state.state_dict() if s.sched_state is not None else None,
-                       scaler=s.scaler.state_dict() if s.scaler is not None else None, rng=torch.get_rng_state(),
-                       history=history, epoch=epoch + 1, best=best, best_epoch=best_epoch, step=step)
-            log(f"{label} epoch {epoch + 1}/{epochs} " + " ".join(
+            checkpoint(s, state_path, history, epoch + 1, best, best_epoch, step)
+            log(f"{label} epoch {epoch + 1}/{cfg['epochs']} " + " ".join(
                 f"{k} {v:.4g}" for k, v in row.items() if k != "epoch") + (" *" if best_epoch == epoch + 1 else ""))
         dist.barrier()
-
-    restore_best(s.net, s.model, evaluated, best_path)
-    n_labels = data.train_y.shape[1]
-    val_prob = (predict(evaluated, s.val_loader, s.normalize, s.device, s.amp_dtype, cfg["tta"])
-                if has_val else np.zeros((0, n_labels)))
-    test_prob = predict(evaluated, s.test_loader, s.normalize, s.device, s.amp_dtype, cfg["tta"])
+    restore_best(s.net, s.trained, s.evaluated, best_path)
+    val_prob = (predict(s.evaluated, s.val_loader, s.to_input, s.device, s.amp_dtype, cfg["tta"])
+                if has_val else np.zeros((0, data.train_y.shape[1])))
+    test_prob = predict(s.evaluated, s.test_loader, s.to_input, s.device, s.amp_dtype, cfg["tta"])
+    on_gpu = s.device.type == "cuda"
     return FitResult(val_prob, test_prob, best_epoch, history, best_path, s.source,
-                     sum(p.numel() for p in s.net.parameters()))
+                     sum(p.numel() for p in s.net.parameters()),
+                     torch.cuda.get_device_name(s.device) if on_gpu else "cpu",
+                     (time.time() - t0) / 3600 * dist.world if on_gpu else 0.0)

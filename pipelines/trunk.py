@@ -17,7 +17,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from competition.artifacts import atomic_array
+from competition.artifacts import atomic_array, build_once
+from competition.errors import UserError
+from pipelines.augment import stream_seed
 from pipelines.data import DeviceNormalize
 
 
@@ -29,10 +31,10 @@ class TopOfNet(nn.Module):
         bb = net.backbone
         needed = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")
         if not all(hasattr(bb, n) for n in needed):
-            raise ValueError(f"train_from needs a timm EfficientNet-family backbone, not {type(bb).__name__}; "
+            raise UserError(f"train_from needs a timm EfficientNet-family backbone, not {type(bb).__name__}; "
                              "unset train_from for full fine-tuning")
         if not 0 < start < len(bb.blocks):
-            raise ValueError(f"train_from must be in 1..{len(bb.blocks) - 1} for this backbone")
+            raise UserError(f"train_from must be in 1..{len(bb.blocks) - 1} for this backbone")
         self.blocks = nn.Sequential(*bb.blocks[start:])
         self.conv_head, self.bn2, self.pool, self.head = bb.conv_head, bb.bn2, bb.global_pool, net.head
 
@@ -62,36 +64,40 @@ def trunk_cache(net, start: int, image_cache: Path, mean, std, device, batch_siz
     arch = net.backbone.pretrained_cfg.get("architecture", "net")
     name = f"trunk_{arch}_s{start}_{digest.hexdigest()[:10]}_{Path(image_cache).stem}.npy"
     path = Path(image_cache).with_name(name)
-    if path.exists():
-        return path
-    images = np.load(image_cache, mmap_mode="r")
-    net = net.to(device).eval()
-    normalize = DeviceNormalize(mean, std, device, channels_last=True)
-    probe = trunk_forward(net, start, normalize(torch.from_numpy(np.array(images[:1]))))
-    with atomic_array(path, np.float16, (len(images), 2, *probe.shape[1:])) as out:
-        for i in tqdm(range(0, len(images), batch_size), desc=f"trunk features {path.stem}", disable=quiet,
-                      mininterval=2 if sys.stderr.isatty() else 30):
-            x = normalize(torch.from_numpy(np.array(images[i:i + batch_size])))
-            out[i:i + len(x), 0] = trunk_forward(net, start, x).half().cpu().numpy()
-            out[i:i + len(x), 1] = trunk_forward(net, start, torch.flip(x, dims=[3])).half().cpu().numpy()
-    return path
+
+    def build(path: Path) -> None:
+        images = np.load(image_cache, mmap_mode="r")
+        trunk = net.to(device).eval()
+        normalize = DeviceNormalize(mean, std, device, channels_last=True)
+        probe = trunk_forward(trunk, start, normalize(torch.from_numpy(np.array(images[:1]))))
+        with atomic_array(path, np.float16, (len(images), 2, *probe.shape[1:])) as out:
+            for i in tqdm(range(0, len(images), batch_size), desc=f"trunk features {path.stem}", disable=quiet,
+                          mininterval=2 if sys.stderr.isatty() else 30):
+                x = normalize(torch.from_numpy(np.array(images[i:i + batch_size])))
+                out[i:i + len(x), 0] = trunk_forward(trunk, start, x).half().cpu().numpy()
+                out[i:i + len(x), 1] = trunk_forward(trunk, start, torch.flip(x, dims=[3])).half().cpu().numpy()
+    return build_once(path, build)
 
 
 class TrunkFeatures(torch.utils.data.Dataset):
-    """Training: one of the two views at random (the flip augmentation). Eval: both (flip TTA)."""
+    """Training: one of the two views, drawn from (seed, epoch, row) (the flip augmentation). Eval: both (flip TTA)."""
 
     def __init__(self, path, rows, targets=None, train=False, seed=0):
         self.path, self.rows, self.targets, self.train = str(path), np.asarray(rows), targets, train
+        self.seed, self.epoch = seed, 0
         self._array = None
-        self.rng = np.random.default_rng(seed)
 
     def __len__(self):
         return len(self.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __getitem__(self, i):
         if self._array is None:
             self._array = np.load(self.path, mmap_mode="r")
         views = self._array[self.rows[i]]
-        x = views[int(self.rng.integers(2))] if self.train else views
+        # Not a per-worker RNG: each worker would repeat the others' flips, and a resume would not reproduce them.
+        x = views[stream_seed(self.seed, self.epoch, self.rows[i]) % 2] if self.train else views
         y = torch.from_numpy(self.targets[i].astype(np.float32)) if self.targets is not None else torch.zeros(0)
         return torch.from_numpy(np.array(x, dtype=np.float32)), y

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import torch
 
+from competition.errors import UserError
 
-class WeightsError(RuntimeError):
+
+class WeightsError(UserError):
     pass
 
 

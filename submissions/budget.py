@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 
 
+from competition.errors import UserError
 from submissions.blend import mean_blend, quick_score
 
 MAX_SEARCH_MEMBERS = 12
@@ -42,7 +43,7 @@ def select(members, y, min_labels, max_mb, max_hours):
     if within(size, hours, max_mb, max_hours):
         return members, fold_mode, []
     if len(members) > MAX_SEARCH_MEMBERS:
-        raise ValueError(f"{len(members)} members over budget: pass MODELS= to choose at most {MAX_SEARCH_MEMBERS}")
+        raise UserError(f"{len(members)} members over budget: pass MODELS= to choose at most {MAX_SEARCH_MEMBERS}")
     best = None
     for r in range(len(members), 0, -1):
         for subset in itertools.combinations(members, r):
@@ -57,7 +58,7 @@ def select(members, y, min_labels, max_mb, max_hours):
                 if best is None or key > best[0]:
                     best = (key, list(subset), use_full)
     if best is None:
-        raise ValueError(f"no member fits the budget ({max_mb} MB, {max_hours} GPU-hours): "
+        raise UserError(f"no member fits the budget ({max_mb} MB, {max_hours} GPU-hours): "
                          + ", ".join(f"{m.name} {min(m.size_mb(f) for f in options(m)):.1f} MB "
                                      f"{m.gpu_hours:.2f} GPU-h" for m in members))
     _, chosen, use_full = best

@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 
 from competition.artifacts import file_sha256, read_json
-from competition.reader import DataError, Dataset
+from competition.errors import UserError, offenders_error
+from competition.reader import Dataset
 from folds.split import read_folds
+from pipelines.run import data_fingerprint
 
 
 @dataclasses.dataclass
@@ -36,12 +38,17 @@ def read_probs(path: Path, ids, tokens) -> np.ndarray:
     frame = pd.read_csv(path, dtype={"ImageID": str})
     missing = [t for t in tokens if t not in frame.columns]
     if missing:
-        raise DataError(f"{path}: label columns {missing} missing (label order differs from the spec?)")
+        raise UserError(f"{path}: label columns {missing} missing (label order differs from the spec?)")
     frame = frame.set_index("ImageID")
     absent = [i for i in ids if i not in frame.index]
     if absent or len(frame) != len(ids):
-        raise DataError(f"{path}: rows do not match the ids ({len(absent)} missing, {len(frame)} rows for {len(ids)} ids)")
-    return frame.loc[list(ids), list(tokens)].to_numpy(dtype=np.float64)
+        raise UserError(f"{path}: rows do not match the ids ({len(absent)} missing, {len(frame)} rows for {len(ids)} ids)")
+    prob = frame.loc[list(ids), list(tokens)].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(prob).all(1) | (prob < 0).any(1) | (prob > 1).any(1)
+    if bad.any():
+        raise offenders_error(path, "rows with missing or out-of-range probabilities (retrain this model)",
+                              [str(i) for i in np.asarray(ids)[bad]])
+    return prob
 
 
 def load_member(model_dir: Path, ds: Dataset, tokens) -> Member:
@@ -72,16 +79,16 @@ def load_members(spec, ds: Dataset, comp_dir: Path, names: list[str] | None = No
     if names:
         unknown = [n for n in names if n not in available]
         if unknown:
-            raise DataError(f"{models_dir}: no trained model {unknown}; trained: {', '.join(available) or 'none'}")
+            raise UserError(f"{models_dir}: no trained model {unknown}; trained: {', '.join(available) or 'none'}")
         incomplete = [n for n in names if not complete(models_dir / n)]
         if incomplete:
-            raise DataError(f"{models_dir}: models {incomplete} have unfinished folds; finish them with `make train`")
+            raise UserError(f"{models_dir}: models {incomplete} have unfinished folds; finish them with `make train`")
     else:
         names = [n for n in available if complete(models_dir / n)]
         for n in sorted(set(available) - set(names)):
             log(f"skipping {n}: not every fold is trained")
     if not names:
-        raise DataError(f"{models_dir}: no complete trained model; run `make train MODEL=...` first")
+        raise UserError(f"{models_dir}: no complete trained model; run `make train MODEL=...` first")
     folds_sha = file_sha256(comp_dir / "folds.csv")
     read_folds(comp_dir / "folds.csv", list(ds.train["id"]))
     bad = []
@@ -91,7 +98,9 @@ def load_members(spec, ds: Dataset, comp_dir: Path, names: list[str] | None = No
             bad.append(f"{n}: trained on another folds file ({meta['folds_sha256'][:12]} vs current {folds_sha[:12]})")
         if meta["labels"] != list(spec.tokens):
             bad.append(f"{n}: label order {meta['labels']} differs from the spec")
+        if meta.get("data_sha256") and meta["data_sha256"] != data_fingerprint(ds, meta["config"]):
+            bad.append(f"{n}: trained on other data (ids, labels, captions or images changed since)")
     if bad:
-        raise DataError("refusing to blend members trained on different folds or labels (retrain them):\n  "
+        raise UserError("refusing to blend members trained on different folds, data or labels (retrain them):\n  "
                         + "\n  ".join(bad))
     return [load_member(models_dir / n, ds, spec.tokens) for n in names]

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from competition import metrics
-from competition.artifacts import read_json, write_csv, write_json
+from competition.artifacts import exclusive_lock, read_json, write_csv, write_json
 from folds.split import read_folds
 from submissions import thresholds as th
 from submissions.blend import blend_all
@@ -36,8 +36,8 @@ def tune_thresholds(comp_dir: Path, y, oof, fold, tokens, min_labels, method, tr
         print_table(art["comparison"], art["method"], log)
         return art
     storage = f"sqlite:///{(comp_dir / 'thresholds' / 'optuna.db').resolve()}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = th.compare(y, oof, fold, min_labels, trials, seed, storage=storage, study_name=f"blend-{key}")
+    with exclusive_lock(path.with_name(f".{path.name}.lock")):  # one process tunes a given study at a time
+        rows = th.compare(y, oof, fold, min_labels, trials, seed, storage=storage, study_name=f"blend-{key}")
     chosen = method or max(rows, key=lambda r: (r["nested"], -th.METHODS.index(r["method"])))["method"]
     row = next(r for r in rows if r["method"] == chosen)
     art = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import optuna
 
+from competition.errors import UserError
 from competition.metrics import decide
 
 METHODS = ("fixed", "global", "exact", "optuna")
@@ -71,7 +72,7 @@ def best_cut_for_label(y, prob, thr, j, order_j, top, min_labels) -> tuple[float
 
 def exact_per_label(y, prob, min_labels=1, init=None, max_passes=10) -> np.ndarray:
     if min_labels > 1:
-        raise ValueError("exact search handles min_labels 0 or 1; use the optuna method")
+        raise UserError("exact search handles min_labels 0 or 1; use the optuna method")
     y = np.asarray(y).astype(np.int64)
     prob = np.asarray(prob, dtype=np.float64)
     thr = np.array(init if init is not None else global_threshold(y, prob, min_labels), dtype=np.float64)
@@ -93,8 +94,12 @@ def optuna_per_label(y, prob, min_labels=1, trials=200, seed=0, init=None, stora
     """TPE over one threshold per label, warm-started from `init`; resumes a stored study."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     L = prob.shape[1]
+    if isinstance(storage, str):
+        storage = optuna.storages.RDBStorage(storage)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
                                 storage=storage, study_name=study_name, load_if_exists=storage is not None)
+    if storage is not None:
+        fail_orphaned_trials(storage, study.study_name)
     if init is not None and not study.trials:
         study.enqueue_trial({f"t{j}": float(np.clip(init[j], 0.001, 0.999)) for j in range(L)})
 
@@ -108,6 +113,15 @@ def optuna_per_label(y, prob, min_labels=1, trials=200, seed=0, init=None, stora
     return np.array([study.best_params[f"t{j}"] for j in range(L)])
 
 
+def fail_orphaned_trials(storage, study_name: str) -> None:
+    """A killed study leaves its last trial RUNNING forever; the caller holds the study's lock, so no live
+    process owns such a trial: mark it failed (the dashboard then shows the truth, and it is retried)."""
+    study_id = storage.get_study_id_from_name(study_name)
+    for trial in storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+
+
 def tune(method: str, y, prob, min_labels=1, trials=200, seed=0, storage=None, study_name=None) -> np.ndarray:
     if method == "fixed":
         return np.full(prob.shape[1], 0.5)
@@ -118,7 +132,7 @@ def tune(method: str, y, prob, min_labels=1, trials=200, seed=0, storage=None, s
     if method == "optuna":
         init = exact_per_label(y, prob, min_labels) if min_labels <= 1 else None
         return optuna_per_label(y, prob, min_labels, trials, seed, init, storage, study_name)
-    raise KeyError(f"unknown threshold method {method!r}; valid: {', '.join(METHODS)}")
+    raise UserError(f"unknown threshold method {method!r}; valid: {', '.join(METHODS)}")
 
 
 def nested_score(method, y, prob, fold, min_labels=1, trials=200, seed=0) -> float:

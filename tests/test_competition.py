@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from competition import DataError, load_dataset, load_spec
+from competition import UserError, load_dataset, load_spec
 from competition.images import load_resized, load_rgb
 from competition.reader import encode
 
@@ -19,14 +19,14 @@ def test_spec_labels_are_strings_in_order():
 
 
 def test_unknown_spec_lists_valid_names():
-    with pytest.raises(KeyError, match="comp5329.*demo|demo.*comp5329"):
+    with pytest.raises(UserError, match="comp5329.*demo|demo.*comp5329"):
         load_spec("nope")
 
 
 def test_unknown_spec_key_fails(tmp_path):
     p = tmp_path / "x.yaml"
     p.write_text("name: x\ndata: d\nlabels: {a: A}\ncolour: red\n")
-    with pytest.raises(ValueError, match="unknown keys.*colour"):
+    with pytest.raises(UserError, match="unknown keys.*colour"):
         load_spec(str(p))
 
 
@@ -61,13 +61,13 @@ def write(tmp_path, train_rows, test_rows=('30000.jpg,"t"',)):
 
 def test_duplicate_ids_listed(tmp_path):
     write(tmp_path, ['0.jpg,1,"a"', '1.jpg,2,"b"', '0.jpg,3,"c"'])
-    with pytest.raises(DataError, match=r"train.csv: 2 duplicate ids:\n  line 2: 0.jpg\n  line 4: 0.jpg"):
+    with pytest.raises(UserError, match=r"train.csv: 2 duplicate ids:\n  line 2: 0.jpg\n  line 4: 0.jpg"):
         load_dataset(spec(), tmp_path)
 
 
 def test_unknown_labels_listed_with_rows(tmp_path):
     write(tmp_path, ['0.jpg,1 12,"a"', '1.jpg,2,"b"', '2.jpg,25 3,"c"'])
-    with pytest.raises(DataError) as e:
+    with pytest.raises(UserError) as e:
         load_dataset(spec(), tmp_path)
     msg = str(e.value)
     assert "train.csv: 2 rows with unknown label tokens" in msg
@@ -76,24 +76,24 @@ def test_unknown_labels_listed_with_rows(tmp_path):
 
 def test_empty_label_cell(tmp_path):
     write(tmp_path, ['0.jpg,1,"a"', '1.jpg,,"b"'])
-    with pytest.raises(DataError, match=r"1 rows with an empty label cell:\n  line 3 \(1.jpg\)"):
+    with pytest.raises(UserError, match=r"1 rows with an empty label cell:\n  line 3 \(1.jpg\)"):
         load_dataset(spec(), tmp_path)
 
 
 def test_many_offenders_are_counted(tmp_path):
     write(tmp_path, [f'{i}.jpg,99,"x"' for i in range(30)])
-    with pytest.raises(DataError, match=r"30 rows with unknown label tokens.*\.\.\. and 10 more"):
+    with pytest.raises(UserError, match=r"30 rows with unknown label tokens.*\.\.\. and 10 more"):
         try:
             load_dataset(spec(), tmp_path)
-        except DataError as e:
+        except UserError as e:
             assert str(e).count("line ") == 20
-            raise DataError(str(e).replace("\n", " "))
+            raise UserError(str(e).replace("\n", " "))
 
 
 def test_missing_and_undecodable_images(demo_copy):
     (demo_copy / "data" / "1.jpg").unlink()
     (demo_copy / "data" / "2.jpg").write_bytes(b"not a jpeg at all")
-    with pytest.raises(DataError) as e:
+    with pytest.raises(UserError) as e:
         load_dataset(load_spec("demo"), demo_copy)
     msg = str(e.value)
     assert "2 images missing or unreadable" in msg
@@ -160,3 +160,53 @@ def test_demo_data_statistics_and_format(demo_data):
     assert 0.72 < person < 0.80 and 1.35 < per_image < 1.75
     ds = load_dataset(load_spec("demo"), demo_data)  # the COMP5329 reader takes it, quirks included
     assert len(ds.train) == 90 and len(ds.test) == 24 and ds.has_images
+
+
+def captions_only(tmp_path, train_rows, test_rows):
+    """A COMP5329-format data set without images, written as raw text (so every quirk survives)."""
+    (tmp_path / "train.csv").write_text("ImageID,Labels,Caption\n" + "".join(r + "\n" for r in train_rows))
+    (tmp_path / "test.csv").write_text("ImageID,Caption\n" + "".join(r + "\n" for r in test_rows))
+    return tmp_path
+
+
+def test_record_ids_any_case_and_spacing(tmp_path):
+    data = captions_only(tmp_path, ["0.jpg,1,a man", "1.jpg,2 3,a bike"],
+                         ["30000.jpg,a cat", "30005.JPG,a dog", " 30006.jpg,a bus", "30007.jpg ,a car",
+                          '"30008.jpg",a boat'])
+    ds = load_dataset(spec(), data)
+    assert ds.test.id.tolist() == ["30000.jpg", "30005.JPG", "30006.jpg", "30007.jpg", "30008.jpg"]
+    assert ds.test.caption.tolist() == ["a cat", "a dog", "a bus", "a car", "a boat"]
+
+
+def test_line_that_looks_like_a_record_is_never_glued_into_a_caption(tmp_path):
+    data = captions_only(tmp_path, ["0.jpg,1,a man", "1.jpg,2,a bike"],
+                         ["30000.jpg,a cat", "5,a horse", "30001.jpg,a caption that goes on", "over two lines"])
+    with pytest.raises(UserError, match=r"(?s)test.csv: 1 lines that look like records.*line 3: '5,a horse'"):
+        load_dataset(spec(), data)
+
+
+def test_files_without_records_fail_at_load(tmp_path):
+    data = captions_only(tmp_path, ["0.jpg,1,a man"], [])
+    with pytest.raises(UserError, match="test.csv: no records after the header"):
+        load_dataset(spec(), data)
+    data = captions_only(tmp_path, [], ["30000.jpg,a cat"])
+    with pytest.raises(UserError, match="train.csv: no records after the header"):
+        load_dataset(spec(), data)
+
+
+def test_encodings(tmp_path):
+    data = captions_only(tmp_path, ["0.jpg,1,a man", "1.jpg,2,a bike"], ["30000.jpg,a cat"])
+    text = (data / "train.csv").read_text()
+    (data / "train.csv").write_bytes(text.encode("utf-16"))  # with a BOM: unambiguous, read as is
+    assert load_dataset(spec(), data).train.caption.tolist() == ["a man", "a bike"]
+    (data / "train.csv").write_bytes(text.replace("a bike", "a caf\xe9").encode("latin-1"))
+    with pytest.raises(UserError, match=r"train.csv: line 3 is not UTF-8 \(byte b'\\xe9'"):
+        load_dataset(spec(), data)
+
+
+def test_16_bit_png_keeps_its_range(tmp_path):
+    values = np.array([[0, 32768], [65535, 16384]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")  # PIL mode I;16
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    gray = load_rgb(tmp_path / "deep.png")[..., 0]
+    assert gray.tolist() == [[0, 128], [255, 64]]

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from competition.errors import UserError
 from folds.split import make_folds, quality_report, read_folds
 
 
@@ -44,5 +45,29 @@ def test_every_label_in_every_fold_and_beats_kfold():
 
 def test_read_folds_names_mismatched_ids(tmp_path):
     pd.DataFrame({"ImageID": ["a", "b"], "fold": [0, 1]}).to_csv(tmp_path / "f.csv", index=False)
-    with pytest.raises(ValueError, match="missing c"):
+    with pytest.raises(UserError, match="missing c"):
         read_folds(tmp_path / "f.csv", ["a", "c"])
+
+
+def test_a_failed_stratification_is_a_clear_error(monkeypatch):
+    import folds.split as split
+    y = np.zeros((40, 2), dtype=int)
+    y[:12, 1] = 1
+
+    def bad_assign(splitter, y):  # a split that leaves label b out of fold 3
+        fold = np.arange(len(y)) % 4
+        fold[(y[:, 1] == 1) & (fold == 3)] = 0
+        return fold
+    monkeypatch.setattr(split, "assign", bad_assign)
+    with pytest.raises(UserError, match="label b \\(12 images\\) absent from fold 3.*another SEED or a smaller K"):
+        make_folds([str(i) for i in range(40)], y, 4, 12, tokens=["a", "b"])
+
+
+def test_report_warns_about_labels_rarer_than_k():
+    y = np.zeros((30, 3), dtype=int)
+    y[:, 0] = 1
+    y[:2, 1] = 1
+    fold = make_folds([str(i) for i in range(30)], y, 3, 0).fold.to_numpy()
+    text, _ = quality_report(y, fold, 3, 0, ["a", "b", "c"], ["A", "B", "C"])
+    assert "WARNING: label b (B) has 2 images, fewer than K=3: some folds cannot validate it" in text
+    assert "WARNING: label c (C) has 0 images" in text and "never occurs" in text

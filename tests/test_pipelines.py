@@ -13,7 +13,7 @@ import timm
 import torch
 
 from competition import load_dataset, load_spec
-from competition.reader import DataError
+from competition.errors import UserError
 from pipelines.cache import build_cache
 from pipelines.config import resolve
 from pipelines.weights import WeightsError, load_pretrained
@@ -39,9 +39,9 @@ def train(data, runs, model="tiny", *overrides, **kw):
 def test_config_overrides_and_unknown_keys():
     cfg = resolve("tiny", ["epochs=3", "img_size=48", "folds=0,2", "lr=1e-2", "tta=false"])
     assert (cfg["epochs"], cfg["img_size"], cfg["folds"], cfg["lr"], cfg["tta"]) == (3, 48, "0,2", 0.01, False)
-    with pytest.raises(KeyError, match="unknown config keys \\['epoch'\\]; valid keys: .*epochs"):
+    with pytest.raises(UserError, match="unknown config keys \\['epoch'\\]; valid keys: .*epochs"):
         resolve("tiny", ["epoch=3"])
-    with pytest.raises(KeyError, match="unknown model 'nope'; valid: .*tf_efficientnet_lite0"):
+    with pytest.raises(UserError, match="unknown model 'nope'; valid: .*tf_efficientnet_lite0"):
         resolve("nope")
 
 
@@ -88,7 +88,7 @@ def test_cache_lists_undecodable_images(demo_copy, tmp_path):
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) // 2])  # header intact, pixels truncated
     ds = load_dataset(load_spec("demo"), demo_copy)  # the header check passes
-    with pytest.raises(DataError, match="1 images that cannot be decoded:\n  5.jpg"):
+    with pytest.raises(UserError, match="1 images that cannot be decoded:\n  5.jpg"):
         build_cache(ds, tmp_path / "cache", 24, workers=1, quiet=True)
     assert not list((tmp_path / "cache").glob("*.npy"))  # nothing half-written is left
 
@@ -162,6 +162,33 @@ def test_killed_training_resumes(demo_data, tmp_path):
     assert hist.epoch.tolist() == list(range(1, 31))  # no epoch lost or repeated
     assert (d / "oof.csv").exists() and (d / "test_fold1.csv").exists() and (d / "meta.json").exists()
     assert not list(d.rglob("*.tmp"))
+    # The resumed run computed exactly what an uninterrupted one computes (CPU: bit for bit).
+    other = tmp_path / "uninterrupted"
+    folds_for(demo_data, other, k=2)
+    r = subprocess.run(args[:-6] + ["--runs", str(other), "--model", "tiny", "epochs=30", "patience=100"],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (other / "demo" / "models" / "tiny" / "oof.csv").read_text() == (d / "oof.csv").read_text()
+    assert (other / "demo" / "models" / "tiny" / "test_fold0.csv").read_text() == (d / "test_fold0.csv").read_text()
+
+
+def oof_of(demo_data, runs, *overrides):
+    from pipelines.run import train_model
+    spec = load_spec("demo")
+    folds_for(demo_data, runs, k=2)
+    train_model(spec, load_dataset(spec, demo_data), runs, resolve("tiny", ["epochs=2", *overrides]), log=lambda *_: None)
+    return pd.read_csv(runs / "demo" / "models" / "tiny" / "oof.csv")
+
+
+@pytest.mark.parametrize("path", ["loader", "device"])
+def test_image_training_is_reproducible(demo_data, tmp_path, path):
+    """Same command and seed twice (and, on the loader path, another worker count): the same OOF."""
+    first = oof_of(demo_data, tmp_path / "a", f"data_path={path}", "augment=strong")
+    again = oof_of(demo_data, tmp_path / "b", f"data_path={path}", "augment=strong",
+                   f"workers={2 if path == 'loader' else 0}")
+    pd.testing.assert_frame_equal(first, again, check_exact=True)
+    other_seed = oof_of(demo_data, tmp_path / "c", f"data_path={path}", "augment=strong", "seed=7")
+    assert not first.equals(other_seed)
 
 
 def test_fullfit_refit(demo_data, tmp_path):
@@ -239,3 +266,70 @@ def test_training_variants(demo_data, tmp_path, overrides):
     assert meta["folds_done"] == [0, 1] and 0 <= meta["oof"]["micro_f1_at_0.5"] <= 1
     oof = pd.read_csv(tmp_path / "demo" / "models" / "tiny" / "oof.csv")
     assert np.isfinite(oof[spec.tokens].to_numpy()).all()
+
+
+def test_changed_labels_make_trained_models_stale(demo_copy, tmp_path):
+    folds_for(demo_copy, tmp_path, k=2)
+    assert train(demo_copy, tmp_path, "tiny", "epochs=1").returncode == 0
+    train_csv = demo_copy / "train.csv"
+    lines = train_csv.read_text().splitlines()
+    first = lines[1].split(",", 2)
+    lines[1] = ",".join([first[0], "18" if first[1] != "18" else "17", first[2]])  # relabel one row
+    train_csv.write_text("\n".join(lines) + "\n")
+    r = train(demo_copy, tmp_path, "tiny", "epochs=1")
+    assert r.returncode == 2 and "training data changed" in r.stderr and "FORCE=1" in r.stderr
+    assert "done, skipped" not in r.stdout
+    r = cli("-m", "submissions", "submit", "--comp", "demo", "--data", str(demo_copy), "--runs", str(tmp_path))
+    assert r.returncode == 2 and "tiny: trained on other data" in r.stderr
+    r = train(demo_copy, tmp_path, "tiny", "epochs=1", "--force")
+    assert r.returncode == 0, r.stderr
+
+
+def test_replaced_image_rebuilds_the_cache(demo_copy, tmp_path):
+    from PIL import Image
+    spec = load_spec("demo")
+    first = build_cache(load_dataset(spec, demo_copy), tmp_path, 24, workers=1, quiet=True)
+    Image.new("RGB", (40, 40), (255, 0, 0)).save(demo_copy / "data" / "3.jpg")
+    ds = load_dataset(spec, demo_copy)
+    second = build_cache(ds, tmp_path, 24, workers=1, quiet=True)
+    assert second != first
+    row = ds.train.id.tolist().index("3.jpg")
+    assert np.load(second)[row, ..., 0].mean() > 200 and np.load(first)[row, ..., 0].mean() < 200
+
+
+def test_killed_cache_build_leaves_nothing_behind(demo_copy, tmp_path):
+    from pipelines.cache import cache_file
+    ds = load_dataset(load_spec("demo"), demo_copy)
+    target = cache_file(ds, tmp_path, 24)
+    stale = tmp_path / f".{target.name}.x1y2.tmp"  # what a kill -9 mid-build leaves
+    stale.write_bytes(b"\0" * 4096)
+    assert build_cache(ds, tmp_path, 24, workers=1, quiet=True) == target
+    assert not stale.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_fold_held_by_another_process_is_skipped(demo_data, tmp_path):
+    from competition.artifacts import exclusive_lock
+    folds_for(demo_data, tmp_path, k=2)
+    with exclusive_lock(tmp_path / "demo" / "models" / "tiny" / "fold0" / ".lock"):
+        r = train(demo_data, tmp_path, "tiny", "epochs=1")
+    assert r.returncode == 0, r.stderr
+    assert "fold 0: another process is training it, skipped" in r.stdout
+    d = tmp_path / "demo" / "models" / "tiny"
+    assert (d / "fold1" / "done.json").exists() and not (d / "fold0" / "done.json").exists()
+    assert not (d / "oof.csv").exists()
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys):
+    from competition.cli import run
+    from competition.errors import UserError
+
+    def bad_input():
+        raise UserError("train.csv: line 3 is wrong")
+    with pytest.raises(SystemExit) as e:
+        run(bad_input)
+    assert e.value.code == 2 and capsys.readouterr().err == "error: train.csv: line 3 is wrong\n"
+
+    def bug():
+        return {}["missing"]
+    with pytest.raises(KeyError):  # not swallowed into one line
+        run(bug)

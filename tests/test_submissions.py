@@ -11,7 +11,7 @@ from sklearn.metrics import f1_score
 
 from competition import load_spec
 from competition.metrics import decide
-from competition.reader import DataError
+from competition.errors import UserError
 from submissions import thresholds as th
 from submissions.blend import tune_weights, quick_score
 from submissions.budget import select
@@ -104,7 +104,7 @@ def test_budget_selector_drops_the_right_member():
     assert "strong" in names and "weak" not in names
     assert use_full.get("big") is True  # 250 MB of folds only fits as its 50 MB refit
     assert any("dropped weak" in n for n in notes) and any("big enters as its full-data refit" in n for n in notes)
-    with pytest.raises(ValueError, match="no member fits"):
+    with pytest.raises(UserError, match="no member fits"):
         select(members, y, 1, max_mb=10, max_hours=None)
 
 
@@ -116,15 +116,15 @@ def test_validator():
     spec = load_spec("comp5329")
     ids = ["30000.jpg", "30001.jpg"]
     validate_frame(frame([["30000.jpg", "1 3"], ["30001.jpg", "19"]]), spec, ids)
-    with pytest.raises(DataError, match="(?s)ids differ.*missing 30001.jpg.*extra 9.jpg"):
+    with pytest.raises(UserError, match="(?s)ids differ.*missing 30001.jpg.*extra 9.jpg"):
         validate_frame(frame([["30000.jpg", "1"], ["9.jpg", "1"]]), spec, ids)
-    with pytest.raises(DataError, match="(?s)unknown labels.*30001.jpg\\): 12"):
+    with pytest.raises(UserError, match="(?s)unknown labels.*30001.jpg\\): 12"):
         validate_frame(frame([["30000.jpg", "1"], ["30001.jpg", "12"]]), spec, ids)
-    with pytest.raises(DataError, match="(?s)fewer than 1 labels.*30001.jpg"):
+    with pytest.raises(UserError, match="(?s)fewer than 1 labels.*30001.jpg"):
         validate_frame(frame([["30000.jpg", "1"], ["30001.jpg", ""]]), spec, ids)
-    with pytest.raises(DataError, match="duplicate ids"):
+    with pytest.raises(UserError, match="duplicate ids"):
         validate_frame(frame([["30000.jpg", "1"], ["30000.jpg", "2"]]), spec, ids)
-    with pytest.raises(DataError, match="header"):
+    with pytest.raises(UserError, match="header"):
         validate_frame(pd.DataFrame({"id": ids, "Labels": ["1", "1"]}), spec, ids)
 
 
@@ -188,3 +188,47 @@ def test_ignore_budget_is_loud(trained, tmp_path):
     newest = max((runs / "demo" / "submissions").glob("*.json"), key=lambda p: p.stat().st_mtime)
     side = json.loads(newest.read_text())
     assert side["budget"]["within"] is False and side["budget"]["ignored"] is True
+
+
+def test_validate_checks_ids_against_the_raw_test_file(trained, tmp_path):
+    """A test row the reader cannot place is still a row the submission must have."""
+    import shutil
+    runs, data = trained
+    sub = max((runs / "demo" / "submissions").glob("*.csv"), key=lambda p: p.stat().st_mtime)
+    raw = tmp_path / "data"
+    shutil.copytree(data, raw, ignore=shutil.ignore_patterns("data"))
+    with open(raw / "test.csv", "a") as f:
+        f.write("99999.JPEG,a row whose id the spec's pattern does not match\n")
+    r = cli("-m", "submissions.validate", str(sub), "--comp", "demo", "--data", str(raw))
+    assert r.returncode == 1 and "missing 99999.JPEG" in r.stderr
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    r = cli("-m", "submissions.validate", str(empty), "--comp", "demo", "--data", str(data))
+    assert r.returncode == 1 and "empty.csv: empty file (0 bytes)" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_nan_in_a_member_is_named(trained, tmp_path):
+    import shutil
+    runs, data = trained
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy)
+    oof = copy / "demo" / "models" / "tiny" / "oof.csv"
+    frame = pd.read_csv(oof, dtype={"ImageID": str})
+    frame.loc[3, frame.columns[2]] = np.nan
+    frame.to_csv(oof, index=False)
+    r = cli("-m", "submissions", "submit", "--comp", "demo", "--data", str(data), "--runs", str(copy))
+    assert r.returncode == 2 and "oof.csv: 1 rows with missing or out-of-range probabilities" in r.stderr
+    assert frame.ImageID[3] in r.stderr
+
+
+def test_killed_optuna_trial_is_marked_failed(tmp_path):
+    import optuna
+    from submissions.thresholds import optuna_per_label
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    study.ask()  # a trial left RUNNING, as by a process killed mid-trial
+    rng = np.random.default_rng(0)
+    y = (rng.random((60, 3)) < 0.3).astype(int)
+    optuna_per_label(y, rng.random((60, 3)), trials=3, storage=storage, study_name="s")
+    states = [t.state for t in optuna.load_study(study_name="s", storage=storage).trials]
+    assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.FAIL in states
