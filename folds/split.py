@@ -37,7 +37,9 @@ def max_relative_deviation(y: np.ndarray, fold: np.ndarray, k: int) -> np.ndarra
     overall = y.mean(0)
     shares = np.stack([y[fold == f].mean(0) for f in range(k)])
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.nanmax(np.abs(shares - overall) / overall, axis=0)
+        dev = np.abs(shares - overall) / overall
+    # A label with no images has no share to deviate from: 0, and the report warns about it.
+    return np.where(overall > 0, np.nan_to_num(dev, nan=0.0, posinf=0.0), 0.0).max(axis=0)
 
 
 def quality_report(y: np.ndarray, fold: np.ndarray, k: int, seed: int, tokens, names) -> tuple[str, pd.DataFrame]:

@@ -40,6 +40,7 @@ DEFAULTS = {
     "select_metric": "micro_f1",  # micro_f1 | mAP
     "tta": True,                # horizontal-flip TTA for OOF and test predictions
     "augment": "light",         # none | light | strong (see pipelines/augment.py)
+    "device": "auto",           # auto (CUDA when present) | cpu | cuda
     "amp": True,                # CUDA only: mixed precision
     "amp_dtype": "auto",        # auto (bf16 where supported, else fp16 + grad scaler) | bf16 | fp16
     "channels_last": True,      # NHWC memory: faster for convnets on CUDA and on CPU (measured ~1.3x)

@@ -29,7 +29,7 @@ from folds.split import read_folds
 from pipelines.config import fold_list
 
 # Keys that change how a run executes, not what it computes: they may differ on resume.
-EXECUTION_KEYS = {"folds", "workers", "fullfit", "compile"}
+EXECUTION_KEYS = {"folds", "workers", "fullfit", "compile", "device"}
 
 
 def prob_frame(ids, prob: np.ndarray, tokens, fold=None) -> pd.DataFrame:

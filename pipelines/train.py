@@ -41,7 +41,12 @@ class FoldData:
 
 
 def device_setup(cfg: dict, dist: Dist):
-    device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
+    if cfg["device"] not in ("auto", "cpu", "cuda"):
+        raise UserError(f"unknown device {cfg['device']!r}; valid: auto, cpu, cuda")
+    if cfg["device"] == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda asked for, but torch sees no CUDA device")
+    on_cuda = cfg["device"] == "cuda" or (cfg["device"] == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{dist.local_rank}" if on_cuda else "cpu")
     amp_dtype = None
     if device.type == "cuda" and cfg["amp"]:
         choice = {"auto": torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,

@@ -8,6 +8,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail at once instea
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+def pytest_collection_modifyitems(config, items):
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (make test-gpu on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
     """A tiny generated competition in the COMP5329 format (runs/demo/data layout)."""

@@ -137,11 +137,12 @@ def test_single_fold_jobs_merge(demo_data, tmp_path):
     assert r.returncode != 0 and "epochs 1 -> 2" in r.stderr
 
 
-def test_killed_training_resumes(demo_data, tmp_path):
+def kill_and_resume(demo_data, tmp_path, *overrides):
+    """Train, SIGKILL mid-fold, re-run: the fold resumes and completes with no epoch lost or repeated."""
     folds_for(demo_data, tmp_path, k=2)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     args = [sys.executable, "-m", "pipelines", "train", "--comp", "demo", "--data", str(demo_data), "--runs",
-            str(tmp_path), "--model", "tiny", "epochs=30", "patience=100"]
+            str(tmp_path), "--model", "tiny", "epochs=30", "patience=100", *overrides]
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     state = tmp_path / "demo" / "models" / "tiny" / "fold0" / "state.pt"
     deadline = time.time() + 120
@@ -152,7 +153,7 @@ def test_killed_training_resumes(demo_data, tmp_path):
     proc.wait()
     assert state.exists()
     assert not (tmp_path / "demo" / "models" / "tiny" / "fold0" / "done.json").exists()
-    epoch = torch.load(state, weights_only=False)["epoch"]
+    epoch = torch.load(state, weights_only=True)["epoch"]
     assert 0 < epoch < 30
     r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -162,10 +163,15 @@ def test_killed_training_resumes(demo_data, tmp_path):
     assert hist.epoch.tolist() == list(range(1, 31))  # no epoch lost or repeated
     assert (d / "oof.csv").exists() and (d / "test_fold1.csv").exists() and (d / "meta.json").exists()
     assert not list(d.rglob("*.tmp"))
+    return args, env, d
+
+
+def test_killed_training_resumes(demo_data, tmp_path):
+    args, env, d = kill_and_resume(demo_data, tmp_path, "device=cpu")
     # The resumed run computed exactly what an uninterrupted one computes (CPU: bit for bit).
     other = tmp_path / "uninterrupted"
     folds_for(demo_data, other, k=2)
-    r = subprocess.run(args[:-6] + ["--runs", str(other), "--model", "tiny", "epochs=30", "patience=100"],
+    r = subprocess.run(args[:-7] + ["--runs", str(other), "--model", "tiny", "epochs=30", "patience=100", "device=cpu"],
                        cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (other / "demo" / "models" / "tiny" / "oof.csv").read_text() == (d / "oof.csv").read_text()
@@ -176,7 +182,8 @@ def oof_of(demo_data, runs, *overrides):
     from pipelines.run import train_model
     spec = load_spec("demo")
     folds_for(demo_data, runs, k=2)
-    train_model(spec, load_dataset(spec, demo_data), runs, resolve("tiny", ["epochs=2", *overrides]), log=lambda *_: None)
+    cfg = resolve("tiny", ["epochs=2", "device=cpu", *overrides])
+    train_model(spec, load_dataset(spec, demo_data), runs, cfg, log=lambda *_: None)
     return pd.read_csv(runs / "demo" / "models" / "tiny" / "oof.csv")
 
 
