@@ -115,7 +115,7 @@ def run_bench(spec, ds, runs: Path, cfg: dict, steps: int = 60, n_images: int | 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sub, size = bench_subset(ds, n_images, device), cfg["img_size"]
     out = {"model": cfg["name"], "img_size": size, "batch_size": cfg["batch_size"], "train_from": cfg["train_from"],
-           "data_path": data_path(cfg, device), "compile": cfg["compile"],
+           "data_path": data_path(cfg), "compile": cfg["compile"],
            "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
            "machine": platform.processor() or platform.machine(), "images": len(sub.train)}
     few = dataclasses.replace(sub, train=sub.train.iloc[:256])

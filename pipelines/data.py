@@ -99,8 +99,8 @@ def fits_on_device(nbytes: int, device: torch.device, share: float = 0.5) -> boo
 
 def load_cache_rows(path, device: torch.device) -> torch.Tensor:
     """The whole uint8 cache as one tensor: on the device if it fits in half its free memory, else pinned host."""
-    array = np.load(path, mmap_mode="r")
-    host = torch.from_numpy(np.ascontiguousarray(array))
+    # Copy-on-write map: a writable view for torch without reading the file twice or touching it.
+    host = torch.from_numpy(np.load(path, mmap_mode="c"))
     if fits_on_device(host.numel(), device):
         return host.to(device)
     return host.pin_memory() if device.type == "cuda" else host

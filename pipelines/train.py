@@ -96,14 +96,13 @@ def predict(module, loader, to_input, device, amp_dtype, tta: bool) -> np.ndarra
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def data_path(cfg: dict, device: torch.device) -> str:
-    """loader (DataLoader + albumentations per image) or device (cache on the device, batched augmentation)."""
+def data_path(cfg: dict) -> str:
+    """device (cache rows on the device, batched augmentation), loader (DataLoader + albumentations per
+    image), or trunk (cached trunk features, train_from)."""
     if cfg["train_from"] is not None:
         return "trunk"
-    if cfg["data_path"] == "auto":
-        return "device" if device.type == "cuda" else "loader"
     if cfg["data_path"] not in ("loader", "device"):
-        raise UserError(f"unknown data_path {cfg['data_path']!r}; valid: auto, loader, device")
+        raise UserError(f"unknown data_path {cfg['data_path']!r}; valid: device, loader")
     return cfg["data_path"]
 
 
@@ -111,7 +110,7 @@ def image_inputs(cfg, data: FoldData, mean, std, device, channels_last, dist: Di
     """Train/val/test batch sources over the image cache, and the uint8 -> model-input step."""
     size, bs, seed = cfg["img_size"], cfg["batch_size"], cfg["seed"]
     drop_last = len(data.train_rows) > bs
-    if data_path(cfg, device) == "device":
+    if data_path(cfg) == "device":
         images = load_cache_rows(data.cache, device)
         to_input = DeviceNormalize(mean, std, device, channels_last, BatchAugment(cfg["augment"], size))
         return (DeviceBatches(images, data.train_rows, data.train_y, bs, device, shuffle=True, drop_last=drop_last,
