@@ -116,7 +116,6 @@ class DeviceBatches:
         self.targets = None if targets is None else torch.as_tensor(np.asarray(targets, dtype=np.float32)).to(device)
         self.shuffle, self.drop_last, self.seed, self.epoch = shuffle, drop_last, seed, 0
         self.rank, self.world = rank, world
-        self.dataset = self.rows  # len(loader.dataset) works as for a DataLoader
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -117,13 +117,17 @@ def image_inputs(cfg, data: FoldData, mean, std, device, channels_last, dist: Di
                               seed=seed, rank=dist.rank, world=dist.world),
                 DeviceBatches(images, data.val_rows, None, bs * 2, device),
                 DeviceBatches(images, data.test_rows, None, bs * 2, device), to_input)
-    workers = auto_workers(cfg["workers"], device)
     train_ds = CachedImages(data.cache, data.train_rows, data.train_y, train_transform(cfg["augment"], size), seed)
-    return (make_loader(train_ds, bs, True, workers, device, drop_last, dist.sampler(train_ds, seed), seed),
-            make_loader(CachedImages(data.cache, data.val_rows, None, eval_transform(size)), bs * 2, False, workers, device),
-            make_loader(CachedImages(data.cache, data.test_rows, None, eval_transform(size)), bs * 2, False, workers,
-                        device),
+    return (*loaders(cfg, device, dist, train_ds, CachedImages(data.cache, data.val_rows, None, eval_transform(size)),
+                     CachedImages(data.cache, data.test_rows, None, eval_transform(size))),
             DeviceNormalize(mean, std, device, channels_last))
+
+
+def loaders(cfg, device, dist: Dist, train_ds, val_ds, test_ds) -> tuple:
+    """DataLoaders for the loader and trunk paths: shuffled (or DDP-sampled) training, twice the batch to evaluate."""
+    bs, seed, workers = cfg["batch_size"], cfg["seed"], auto_workers(cfg["workers"], device)
+    return (make_loader(train_ds, bs, True, workers, device, len(train_ds) > bs, dist.sampler(train_ds, seed), seed),
+            make_loader(val_ds, bs * 2, False, workers, device), make_loader(test_ds, bs * 2, False, workers, device))
 
 
 def trunk_inputs(cfg, data: FoldData, net, mean, std, device, channels_last, dist: Dist):
@@ -135,11 +139,9 @@ def trunk_inputs(cfg, data: FoldData, net, mean, std, device, channels_last, dis
     def to_device(x, train=False):
         x = x.to(device, non_blocking=True)
         return x if x.dim() == 5 else x.contiguous(memory_format=fmt)
-    bs, seed, workers = cfg["batch_size"], cfg["seed"], auto_workers(cfg["workers"], device)
-    train_ds = TrunkFeatures(features, data.train_rows, data.train_y, train=True, seed=seed)
-    return (make_loader(train_ds, bs, True, workers, device, len(train_ds) > bs, dist.sampler(train_ds, seed), seed),
-            make_loader(TrunkFeatures(features, data.val_rows), bs * 2, False, workers, device),
-            make_loader(TrunkFeatures(features, data.test_rows), bs * 2, False, workers, device), to_device, top)
+    train_ds = TrunkFeatures(features, data.train_rows, data.train_y, train=True, seed=cfg["seed"])
+    return (*loaders(cfg, device, dist, train_ds, TrunkFeatures(features, data.val_rows),
+                     TrunkFeatures(features, data.test_rows)), to_device, top)
 
 
 def model_start(net, top) -> int:

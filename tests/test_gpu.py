@@ -10,7 +10,7 @@ from competition import load_dataset, load_spec
 from pipelines.cache import build_cache
 from pipelines.config import resolve
 from pipelines.distributed import Dist
-from test_pipelines import cli, folds_for, kill_and_resume
+from test_pipelines import folds_for, kill_and_resume, torchrun_trains
 
 pytestmark = pytest.mark.gpu
 
@@ -64,11 +64,7 @@ def test_compiled_training(demo_data, tmp_path):
 
 
 def test_torchrun_one_process_nccl(demo_data, tmp_path):
-    folds_for(demo_data, tmp_path, k=2)
-    r = cli("-m", "torch.distributed.run", "--nproc_per_node=1", "-m", "pipelines", "train", "--comp", "demo",
-            "--data", str(demo_data), "--runs", str(tmp_path), "--model", "tiny", "epochs=1")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert (tmp_path / "demo" / "models" / "tiny" / "oof.csv").exists()
+    torchrun_trains(demo_data, tmp_path, 1)  # on CUDA, Dist picks the NCCL backend
 
 
 def test_bench_on_cuda(demo_data, tmp_path):

@@ -230,13 +230,18 @@ def test_captions_refused_without_caption_column(tmp_path):
     assert r.returncode != 0 and "no caption column" in r.stderr
 
 
-@pytest.mark.slow
-def test_ddp_two_processes_on_cpu(demo_data, tmp_path):
+def torchrun_trains(demo_data, tmp_path, nproc: int) -> None:
+    """`torchrun --nproc_per_node=N -m pipelines train` trains both folds and writes oof.csv."""
     folds_for(demo_data, tmp_path, k=2)
-    r = cli("-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "pipelines", "train", "--comp", "demo",
+    r = cli("-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "pipelines", "train", "--comp", "demo",
             "--data", str(demo_data), "--runs", str(tmp_path), "--model", "tiny", "epochs=1")
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "demo" / "models" / "tiny" / "oof.csv").exists()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(demo_data, tmp_path):
+    torchrun_trains(demo_data, tmp_path, 2)
 
 
 def test_frozen_trunk_mode_trains_top_and_saves_full_net(demo_data, tmp_path):
