@@ -67,10 +67,16 @@ def build_once(path, build) -> Path:
     with exclusive_lock(path.with_name(f".{path.name}.lock")):
         if path.exists():  # another process built it while this one waited
             return path
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
-            stale.unlink()
+        remove_temporaries(path.parent, path.name)
         build(path)
     return path
+
+
+def remove_temporaries(directory, name: str = "*") -> None:
+    """Delete what atomic writes of `name` left in `directory` when a kill -9 cut them short. Call it only
+    while holding the lock that makes this process the directory's one writer."""
+    for stale in Path(directory).glob(f".{name}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def write_text(path, text: str) -> None:

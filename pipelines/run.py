@@ -22,7 +22,8 @@ import pandas as pd
 import yaml
 
 from competition import metrics
-from competition.artifacts import exclusive_lock, file_sha256, read_json, write_csv, write_json, write_text
+from competition.artifacts import (exclusive_lock, file_sha256, read_json, remove_temporaries, write_csv, write_json,
+                                  write_text)
 from competition.errors import UserError
 from competition.reader import Dataset
 from folds.split import read_folds
@@ -144,14 +145,10 @@ def train_model(spec, ds: Dataset, runs: Path, cfg: dict, force: bool = False, l
                                             "labels": spec.tokens})
     write_text(model_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
     for f in wanted:
-        fold_dir = model_dir / f"fold{f}"
-        # One process per fold: a second job on the same folder skips the fold a live job holds.
-        # Under torchrun every rank must train the fold together, so ranks take no lock.
-        lock = contextlib.nullcontext(True) if distributed() else exclusive_lock(fold_dir / ".lock", wait=False)
-        with lock as held:
+        with writer_turn(model_dir / f"fold{f}") as held:
             if not held:
                 log(f"{cfg['name']} fold {f}: another process is training it, skipped")
-            elif (fold_dir / "done.json").exists():
+            elif (model_dir / f"fold{f}" / "done.json").exists():
                 log(f"{cfg['name']} fold {f}: done, skipped")
             else:
                 train_fold(cfg, spec, ds, comp_dir, model_dir, fold_of, f, log)
@@ -169,6 +166,18 @@ def train_model(spec, ds: Dataset, runs: Path, cfg: dict, force: bool = False, l
 
 def distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@contextlib.contextmanager
+def writer_turn(directory: Path):
+    """Yield True when this process is `directory`'s one writer, first removing the half-written files a
+    killed run left there; False when a live job holds it (a second job skips that fold).
+    Under torchrun every rank must train the fold together, so ranks take no lock and rank 0 cleans."""
+    lock = contextlib.nullcontext(True) if distributed() else exclusive_lock(directory / ".lock", wait=False)
+    with lock as held:
+        if held and int(os.environ.get("RANK", "0")) == 0:
+            remove_temporaries(directory)
+        yield held
 
 
 def train_fold(cfg, spec, ds: Dataset, comp_dir: Path, model_dir: Path, fold_of: np.ndarray, f: int, log) -> None:
@@ -195,6 +204,15 @@ def full_fit(cfg, ds, comp_dir, model_dir, spec, k, log) -> None:
     done = model_dir / "full" / "done.json"
     if done.exists():
         return
+    with writer_turn(model_dir / "full") as held:
+        if held and not done.exists():
+            fit_full(cfg, ds, comp_dir, model_dir, spec, k, log)
+        elif not held:
+            log(f"{cfg['name']} full: another process is training it, skipped")
+
+
+def fit_full(cfg, ds, comp_dir, model_dir, spec, k, log) -> None:
+    done = model_dir / "full" / "done.json"
     epochs = int(np.median([read_json(model_dir / f"fold{f}" / "done.json")["best_epoch"] for f in range(k)]))
     t0 = time.time()
     result = fold_fitter(cfg)({**cfg, "epochs": max(epochs, 1)}, ds, comp_dir, np.arange(len(ds.train)),

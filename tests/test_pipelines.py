@@ -155,6 +155,8 @@ def kill_and_resume(demo_data, tmp_path, *overrides):
     assert not (tmp_path / "demo" / "models" / "tiny" / "fold0" / "done.json").exists()
     epoch = torch.load(state, weights_only=True)["epoch"]
     assert 0 < epoch < 30
+    # What a kill during an atomic write leaves; planted so the clean-up is checked on every run, not by chance.
+    (state.parent / ".state.pt.killed.tmp").write_bytes(b"half a checkpoint")
     r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "fold 0: resuming after epoch" in r.stdout
