@@ -32,6 +32,7 @@ help:
 	@echo "make submit               blend + thresholds + budget -> $(RUNS)/<COMP>/submissions/*.csv"
 	@echo "make report               plots of the blend and its members"
 	@echo "make bench MODEL=name     data-path and train-step throughput on this machine"
+	@echo "make clean-demo           remove $(RUNS)/demo (the generated competition and all trained on it)"
 	@echo "variables: COMP DATA K SEED RUNS MODEL EPOCHS FOLDS IMG BATCH LR FULLFIT WORKERS SET='key=value ...'"
 	@echo "           MODELS TRIALS METHOD IGNORE_BUDGET BUDGET_MB BUDGET_GPU_HOURS FORCE"
 
@@ -82,4 +83,8 @@ validate: $(VENV)
 	$(PY) -m submissions.validate $(FILE) --comp $(COMP) $(data_arg)
 
 demo: $(VENV)
-	$(PY) -m submissions demo --runs $(RUNS) --seed $(SEED)
+	$(PY) -m demo --runs $(RUNS) --seed $(SEED)
+
+# Removes the generated demo competition and everything trained on it (runs/demo); nothing else.
+clean-demo:
+	rm -rf $(RUNS)/demo

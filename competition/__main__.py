@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from competition import load_dataset, load_spec
 
@@ -26,9 +25,10 @@ def main(argv=None) -> int:
     spec = load_spec(a.comp)
     ds = load_dataset(spec, a.data)
     from competition.eda import plot_all, summary_text
+    from competition.layout import RunLayout
     print(summary_text(ds))
     if a.cmd == "eda":
-        for path in plot_all(ds, Path(a.runs) / spec.name / "eda"):
+        for path in plot_all(ds, RunLayout.of(a.runs, spec.name).eda):
             print(f"wrote {path}")
     return 0
 

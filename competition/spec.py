@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from competition.errors import UserError
+from competition.metrics import objective
 
 SPEC_DIR = Path(__file__).resolve().parent
 
@@ -64,4 +65,9 @@ def load_spec(name_or_path: str) -> Spec:
     budget = {"model_mb": None, "gpu_hours": None}
     budget.update(raw.get("budget") or {})
     raw["budget"] = budget
+    if "metric" in raw:
+        try:
+            objective(raw["metric"])
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
     return Spec(**raw, source=str(path))

@@ -1,6 +1,8 @@
-"""Fold assignment and its quality report."""
+"""Fold assignment, its quality report, and the folds file: written once, never changed under trained models."""
 from __future__ import annotations
 
+import dataclasses
+import io
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +10,9 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import KFold
 
+from competition.artifacts import write_csv, write_text
 from competition.errors import UserError, offenders_error
+from competition.layout import RunLayout
 
 
 def assign(splitter, y: np.ndarray) -> np.ndarray:
@@ -67,6 +71,34 @@ def quality_report(y: np.ndarray, fold: np.ndarray, k: int, seed: int, tokens, n
                      + ("it never occurs, so no model can learn it" if row.total == 0 else
                         "some folds cannot validate it"))
     return "\n".join(lines) + "\n", table
+
+
+@dataclasses.dataclass
+class FoldsFile:
+    path: Path
+    rows: int
+    k: int
+    report: str         # the quality report, also written beside the folds file
+    written: bool       # False: the file already held exactly these folds
+
+
+def write_folds(run: RunLayout, ds, spec, k: int, seed: int, force: bool = False) -> FoldsFile:
+    """runs/<COMP>/folds.csv for (k, seed), and its report. A folds file that would change is refused
+    unless `force`: every model trained on it would silently stop being comparable."""
+    y = ds.targets()
+    frame = make_folds(ds.train["id"], y, k, seed, spec.tokens)
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False)
+    unchanged = run.folds.exists() and run.folds.read_text() == buf.getvalue()
+    if run.folds.exists() and not unchanged and not force:
+        raise UserError(f"{run.folds} exists and would change; models trained on it would be silently "
+                        "invalidated. Re-run with FORCE=1 to replace it.")
+    report, table = quality_report(y, frame["fold"].to_numpy(), k, seed, spec.tokens, spec.names)
+    write_text(run.folds_report, report)
+    write_csv(run.folds_table, table.reset_index())
+    if not unchanged:
+        write_text(run.folds, buf.getvalue())
+    return FoldsFile(run.folds, len(frame), k, report, not unchanged)
 
 
 def read_folds(path: Path, ids) -> np.ndarray:

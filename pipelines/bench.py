@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from competition.errors import UserError
+from competition.layout import RunLayout
 from pipelines.augment import train_transform
 from pipelines.cache import build_cache
 from pipelines.data import CachedImages, DecodedImages
@@ -107,7 +108,7 @@ def bench_subset(ds, n_images: int | None, device):
     return dataclasses.replace(ds, train=ds.train.iloc[:n].reset_index(drop=True), test=ds.test.iloc[:0])
 
 
-def run_bench(spec, ds, runs: Path, cfg: dict, steps: int = 60, n_images: int | None = None,
+def run_bench(spec, ds, run: RunLayout, cfg: dict, steps: int = 60, n_images: int | None = None,
               compile_too: bool | None = None) -> dict:
     if steps < MIN_STEPS:
         raise UserError(f"bench needs at least {MIN_STEPS} timed steps, not {steps}")
@@ -119,11 +120,12 @@ def run_bench(spec, ds, runs: Path, cfg: dict, steps: int = 60, n_images: int | 
            "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
            "machine": platform.processor() or platform.machine(), "images": len(sub.train)}
     few = dataclasses.replace(sub, train=sub.train.iloc[:256])
-    with tempfile.TemporaryDirectory(dir=runs) as tmp:  # a fresh build, never a reused file
+    run.root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=run.root) as tmp:  # a fresh build, never a reused file
         t0 = time.perf_counter()
-        build_cache(few, Path(tmp), size, quiet=True)
+        build_cache(few, RunLayout(Path(tmp)), size, quiet=True)
         out["cache_build_images_per_s"] = len(few.train) / (time.perf_counter() - t0)
-    cache = build_cache(sub, runs / spec.name / "cache", size, quiet=True)  # kept for later runs of the bench
+    cache = build_cache(sub, run, size, quiet=True)  # kept for later runs of the bench
     y, aug = sub.targets(), train_transform(cfg["augment"], size)
     out["cache_read_images_per_s"] = single_process_rate(CachedImages(cache, np.arange(len(y)), y, aug))
     out["jpeg_decode_images_per_s"] = single_process_rate(DecodedImages(sub.image_paths(sub.train), size, y, aug))

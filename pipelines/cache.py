@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from competition.artifacts import atomic_array, build_once
 from competition.images import load_resized
+from competition.layout import RunLayout
 from competition.errors import UserError, offenders_error
 from competition.reader import Dataset
 
@@ -34,8 +35,8 @@ def images_key(ds: Dataset) -> str:
     return digest.hexdigest()[:12]
 
 
-def cache_file(ds: Dataset, cache_dir: Path, size: int) -> Path:
-    return Path(cache_dir) / f"images_{images_key(ds)}_{size}px.npy"
+def cache_file(ds: Dataset, run: RunLayout, size: int) -> Path:
+    return run.image_cache(images_key(ds), size)
 
 
 def _decode(job):
@@ -46,7 +47,7 @@ def _decode(job):
         return index, None, f"{path.name}: {type(e).__name__}: {e}"
 
 
-def build_cache(ds: Dataset, cache_dir: Path, size: int, workers: int | None = None,
+def build_cache(ds: Dataset, run: RunLayout, size: int, workers: int | None = None,
                 quiet: bool = False) -> Path:
     """Path of the cache, building it first if needed (a killed build leaves no cache behind)."""
     ds.require_images()
@@ -65,4 +66,4 @@ def build_cache(ds: Dataset, cache_dir: Path, size: int, workers: int | None = N
                         array[index] = image
             if errors:
                 raise offenders_error(ds.image_root, "images that cannot be decoded", sorted(errors))
-    return build_once(cache_file(ds, cache_dir, size), build)
+    return build_once(cache_file(ds, run, size), build)

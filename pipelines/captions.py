@@ -16,6 +16,7 @@ from sklearn.linear_model import LogisticRegression
 
 from competition import metrics
 from competition.artifacts import atomic_path
+from competition.layout import FitLayout, RunLayout
 from pipelines.result import FitResult
 
 
@@ -82,12 +83,12 @@ class CaptionModel:
         return model
 
 
-def fit_captions(cfg, ds, comp_dir, train_idx, val_idx, out_dir: Path, label: str, log=print) -> FitResult:
+def fit_captions(cfg, ds, run: RunLayout, train_idx, val_idx, out: FitLayout, label: str, log=print) -> FitResult:
     texts = ds.train["caption"].to_numpy()
     y = ds.targets()
     model = CaptionModel(cfg).fit(texts[train_idx], y[train_idx])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights = model.save(out_dir / "model")
+    out.dir.mkdir(parents=True, exist_ok=True)
+    weights = model.save(out.captions_model)
     val_prob = model.predict(texts[val_idx]) if len(val_idx) else np.zeros((0, y.shape[1]))
     test_prob = model.predict(ds.test["caption"].to_numpy())
     row = {"epoch": 1, "train_micro_f1": metrics.f1(y[train_idx], metrics.decide(model.predict(texts[train_idx])))}

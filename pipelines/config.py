@@ -1,4 +1,5 @@
-"""Per-model YAML defaults + `key=value` overrides; unknown keys fail naming the valid ones."""
+"""Per-model YAML defaults + `key=value` overrides, checked for name, type, allowed values and model kind
+(nanoGPT's configurator checks types the same way): a typo fails at once, naming what is valid."""
 from __future__ import annotations
 
 import ast
@@ -30,7 +31,7 @@ DEFAULTS = {
     "weight_decay": 0.01,
     "momentum": 0.9,
     "schedule": "cosine",       # cosine (timm, with warmup) | onecycle | none
-    "warmup_epochs": 1,
+    "warmup_epochs": 1.0,
     "min_lr": 1.0e-6,
     "loss": "bce",              # bce | bce_pos_weight | focal | asl
     "grad_clip": None,
@@ -60,6 +61,33 @@ DEFAULTS = {
 }
 
 
+# Keys that one kind of model reads; a YAML or override setting one for the other kind is a mistake.
+CAPTION_KEYS = {"ngram_max", "char_ngrams", "min_df", "C"}
+SHARED_KEYS = {"kind", "folds", "fullfit", "seed"}
+IMAGE_KEYS = set(DEFAULTS) - CAPTION_KEYS - SHARED_KEYS
+KIND_KEYS = {"image": IMAGE_KEYS, "captions": CAPTION_KEYS}
+KIND_NAMES = {"image": "an image model", "captions": "a captions model"}
+
+# The type of each key whose default is None (the others take their default's type).
+OPTIONAL_TYPES = {"pretrained_file": str, "train_from": int, "grad_clip": float, "max_train_batches": int}
+
+# Closed sets of values. `optimizer` stays open: timm accepts dozens of names and says which it lacks.
+CHOICES = {
+    "kind": ("image", "captions"),
+    "pretrained": ("none", "hub", "offline", "file"),
+    "mode": ("finetune", "frozen"),
+    "head": ("linear", "mlp"),
+    "schedule": ("cosine", "onecycle", "none"),
+    "loss": ("bce", "bce_pos_weight", "focal", "asl"),
+    "select_metric": ("micro_f1", "mAP"),
+    "augment": ("none", "light", "strong"),
+    "device": ("auto", "cpu", "cuda"),
+    "amp_dtype": ("auto", "bf16", "fp16"),
+    "data_path": ("device", "loader"),
+}
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a word", list: "a list"}
+
+
 def available_configs() -> dict[str, Path]:
     return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.yaml"))}
 
@@ -77,6 +105,42 @@ def check_keys(keys, where: str) -> None:
     unknown = sorted(set(keys) - set(DEFAULTS))
     if unknown:
         raise UserError(f"{where}: unknown config keys {unknown}; valid keys: {', '.join(sorted(DEFAULTS))}")
+
+
+def checked_value(key: str, value, where: str):
+    """`value` as `key` takes it, or a UserError naming the key, the value and what is expected."""
+    if key == "folds":  # "all", a fold number, or a comma list (which parses as a tuple)
+        if value in ("all", None) or isinstance(value, str):
+            return value
+        items = list(value) if isinstance(value, (tuple, list)) else [value]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+            return value
+        raise UserError(f"{where}: folds={value!r}; expected all or fold numbers such as 0,2")
+    want = OPTIONAL_TYPES.get(key) or type(DEFAULTS[key])
+    if value is None and key in OPTIONAL_TYPES:
+        return value
+    if want is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+            value = float(value)
+        except ValueError:
+            pass
+    ok = (isinstance(value, bool) if want is bool else
+          isinstance(value, int) and not isinstance(value, bool) if want is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if want is float else
+          isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value) if want is list else
+          isinstance(value, want))
+    if not ok:
+        raise UserError(f"{where}: {key}={value!r}; expected {TYPE_NAMES[want]}")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise UserError(f"{where}: {key}={value!r}; valid: {', '.join(CHOICES[key])}")
+    return float(value) if want is float else list(value) if want is list else value
+
+
+def check_kind(cfg: dict, set_keys, where: str) -> None:
+    other = sorted(k for k in set_keys if k not in KIND_KEYS[cfg["kind"]] and k not in SHARED_KEYS)
+    if other:
+        raise UserError(f"{where}: {', '.join(other)} do not apply to {KIND_NAMES[cfg['kind']]}; "
+                        f"its keys: {', '.join(sorted(KIND_KEYS[cfg['kind']] | SHARED_KEYS))}")
 
 
 def resolve(model: str, overrides: list[str] | dict | None = None) -> dict:
@@ -97,13 +161,15 @@ def resolve(model: str, overrides: list[str] | dict | None = None) -> dict:
                 raise UserError(f"override {item!r} is not key=value")
             pairs[key.strip()] = parse_value(value.strip())
     check_keys(pairs, "overrides")
+    from_file = {k: checked_value(k, v, str(path)) for k, v in from_file.items()}
+    pairs = {k: checked_value(k, v, "overrides") for k, v in pairs.items()}
     cfg = {**DEFAULTS, **from_file, **pairs, "name": path.stem}
+    check_kind(cfg, from_file, str(path))
+    check_kind(cfg, pairs, "overrides")
     if isinstance(cfg["folds"], (tuple, list, int)):  # `folds=0,2` parses as a tuple
         cfg["folds"] = ",".join(map(str, cfg["folds"] if not isinstance(cfg["folds"], int) else [cfg["folds"]]))
     if cfg["train_from"] is not None and cfg["mode"] == "frozen":
         raise UserError("train_from and mode: frozen exclude each other")
-    if cfg["kind"] not in ("image", "captions"):
-        raise UserError(f"kind must be image or captions, not {cfg['kind']!r}")
     return cfg
 
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from competition import metrics
 from competition.artifacts import atomic_path
 from competition.errors import UserError
+from competition.layout import FitLayout
 from pipelines.augment import BatchAugment, eval_transform, stream_seed, train_transform
 from pipelines.data import (CachedImages, DeviceBatches, DeviceNormalize, auto_workers, load_cache_rows,
                             make_loader, set_loader_epoch)
@@ -334,13 +335,13 @@ def checkpoint(s: Setup, path: Path, history, epoch, best, best_epoch, step) -> 
                history=history, epoch=epoch, best=float(best), best_epoch=best_epoch, step=step)
 
 
-def fit(cfg: dict, data: FoldData, out_dir: Path, label: str, dist: Dist | None = None, log=print) -> FitResult:
+def fit(cfg: dict, data: FoldData, out: FitLayout, label: str, dist: Dist | None = None, log=print) -> FitResult:
     """Train, keep the best epoch (or the last when there is no validation), predict val+test with TTA."""
     t0 = time.time()
     dist = dist or Dist.from_env()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out.dir.mkdir(parents=True, exist_ok=True)
     s = setup(cfg, data, dist)
-    state_path, best_path = out_dir / "state.pt", out_dir / "best.safetensors"
+    state_path, best_path = out.state, out.best_weights
     history, start, best, best_epoch, step = resume(s, state_path, log, label)
     has_val = len(data.val_rows) > 0
     for epoch in range(start, cfg["epochs"]):

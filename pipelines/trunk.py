@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from competition.artifacts import atomic_array, build_once
 from competition.errors import UserError
+from competition.layout import RunLayout
 from pipelines.augment import stream_seed
 from pipelines.data import DeviceNormalize
 
@@ -62,8 +63,7 @@ def trunk_cache(net, start: int, image_cache: Path, mean, std, device, batch_siz
         for v in block.state_dict().values():
             digest.update(v.detach().cpu().numpy().tobytes())
     arch = net.backbone.pretrained_cfg.get("architecture", "net")
-    name = f"trunk_{arch}_s{start}_{digest.hexdigest()[:10]}_{Path(image_cache).stem}.npy"
-    path = Path(image_cache).with_name(name)
+    path = RunLayout.trunk_features(image_cache, arch, start, digest.hexdigest()[:10])
 
     def build(path: Path) -> None:
         images = np.load(image_cache, mmap_mode="r")

@@ -21,9 +21,9 @@ def logit(p):
     return np.log(p / (1 - p))
 
 
-def quick_score(y, prob, min_labels) -> float:
-    """Blend selection score: micro-F1 at the best single global threshold."""
-    return score(y, prob, global_threshold(y, prob, min_labels), min_labels)
+def quick_score(y, prob, min_labels, metric="micro_f1") -> float:
+    """Blend selection score: the metric at the best single global threshold."""
+    return score(y, prob, global_threshold(y, prob, min_labels, metric), min_labels, metric)
 
 
 def mean_blend(oofs, tests, weights=None):
@@ -32,7 +32,7 @@ def mean_blend(oofs, tests, weights=None):
     return np.tensordot(w, np.stack(oofs), 1), np.tensordot(w, np.stack(tests), 1)
 
 
-def tune_weights(oofs, y, min_labels, step=0.1) -> np.ndarray:
+def tune_weights(oofs, y, min_labels, step=0.1, metric="micro_f1") -> np.ndarray:
     """Grid over the weight simplex (exhaustive for <= 4 members, coordinate ascent beyond)."""
     m = len(oofs)
     if m == 1:
@@ -42,12 +42,12 @@ def tune_weights(oofs, y, min_labels, step=0.1) -> np.ndarray:
     if m <= 4:
         candidates = (np.array(c) for c in itertools.product(grid, repeat=m) if abs(sum(c) - 1) < 1e-6)
         for w in candidates:
-            s = quick_score(y, np.tensordot(w, np.stack(oofs), 1), min_labels)
+            s = quick_score(y, np.tensordot(w, np.stack(oofs), 1), min_labels, metric)
             if s > best:
                 best, best_w = s, w
         return best_w
     w = np.full(m, 1.0 / m)
-    best = quick_score(y, np.tensordot(w, np.stack(oofs), 1), min_labels)
+    best = quick_score(y, np.tensordot(w, np.stack(oofs), 1), min_labels, metric)
     for _ in range(3):
         for i in range(m):
             for v in grid:
@@ -56,7 +56,7 @@ def tune_weights(oofs, y, min_labels, step=0.1) -> np.ndarray:
                 if trial.sum() == 0:
                     continue
                 trial /= trial.sum()
-                s = quick_score(y, np.tensordot(trial, np.stack(oofs), 1), min_labels)
+                s = quick_score(y, np.tensordot(trial, np.stack(oofs), 1), min_labels, metric)
                 if s > best:
                     best, w = s, trial
     return w
@@ -85,7 +85,7 @@ def fit_predict(x, yj, x_new, C):
     return LogisticRegression(C=C, max_iter=2000).fit(x, yj).predict_proba(x_new)[:, 1]
 
 
-def blend_all(members, y, fold, min_labels, use_full: dict | None = None) -> dict:
+def blend_all(members, y, fold, min_labels, use_full: dict | None = None, metric="micro_f1") -> dict:
     """Every method's (oof, test, weights) and its selection score."""
     use_full = use_full or {}
     oofs = [m.oof for m in members]
@@ -93,12 +93,12 @@ def blend_all(members, y, fold, min_labels, use_full: dict | None = None) -> dic
     out = {}
     oof, test = mean_blend(oofs, tests)
     out["mean"] = {"oof": oof, "test": test, "weights": [1 / len(members)] * len(members)}
-    w = tune_weights(oofs, y, min_labels)
+    w = tune_weights(oofs, y, min_labels, metric=metric)
     oof, test = mean_blend(oofs, tests, w)
     out["weighted"] = {"oof": oof, "test": test, "weights": [float(v) for v in w]}
     if len(members) > 1:
         oof, test = stacking(oofs, tests, y, fold)
         out["stack"] = {"oof": oof, "test": test, "weights": None}
     for v in out.values():
-        v["score"] = quick_score(y, v["oof"], min_labels)
+        v["score"] = quick_score(y, v["oof"], min_labels, metric)
     return out

@@ -2,12 +2,12 @@
 
 Size = the weight files needed at inference (every fold of a member, or its single refit).
 Cost = the GPU-hours its members' training recorded. When the chosen members exceed a budget,
-the subset (and per member folds or refit) with the best OOF micro-F1 within budget wins.
+the subset (and per member folds or refit) with the best OOF score within budget wins.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
-
 
 from competition.errors import UserError
 from submissions.blend import mean_blend, quick_score
@@ -15,10 +15,24 @@ from submissions.blend import mean_blend, quick_score
 MAX_SEARCH_MEMBERS = 12
 
 
-def limits(spec, max_mb=None, max_hours=None) -> tuple:
-    """The spec's budgets unless overridden."""
-    return (spec.budget["model_mb"] if max_mb is None else max_mb,
-            spec.budget["gpu_hours"] if max_hours is None else max_hours)
+@dataclasses.dataclass
+class Budget:
+    model_mb: float | None      # None: no limit
+    gpu_hours: float | None
+    ignored: bool = False       # IGNORE_BUDGET: keep every member, and say the rules are broken
+
+    @classmethod
+    def of(cls, spec, model_mb=None, gpu_hours=None, ignored=False) -> "Budget":
+        """The spec's budgets unless overridden."""
+        return cls(spec.budget["model_mb"] if model_mb is None else model_mb,
+                   spec.budget["gpu_hours"] if gpu_hours is None else gpu_hours, ignored)
+
+    def allows(self, size, hours) -> bool:
+        return within(size, hours, self.model_mb, self.gpu_hours)
+
+    def summary(self, size, hours, notes) -> dict:
+        return {"model_mb": self.model_mb, "gpu_hours": self.gpu_hours, "within": self.allows(size, hours),
+                "notes": notes, "ignored": self.ignored}
 
 
 def options(member):
@@ -35,7 +49,7 @@ def within(size, hours, max_mb, max_hours) -> bool:
     return (max_mb is None or size <= max_mb + 1e-9) and (max_hours is None or hours <= max_hours + 1e-9)
 
 
-def select(members, y, min_labels, max_mb, max_hours):
+def select(members, y, min_labels, max_mb, max_hours, metric="micro_f1"):
     """(chosen members, use_full per name, list of reasons for what was dropped or swapped)."""
     # Prefer fold models (their test predictions match how the OOF was made) while they fit.
     fold_mode = {m.name: False for m in members}
@@ -53,7 +67,7 @@ def select(members, y, min_labels, max_mb, max_hours):
                 if not within(size, hours, max_mb, max_hours):
                     continue
                 oof, _ = mean_blend([m.oof for m in subset], [m.oof for m in subset])
-                s = quick_score(y, oof, min_labels)
+                s = quick_score(y, oof, min_labels, metric)
                 key = (s, -sum(use_full.values()), -size)  # ties: fewer refits, then smaller
                 if best is None or key > best[0]:
                     best = (key, list(subset), use_full)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from competition.artifacts import file_sha256, read_json
 from competition.errors import UserError, offenders_error
+from competition.layout import ModelLayout, RunLayout
 from competition.reader import Dataset
 from folds.split import read_folds
 from pipelines.run import data_fingerprint
@@ -51,49 +52,48 @@ def read_probs(path: Path, ids, tokens) -> np.ndarray:
     return prob
 
 
-def load_member(model_dir: Path, ds: Dataset, tokens) -> Member:
-    meta = read_json(model_dir / "meta.json")
+def load_member(model: ModelLayout, ds: Dataset, tokens) -> Member:
+    meta = read_json(model.meta)
     k = meta["k"]
     train_ids, test_ids = list(ds.train["id"]), list(ds.test["id"])
-    oof = read_probs(model_dir / "oof.csv", train_ids, tokens)
-    test = np.mean([read_probs(model_dir / f"test_fold{f}.csv", test_ids, tokens) for f in range(k)], axis=0)
+    oof = read_probs(model.oof, train_ids, tokens)
+    test = np.mean([read_probs(model.test_fold(f), test_ids, tokens) for f in range(k)], axis=0)
     full = meta.get("full")
-    test_full = read_probs(model_dir / "test_full.csv", test_ids, tokens) if full else None
-    folds_mb = sum((model_dir / meta["folds"][str(f)]["weights"]).stat().st_size for f in range(k)) / 2**20
-    full_mb = (model_dir / full["weights"]).stat().st_size / 2**20 if full else None
-    return Member(model_dir.name, model_dir, meta, oof, test, test_full, folds_mb, full_mb,
-                  float(meta["gpu_hours"]), file_sha256(model_dir / "oof.csv"))
+    test_full = read_probs(model.test_full, test_ids, tokens) if full else None
+    folds_mb = sum((model.dir / meta["folds"][str(f)]["weights"]).stat().st_size for f in range(k)) / 2**20
+    full_mb = (model.dir / full["weights"]).stat().st_size / 2**20 if full else None
+    return Member(model.name, model.dir, meta, oof, test, test_full, folds_mb, full_mb,
+                  float(meta["gpu_hours"]), file_sha256(model.oof))
 
 
-def complete(model_dir: Path) -> bool:
-    if not (model_dir / "meta.json").exists() or not (model_dir / "oof.csv").exists():
+def complete(model: ModelLayout) -> bool:
+    if not model.meta.exists() or not model.oof.exists():
         return False
-    meta = read_json(model_dir / "meta.json")
+    meta = read_json(model.meta)
     return len(meta["folds_done"]) == meta["k"]
 
 
-def load_members(spec, ds: Dataset, comp_dir: Path, names: list[str] | None = None, log=print) -> list[Member]:
+def load_members(spec, ds: Dataset, run: RunLayout, names: list[str] | None = None, log=print) -> list[Member]:
     """Every complete model under models/ (or exactly `names`), all on the current folds and labels."""
-    models_dir = comp_dir / "models"
-    available = sorted(p.name for p in models_dir.iterdir() if p.is_dir()) if models_dir.is_dir() else []
+    available = run.model_names()
     if names:
         unknown = [n for n in names if n not in available]
         if unknown:
-            raise UserError(f"{models_dir}: no trained model {unknown}; trained: {', '.join(available) or 'none'}")
-        incomplete = [n for n in names if not complete(models_dir / n)]
+            raise UserError(f"{run.models}: no trained model {unknown}; trained: {', '.join(available) or 'none'}")
+        incomplete = [n for n in names if not complete(run.model(n))]
         if incomplete:
-            raise UserError(f"{models_dir}: models {incomplete} have unfinished folds; finish them with `make train`")
+            raise UserError(f"{run.models}: models {incomplete} have unfinished folds; finish them with `make train`")
     else:
-        names = [n for n in available if complete(models_dir / n)]
+        names = [n for n in available if complete(run.model(n))]
         for n in sorted(set(available) - set(names)):
             log(f"skipping {n}: not every fold is trained")
     if not names:
-        raise UserError(f"{models_dir}: no complete trained model; run `make train MODEL=...` first")
-    folds_sha = file_sha256(comp_dir / "folds.csv")
-    read_folds(comp_dir / "folds.csv", list(ds.train["id"]))
+        raise UserError(f"{run.models}: no complete trained model; run `make train MODEL=...` first")
+    folds_sha = file_sha256(run.folds)
+    read_folds(run.folds, list(ds.train["id"]))
     bad = []
     for n in names:
-        meta = read_json(models_dir / n / "meta.json")
+        meta = read_json(run.model(n).meta)
         if meta["folds_sha256"] != folds_sha:
             bad.append(f"{n}: trained on another folds file ({meta['folds_sha256'][:12]} vs current {folds_sha[:12]})")
         if meta["labels"] != list(spec.tokens):
@@ -103,4 +103,4 @@ def load_members(spec, ds: Dataset, comp_dir: Path, names: list[str] | None = No
     if bad:
         raise UserError("refusing to blend members trained on different folds, data or labels (retrain them):\n  "
                         + "\n  ".join(bad))
-    return [load_member(models_dir / n, ds, spec.tokens) for n in names]
+    return [load_member(run.model(n), ds, spec.tokens) for n in names]

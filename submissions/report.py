@@ -13,25 +13,29 @@ from sklearn.metrics import f1_score  # noqa: E402
 
 from competition.eda import save  # noqa: E402
 from competition.metrics import decide  # noqa: E402
+from competition.layout import ModelLayout  # noqa: E402
 from submissions import thresholds as th  # noqa: E402
+from submissions.ensemble import Ensemble  # noqa: E402
 
 
 def per_label_f1(y, prob, thr, min_labels):
     return f1_score(y, decide(prob, thr, min_labels), average=None, zero_division=0)
 
 
-def make_report(spec, members, blends, blend_name, art, y, out: Path) -> list[Path]:
+def make_report(spec, ens: Ensemble, out: Path) -> list[Path]:
+    """Plots of a tuned ensemble under `out`: the blend against its members, thresholds, correlation, curves."""
     out.mkdir(parents=True, exist_ok=True)
     names = [f"{t} {n}" for t, n in spec.labels.items()]
-    thr = np.array([art["thresholds"][t] for t in spec.tokens])
-    ml = spec.min_labels_per_image
+    members, y, art, ml = ens.members, ens.y, ens.thresholds, ens.min_labels
+    thr = ens.threshold_vector(spec.tokens)
     paths = []
 
     fig, ax = plt.subplots(figsize=(11, 5))
     x = np.arange(len(names))
-    series = [(f"blend ({blend_name}, tuned thr)", per_label_f1(y, blends[blend_name]["oof"], thr, ml))]
+    series = [(f"blend ({ens.blend_name}, tuned thr)", per_label_f1(y, ens.blend["oof"], thr, ml))]
     for m in members:
-        series.append((f"{m.name} (global thr)", per_label_f1(y, m.oof, th.global_threshold(y, m.oof, ml), ml)))
+        series.append((f"{m.name} (global thr)",
+                       per_label_f1(y, m.oof, th.global_threshold(y, m.oof, ml, ens.metric), ml)))
     width = 0.8 / len(series)
     for i, (label, f1) in enumerate(series):
         ax.bar(x + i * width - 0.4 + width / 2, f1, width, label=label)
@@ -47,7 +51,7 @@ def make_report(spec, members, blends, blend_name, art, y, out: Path) -> list[Pa
     ax.bar(names, thr, color="tab:orange")
     ax.axhline(0.5, color="grey", ls="--", lw=1)
     ax.set_ylabel("threshold")
-    ax.set_title(f"per-label thresholds ({art['method']}; nested micro-F1 {art['nested_micro_f1']:.4f})")
+    ax.set_title(f"per-label thresholds ({art['method']}; nested {ens.metric} {art['nested_score']:.4f})")
     ax.tick_params(axis="x", rotation=60, labelsize=8)
     paths.append(out / "thresholds.png")
     save(fig, paths[-1])
@@ -68,7 +72,7 @@ def make_report(spec, members, blends, blend_name, art, y, out: Path) -> list[Pa
         save(fig, paths[-1])
 
     for m in members:
-        curve = m.dir / "learning_curves.png"
+        curve = ModelLayout(m.dir).learning_curves
         if curve.exists():
             paths.append(out / f"learning_curves_{m.name}.png")
             shutil.copyfile(curve, paths[-1])

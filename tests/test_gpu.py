@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from competition import load_dataset, load_spec
+from competition.layout import RunLayout
 from pipelines.cache import build_cache
 from pipelines.config import resolve
 from pipelines.distributed import Dist
@@ -24,7 +25,7 @@ def tiny_setup(demo_data, tmp_path, *overrides):
     from pipelines.train import FoldData, setup
     ds = load_dataset(load_spec("demo"), demo_data)
     cfg = resolve("tiny", ["device=cuda", *overrides])
-    cache = build_cache(ds, tmp_path, cfg["img_size"], workers=1, quiet=True)
+    cache = build_cache(ds, RunLayout(tmp_path), cfg["img_size"], workers=1, quiet=True)
     y, rows = ds.targets(), np.arange(len(ds.train))
     return setup(cfg, FoldData(cache, rows[:60], y[:60], rows[60:], y[60:], rows[:0]), Dist())
 
@@ -57,7 +58,7 @@ def test_compiled_training(demo_data, tmp_path):
     from pipelines.run import train_model
     folds_for(demo_data, tmp_path, k=2)
     spec = load_spec("demo")
-    meta = train_model(spec, load_dataset(spec, demo_data), tmp_path, resolve("tiny", ["epochs=1", "compile=true"]),
+    meta = train_model(spec, load_dataset(spec, demo_data), RunLayout.of(tmp_path, spec.name), resolve("tiny", ["epochs=1", "compile=true"]),
                        log=lambda *_: None)
     oof = pd.read_csv(tmp_path / "demo" / "models" / "tiny" / "oof.csv")
     assert meta["folds_done"] == [0, 1] and np.isfinite(oof[spec.tokens].to_numpy()).all()
@@ -70,6 +71,6 @@ def test_torchrun_one_process_nccl(demo_data, tmp_path):
 def test_bench_on_cuda(demo_data, tmp_path):
     from pipelines.bench import run_bench
     ds = load_dataset(load_spec("demo"), demo_data)
-    out = run_bench(load_spec("demo"), ds, tmp_path, resolve("tiny", ["batch_size=8"]), steps=50)
+    out = run_bench(load_spec("demo"), ds, RunLayout.of(tmp_path, "demo"), resolve("tiny", ["batch_size=8"]), steps=50)
     assert out["steps_timed"] >= 50 and out["data_path"] == "device"
     assert 0 < out["feed_ratio"] and "in_memory_other_compile_images_per_s" in out

@@ -14,6 +14,7 @@ import torch
 
 from competition import load_dataset, load_spec
 from competition.errors import UserError
+from competition.layout import RunLayout
 from pipelines.cache import build_cache
 from pipelines.config import resolve
 from pipelines.weights import WeightsError, load_pretrained
@@ -89,7 +90,7 @@ def test_cache_lists_undecodable_images(demo_copy, tmp_path):
     bad.write_bytes(data[: len(data) // 2])  # header intact, pixels truncated
     ds = load_dataset(load_spec("demo"), demo_copy)  # the header check passes
     with pytest.raises(UserError, match="1 images that cannot be decoded:\n  5.jpg"):
-        build_cache(ds, tmp_path / "cache", 24, workers=1, quiet=True)
+        build_cache(ds, RunLayout(tmp_path), 24, workers=1, quiet=True)
     assert not list((tmp_path / "cache").glob("*.npy"))  # nothing half-written is left
 
 
@@ -185,7 +186,7 @@ def oof_of(demo_data, runs, *overrides):
     spec = load_spec("demo")
     folds_for(demo_data, runs, k=2)
     cfg = resolve("tiny", ["epochs=2", "device=cpu", *overrides])
-    train_model(spec, load_dataset(spec, demo_data), runs, cfg, log=lambda *_: None)
+    train_model(spec, load_dataset(spec, demo_data), RunLayout.of(runs, spec.name), cfg, log=lambda *_: None)
     return pd.read_csv(runs / "demo" / "models" / "tiny" / "oof.csv")
 
 
@@ -276,7 +277,7 @@ def test_training_variants(demo_data, tmp_path, overrides):
     folds_for(demo_data, tmp_path, k=2)
     spec = load_spec("demo")
     ds = load_dataset(spec, demo_data)
-    meta = train_model(spec, ds, tmp_path, resolve("tiny", ["epochs=1", *overrides]), log=lambda *_: None)
+    meta = train_model(spec, ds, RunLayout.of(tmp_path, spec.name), resolve("tiny", ["epochs=1", *overrides]), log=lambda *_: None)
     assert meta["folds_done"] == [0, 1] and 0 <= meta["oof"]["micro_f1_at_0.5"] <= 1
     oof = pd.read_csv(tmp_path / "demo" / "models" / "tiny" / "oof.csv")
     assert np.isfinite(oof[spec.tokens].to_numpy()).all()
@@ -302,10 +303,10 @@ def test_changed_labels_make_trained_models_stale(demo_copy, tmp_path):
 def test_replaced_image_rebuilds_the_cache(demo_copy, tmp_path):
     from PIL import Image
     spec = load_spec("demo")
-    first = build_cache(load_dataset(spec, demo_copy), tmp_path, 24, workers=1, quiet=True)
+    first = build_cache(load_dataset(spec, demo_copy), RunLayout(tmp_path), 24, workers=1, quiet=True)
     Image.new("RGB", (40, 40), (255, 0, 0)).save(demo_copy / "data" / "3.jpg")
     ds = load_dataset(spec, demo_copy)
-    second = build_cache(ds, tmp_path, 24, workers=1, quiet=True)
+    second = build_cache(ds, RunLayout(tmp_path), 24, workers=1, quiet=True)
     assert second != first
     row = ds.train.id.tolist().index("3.jpg")
     assert np.load(second)[row, ..., 0].mean() > 200 and np.load(first)[row, ..., 0].mean() < 200
@@ -314,11 +315,12 @@ def test_replaced_image_rebuilds_the_cache(demo_copy, tmp_path):
 def test_killed_cache_build_leaves_nothing_behind(demo_copy, tmp_path):
     from pipelines.cache import cache_file
     ds = load_dataset(load_spec("demo"), demo_copy)
-    target = cache_file(ds, tmp_path, 24)
-    stale = tmp_path / f".{target.name}.x1y2.tmp"  # what a kill -9 mid-build leaves
+    target = cache_file(ds, RunLayout(tmp_path), 24)
+    target.parent.mkdir(parents=True)
+    stale = target.parent / f".{target.name}.x1y2.tmp"  # what a kill -9 mid-build leaves
     stale.write_bytes(b"\0" * 4096)
-    assert build_cache(ds, tmp_path, 24, workers=1, quiet=True) == target
-    assert not stale.exists() and not list(tmp_path.glob("*.tmp"))
+    assert build_cache(ds, RunLayout(tmp_path), 24, workers=1, quiet=True) == target
+    assert not stale.exists() and not list(target.parent.glob("*.tmp"))
 
 
 def test_a_fold_held_by_another_process_is_skipped(demo_data, tmp_path):

@@ -1,0 +1,169 @@
+"""Every path of a competition's run folder, named once. Writers and readers of an artifact both ask here.
+
+runs/<COMP>/
+  data/                           generated demo data (the demo competition only)
+  eda/                            `make eda` plots and summary
+  folds.csv                       ImageID,fold: written once by `make folds`
+  folds_report.txt, .csv          per-fold label counts and deviations
+  cache/                          decoded images (uint8 .npy) and trunk features, keyed by their inputs
+  models/<MODEL>/                 one backbone or the captions model (ModelLayout)
+  thresholds/                     thresholds-<blend key>.json, optuna.db
+  submissions/                    <COMP>-<time>-cv<score>.csv and its .json sidecar
+  report/                         `make report` plots
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class FitLayout:
+    """One fitted model: a fold (fold<k>/) or the full-data refit (full/)."""
+    dir: Path
+
+    @property
+    def oof(self) -> Path:          # this fold's validation rows (folds only)
+        return self.dir / "oof.csv"
+
+    @property
+    def history(self) -> Path:
+        return self.dir / "history.csv"
+
+    @property
+    def done(self) -> Path:         # written last: the fit is complete only when it exists
+        return self.dir / "done.json"
+
+    @property
+    def state(self) -> Path:        # resumable training state, removed when the fit is done
+        return self.dir / "state.pt"
+
+    @property
+    def best_weights(self) -> Path:
+        return self.dir / "best.safetensors"
+
+    @property
+    def captions_model(self) -> Path:
+        return self.dir / "model.npz"
+
+    @property
+    def lock(self) -> Path:         # held by the one process fitting it
+        return self.dir / ".lock"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelLayout:
+    """runs/<COMP>/models/<MODEL>/: every fold of one model, assembled."""
+    dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def run(self) -> Path:          # what the run started with: config, folds and data fingerprints, labels
+        return self.dir / "run.json"
+
+    @property
+    def config(self) -> Path:       # the resolved config, readable (timm's args.yaml)
+        return self.dir / "config.yaml"
+
+    @property
+    def meta(self) -> Path:         # per-fold results, sizes, GPU-hours, OOF scores
+        return self.dir / "meta.json"
+
+    @property
+    def oof(self) -> Path:          # ImageID,fold,<labels>, train.csv order, once every fold is done
+        return self.dir / "oof.csv"
+
+    def test_fold(self, f: int) -> Path:  # ImageID,<labels>: fold f's model on test.csv
+        return self.dir / f"test_fold{f}.csv"
+
+    @property
+    def test_full(self) -> Path:
+        return self.dir / "test_full.csv"
+
+    @property
+    def learning_curves(self) -> Path:
+        return self.dir / "learning_curves.png"
+
+    def fold(self, f: int) -> FitLayout:
+        return FitLayout(self.dir / f"fold{f}")
+
+    @property
+    def full(self) -> FitLayout:
+        return FitLayout(self.dir / "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLayout:
+    """runs/<COMP>/: one competition's artifacts."""
+    root: Path
+
+    @classmethod
+    def of(cls, runs, competition: str) -> "RunLayout":
+        return cls(Path(runs) / competition)
+
+    @property
+    def demo_data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def eda(self) -> Path:
+        return self.root / "eda"
+
+    @property
+    def folds(self) -> Path:
+        return self.root / "folds.csv"
+
+    @property
+    def folds_report(self) -> Path:
+        return self.root / "folds_report.txt"
+
+    @property
+    def folds_table(self) -> Path:
+        return self.root / "folds_report.csv"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    def image_cache(self, images_key: str, size: int) -> Path:
+        return self.cache / f"images_{images_key}_{size}px.npy"
+
+    @staticmethod
+    def trunk_features(image_cache: Path, arch: str, start: int, weights_key: str) -> Path:
+        """Beside the image cache it was computed from, keyed by that cache and the trunk's weights."""
+        return Path(image_cache).with_name(f"trunk_{arch}_s{start}_{weights_key}_{Path(image_cache).stem}.npy")
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    def model(self, name: str) -> ModelLayout:
+        return ModelLayout(self.models / name)
+
+    def model_names(self) -> list[str]:
+        return sorted(p.name for p in self.models.iterdir() if p.is_dir()) if self.models.is_dir() else []
+
+    @property
+    def thresholds(self) -> Path:
+        return self.root / "thresholds"
+
+    def thresholds_file(self, key: str) -> Path:
+        return self.thresholds / f"thresholds-{key}.json"
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.thresholds / "optuna.db"
+
+    @property
+    def submissions(self) -> Path:
+        return self.root / "submissions"
+
+    def submission(self, competition: str, stamp: str, score: float) -> Path:
+        return self.submissions / f"{competition}-{stamp}-cv{score:.4f}.csv"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"

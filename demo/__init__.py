@@ -1,0 +1,1 @@
+"""`make demo`: the whole chain (data, folds, training, submission, report) on generated data, above every stage."""

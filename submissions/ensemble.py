@@ -1,0 +1,78 @@
+"""One ensemble: the members within budget, every blend of them, the chosen blend and, once tuned, its
+thresholds. Built once per command and handed whole to thresholds, submission and report."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import numpy as np
+
+from competition.layout import RunLayout
+from folds.split import read_folds
+from submissions.blend import blend_all, quick_score
+from submissions.budget import Budget, cost, select
+from submissions.members import Member, load_members
+
+
+@dataclasses.dataclass
+class Ensemble:
+    metric: str                     # the spec's objective: what blends and thresholds maximise
+    min_labels: int
+    y: np.ndarray                   # (train rows, labels)
+    fold: np.ndarray                # fold of each train row
+    members: list[Member]           # those within budget
+    use_full: dict[str, bool]       # per member: its full-data refit instead of its fold models
+    member_scores: dict[str, float]  # OOF metric at the best global threshold, scored once
+    blends: dict[str, dict]         # method -> oof, test, weights, score
+    blend_name: str                 # the blend with the best OOF score
+    budget: Budget
+    budget_notes: list[str]
+    thresholds: dict | None = None  # the thresholds artifact, once tuned
+
+    @property
+    def blend(self) -> dict:
+        return self.blends[self.blend_name]
+
+    def threshold_vector(self, tokens) -> np.ndarray:
+        return np.array([self.thresholds["thresholds"][t] for t in tokens])
+
+    def cost(self) -> tuple[float, float]:
+        return cost(self.members, self.use_full)
+
+
+def build_ensemble(spec, ds, run: RunLayout, names=None, budget: Budget | None = None, log=print) -> Ensemble:
+    """Every complete member (or `names`), fitted into the budget, blended every way; the best blend chosen."""
+    budget = budget or Budget.of(spec)
+    metric, min_labels = spec.metric, spec.min_labels_per_image
+    members = load_members(spec, ds, run, names, log=log)
+    y, fold = ds.targets(), read_folds(run.folds, list(ds.train["id"]))
+    scores = {m.name: quick_score(y, m.oof, min_labels, metric) for m in members}
+    for m in members:
+        log(f"member {m.name:<24} OOF {metric} (best global thr) {scores[m.name]:.4f}  "
+            f"{m.folds_mb:.1f} MB folds{f', {m.full_mb:.1f} MB refit' if m.full_mb else ''}  {m.gpu_hours:.3f} GPU-h")
+    members, use_full, notes = fit_budget(members, y, min_labels, metric, budget, log)
+    blends = blend_all(members, y, fold, min_labels, use_full, metric)
+    for name, b in blends.items():
+        weights = dict(zip([m.name for m in members], [round(float(w), 3) for w in b["weights"] or []]))
+        log(f"blend {name:<10} OOF {metric} (best global thr) {b['score']:.4f}" + (f"  weights {weights}" if weights else ""))
+    blend_name = max(blends, key=lambda k: blends[k]["score"])
+    log(f"blend: {blend_name}")
+    return Ensemble(metric, min_labels, y, fold, members, use_full, {m.name: scores[m.name] for m in members},
+                    blends, blend_name, budget, notes)
+
+
+def fit_budget(members, y, min_labels, metric, budget: Budget, log):
+    """(members, use_full, notes): the best subset within budget, or all of them with a warning when ignored."""
+    if not budget.ignored:
+        members, use_full, notes = select(members, y, min_labels, budget.model_mb, budget.gpu_hours, metric)
+        for line in notes:
+            log(f"budget: {line}")
+        return members, use_full, notes
+    use_full = {m.name: False for m in members}
+    size, hours = cost(members, use_full)
+    if budget.allows(size, hours):
+        return members, use_full, []
+    warning = (f"WARNING: IGNORE_BUDGET: {size:.1f} MB / {hours:.2f} GPU-h exceeds the budget "
+               f"({budget.model_mb} MB, {budget.gpu_hours} GPU-h); this submission breaks the competition rules")
+    print(warning, file=sys.stderr)
+    return members, use_full, [warning]
