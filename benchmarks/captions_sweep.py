@@ -7,18 +7,16 @@ Needs `make folds` for the same data first. Prints one line per setting.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from competition import load_dataset, load_spec  # noqa: E402
-from folds.split import read_folds  # noqa: E402
-from pipelines.captions import CaptionModel  # noqa: E402
-from pipelines.config import resolve  # noqa: E402
-from submissions import thresholds as th  # noqa: E402
+from competition import load_dataset, load_spec
+from competition.layout import RunLayout
+from folds.split import read_folds
+from pipelines.captions import CaptionModel
+from pipelines.config import resolve
+from submissions import thresholds as th
 
 GRID = [
     {"C": c, "ngram_max": 2} for c in (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -36,7 +34,7 @@ def main():
     a = ap.parse_args()
     spec = load_spec(a.comp)
     ds = load_dataset(spec, a.data, check=False)
-    fold = read_folds(Path(a.runs) / spec.name / "folds.csv", list(ds.train["id"]))
+    fold = read_folds(RunLayout.of(a.runs, spec.name).folds, list(ds.train["id"]))
     texts, y = ds.train["caption"].to_numpy(), ds.targets()
     for overrides in GRID:
         cfg = resolve("captions", overrides)

@@ -8,20 +8,17 @@ Fits on the first --train rows of train.csv, scores the next --val rows (a quick
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from competition import load_dataset, load_spec, metrics  # noqa: E402
-from competition.images import load_resized  # noqa: E402
-from pipelines.config import resolve  # noqa: E402
-from pipelines.model import build_model  # noqa: E402
-from submissions.thresholds import global_threshold, score  # noqa: E402
+from competition import load_dataset, load_spec, metrics
+from competition.images import load_resized
+from pipelines.config import resolve
+from pipelines.model import build_model
+from submissions.thresholds import global_threshold, score
 
 
 def main():

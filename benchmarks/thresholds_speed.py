@@ -7,14 +7,11 @@ Without --oof, probabilities are simulated with COMP5329's label frequencies.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from submissions import thresholds as th  # noqa: E402
+from submissions import thresholds as th
 
 # Label counts of the full COMP5329 train set (30,000 images).
 COUNTS = [22797, 1164, 4365, 1272, 1132, 1395, 1221, 2210, 1042, 1471, 604, 605, 252, 1934, 1099, 1430, 1525, 1020]

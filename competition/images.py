@@ -23,12 +23,6 @@ def header_problem(path: Path) -> str | None:
         return f"cannot read image: {type(e).__name__}: {e}"
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    """HxWx3 uint8. PIL sniffs the format from content, so a PNG saved as .jpg decodes too."""
-    with Image.open(path) as im:
-        return np.asarray(rgb_image(im))
-
-
 def load_resized(path: Path, size: int) -> np.ndarray:
     """Decode and resize to size x size (aspect not kept: crops would cut objects out of multi-label scenes)."""
     with Image.open(path) as im:
@@ -37,6 +31,7 @@ def load_resized(path: Path, size: int) -> np.ndarray:
 
 
 def rgb_image(im: Image.Image) -> Image.Image:
+    """Upright RGB. PIL sniffs the format from content, so a PNG saved as .jpg decodes too."""
     im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16-bit (or 32-bit integer) gray: PIL's convert("RGB") clips at 255, which whitens the image.

@@ -61,7 +61,8 @@ class DecodedImages(CachedImages):
 
 
 def auto_workers(requested: int, device: torch.device) -> int:
-    """-1: on CUDA up to 8 cores feed the GPU; on CPU the model needs the cores (inline augmentation)."""
+    """-1: on CUDA up to 8 cores feed the GPU; on CPU none, since workers would take the cores the model
+    computes on (the loader path then augments in the training process)."""
     if requested >= 0:
         return requested
     return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0

@@ -216,7 +216,7 @@ def setup(cfg: dict, data: FoldData, dist: Dist) -> Setup:
     torch.manual_seed(cfg["seed"])
     device, amp_dtype = device_setup(cfg, dist)
     net, source, mean, std = build_model(cfg, data.train_y.shape[1])
-    channels_last = cfg["channels_last"]  # faster for these convnets on CUDA and, measured, on CPU too
+    channels_last = cfg["channels_last"]
     net.to(device)
     if channels_last:
         net.to(memory_format=torch.channels_last)

@@ -3,12 +3,18 @@ import pytest
 from PIL import Image
 
 from competition import UserError, load_dataset, load_spec
-from competition.images import load_resized, load_rgb
+from competition.images import load_resized, rgb_image
 from competition.reader import encode
 
 
 def spec():
     return load_spec("comp5329")
+
+
+def decoded(path):
+    """The image as the cache gets it before resizing: full size, so shapes and values can be checked."""
+    with Image.open(path) as im:
+        return np.asarray(rgb_image(im))
 
 
 def test_spec_labels_are_strings_in_order():
@@ -21,6 +27,27 @@ def test_spec_labels_are_strings_in_order():
 def test_unknown_spec_lists_valid_names():
     with pytest.raises(UserError, match="comp5329.*demo|demo.*comp5329"):
         load_spec("nope")
+
+
+def test_run_folder_paths_are_named_in_the_layout_only():
+    """Writers and readers of an artifact must agree on its path: only competition/layout.py spells them."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    # A path is built from a literal that starts with the name; prose in docstrings and messages may mention it.
+    files = (r'f?"(folds\.csv|folds_report|oof\.csv|meta\.json|run\.json|done\.json|state\.pt|history\.csv|'
+             r'config\.yaml|test_fold|test_full|best\.safetensors|model\.npz|thresholds-|optuna\.db|learning_curves\.png)'
+             r'|f"(images_|trunk_)')
+    folders = r'/ f?"(models|cache|submissions|report|eda|thresholds|full|fold\{f\})"'
+    names = re.compile(f"{files}|{folders}")
+    offenders = []
+    for path in sorted(root.glob("*/*.py")):
+        if path.parts[-2] in ("tests", ".venv") or path.name == "layout.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if names.search(line):
+                offenders.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
 
 
 def test_unknown_spec_key_fails(tmp_path):
@@ -113,13 +140,13 @@ def test_image_modes_decode_to_rgb(tmp_path):
         im.save(tmp_path / name)
     base.save(tmp_path / "png_named.jpg", format="PNG")
     for name in list(cases) + ["png_named.jpg"]:
-        arr = load_rgb(tmp_path / name)
+        arr = decoded(tmp_path / name)
         assert arr.shape == (20, 30, 3) and arr.dtype == np.uint8, name
     assert load_resized(tmp_path / "cmyk.jpg", 16).shape == (16, 16, 3)
     # Transparent pixels become white.
     clear = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
     clear.save(tmp_path / "clear.png")
-    assert (load_rgb(tmp_path / "clear.png") == 255).all()
+    assert (decoded(tmp_path / "clear.png") == 255).all()
 
 
 def test_exif_orientation_applied(tmp_path):
@@ -127,7 +154,7 @@ def test_exif_orientation_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees on display
     im.save(tmp_path / "rot.jpg", exif=exif)
-    assert load_rgb(tmp_path / "rot.jpg").shape == (40, 20, 3)
+    assert decoded(tmp_path / "rot.jpg").shape == (40, 20, 3)
 
 
 def test_multi_hot_in_spec_order():
@@ -208,5 +235,5 @@ def test_16_bit_png_keeps_its_range(tmp_path):
     values = np.array([[0, 32768], [65535, 16384]], dtype=np.uint16)
     Image.fromarray(values).save(tmp_path / "deep.png")  # PIL mode I;16
     assert Image.open(tmp_path / "deep.png").mode.startswith("I")
-    gray = load_rgb(tmp_path / "deep.png")[..., 0]
+    gray = decoded(tmp_path / "deep.png")[..., 0]
     assert gray.tolist() == [[0, 128], [255, 64]]

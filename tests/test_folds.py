@@ -31,6 +31,23 @@ def test_deterministic_and_refuses_silent_change(demo_data, tmp_path):
     assert (tmp_path / "demo" / "folds_report.txt").exists()
 
 
+def test_write_folds_api_refuses_a_change_and_keeps_the_file(demo_data, tmp_path):
+    """The rule lives in the API, so the demo and a user's script get it too, not only the CLI."""
+    from competition import load_dataset, load_spec
+    from competition.layout import RunLayout
+    from folds.split import write_folds
+    spec = load_spec("demo")
+    run, ds = RunLayout.of(tmp_path, "demo"), load_dataset(spec, demo_data)
+    first = write_folds(run, ds, spec, 3, seed=1)
+    assert first.written and first.path == run.folds and "fold sizes" in first.report
+    assert not write_folds(run, ds, spec, 3, seed=1).written
+    before = run.folds.read_bytes()
+    with pytest.raises(UserError, match="would change"):
+        write_folds(run, ds, spec, 3, seed=2)
+    assert run.folds.read_bytes() == before
+    assert write_folds(run, ds, spec, 3, seed=2, force=True).written and run.folds.read_bytes() != before
+
+
 def test_every_label_in_every_fold_and_beats_kfold():
     rng = np.random.default_rng(0)
     y = (rng.random((600, 10)) < np.linspace(0.02, 0.5, 10)).astype(np.uint8)

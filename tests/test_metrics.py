@@ -26,6 +26,30 @@ def test_against_sklearn(data):
     assert m.jaccard(y, pred) == pytest.approx(skm.jaccard_score(y, pred, average="samples"))
 
 
+@pytest.mark.parametrize("empty_rows", [False, True])
+def test_objectives_equal_sklearn(data, empty_rows):
+    y, prob, pred = data
+    if empty_rows:  # images with no true and no predicted label: sklearn's zero_division=0 case
+        y, pred = y.copy(), pred.copy()
+        y[:5], pred[:5] = 0, 0
+        pred[5:8] = 0
+    expected = {
+        "micro_f1": skm.f1_score(y, pred, average="micro", zero_division=0),
+        "macro_f1": skm.f1_score(y, pred, average="macro", zero_division=0),
+        "samples_f1": skm.f1_score(y, pred, average="samples", zero_division=0),
+        "samples_f2": skm.fbeta_score(y, pred, beta=2, average="samples", zero_division=0),
+    }
+    assert set(expected) == set(m.OBJECTIVES)
+    for name, value in expected.items():
+        assert m.objective(name).score(y, pred) == pytest.approx(value), name
+
+
+def test_unknown_objective_names_the_valid_ones():
+    from competition.errors import UserError
+    with pytest.raises(UserError, match="unknown metric 'f1'; valid: micro_f1, macro_f1, samples_f1, samples_f2"):
+        m.objective("f1")
+
+
 def test_hand_computed_case():
     y = np.array([[1, 0, 1], [0, 1, 0]])
     prob = np.array([[0.9, 0.6, 0.2], [0.1, 0.3, 0.4]])

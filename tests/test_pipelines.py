@@ -46,6 +46,32 @@ def test_config_overrides_and_unknown_keys():
         resolve("nope")
 
 
+@pytest.mark.parametrize("override, message", [
+    ("epochs=ten", "epochs='ten'; expected an integer"),
+    ("ema=1", "ema=1; expected true or false"),
+    ("augment=stong", "augment='stong'; valid: none, light, strong"),
+    ("head_hidden=big", "head_hidden='big'; expected a list"),
+    ("folds=a,b", "folds=.*expected all or fold numbers"),
+    ("C=2", "C do not apply to an image model; its keys: .*epochs"),
+])
+def test_config_values_are_checked_for_type_choice_and_kind(override, message):
+    with pytest.raises(UserError, match=f"overrides: {message}"):
+        resolve("tiny", [override])
+
+
+def test_config_types_coerce_only_what_is_safe(tmp_path):
+    cfg = resolve("tiny", ["lr=1", "grad_clip=2", "train_from=None"])
+    assert cfg["lr"] == 1.0 and isinstance(cfg["lr"], float) and cfg["grad_clip"] == 2.0
+    with pytest.raises(UserError, match="epochs do not apply to a captions model"):
+        resolve("captions", ["epochs=3"])
+    own = tmp_path / "mine.yaml"
+    own.write_text("backbone: resnet18\nlr: 1e-3\nepochs: 2.5\n")  # YAML 1.1 reads 1e-3 as a string
+    with pytest.raises(UserError, match=f"{own}: epochs=2.5; expected an integer"):
+        resolve(str(own))
+    own.write_text("backbone: resnet18\nlr: 1e-3\n")
+    assert resolve(str(own))["lr"] == 0.001
+
+
 def test_every_config_builds():
     from pipelines.config import available_configs
     for name in available_configs():

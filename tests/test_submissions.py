@@ -166,6 +166,35 @@ def test_submit_end_to_end_and_threshold_reuse(trained):
         assert (runs / "demo" / "report" / name).exists()
 
 
+def test_the_spec_metric_is_what_blends_and_thresholds_maximise(trained, tmp_path):
+    """A spec with `metric: samples_f2` (Planet's): scores and thresholds are F2 ones; `exact` (micro-F1 only)
+    is not offered; an unknown metric fails naming the valid ones."""
+    from competition.spec import SPEC_DIR
+    from sklearn.metrics import fbeta_score
+    runs, data = trained
+    demo = (SPEC_DIR / "demo.yaml").read_text()
+    spec_path = tmp_path / "demo.yaml"
+    spec_path.write_text(demo.replace("metric: micro_f1", "metric: samples_f2"))
+    r = cli("-m", "submissions", "submit", "--comp", str(spec_path), "--data", str(data), "--runs", str(runs),
+            "--trials", "5", "--models", "captions")
+    assert r.returncode == 0, r.stderr
+    side = json.loads(max((runs / "demo" / "submissions").glob("*.json"), key=lambda p: p.stat().st_mtime).read_text())
+    assert side["metric"] == "samples_f2" and "exact" not in {row["method"] for row in side["threshold_comparison"]}
+    spec = load_spec(str(spec_path))
+    from competition import load_dataset
+    ds = load_dataset(spec, data)
+    oof = pd.read_csv(runs / "demo" / "models" / "captions" / "oof.csv", dtype={"ImageID": str})[spec.tokens].to_numpy()
+    thr = np.array([side["thresholds"][t] for t in spec.tokens])
+    f2 = fbeta_score(ds.targets(), decide(oof, thr, 1), beta=2, average="samples", zero_division=0)
+    assert side["oof_score"] == pytest.approx(f2)
+    r = cli("-m", "submissions", "submit", "--comp", str(spec_path), "--data", str(data), "--runs", str(runs),
+            "--method", "exact", "--models", "captions")
+    assert r.returncode == 2 and "does not apply to metric samples_f2" in r.stderr
+    spec_path.write_text(demo.replace("metric: micro_f1", "metric: f1"))
+    r = cli("-m", "submissions", "submit", "--comp", str(spec_path), "--data", str(data), "--runs", str(runs))
+    assert r.returncode == 2 and "unknown metric 'f1'; valid: micro_f1" in r.stderr
+
+
 def test_mixing_folds_files_is_refused(trained, tmp_path):
     import shutil
     runs, data = trained
