@@ -16,7 +16,8 @@ train_set  = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(FOLDS),folds=$(FOLDS)) $(if
              $(if $(WORKERS),workers=$(WORKERS)) $(SET)
 submit_set = $(if $(MODELS),--models $(MODELS)) $(if $(TRIALS),--trials $(TRIALS)) \
              $(if $(METHOD),--method $(METHOD)) $(if $(IGNORE_BUDGET),--ignore-budget) \
-             $(if $(BUDGET_MB),--budget-mb $(BUDGET_MB)) $(if $(BUDGET_GPU_HOURS),--budget-gpu-hours $(BUDGET_GPU_HOURS))
+             $(if $(BUDGET_MB),--budget-mb $(BUDGET_MB)) $(if $(BUDGET_GPU_HOURS),--budget-gpu-hours $(BUDGET_GPU_HOURS)) \
+             $(if $(STORAGE),--storage $(STORAGE))
 
 .PHONY: help setup test test-gpu test-all demo demo-data eda folds train thresholds submit report bench validate clean-demo \
         bench-thresholds bench-captions bench-probe
@@ -38,7 +39,7 @@ help:
 	@echo "make bench-probe DATA=    frozen ImageNet features + logistic regression by input size (MODEL=)"
 	@echo "make clean-demo           remove $(RUNS)/demo (the generated competition and all trained on it)"
 	@echo "variables: COMP DATA K SEED RUNS MODEL EPOCHS FOLDS IMG BATCH LR FULLFIT WORKERS SET='key=value ...'"
-	@echo "           MODELS TRIALS METHOD IGNORE_BUDGET BUDGET_MB BUDGET_GPU_HOURS FORCE"
+	@echo "           MODELS TRIALS METHOD IGNORE_BUDGET BUDGET_MB BUDGET_GPU_HOURS STORAGE FORCE"
 
 setup: $(VENV)
 $(VENV): requirements.txt pyproject.toml

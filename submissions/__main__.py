@@ -23,6 +23,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-mb", type=float, default=None)
     ap.add_argument("--budget-gpu-hours", type=float, default=None)
     ap.add_argument("--ignore-budget", action="store_true")
+    ap.add_argument("--storage", default=None,
+                    help="Optuna storage URL for the threshold study (default: SQLite in the run folder); "
+                         "a shared PostgreSQL URL lets several machines tune one study")
     a = ap.parse_args(argv)
     spec = load_spec(a.comp)
     ds = load_dataset(spec, a.data, check=False)
@@ -33,9 +36,9 @@ def main(argv=None) -> int:
     budget = Budget.of(spec, a.budget_mb, a.budget_gpu_hours, a.ignore_budget)
     if a.cmd == "submit":
         command = "python -m submissions " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
-        run_submit(spec, ds, run, command, names, a.method, a.trials, a.seed, budget)
+        run_submit(spec, ds, run, command, names, a.method, a.trials, a.seed, budget, a.storage)
         return 0
-    ens = run_thresholds(spec, ds, run, names, a.method, a.trials, a.seed, budget)
+    ens = run_thresholds(spec, ds, run, names, a.method, a.trials, a.seed, budget, a.storage)
     if a.cmd == "report":
         from submissions.report import make_report
         for path in make_report(spec, ens, run.report):

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import warnings
 
 import numpy as np
+import optuna
 import pandas as pd
 
 from competition import metrics
@@ -24,11 +26,26 @@ def blend_key(method: str, oof: np.ndarray, trials: int, seed: int, metric: str)
     return h.hexdigest()[:16]
 
 
-def tune_thresholds(run: RunLayout, ens: Ensemble, tokens, method=None, trials=200, seed=0, log=print) -> dict:
+def optuna_storage(run: RunLayout, url: str | None):
+    """The study's storage: SQLite in the run folder, or any RDB URL several machines share (PostgreSQL, MySQL).
+    A shared one gets a heartbeat, so a trial whose process died on any machine is failed and retried."""
+    if url is None:
+        return f"sqlite:///{run.optuna_db.resolve()}", None
+    try:
+        with warnings.catch_warnings():  # the heartbeat is marked experimental; it is what shared studies need
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return url, optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    except Exception as e:  # a bad URL, an unreachable server or a missing driver: the user's to fix
+        raise UserError(f"optuna storage {url!r}: {type(e).__name__}: {e}") from None
+
+
+def tune_thresholds(run: RunLayout, ens: Ensemble, tokens, method=None, trials=200, seed=0, storage=None,
+                    log=print) -> dict:
     """Compare every method in-sample and nested on the chosen blend; one artifact per blended OOF, reused."""
     if method and method not in th.methods_for(ens.metric):
         raise UserError(f"threshold method {method!r} does not apply to metric {ens.metric}; "
                         f"valid: {', '.join(th.methods_for(ens.metric))}")
+    url, shared = optuna_storage(run, storage)  # a bad URL fails now, even when the thresholds are reused
     oof = ens.blend["oof"]
     key = blend_key(method or "best", oof, trials, seed, ens.metric)
     path = run.thresholds_file(key)
@@ -37,9 +54,8 @@ def tune_thresholds(run: RunLayout, ens: Ensemble, tokens, method=None, trials=2
         log(f"thresholds: reusing {path} (members unchanged)")
         print_table(ens.thresholds["comparison"], ens.thresholds["method"], log)
         return ens.thresholds
-    storage = f"sqlite:///{run.optuna_db.resolve()}"
-    with exclusive_lock(path.with_name(f".{path.name}.lock")):  # one process tunes a given study at a time
-        rows = th.compare(ens.y, oof, ens.fold, ens.min_labels, trials, seed, storage=storage,
+    with exclusive_lock(path.with_name(f".{path.name}.lock")):  # one process on this machine tunes a study at a time
+        rows = th.compare(ens.y, oof, ens.fold, ens.min_labels, trials, seed, storage=shared or url,
                           study_name=f"blend-{key}", metric=ens.metric)
     chosen = method or max(rows, key=lambda r: (r["nested"], -th.METHODS.index(r["method"])))["method"]
     row = next(r for r in rows if r["method"] == chosen)
@@ -48,7 +64,7 @@ def tune_thresholds(run: RunLayout, ens: Ensemble, tokens, method=None, trials=2
         "thresholds": {t: float(v) for t, v in zip(tokens, row["thresholds"])},
         "oof_score": row["in_sample"], "nested_score": row["nested"], "trials": trials, "seed": seed,
         "comparison": [{k: v for k, v in r.items() if k != "thresholds"} for r in rows],
-        "optuna_storage": storage, "optuna_study": f"blend-{key}",
+        "optuna_storage": url, "optuna_study": f"blend-{key}",
     }
     write_json(path, ens.thresholds)
     print_table(ens.thresholds["comparison"], chosen, log)
@@ -64,9 +80,9 @@ def print_table(rows, chosen, log=print) -> None:
 
 
 def run_thresholds(spec, ds, run: RunLayout, names=None, method=None, trials=200, seed=0, budget: Budget | None = None,
-                   log=print) -> Ensemble:
+                   storage: str | None = None, log=print) -> Ensemble:
     ens = build_ensemble(spec, ds, run, names, budget, log)
-    tune_thresholds(run, ens, spec.tokens, method, trials, seed, log)
+    tune_thresholds(run, ens, spec.tokens, method, trials, seed, storage, log)
     return ens
 
 
@@ -77,9 +93,9 @@ def submission_frame(spec, ds, test_prob, thresholds) -> pd.DataFrame:
 
 
 def run_submit(spec, ds, run: RunLayout, command: str, names=None, method=None, trials=200, seed=0,
-               budget: Budget | None = None, log=print) -> tuple:
+               budget: Budget | None = None, storage: str | None = None, log=print) -> tuple:
     """Writes the submission and its sidecar; returns (path, the ensemble)."""
-    ens = run_thresholds(spec, ds, run, names, method, trials, seed, budget, log)
+    ens = run_thresholds(spec, ds, run, names, method, trials, seed, budget, storage, log)
     thr = ens.threshold_vector(spec.tokens)
     frame = submission_frame(spec, ds, ens.blend["test"], thr)
     validate_frame(frame, spec, list(ds.test["id"]))

@@ -98,7 +98,8 @@ def optuna_per_label(y, prob, min_labels=1, trials=200, seed=0, init=None, stora
         storage = optuna.storages.RDBStorage(storage)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
                                 storage=storage, study_name=study_name, load_if_exists=storage is not None)
-    if storage is not None:
+    if storage is not None and not getattr(storage, "heartbeat_interval", None):
+        # With a heartbeat (shared storage) Optuna itself fails the trials of dead processes on any machine.
         fail_orphaned_trials(storage, study.study_name)
     if init is not None and not study.trials:
         study.enqueue_trial({f"t{j}": float(np.clip(init[j], 0.001, 0.999)) for j in range(L)})

@@ -261,3 +261,30 @@ def test_killed_optuna_trial_is_marked_failed(tmp_path):
     optuna_per_label(y, rng.random((60, 3)), trials=3, storage=storage, study_name="s")
     states = [t.state for t in optuna.load_study(study_name="s", storage=storage).trials]
     assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.FAIL in states
+
+
+def test_shared_storage_url_and_other_machines_trials(trained, tmp_path):
+    """STORAGE= puts the threshold study where several machines can share it. A RUNNING trial there may belong
+    to a live process elsewhere, so it is left to Optuna's heartbeat, not failed on sight; a bad URL is one line."""
+    import optuna
+    runs, data = trained
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    base = ["-m", "submissions", "thresholds", "--comp", "demo", "--data", str(data), "--runs", str(runs),
+            "--models", "captions", "--method", "optuna", "--trials", "3", "--seed", "11"]
+    r = cli(*base, "--storage", url)
+    assert r.returncode == 0, r.stderr
+    art = max((runs / "demo" / "thresholds").glob("thresholds-*.json"), key=lambda p: p.stat().st_mtime)
+    art = json.loads(art.read_text())
+    assert art["optuna_storage"] == url
+    study = optuna.load_study(study_name=art["optuna_study"], storage=url)
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
+    from submissions.thresholds import optuna_per_label
+    storage = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    optuna.create_study(storage=storage, study_name="live", direction="maximize").ask()  # another machine's
+    rng = np.random.default_rng(0)
+    optuna_per_label((rng.random((40, 3)) < 0.3).astype(int), rng.random((40, 3)), trials=2, storage=storage,
+                     study_name="live")
+    states = [t.state for t in optuna.load_study(study_name="live", storage=url).trials]
+    assert optuna.trial.TrialState.RUNNING in states and optuna.trial.TrialState.FAIL not in states
+    r = cli(*base, "--storage", "nosuchdb://x/y")
+    assert r.returncode == 2 and r.stderr.startswith("error: optuna storage 'nosuchdb://x/y'")
