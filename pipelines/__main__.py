@@ -29,11 +29,13 @@ def main(argv=None) -> int:
     ds = load_dataset(spec, a.data)
     if a.cmd == "bench":
         from pipelines.bench import run_bench
-        run_bench(spec, ds, RunLayout.of(a.runs, spec.name), cfg, steps=a.steps, n_images=a.images, compile_too=a.compile_too)
+        run_bench(spec, ds, RunLayout.of(a.runs, spec.name), cfg, steps=a.steps, n_images=a.images,
+                  compile_too=a.compile_too)
         return 0
     from pipelines.run import train_model
     quiet = int(os.environ.get("RANK", "0")) != 0
-    train_model(spec, ds, RunLayout.of(a.runs, spec.name), cfg, force=a.force, log=(lambda *_: None) if quiet else print)
+    train_model(spec, ds, RunLayout.of(a.runs, spec.name), cfg, force=a.force,
+                log=(lambda *_: None) if quiet else print)
     return 0
 
 

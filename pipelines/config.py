@@ -109,14 +109,8 @@ def check_keys(keys, where: str) -> None:
 
 def checked_value(key: str, value, where: str):
     """`value` as `key` takes it, or a UserError naming the key, the value and what is expected."""
-    if key == "folds":  # "all", a fold number, or a comma list (which parses as a tuple)
-        if value in ("all", None):
-            return value
-        items = (value.replace(" ", "").strip("()[]").split(",") if isinstance(value, str) else
-                 list(value) if isinstance(value, (tuple, list)) else [value])
-        if all(isinstance(v, int) and not isinstance(v, bool) or isinstance(v, str) and v.isdigit() for v in items):
-            return value
-        raise UserError(f"{where}: folds={value!r}; expected all or fold numbers such as 0,2")
+    if key == "folds":
+        return checked_folds(value, where)
     want = OPTIONAL_TYPES.get(key) or type(DEFAULTS[key])
     if value is None and key in OPTIONAL_TYPES:
         return value
@@ -135,6 +129,17 @@ def checked_value(key: str, value, where: str):
     if key in CHOICES and value not in CHOICES[key]:
         raise UserError(f"{where}: {key}={value!r}; valid: {', '.join(CHOICES[key])}")
     return float(value) if want is float else list(value) if want is list else value
+
+
+def checked_folds(value, where: str):
+    """`all`, or the fold numbers as one string "0,2": `folds=0,2` parses as a tuple, `folds=1` as an int."""
+    if value in ("all", None):
+        return value
+    items = (value.replace(" ", "").strip("()[]").split(",") if isinstance(value, str) else
+             list(value) if isinstance(value, (tuple, list)) else [value])
+    if not all(isinstance(v, int) and not isinstance(v, bool) or isinstance(v, str) and v.isdigit() for v in items):
+        raise UserError(f"{where}: folds={value!r}; expected all or fold numbers such as 0,2")
+    return ",".join(map(str, items))
 
 
 def check_kind(cfg: dict, set_keys, where: str) -> None:
@@ -167,8 +172,6 @@ def resolve(model: str, overrides: list[str] | dict | None = None) -> dict:
     cfg = {**DEFAULTS, **from_file, **pairs, "name": path.stem}
     check_kind(cfg, from_file, str(path))
     check_kind(cfg, pairs, "overrides")
-    if isinstance(cfg["folds"], (tuple, list, int)):  # `folds=0,2` parses as a tuple
-        cfg["folds"] = ",".join(map(str, cfg["folds"] if not isinstance(cfg["folds"], int) else [cfg["folds"]]))
     if cfg["train_from"] is not None and cfg["mode"] == "frozen":
         raise UserError("train_from and mode: frozen exclude each other")
     return cfg
@@ -177,7 +180,7 @@ def resolve(model: str, overrides: list[str] | dict | None = None) -> dict:
 def fold_list(cfg: dict, k: int) -> list[int]:
     if cfg["folds"] in ("all", None):
         return list(range(k))
-    folds = [int(f) for f in str(cfg["folds"]).replace(" ", "").strip("()[]").split(",") if f != ""]
+    folds = [int(f) for f in cfg["folds"].split(",")]  # checked_folds wrote it as "0,2"
     bad = [f for f in folds if not 0 <= f < k]
     if bad:
         raise UserError(f"folds {bad} out of range for a {k}-fold file")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 from competition.layout import FitLayout, RunLayout
-
 from pipelines.cache import build_cache
 from pipelines.distributed import Dist
 from pipelines.train import FoldData, fit

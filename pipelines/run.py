@@ -12,8 +12,8 @@ import pandas as pd
 import yaml
 
 from competition import metrics
-from competition.artifacts import (atomic_path, exclusive_lock, file_sha256, read_json, remove_temporaries, write_csv, write_json,
-                                  write_text)
+from competition.artifacts import (atomic_path, exclusive_lock, file_sha256, read_json, remove_temporaries,
+                                  write_csv, write_json, write_text)
 from competition.errors import UserError
 from competition.layout import FitLayout, ModelLayout, RunLayout
 from competition.reader import Dataset
@@ -128,13 +128,7 @@ def train_model(spec, ds: Dataset, run: RunLayout, cfg: dict, force: bool = Fals
                                "labels": spec.tokens})
     write_text(model.config, yaml.safe_dump(cfg, sort_keys=True))
     for f in wanted:
-        with writer_turn(model.fold(f)) as held:
-            if not held:
-                log(f"{cfg['name']} fold {f}: another process is training it, skipped")
-            elif model.fold(f).done.exists():
-                log(f"{cfg['name']} fold {f}: done, skipped")
-            else:
-                train_fold(cfg, spec, ds, run, fold_of, f, log)
+        fit_once(model.fold(f), f"{cfg['name']} fold {f}", log, lambda: train_fold(cfg, spec, ds, run, fold_of, f, log))
     scores = assemble(model, spec, ds, fold_of, k)
     if scores and cfg["fullfit"]:
         full_fit(cfg, ds, run, spec, k, log)
@@ -149,6 +143,17 @@ def train_model(spec, ds: Dataset, run: RunLayout, cfg: dict, force: bool = Fals
 
 def distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def fit_once(fit: FitLayout, label: str, log, train) -> None:
+    """`train()` unless the fit is done or a live job holds it (a second job on the same folder skips it)."""
+    with writer_turn(fit) as held:
+        if not held:
+            log(f"{label}: another process is training it, skipped")
+        elif fit.done.exists():
+            log(f"{label}: done, skipped")
+        else:
+            train()
 
 
 @contextlib.contextmanager
@@ -186,13 +191,8 @@ def train_fold(cfg, spec, ds: Dataset, run: RunLayout, fold_of: np.ndarray, f: i
 def full_fit(cfg, ds, run: RunLayout, spec, k, log) -> None:
     """One model on every train row, for the median best epoch of the folds (size budgets)."""
     model = run.model(cfg["name"])
-    if model.full.done.exists():
-        return
-    with writer_turn(model.full) as held:
-        if held and not model.full.done.exists():
-            fit_full(cfg, ds, run, model, spec, k, log)
-        elif not held:
-            log(f"{cfg['name']} full: another process is training it, skipped")
+    if not model.full.done.exists():  # quietly: a done refit is the normal case on every later run
+        fit_once(model.full, f"{cfg['name']} full", log, lambda: fit_full(cfg, ds, run, model, spec, k, log))
 
 
 def fit_full(cfg, ds, run: RunLayout, model: ModelLayout, spec, k, log) -> None:

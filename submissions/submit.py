@@ -42,9 +42,8 @@ def optuna_storage(run: RunLayout, url: str | None):
 def tune_thresholds(run: RunLayout, ens: Ensemble, tokens, method=None, trials=200, seed=0, storage=None,
                     log=print) -> dict:
     """Compare every method in-sample and nested on the chosen blend; one artifact per blended OOF, reused."""
-    if method and method not in th.methods_for(ens.metric):
-        raise UserError(f"threshold method {method!r} does not apply to metric {ens.metric}; "
-                        f"valid: {', '.join(th.methods_for(ens.metric))}")
+    if method:
+        th.check_method(method, ens.metric)  # before any work: compare() tunes only the methods that apply
     url, shared = optuna_storage(run, storage)  # a bad URL fails now, even when the thresholds are reused
     oof = ens.blend["oof"]
     key = blend_key(method or "best", oof, trials, seed, ens.metric)

@@ -23,6 +23,12 @@ def methods_for(metric: str) -> tuple:
     return METHODS if objective(metric).exact_thresholds else tuple(m for m in METHODS if m != "exact")
 
 
+def check_method(method: str, metric: str) -> None:
+    if method not in methods_for(metric):
+        raise UserError(f"threshold method {method!r} does not apply to metric {metric}; "
+                        f"valid: {', '.join(methods_for(metric))}")
+
+
 def score(y, prob, thresholds, min_labels=1, metric="micro_f1") -> float:
     return objective(metric).score(y, decide(prob, thresholds, min_labels))
 
@@ -125,9 +131,7 @@ def fail_orphaned_trials(storage, study_name: str) -> None:
 
 def tune(method: str, y, prob, min_labels=1, trials=200, seed=0, storage=None, study_name=None,
          metric="micro_f1") -> np.ndarray:
-    if method not in methods_for(metric):
-        raise UserError(f"threshold method {method!r} does not apply to metric {metric}; "
-                        f"valid: {', '.join(methods_for(metric))}")
+    check_method(method, metric)
     exact = objective(metric).exact_thresholds and min_labels <= 1
     if method == "fixed":
         return np.full(prob.shape[1], 0.5)
