@@ -5,6 +5,7 @@ K     ?= 5
 SEED  ?= 42
 RUNS  ?= runs
 MODEL ?= tf_efficientnet_lite0
+STUDENT ?= $(MODEL)
 PY    := .venv/bin/python
 VENV  := .venv/.installed
 
@@ -18,27 +19,35 @@ submit_set = $(if $(MODELS),--models $(MODELS)) $(if $(TRIALS),--trials $(TRIALS
              $(if $(METHOD),--method $(METHOD)) $(if $(IGNORE_BUDGET),--ignore-budget) \
              $(if $(BUDGET_MB),--budget-mb $(BUDGET_MB)) $(if $(BUDGET_GPU_HOURS),--budget-gpu-hours $(BUDGET_GPU_HOURS)) \
              $(if $(STORAGE),--storage $(STORAGE))
+distill_set = $(if $(TEACHER),--teacher $(TEACHER)) $(if $(BLEND),--blend $(BLEND)) \
+             $(if $(TEACHER_WEIGHT),--teacher-weight $(TEACHER_WEIGHT)) $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) \
+             $(if $(filter 0 no false,$(PSEUDO)),--no-pseudo) $(if $(NAME),--name $(NAME))
 
-.PHONY: help setup test test-gpu test-all demo demo-data eda folds train thresholds submit report bench validate clean-demo \
+.PHONY: help setup test test-gpu test-all demo demo-data eda folds train distill thresholds submit report bench validate clean-demo lb lb-set plan \
         bench-thresholds bench-captions bench-probe
 
 help:
 	@echo "make demo                 set up, then run the whole chain on generated data (CPU, minutes)"
 	@echo "make test                 set up, then run the test suite (slow tests: make test-all)"
 	@echo "make test-gpu             the CUDA tests (skipped without a GPU)"
-	@echo "make demo-data            generate the synthetic demo competition under $(RUNS)/demo/data"
+	@echo "make demo-data            generate the synthetic demo competition under $(RUNS)/<COMP>/data (COMP=demo_label_files: label folder)"
 	@echo "make eda                  plots + summary under $(RUNS)/<COMP>/eda"
 	@echo "make folds                iterative stratified K-fold -> $(RUNS)/<COMP>/folds.csv (FORCE=1 to replace)"
 	@echo "make train MODEL=name     every fold of one backbone -> $(RUNS)/<COMP>/models/<MODEL>/"
+	@echo "make distill STUDENT=name one network on the blended ensemble's probabilities -> models/<STUDENT>-student/"
 	@echo "make thresholds           tune per-label thresholds alone (TRIALS=, METHOD=)"
 	@echo "make submit               blend + thresholds + budget -> $(RUNS)/<COMP>/submissions/*.csv"
 	@echo "make report               plots of the blend and its members"
-	@echo "make bench MODEL=name     data-path and train-step throughput on this machine"
+	@echo "make lb                   the run log: every model and submission, best nested CV first"
+	@echo "make lb-set FILE= PUBLIC= record a submission's public leaderboard score in the run log"
+	@echo "make bench MODEL=name     data-path and train-step throughput on this machine (recorded for make plan)"
+	@echo "make plan                 GPU-hours per model from the bench records, and what fits the budget (MODELS= DEVICE=)"
 	@echo "make bench-thresholds     threshold searches and their nested CV at 30,000 x 18 (TRIALS=)"
 	@echo "make bench-captions DATA= captions member settings by 5-fold OOF score (after make folds)"
 	@echo "make bench-probe DATA=    frozen ImageNet features + logistic regression by input size (MODEL=)"
 	@echo "make clean-demo           remove $(RUNS)/demo (the generated competition and all trained on it)"
 	@echo "variables: COMP DATA K SEED RUNS MODEL EPOCHS FOLDS IMG BATCH LR FULLFIT WORKERS SET='key=value ...'"
+	@echo "           STUDENT TEACHER BLEND TEACHER_WEIGHT TEMPERATURE PSEUDO=0 NAME (make distill)"
 	@echo "           MODELS TRIALS METHOD IGNORE_BUDGET BUDGET_MB BUDGET_GPU_HOURS STORAGE FORCE"
 
 setup: $(VENV)
@@ -63,7 +72,7 @@ test-all: $(VENV)
 	$(PY) -m pytest -q tests
 
 demo-data: $(VENV)
-	$(PY) -m competition demo-data --out $(RUNS)/demo/data --seed $(SEED)
+	$(PY) -m competition demo-data --comp $(COMP) --out $(RUNS)/$(COMP)/data --seed $(SEED)
 
 eda: $(VENV)
 	$(PY) -m competition eda $(common)
@@ -73,6 +82,9 @@ folds: $(VENV)
 
 train: $(VENV)
 	$(PY) -m pipelines train $(common) --model $(MODEL) $(if $(FORCE),--force) $(train_set)
+
+distill: $(VENV)
+	$(PY) -m distill $(common) --student $(STUDENT) $(distill_set) $(if $(FORCE),--force) $(train_set)
 
 bench: $(VENV)
 	$(PY) -m pipelines bench $(common) --model $(MODEL) $(if $(STEPS),--steps $(STEPS)) $(if $(IMAGES),--images $(IMAGES)) $(train_set)
@@ -94,6 +106,15 @@ submit: $(VENV)
 
 report: $(VENV)
 	$(PY) -m submissions report $(common) $(submit_set)
+
+plan: $(VENV)
+	$(PY) -m pipelines plan $(common) --k $(K) $(if $(MODELS),--models $(MODELS)) $(if $(DEVICE),--device "$(DEVICE)") $(train_set)
+
+lb: $(VENV)
+	$(PY) -m submissions lb $(common)
+
+lb-set: $(VENV)
+	$(PY) -m submissions lb-set $(common) --file $(FILE) --public $(PUBLIC)
 
 validate: $(VENV)
 	$(PY) -m submissions.validate $(FILE) --comp $(COMP) $(data_arg)

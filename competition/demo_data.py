@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from competition.errors import UserError
 from competition.spec import load_spec
 
 # (token, shape, caption words). Shapes are polygons in a unit box, rotated and scaled per draw.
@@ -170,9 +171,18 @@ def caption(rng: np.random.Generator, labels: list[str]) -> str:
 
 
 def write_csv(path: Path, rows: list[str], header: str) -> None:
+    """Lines after a header line; no header line when it is empty (label files)."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(header + "\n" + "\n".join(rows) + "\n")
+    tmp.write_text("".join(f"{line}\n" for line in ([header] if header else []) + list(rows)))
     os.replace(tmp, path)
+
+
+def write_label_files(folder: Path, tokens, ids, label_sets, rng) -> None:
+    """One <token>.txt per label: the names of the images that carry it, in no particular order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in tokens:
+        names = [i for i, labels in zip(ids, label_sets) if t in labels]
+        write_csv(folder / f"{t}.txt", list(rng.permutation(names)) if names else [], "")
 
 
 def _render_job(args):
@@ -181,21 +191,32 @@ def _render_job(args):
 
 
 def generate(out: Path, n_train: int = 2000, n_test: int = 500, size: int = 128, seed: int = 0,
-             workers: int = 2) -> None:
+             workers: int = 2, spec=None) -> None:
+    """The demo competition in `spec`'s layout (default: the demo spec, COMP5329's CSVs)."""
+    spec = spec or load_spec("demo")
     tokens = load_spec("demo").tokens
+    if spec.tokens != tokens:
+        raise UserError(f"{spec.source}: demo data has the demo spec's labels ({' '.join(tokens)})")
     rng = np.random.default_rng(seed)
-    (out / "data").mkdir(parents=True, exist_ok=True)
+    (out / spec.image_dir).mkdir(parents=True, exist_ok=True)
     n = n_train + n_test
     label_sets = [sample_labels(rng) for _ in range(n)]
+    if spec.format == "label_files":  # such data sets allow images without any label: a few empty scenes
+        for i in range(5, n, 11):
+            label_sets[i] = []
     captions = [caption(rng, ls) for ls in label_sets]
     # The real file's quirks, so the demo exercises the tolerant reader.
     for i in range(3, n, 397):
         captions[i] = captions[i][:-1] + ' with a sign that reads "open".'
     captions[7] = captions[7][:-1] + "\n\nseen from far away."
     ids = [f"{i}.jpg" if i < n_train else f"{30000 + i - n_train}.jpg" for i in range(n)]
-    jobs = [(seed * 1_000_003 + i, label_sets[i], size, out / "data" / ids[i]) for i in range(n)]
+    jobs = [(seed * 1_000_003 + i, label_sets[i], size, out / spec.image_dir / ids[i]) for i in range(n)]
     with Pool(workers) as pool:
         pool.map(_render_job, jobs, chunksize=64)
+    if spec.format == "label_files":
+        write_label_files(out / spec.labels_dir, tokens, ids[:n_train], label_sets[:n_train], rng)
+        write_csv(out / spec.test_csv, ids[n_train:], spec.id_column)
+        return
     train_rows = []
     for i in range(n_train):
         order = rng.permutation(label_sets[i])  # real files list labels out of order
@@ -208,14 +229,17 @@ def generate(out: Path, n_train: int = 2000, n_test: int = 500, size: int = 128,
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=load_spec("demo").data)
+    ap.add_argument("--comp", default="demo", help="the spec whose layout to write (demo, demo_label_files)")
+    ap.add_argument("--out", default=None, help="default: the spec's data folder")
     ap.add_argument("--train", type=int, default=2000)
     ap.add_argument("--test", type=int, default=500)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    generate(Path(a.out), a.train, a.test, a.size, a.seed, workers=os.cpu_count() or 1)
-    print(f"demo data: {a.train} train + {a.test} test images at {a.size}px -> {a.out}")
+    spec = load_spec(a.comp)
+    out = Path(a.out or spec.data)
+    generate(out, a.train, a.test, a.size, a.seed, workers=os.cpu_count() or 1, spec=spec)
+    print(f"demo data ({spec.format}): {a.train} train + {a.test} test images at {a.size}px -> {out}")
 
 
 if __name__ == "__main__":

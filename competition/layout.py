@@ -9,7 +9,9 @@ runs/<COMP>/
   models/<MODEL>/                 one backbone or the captions model (ModelLayout)
   thresholds/                     thresholds-<blend key>.json, optuna.db
   submissions/                    <COMP>-<time>-cv<score>.csv and its .json sidecar
-  report/                         `make report` plots
+  report/                         `make report` plots (report/cam/: Grad-CAM panels)
+  bench/<MODEL>--<device>.json    `make bench` rates on one kind of machine, read by `make plan`
+  log.csv                         a row per trained model and per submission; `make lb` prints it
 """
 from __future__ import annotations
 
@@ -167,3 +169,22 @@ class RunLayout:
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.csv"
+
+    @property
+    def log_lock(self) -> Path:
+        return self.root / ".log.csv.lock"
+
+    @property
+    def bench(self) -> Path:
+        return self.root / "bench"
+
+    def bench_record(self, model: str, device: str) -> Path:  # device: a slug of the device's name
+        return self.bench / f"{model}--{device}.json"
+
+    @property
+    def report_cam(self) -> Path:
+        return self.report / "cam"

@@ -174,6 +174,58 @@ def parse_labels(frame: pd.DataFrame, spec: Spec, path: Path) -> pd.DataFrame:
     return frame.assign(labels=parsed)
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def read_label_files(root: Path, spec: Spec, test_ids) -> pd.DataFrame:
+    """Train rows from one <token>.txt per label listing the images that carry it (format: label_files).
+    Train images are every image in the image folder that test.csv does not list; an image no file lists
+    has no labels, which such data sets allow. Every offender is named by file and line."""
+    folder, image_root = root / spec.labels_dir, root / spec.image_dir
+    if not folder.is_dir():
+        raise UserError(f"{folder}: label folder not found (the spec's format is label_files, labels_dir "
+                        f"{spec.labels_dir!r})")
+    if not image_root.is_dir():
+        raise UserError(f"{image_root}: image folder not found; label_files data sets need their images")
+    files = {t: folder / f"{t}.txt" for t in spec.tokens}
+    missing = [p.name for p in files.values() if not p.is_file()]
+    if missing:
+        raise offenders_error(folder, "label files missing (one <token>.txt per label of the spec)", missing)
+    extra = sorted(p.name for p in folder.glob("*.txt") if p.stem not in spec.labels)
+    if extra:
+        raise offenders_error(folder, f"files for labels the spec does not have (valid: {' '.join(spec.tokens)})",
+                              extra)
+    test = set(test_ids)
+    ids = sorted((p.name for p in image_root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in test),
+                 key=lambda n: (len(n), n))  # 2.jpg before 10.jpg
+    carried = {i: set() for i in ids}
+    problems = {"listed more than once in the same file": [], "names of no train image (unknown, or not in "
+                f"{image_root})": [], "test images (test.csv lists them: a label would leak)": []}
+    dup, unknown, leak = problems.values()
+    for token, path in files.items():
+        first = {}
+        for number, line in enumerate(decode_text(path).splitlines(), start=1):
+            name = line.strip()
+            if not name:
+                continue
+            image = spec.label_file_image.format(name)
+            where = f"{path.name} line {number}: {name!r}"
+            if image in first:
+                dup.append(f"{where} (also line {first[image]})")
+            elif image in test:
+                leak.append(where)
+            elif image not in carried:
+                unknown.append(where)
+            else:
+                carried[image].add(token)
+            first.setdefault(image, number)
+    for what, found in problems.items():
+        if found:
+            raise offenders_error(folder, what, found)
+    labels = [tuple(t for t in spec.tokens if t in carried[i]) for i in ids]
+    return pd.DataFrame({"id": ids, "labels": labels, "line": 0})
+
+
 def check_images(ds: Dataset) -> None:
     """Every id needs a readable image header; full decoding is checked again when caching."""
     frames = [("train", ds.train), ("test", ds.test)]
@@ -188,14 +240,17 @@ def check_images(ds: Dataset) -> None:
 def load_dataset(spec: Spec, root: str | Path | None = None, check: bool = True) -> Dataset:
     root = Path(root or spec.data)
     train_path, test_path = root / spec.train_csv, root / spec.test_csv
-    train = tidy(read_records(train_path, spec.id_pattern, columns_of(spec, True)), spec)
     test = tidy(read_records(test_path, spec.id_pattern, columns_of(spec, False)), spec)
-    check_ids(train, train_path)
     check_ids(test, test_path)
-    both = sorted(set(train["id"]) & set(test["id"]))
-    if both:
-        raise offenders_error(test_path, "ids also in train", both)
-    train = parse_labels(train, spec, train_path)
+    if spec.format == "label_files":
+        train = read_label_files(root, spec, test["id"])
+    else:
+        train = tidy(read_records(train_path, spec.id_pattern, columns_of(spec, True)), spec)
+        check_ids(train, train_path)
+        both = sorted(set(train["id"]) & set(test["id"]))
+        if both:
+            raise offenders_error(test_path, "ids also in train", both)
+        train = parse_labels(train, spec, train_path)
     image_root = root / spec.image_dir
     has_images = image_root.is_dir() and any(image_root.iterdir())
     ds = Dataset(spec, root, train.reset_index(drop=True), test.reset_index(drop=True), has_images)

@@ -10,6 +10,7 @@ from competition.errors import UserError
 from competition.metrics import objective
 
 SPEC_DIR = Path(__file__).resolve().parent
+FORMATS = ("csv", "label_files")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,9 @@ class Spec:
     label_column: str = "Labels"
     label_separator: str = " "
     caption_column: str | None = None
+    format: str = "csv"             # csv: labels in train.csv | label_files: one <token>.txt per label
+    labels_dir: str = "labels"      # label_files: the folder of <token>.txt files (image names, one per line)
+    label_file_image: str = "{}"    # label_files: the image file a listed name means ("im{}.jpg": 7 -> im7.jpg)
     metric: str = "micro_f1"
     min_labels_per_image: int = 1
     budget: dict = dataclasses.field(default_factory=lambda: {"model_mb": None, "gpu_hours": None})
@@ -65,6 +69,12 @@ def load_spec(name_or_path: str) -> Spec:
     budget = {"model_mb": None, "gpu_hours": None}
     budget.update(raw.get("budget") or {})
     raw["budget"] = budget
+    if raw.get("format", "csv") not in FORMATS:
+        raise UserError(f"{path}: format {raw['format']!r}; valid: {', '.join(FORMATS)}")
+    if raw.get("format") == "label_files" and raw.get("caption_column"):
+        raise UserError(f"{path}: format label_files has no train captions; set caption_column: null")
+    if "{}" not in raw.get("label_file_image", "{}"):
+        raise UserError(f"{path}: label_file_image {raw['label_file_image']!r} needs a {{}} for the listed name")
     if "metric" in raw:
         try:
             objective(raw["metric"])

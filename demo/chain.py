@@ -11,6 +11,8 @@ from competition.layout import RunLayout
 from folds.split import write_folds
 from pipelines.config import resolve
 from pipelines.run import train_model
+from distill.student import run_distill
+from submissions.cam import cam_panels
 from submissions.report import make_report
 from submissions.submit import run_submit
 
@@ -23,6 +25,8 @@ DEMO_MODELS = {
     "captions": [],
 }
 DEMO_K = 5
+# The one-model answer to the size budget: lite0 again, on the blended ensemble's probabilities.
+DEMO_STUDENT = "tf_efficientnet_lite0"
 
 
 def run_demo(runs: Path, seed: int = 42) -> int:
@@ -39,8 +43,11 @@ def run_demo(runs: Path, seed: int = 42) -> int:
     for name, overrides in DEMO_MODELS.items():
         train_model(spec, ds, run, resolve(name, overrides))
         print(f"[{time.time() - t0:5.0f}s] trained {name}")
-    out, ens = run_submit(spec, ds, run, "make demo", names=list(DEMO_MODELS), trials=100, seed=seed)
-    plots = make_report(spec, ens, run.report)
+    run_distill(spec, ds, run, resolve(DEMO_STUDENT, DEMO_MODELS[DEMO_STUDENT]), teacher=list(DEMO_MODELS))
+    print(f"[{time.time() - t0:5.0f}s] distilled {DEMO_STUDENT}-student")
+    names = [*DEMO_MODELS, f"{DEMO_STUDENT}-student"]
+    out, ens = run_submit(spec, ds, run, "make demo", names=names, trials=100, seed=seed)
+    plots = make_report(spec, ens, run.report) + cam_panels(spec, ds, ens, run.report_cam)
     summarize(ens, out, run, len(plots), time.time() - t0)
     return 0
 
@@ -52,6 +59,10 @@ def summarize(ens, out: Path, run: RunLayout, n_plots: int, seconds: float) -> N
     print(f"blend ({ens.blend_name})".ljust(31) + f" OOF {ens.metric} {ens.blend['score']:.4f} (best global threshold)")
     art = ens.thresholds
     print(f"blend + {art['method']} thresholds: OOF {ens.metric} {art['oof_score']:.4f}, nested CV {art['nested_score']:.4f}")
+    for st in ens.students:
+        print(f"student {st['name']}: OOF {ens.metric} {st['oof_score_global_thr']:.4f}, {st['size_mb']:.1f} MB; "
+              f"its teacher: {st['teacher_oof_score_global_thr']:.4f}, {st['teacher_mb']:.1f} MB")
     print(f"submission: {out}")
-    print(f"plots: {run.report} ({n_plots} files), learning curves under {run.models}")
+    print(f"plots: {run.report} ({n_plots} files, Grad-CAM panels in {run.report_cam.name}/), "
+          f"learning curves under {run.models}")
     print(f"total {seconds:.0f}s")

@@ -1,4 +1,5 @@
-"""python -m pipelines {train,bench} --model NAME [key=value ...]: train every fold of one model, or benchmark it."""
+"""python -m pipelines {train,bench} --model NAME [key=value ...]: train every fold of one model, or benchmark it;
+python -m pipelines plan [--models a,b]: the GPU-hours each would take, from the bench records."""
 from __future__ import annotations
 
 import argparse
@@ -11,31 +12,58 @@ from pipelines.config import available_configs, resolve
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__)
-    ap.add_argument("cmd", choices=["train", "bench"])
+    ap.add_argument("cmd", choices=["train", "bench", "plan"])
     ap.add_argument("--comp", default="demo")
     ap.add_argument("--data", default=None)
     ap.add_argument("--runs", default="runs")
-    ap.add_argument("--model", required=True, help=f"one of {', '.join(available_configs())} or a YAML path")
+    ap.add_argument("--model", default=None, help=f"one of {', '.join(available_configs())} or a YAML path")
+    ap.add_argument("--models", default=None, help="plan: comma list (default: every model benched on the device)")
+    ap.add_argument("--device", default=None, help="plan: the device of the bench records (default: this machine's)")
+    ap.add_argument("--k", type=int, default=5, help="plan: folds, when there is no folds file yet")
     ap.add_argument("--force", action="store_true", help="start this model over if its run is incompatible")
     ap.add_argument("--steps", type=int, default=60, help="bench: timed steps per measurement (>= 50)")
     ap.add_argument("--images", type=int, default=None, help="bench: train rows used (default: all on CUDA, 1024 on CPU)")
     ap.add_argument("--compile-too", action=argparse.BooleanOptionalAction, default=None,
                     help="bench: also time the in-memory step with the other compile setting (default: on CUDA)")
     a, overrides = ap.parse_known_args(argv)  # the rest are key=value config overrides
-    cfg = resolve(a.model, overrides)
     spec = load_spec(a.comp)
+    run = RunLayout.of(a.runs, spec.name)
+    if a.cmd == "plan":
+        return plan(a, spec, run, overrides)
+    if a.model is None:
+        raise UserError(f"{a.cmd} needs --model (MODEL=)")
+    cfg = resolve(a.model, overrides)
     if cfg["kind"] == "captions" and not spec.caption_column:
         raise UserError(f"{spec.name} has no caption column: a captions model cannot be trained for it")
     ds = load_dataset(spec, a.data)
     if a.cmd == "bench":
         from pipelines.bench import run_bench
-        run_bench(spec, ds, RunLayout.of(a.runs, spec.name), cfg, steps=a.steps, n_images=a.images,
-                  compile_too=a.compile_too)
+        run_bench(spec, ds, run, cfg, steps=a.steps, n_images=a.images, compile_too=a.compile_too)
         return 0
     from pipelines.run import train_model
     quiet = int(os.environ.get("RANK", "0")) != 0
-    train_model(spec, ds, RunLayout.of(a.runs, spec.name), cfg, force=a.force,
-                log=(lambda *_: None) if quiet else print)
+    if run.folds.exists() and not quiet:
+        from pipelines.plan import warn_if_over
+        warn_if_over(spec, ds, run, cfg, folds_k(run, ds, a.k))
+    train_model(spec, ds, run, cfg, force=a.force, log=(lambda *_: None) if quiet else print)
+    return 0
+
+
+def folds_k(run: RunLayout, ds, default: int) -> int:
+    if not run.folds.exists():
+        return default
+    from folds.split import read_folds
+    return int(read_folds(run.folds, list(ds.train["id"])).max()) + 1
+
+
+def plan(a, spec, run: RunLayout, overrides) -> int:
+    from pipelines.bench import this_device
+    from pipelines.plan import make_plan, print_plan
+    ds = load_dataset(spec, a.data, check=False)
+    device = a.device or this_device()
+    estimates, left, spent = make_plan(spec, ds, run, folds_k(run, ds, a.k), a.models.split(",") if a.models else None,
+                                       device, overrides)
+    print_plan(spec, ds, estimates, left, spent, device)
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import re
 import resource
 import tempfile
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from competition.artifacts import write_json
 from competition.errors import UserError
 from competition.layout import RunLayout
 from pipelines.augment import train_transform
@@ -30,6 +32,9 @@ from pipelines.distributed import Dist
 from pipelines.train import FoldData, data_path, optimize, setup, start_epoch, train_one_epoch
 
 MIN_STEPS = 50
+# The settings a rate depends on: a plan uses a record only while the config still has them.
+SPEED_KEYS = ("backbone", "img_size", "batch_size", "train_from", "mode", "data_path", "compile", "channels_last",
+              "amp", "amp_dtype", "augment")
 
 
 class Clock:
@@ -117,7 +122,7 @@ def run_bench(spec, ds, run: RunLayout, cfg: dict, steps: int = 60, n_images: in
     sub, size = bench_subset(ds, n_images, device), cfg["img_size"]
     out = {"model": cfg["name"], "img_size": size, "batch_size": cfg["batch_size"], "train_from": cfg["train_from"],
            "data_path": data_path(cfg), "compile": cfg["compile"],
-           "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
+           "device": this_device(),
            "machine": platform.processor() or platform.machine(), "images": len(sub.train)}
     few = dataclasses.replace(sub, train=sub.train.iloc[:256])
     run.root.mkdir(parents=True, exist_ok=True)
@@ -151,4 +156,18 @@ def run_bench(spec, ds, run: RunLayout, cfg: dict, steps: int = 60, n_images: in
     for k, v in out.items():
         print(f"{k:<38} {v:.4g}" if isinstance(v, float) else f"{k:<38} {v}")
     print(json.dumps(out))
+    out["config"] = {k: cfg[k] for k in SPEED_KEYS}
+    record = run.bench_record(cfg["name"], device_slug(out["device"]))
+    record.parent.mkdir(parents=True, exist_ok=True)
+    write_json(record, out)
+    print(f"recorded for `make plan`: {record}")
     return out
+
+
+def device_slug(device: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+
+
+def this_device() -> str:
+    """The name a bench record of this machine carries (one kind of GPU, or this CPU's thread count)."""
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()} threads"

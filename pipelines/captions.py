@@ -16,6 +16,7 @@ from sklearn.linear_model import LogisticRegression
 
 from competition import metrics
 from competition.artifacts import atomic_path
+from competition.errors import UserError
 from competition.layout import FitLayout, RunLayout
 from pipelines.result import FitResult
 
@@ -83,7 +84,10 @@ class CaptionModel:
         return model
 
 
-def fit_captions(cfg, ds, run: RunLayout, train_idx, val_idx, out: FitLayout, label: str, log=print) -> FitResult:
+def fit_captions(cfg, ds, run: RunLayout, train_idx, val_idx, out: FitLayout, label: str, log=print,
+                 targets=None) -> FitResult:
+    if targets is not None:  # logistic regression takes 0/1 classes only
+        raise UserError("a captions model learns 0/1 labels only: a distilled student must be an image model")
     texts = ds.train["caption"].to_numpy()
     y = ds.targets()
     model = CaptionModel(cfg).fit(texts[train_idx], y[train_idx])

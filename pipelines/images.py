@@ -6,11 +6,19 @@ import numpy as np
 from competition.layout import FitLayout, RunLayout
 from pipelines.cache import build_cache
 from pipelines.distributed import Dist
+from pipelines.result import SoftTargets
 from pipelines.train import FoldData, fit
 
 
-def fit_images(cfg, ds, run: RunLayout, train_idx, val_idx, out: FitLayout, label: str, log=print):
+def fit_images(cfg, ds, run: RunLayout, train_idx, val_idx, out: FitLayout, label: str, log=print,
+               targets: SoftTargets | None = None):
     cache = build_cache(ds, run, cfg["img_size"])
     y = ds.targets()
-    data = FoldData(cache, train_idx, y[train_idx], val_idx, y[val_idx], len(ds.train) + np.arange(len(ds.test)))
+    test_rows = len(ds.train) + np.arange(len(ds.test))  # the cache holds train rows, then test rows
+    train_rows, train_y = train_idx, y[train_idx]
+    if targets is not None:
+        train_y = targets.train[train_idx]
+        if targets.test is not None:
+            train_rows, train_y = np.concatenate([train_idx, test_rows]), np.concatenate([train_y, targets.test])
+    data = FoldData(cache, train_rows, train_y.astype(np.float32), val_idx, y[val_idx], test_rows)
     return fit(cfg, data, out, label, dist=Dist.from_env(), log=log)

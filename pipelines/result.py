@@ -1,4 +1,5 @@
-"""The fold contract: what every fitter (image or captions) returns for one fold, filled completely by it."""
+"""The fold contract: what every fitter (image or captions) is given beyond its rows, and what it returns for
+one fold, filled completely by it."""
 from __future__ import annotations
 
 import dataclasses
@@ -18,3 +19,12 @@ class FitResult:
     params: int
     device: str = "cpu"
     gpu_hours: float = 0.0
+
+
+@dataclasses.dataclass
+class SoftTargets:
+    """What a distilled student learns instead of the 0/1 labels (built by `distill`): a target for every
+    train row, of which a fit uses its own rows, and optionally pseudo-labels for every test row, which
+    join its training rows. Validation always scores against the true labels."""
+    train: np.ndarray           # (train rows, labels) in [0, 1], train.csv order
+    test: np.ndarray | None     # (test rows, labels) in [0, 1], test.csv order; None: no pseudo-labels

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from competition import metrics
+from competition import metrics, runlog
 from competition.artifacts import (atomic_path, exclusive_lock, file_sha256, read_json, remove_temporaries,
                                   write_csv, write_json, write_text)
 from competition.errors import UserError
@@ -93,7 +93,8 @@ def assemble(model: ModelLayout, spec, ds: Dataset, fold_of: np.ndarray, k: int)
     write_csv(model.oof, oof)
     prob = oof[spec.tokens].to_numpy()
     y = ds.targets()
-    return {"micro_f1_at_0.5": metrics.f1(y, metrics.decide(prob, 0.5, spec.min_labels_per_image)),
+    pred = metrics.decide(prob, 0.5, spec.min_labels_per_image)
+    return {"micro_f1_at_0.5": metrics.f1(y, pred), f"{spec.metric}_at_0.5": metrics.objective(spec.metric).score(y, pred),
             "mAP": metrics.mean_average_precision(y, prob)}
 
 
@@ -115,7 +116,10 @@ def write_meta(model: ModelLayout, cfg, spec, folds_sha, k, scores) -> dict:
     return meta
 
 
-def train_model(spec, ds: Dataset, run: RunLayout, cfg: dict, force: bool = False, log=print) -> dict:
+def train_model(spec, ds: Dataset, run: RunLayout, cfg: dict, force: bool = False, log=print,
+                targets_for=None) -> dict:
+    """Every wanted fold, then the OOF file, the refit and meta.json. `targets_for(fold)` (fold None: the
+    refit) gives a distilled student's SoftTargets; without it models learn the 0/1 labels."""
     model = run.model(cfg["name"])
     fold_of = read_folds(run.folds, list(ds.train["id"]))
     k = int(fold_of.max()) + 1
@@ -127,13 +131,17 @@ def train_model(spec, ds: Dataset, run: RunLayout, cfg: dict, force: bool = Fals
         write_json(model.run, {"config": cfg, "folds_sha256": folds_sha, "data_sha256": data_sha,
                                "labels": spec.tokens})
     write_text(model.config, yaml.safe_dump(cfg, sort_keys=True))
-    for f in wanted:
-        fit_once(model.fold(f), f"{cfg['name']} fold {f}", log, lambda: train_fold(cfg, spec, ds, run, fold_of, f, log))
+    trained = [fit_once(model.fold(f), f"{cfg['name']} fold {f}", log,
+                        lambda: train_fold(cfg, spec, ds, run, fold_of, f, log, targets_for)) for f in wanted]
     scores = assemble(model, spec, ds, fold_of, k)
     if scores and cfg["fullfit"]:
-        full_fit(cfg, ds, run, spec, k, log)
+        trained.append(full_fit(cfg, ds, run, spec, k, log, targets_for))
     meta = write_meta(model, cfg, spec, folds_sha, k, scores)
     plot_history(model, k)
+    if scores and any(trained) and dist_rank() == 0:  # a re-run that trained nothing adds no row
+        runlog.append(run, "train", cfg["name"], members=cfg["name"], metric=spec.metric,
+                      oof_score=scores[spec.metric + "_at_0.5"], size_mb=sum(meta["weights_mb_per_fold"].values()),
+                      gpu_hours=meta["gpu_hours"])
     if scores:
         log(f"{cfg['name']}: OOF micro-F1@0.5 {scores['micro_f1_at_0.5']:.4f}  mAP {scores['mAP']:.4f}  -> {model.dir}")
     else:
@@ -145,8 +153,13 @@ def distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def fit_once(fit: FitLayout, label: str, log, train) -> None:
-    """`train()` unless the fit is done or a live job holds it (a second job on the same folder skips it)."""
+def dist_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def fit_once(fit: FitLayout, label: str, log, train) -> bool:
+    """`train()` unless the fit is done or a live job holds it (a second job on the same folder skips it).
+    True when it trained."""
     with writer_turn(fit) as held:
         if not held:
             log(f"{label}: another process is training it, skipped")
@@ -154,6 +167,9 @@ def fit_once(fit: FitLayout, label: str, log, train) -> None:
             log(f"{label}: done, skipped")
         else:
             train()
+            fit.state.unlink(missing_ok=True)  # only a resume needs it: optimizer and EMA, up to 3x the weights
+            return True
+    return False
 
 
 @contextlib.contextmanager
@@ -163,18 +179,19 @@ def writer_turn(fit: FitLayout):
     Under torchrun every rank must train the fold together, so ranks take no lock and rank 0 cleans."""
     lock = contextlib.nullcontext(True) if distributed() else exclusive_lock(fit.lock, wait=False)
     with lock as held:
-        if held and int(os.environ.get("RANK", "0")) == 0:
+        if held and dist_rank() == 0:
             remove_temporaries(fit.dir)
         yield held
 
 
-def train_fold(cfg, spec, ds: Dataset, run: RunLayout, fold_of: np.ndarray, f: int, log) -> None:
+def train_fold(cfg, spec, ds: Dataset, run: RunLayout, fold_of: np.ndarray, f: int, log, targets_for=None) -> None:
     """Fit fold f and write its artifacts; done.json last, so a fold is done only when everything is there."""
     model = run.model(cfg["name"])
     fold = model.fold(f)
     t0 = time.time()
     train, val = np.nonzero(fold_of != f)[0], np.nonzero(fold_of == f)[0]
-    result = fold_fitter(cfg)(cfg, ds, run, train, val, fold, f"{cfg['name']} fold {f}", log=log)
+    result = fold_fitter(cfg)(cfg, ds, run, train, val, fold, f"{cfg['name']} fold {f}", log=log,
+                              targets=targets_for(f) if targets_for else None)
     seconds = time.time() - t0
     write_csv(fold.oof, prob_frame(ds.train["id"].iloc[val], result.val_prob, spec.tokens, fold=f))
     write_csv(model.test_fold(f), prob_frame(ds.test["id"], result.test_prob, spec.tokens))
@@ -188,18 +205,21 @@ def train_fold(cfg, spec, ds: Dataset, run: RunLayout, fold_of: np.ndarray, f: i
         f"best epoch {result.best_epoch}, {seconds:.0f}s")
 
 
-def full_fit(cfg, ds, run: RunLayout, spec, k, log) -> None:
-    """One model on every train row, for the median best epoch of the folds (size budgets)."""
+def full_fit(cfg, ds, run: RunLayout, spec, k, log, targets_for=None) -> bool:
+    """One model on every train row, for the median best epoch of the folds (size budgets). True when trained."""
     model = run.model(cfg["name"])
-    if not model.full.done.exists():  # quietly: a done refit is the normal case on every later run
-        fit_once(model.full, f"{cfg['name']} full", log, lambda: fit_full(cfg, ds, run, model, spec, k, log))
+    if model.full.done.exists():  # quietly: a done refit is the normal case on every later run
+        return False
+    return fit_once(model.full, f"{cfg['name']} full", log,
+                    lambda: fit_full(cfg, ds, run, model, spec, k, log, targets_for))
 
 
-def fit_full(cfg, ds, run: RunLayout, model: ModelLayout, spec, k, log) -> None:
+def fit_full(cfg, ds, run: RunLayout, model: ModelLayout, spec, k, log, targets_for=None) -> None:
     epochs = int(np.median([read_json(model.fold(f).done)["best_epoch"] for f in range(k)]))
     t0 = time.time()
     result = fold_fitter(cfg)({**cfg, "epochs": max(epochs, 1)}, ds, run, np.arange(len(ds.train)),
-                              np.array([], dtype=np.int64), model.full, f"{cfg['name']} full", log=log)
+                              np.array([], dtype=np.int64), model.full, f"{cfg['name']} full", log=log,
+                              targets=targets_for(None) if targets_for else None)
     write_csv(model.test_full, prob_frame(ds.test["id"], result.test_prob, spec.tokens))
     seconds = time.time() - t0
     write_json(model.full.done, {"epochs": epochs, "seconds": round(seconds, 1), "hours": seconds / 3600,

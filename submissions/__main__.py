@@ -1,7 +1,10 @@
-"""python -m submissions {thresholds,submit,report}: blend trained models into a submission."""
+"""python -m submissions {thresholds,submit,report,lb,lb-set}: blend trained models into a submission, and
+the run log of every model and submission (lb), with public leaderboard scores recorded by hand (lb-set)."""
 from __future__ import annotations
 
 import argparse
+
+import pandas as pd
 import shlex
 import sys
 
@@ -12,7 +15,7 @@ from submissions.thresholds import METHODS
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m submissions", description=__doc__)
-    ap.add_argument("cmd", choices=["thresholds", "submit", "report"])
+    ap.add_argument("cmd", choices=["thresholds", "submit", "report", "lb", "lb-set"])
     ap.add_argument("--comp", default="demo")
     ap.add_argument("--data", default=None)
     ap.add_argument("--runs", default="runs")
@@ -26,8 +29,12 @@ def main(argv=None) -> int:
     ap.add_argument("--storage", default=None,
                     help="Optuna storage URL for the threshold study (default: SQLite in the run folder); "
                          "a shared PostgreSQL URL lets several machines tune one study")
+    ap.add_argument("--file", default=None, help="lb-set: the submission (its name or path)")
+    ap.add_argument("--public", type=float, default=None, help="lb-set: its public leaderboard score")
     a = ap.parse_args(argv)
     spec = load_spec(a.comp)
+    if a.cmd in ("lb", "lb-set"):
+        return leaderboard(a, RunLayout.of(a.runs, spec.name))
     ds = load_dataset(spec, a.data, check=False)
     run = RunLayout.of(a.runs, spec.name)
     names = a.models.split(",") if a.models else None
@@ -43,6 +50,23 @@ def main(argv=None) -> int:
         from submissions.report import make_report
         for path in make_report(spec, ens, run.report):
             print(f"wrote {path}")
+        from submissions.cam import cam_panels
+        panels = cam_panels(spec, ds, ens, run.report_cam)
+        print(f"wrote {len(panels)} Grad-CAM panels (one per label) -> {run.report_cam}" if panels else
+              "no Grad-CAM panels: no image member, or no images")
+    return 0
+
+
+def leaderboard(a, run: RunLayout) -> int:
+    from competition import UserError, runlog
+    if a.cmd == "lb-set":
+        if a.file is None or a.public is None:
+            raise UserError("lb-set needs FILE=<submission csv> and PUBLIC=<its public leaderboard score>")
+        row = runlog.set_public(run, a.file, a.public)
+        print(f"{row['name']}: public {a.public} (nested CV {row['nested_score']:.4f}) -> {run.log}")
+        return 0
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 48):
+        print(runlog.leaderboard(run).to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4f}"))
     return 0
 
 

@@ -1,7 +1,7 @@
 """Fit an ensemble into the competition's size and GPU-hour budgets.
 
 Size = the weight files needed at inference (every fold of a member, or its single refit).
-Cost = the GPU-hours its members' training recorded. When the chosen members exceed a budget,
+Cost = the GPU-hours its members' training recorded (a distilled student's teachers included). When the chosen members exceed a budget,
 the subset (and per member folds or refit) with the best OOF score within budget wins.
 """
 from __future__ import annotations
@@ -42,7 +42,12 @@ def options(member):
 
 
 def cost(members, use_full: dict) -> tuple[float, float]:
-    return (sum(m.size_mb(use_full[m.name]) for m in members), sum(m.gpu_hours for m in members))
+    """(MB needed at inference, GPU-hours spent): a student's teachers count once, even when they are members."""
+    hours = {}
+    for m in members:
+        hours.update(m.teacher_gpu_hours)
+    hours.update({m.name: m.gpu_hours for m in members})
+    return sum(m.size_mb(use_full[m.name]) for m in members), sum(hours.values())
 
 
 def within(size, hours, max_mb, max_hours) -> bool:

@@ -27,6 +27,7 @@ class Ensemble:
     blend_name: str                 # the blend with the best OOF score
     budget: Budget
     budget_notes: list[str]
+    students: list[dict] = dataclasses.field(default_factory=list)  # distilled students and their teachers
     thresholds: dict | None = None  # the thresholds artifact, once tuned
 
     @property
@@ -50,7 +51,16 @@ def build_ensemble(spec, ds, run: RunLayout, names=None, budget: Budget | None =
     for m in members:
         log(f"member {m.name:<24} OOF {metric} (best global thr) {scores[m.name]:.4f}  "
             f"{m.folds_mb:.1f} MB folds{f', {m.full_mb:.1f} MB refit' if m.full_mb else ''}  {m.gpu_hours:.3f} GPU-h")
+    loaded = members
     members, use_full, notes = fit_budget(members, y, min_labels, metric, budget, log)
+    students = [student_summary(m, scores[m.name], m in members, use_full) for m in loaded if m.distill]
+    for st in students:
+        log(f"student {st['name']}: OOF {metric} {st['oof_score_global_thr']:.4f}, {st['size_mb']:.1f} MB "
+            f"({st['uses']}); its teacher {'+'.join(st['teacher'])} ({st['teacher_blend']} blend): "
+            f"OOF {st['teacher_oof_score_global_thr']:.4f}, {st['teacher_mb']:.1f} MB; "
+            f"{'in this submission' if st['chosen'] else 'left out'}")
+    if students and not notes:
+        log(f"budget forced nothing: {cost(members, use_full)[0]:.1f} MB within {budget.model_mb} MB")
     blends = blend_all(members, y, fold, min_labels, use_full, metric)
     for name, b in blends.items():
         weights = dict(zip([m.name for m in members], [round(float(w), 3) for w in b["weights"] or []]))
@@ -58,7 +68,17 @@ def build_ensemble(spec, ds, run: RunLayout, names=None, budget: Budget | None =
     blend_name = max(blends, key=lambda k: blends[k]["score"])
     log(f"blend: {blend_name}")
     return Ensemble(metric, min_labels, y, fold, members, use_full, {m.name: scores[m.name] for m in members},
-                    blends, blend_name, budget, notes)
+                    blends, blend_name, budget, notes, students)
+
+
+def student_summary(m: Member, score: float, chosen: bool, use_full: dict) -> dict:
+    """A student beside its teacher, on the same footing: OOF metric at the best global threshold, and MB."""
+    d, full = m.distill, use_full.get(m.name, m.full_mb is not None)
+    return {"name": m.name, "oof_score_global_thr": score, "size_mb": round(m.size_mb(full), 3),
+            "uses": "full-data refit" if full else f"{m.meta['k']} fold models", "chosen": chosen,
+            "teacher": d["teacher"], "teacher_blend": d["blend"], "teacher_oof_score_global_thr": d["teacher_score"],
+            "teacher_mb": d["teacher_mb"], "teacher_gpu_hours": sum(d["teacher_gpu_hours"].values()),
+            "teacher_weight": d["weight"], "temperature": d["temperature"], "pseudo": d["pseudo"]}
 
 
 def fit_budget(members, y, min_labels, metric, budget: Budget, log):

@@ -22,6 +22,7 @@ class Member:
     meta: dict
     oof: np.ndarray                 # (train rows, labels), train.csv order
     test_folds: np.ndarray          # mean over fold models, test.csv order
+    test_by_fold: np.ndarray        # (k, test rows, labels): fold model f's, which never saw fold f
     test_full: np.ndarray | None    # full-data refit, if trained
     folds_mb: float                 # all fold weight files
     full_mb: float | None
@@ -33,6 +34,16 @@ class Member:
 
     def size_mb(self, use_full: bool) -> float:
         return self.full_mb if use_full else self.folds_mb
+
+    @property
+    def distill(self) -> dict | None:
+        """A distilled student's record (teacher members, blend, mix), None for other members."""
+        return self.meta.get("config", {}).get("distill")
+
+    @property
+    def teacher_gpu_hours(self) -> dict[str, float]:
+        """A student's teachers were trained for it: their GPU-hours count against the budget too."""
+        return self.distill["teacher_gpu_hours"] if self.distill else {}
 
 
 def read_probs(path: Path, ids, tokens) -> np.ndarray:
@@ -57,12 +68,12 @@ def load_member(model: ModelLayout, ds: Dataset, tokens) -> Member:
     k = meta["k"]
     train_ids, test_ids = list(ds.train["id"]), list(ds.test["id"])
     oof = read_probs(model.oof, train_ids, tokens)
-    test = np.mean([read_probs(model.test_fold(f), test_ids, tokens) for f in range(k)], axis=0)
+    test_by_fold = np.stack([read_probs(model.test_fold(f), test_ids, tokens) for f in range(k)])
     full = meta.get("full")
     test_full = read_probs(model.test_full, test_ids, tokens) if full else None
     folds_mb = sum((model.dir / meta["folds"][str(f)]["weights"]).stat().st_size for f in range(k)) / 2**20
     full_mb = (model.dir / full["weights"]).stat().st_size / 2**20 if full else None
-    return Member(model.name, model.dir, meta, oof, test, test_full, folds_mb, full_mb,
+    return Member(model.name, model.dir, meta, oof, test_by_fold.mean(0), test_by_fold, test_full, folds_mb, full_mb,
                   float(meta["gpu_hours"]), file_sha256(model.oof))
 
 

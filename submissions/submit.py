@@ -9,7 +9,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from competition import metrics
+from competition import metrics, runlog
 from competition.artifacts import exclusive_lock, read_json, write_csv, write_json
 from competition.errors import UserError
 from competition.layout import RunLayout
@@ -103,6 +103,9 @@ def run_submit(spec, ds, run: RunLayout, command: str, names=None, method=None, 
     sidecar = sidecar_of(spec, ens, out.name, command, stamp)
     write_csv(out, frame, float_format=None)
     write_json(out.with_suffix(".json"), sidecar)
+    runlog.append(run, "submit", out.name, members=" ".join(m.name for m in ens.members), metric=ens.metric,
+                  oof_score=sidecar["oof_score"], nested_score=sidecar["nested_score"], size_mb=sidecar["size_mb"],
+                  gpu_hours=sidecar["gpu_hours"])
     log(f"submission: {out}  (OOF {ens.metric} {sidecar['oof_score']:.4f}, nested {sidecar['nested_score']:.4f}, "
         f"{sidecar['size_mb']:.1f} MB, {sidecar['gpu_hours']:.2f} GPU-h)")
     return out, ens
@@ -129,5 +132,6 @@ def sidecar_of(spec, ens: Ensemble, name: str, command: str, stamp: str) -> dict
         "best_member_oof_score": max(ens.member_scores.values()),
         "size_mb": round(size, 3), "gpu_hours": hours,
         "budget": ens.budget.summary(size, hours, ens.budget_notes),
+        "students": ens.students,
         "created": stamp,
     }

@@ -1,9 +1,13 @@
+import shutil
+
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from competition import UserError, load_dataset, load_spec
 from competition.images import load_resized, rgb_image
+from competition.layout import RunLayout
 from competition.reader import encode
 
 
@@ -237,3 +241,58 @@ def test_16_bit_png_keeps_its_range(tmp_path):
     assert Image.open(tmp_path / "deep.png").mode.startswith("I")
     gray = decoded(tmp_path / "deep.png")[..., 0]
     assert gray.tolist() == [[0, 128], [255, 64]]
+
+
+@pytest.fixture(scope="module")
+def label_files_data(tmp_path_factory):
+    """The tiny demo competition in the label-folder layout."""
+    from competition.demo_data import generate
+    out = tmp_path_factory.mktemp("label_files") / "data"
+    generate(out, n_train=60, n_test=12, size=32, seed=5, workers=1, spec=load_spec("demo_label_files"))
+    return out
+
+
+def test_label_files_read_like_the_csv_layout(label_files_data):
+    spec = load_spec("demo_label_files")
+    ds = load_dataset(spec, label_files_data)
+    assert len(ds.train) == 60 and len(ds.test) == 12 and list(ds.train["id"][:3]) == ["0.jpg", "1.jpg", "2.jpg"]
+    y = ds.targets()
+    assert (y.sum(1) == 0).sum() >= 5  # images without labels are train rows too
+    listed = (label_files_data / "labels" / "3.txt").read_text().split()
+    assert sorted(ds.train["id"][y[:, spec.tokens.index("3")] == 1]) == sorted(listed)
+
+
+def broken_copy(src, tmp_path):
+    dst = tmp_path / "data"
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda d: (d / "labels" / "7.txt").unlink(), "label files missing.*7.txt"),
+    (lambda d: (d / "labels" / "3.txt").write_text("0.jpg\n1.jpg\n0.jpg\n"), "more than once.*3.txt line 3: '0.jpg' \\(also line 1\\)"),
+    (lambda d: (d / "labels" / "3.txt").write_text("0.jpg\n999.jpg\n"), "no train image.*3.txt line 2: '999.jpg'"),
+    (lambda d: (d / "labels" / "3.txt").write_text("30000.jpg\n"), "test images.*3.txt line 1: '30000.jpg'"),
+    (lambda d: (d / "labels" / "12.txt").write_text("0.jpg\n"), "labels the spec does not have.*12.txt"),
+])
+def test_label_files_errors_name_file_and_line(label_files_data, tmp_path, breakage, message):
+    data = broken_copy(label_files_data, tmp_path)
+    breakage(data)
+    with pytest.raises(UserError, match=f"(?s){message}"):
+        load_dataset(load_spec("demo_label_files"), data)
+
+
+def test_label_files_chain_folds_train_submit(label_files_data, tmp_path):
+    from folds.split import write_folds
+    from pipelines.config import resolve
+    from pipelines.run import train_model
+    from submissions.submit import run_submit
+    from submissions.validate import validate_frame
+    spec = load_spec("demo_label_files")
+    ds, run = load_dataset(spec, label_files_data), RunLayout.of(tmp_path, spec.name)
+    write_folds(run, ds, spec, 3, 0, False)
+    train_model(spec, ds, run, resolve("tiny", ["epochs=1"]), log=lambda *_: None)
+    path, _ = run_submit(spec, ds, run, "test", method="fixed", trials=5, log=lambda *_: None)
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    assert list(frame.columns) == [spec.id_column, spec.label_column] and list(frame["ImageID"]) == list(ds.test["id"])
+    validate_frame(frame, spec, list(ds.test["id"]))

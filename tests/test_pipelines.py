@@ -375,3 +375,34 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys):
         return {}["missing"]
     with pytest.raises(KeyError):  # not swallowed into one line
         run(bug)
+
+
+def test_plan_from_bench_records_and_the_train_warning(demo_data, tmp_path, capsys):
+    import dataclasses
+    from competition.artifacts import write_json
+    from folds.split import write_folds
+    from pipelines.bench import SPEED_KEYS, device_slug, run_bench, this_device
+    from pipelines.plan import make_plan, warn_if_over
+    spec = load_spec("demo")
+    ds, run = load_dataset(spec, demo_data), RunLayout.of(tmp_path, spec.name)
+    write_folds(run, ds, spec, 3, 0, False)
+    small = ["batch_size=2", "device=cpu"]  # a short bench: 50 steps of 2 images
+    measured = run_bench(spec, ds, run, resolve("tiny", small), steps=50)  # the real bench records what plans read
+    here, = make_plan(spec, ds, run, 3, ["tiny"], overrides=small)[0]
+    assert here.images_per_s == measured["real_loop_images_per_s"] and here.hours > 0
+    assert here.gpu_hours == 0  # a CPU spends no GPU-hours
+    gpu, cfg = "NVIDIA H100 80GB HBM3", resolve("tiny", ["batch_size=8", "device=cpu"])
+    write_json(run.bench_record("tiny", device_slug(gpu)),
+               {"real_loop_images_per_s": 10.0, "config": {k: cfg[k] for k in SPEED_KEYS}})
+    (tiny, captions, other), left, _ = make_plan(spec, ds, run, 3, ["tiny", "captions", "resnet50"], gpu,
+                                                  ["batch_size=8", "device=cpu"])
+    n, t, epochs = len(ds.train), len(ds.test), cfg["epochs"]  # 3 folds, flip TTA, no refit
+    images = 3 * epochs * (n - n / 3) + (3 * (epochs * n / 3 + 2 * (n / 3 + t))) / 3
+    assert tiny.gpu_hours == pytest.approx(images / 10.0 / 3600) and tiny.folds_left == [0, 1, 2]
+    assert captions.gpu_hours == 0 and "no bench record" in other.note
+    stale, = make_plan(spec, ds, run, 3, ["tiny"], gpu, ["batch_size=8", "img_size=64"])[0]
+    assert stale.images_per_s is None and "img_size" in stale.note
+    tight = dataclasses.replace(spec, budget={**spec.budget, "gpu_hours": tiny.gpu_hours / 2})
+    assert warn_if_over(tight, ds, run, cfg, 3, gpu).startswith("WARNING: the plan says tiny needs")
+    assert warn_if_over(dataclasses.replace(spec, budget={**spec.budget, "gpu_hours": 24}), ds, run, cfg, 3, gpu) is None
+    assert this_device().startswith("cpu") or torch.cuda.is_available()

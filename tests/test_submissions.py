@@ -88,7 +88,7 @@ def test_weighted_blend_never_below_best_member():
 
 
 def member(name, oof, mb, hours, full_mb=None, sha="x"):
-    return Member(name, Path(name), {"k": 5}, oof, oof, oof if full_mb else None, mb, full_mb, hours, sha)
+    return Member(name, Path(name), {"k": 5}, oof, oof, oof[None], oof if full_mb else None, mb, full_mb, hours, sha)
 
 
 def test_budget_selector_drops_the_right_member():
@@ -288,3 +288,72 @@ def test_shared_storage_url_and_other_machines_trials(trained, tmp_path):
     assert optuna.trial.TrialState.RUNNING in states and optuna.trial.TrialState.FAIL not in states
     r = cli(*base, "--storage", "nosuchdb://x/y")
     assert r.returncode == 2 and r.stderr.startswith("error: optuna storage 'nosuchdb://x/y'")
+
+
+def test_run_log_rows_leaderboard_and_public_scores(demo_data, tmp_path, capsys):
+    from competition import load_dataset
+    from competition import runlog
+    from competition.layout import RunLayout
+    from folds.split import write_folds
+    from pipelines.config import resolve
+    from pipelines.run import train_model
+    from submissions.__main__ import main
+    from submissions.submit import run_submit
+    spec = load_spec("demo")
+    ds, run = load_dataset(spec, demo_data), RunLayout.of(tmp_path, spec.name)
+    write_folds(run, ds, spec, 3, 0, False)
+    quiet = lambda *_: None  # noqa: E731
+    train_model(spec, ds, run, resolve("captions"), log=quiet)
+    train_model(spec, ds, run, resolve("captions"), log=quiet)  # trains nothing: no second row
+    train_model(spec, ds, run, resolve("captions", ["C=0.01"]) | {"name": "weak"}, log=quiet)
+    first, _ = run_submit(spec, ds, run, "test", ["weak"], method="fixed", trials=5, log=quiet)
+    second, _ = run_submit(spec, ds, run, "test", ["captions"], method="fixed", trials=5, log=quiet)
+    log = runlog.read_log(run)
+    assert list(log["event"]) == ["train", "train", "submit", "submit"]
+    assert list(log["name"]) == ["captions", "weak", first.name, second.name]
+    sidecar = json.loads(second.with_suffix(".json").read_text())
+    assert log["nested_score"].iloc[3] == pytest.approx(sidecar["nested_score"], abs=1e-5)
+    assert log["members"].iloc[2] == "weak" and log["public_score"].isna().all()
+    main(["lb", "--comp", "demo", "--runs", str(tmp_path)])
+    table = capsys.readouterr().out.splitlines()
+    order = [next(n for n in (first.name, second.name, "captions", "weak") if n in line) for line in table[1:]]
+    better, worse = sorted([first.name, second.name], key=lambda n: -log.set_index("name").loc[n, "nested_score"])
+    assert order[:2] == [better, worse] and set(order[2:]) == {"captions", "weak"}  # models: no nested score
+    main(["lb-set", "--comp", "demo", "--runs", str(tmp_path), "--file", str(first), "--public", "0.861"])
+    assert runlog.read_log(run).set_index("name").loc[first.name, "public_score"] == pytest.approx(0.861)
+    with pytest.raises(UserError, match="no submission 'nope.csv'"):
+        runlog.set_public(run, "nope.csv", 0.5)
+    with pytest.raises(UserError, match="not in \\[0, 1\\]"):
+        runlog.set_public(run, first.name, 86.1)
+
+
+def test_grad_cam_panels_one_per_label_and_maps_differ_between_labels(demo_data, tmp_path):
+    from competition import load_dataset
+    from competition.layout import RunLayout
+    from folds.split import write_folds
+    from pipelines.config import resolve
+    from pipelines.run import train_model
+    from submissions.cam import best_image_member, cam_panels, fold_net, label_maps
+    from submissions.submit import run_thresholds
+    import torch
+    from competition.images import load_resized
+    spec = load_spec("demo")
+    ds, run = load_dataset(spec, demo_data), RunLayout.of(tmp_path, spec.name)
+    write_folds(run, ds, spec, 3, 0, False)
+    quiet = lambda *_: None  # noqa: E731
+    train_model(spec, ds, run, resolve("tiny", ["epochs=1"]), log=quiet)
+    train_model(spec, ds, run, resolve("captions"), log=quiet)
+    ens = run_thresholds(spec, ds, run, method="fixed", trials=5, log=quiet)
+    paths = cam_panels(spec, ds, ens, run.report_cam, per_label=2)
+    present = [t for t, n in zip(spec.tokens, ens.y.sum(0)) if n]
+    assert sorted(p.name.split("_")[0] for p in paths) == sorted(present)  # one PNG per label that has images
+    assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    member = best_image_member(ens)
+    assert member.name == "tiny"
+    net, size, mean, std = fold_net(member, 0, len(spec.tokens))
+    image = load_resized(ds.image_root / ds.train["id"][0], 128)  # 4 x 4 last-stage maps, not the 1 x 1 of 32 px
+    x = torch.from_numpy(((image / 255.0 - mean) / std).transpose(2, 0, 1)).float()[None]
+    top = torch.argsort(net(x)[0], descending=True)[:2].tolist()  # labels it sees evidence for (Grad-CAM's ReLU)
+    maps = label_maps(net, image, mean, std, top)
+    assert maps.shape == (2, 128, 128) and np.isfinite(maps).all() and maps.max() > 0
+    assert np.abs(maps[0] - maps[1]).max() > 1e-3  # each label's own map, not one map for every label

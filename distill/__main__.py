@@ -1,0 +1,39 @@
+"""python -m distill --student CONFIG [key=value ...]: distil the blended ensemble into one student network."""
+from __future__ import annotations
+
+import argparse
+
+from competition import load_dataset, load_spec
+from competition.layout import RunLayout
+from pipelines.config import available_configs, resolve
+from submissions.blend import BLENDS
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m distill", description=__doc__)
+    ap.add_argument("--comp", default="demo")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--runs", default="runs")
+    ap.add_argument("--student", required=True, help=f"one of {', '.join(available_configs())} or a YAML path")
+    ap.add_argument("--name", default=None, help="the student's model name (default: <student>-student)")
+    ap.add_argument("--teacher", default=None, help="comma list of members; default: every complete non-student model")
+    ap.add_argument("--blend", default=None, choices=BLENDS, help="the teacher's blend; default: its best OOF score")
+    ap.add_argument("--teacher-weight", type=float, default=0.5,
+                    help="the teacher's share of each train row's target, the labels' is the rest (default 0.5)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="divides the teacher's logits (> 1: softer)")
+    ap.add_argument("--pseudo", action=argparse.BooleanOptionalAction, default=True,
+                    help="also train on the test rows with the teacher's probabilities (default: on)")
+    ap.add_argument("--force", action="store_true", help="start the student over if its run is incompatible")
+    a, overrides = ap.parse_known_args(argv)  # the rest are key=value config overrides
+    cfg = resolve(a.student, overrides)
+    spec = load_spec(a.comp)
+    ds = load_dataset(spec, a.data)
+    from distill.student import run_distill
+    run_distill(spec, ds, RunLayout.of(a.runs, spec.name), cfg, a.teacher.split(",") if a.teacher else None,
+                a.blend, a.teacher_weight, a.temperature, a.pseudo, a.name, a.force)
+    return 0
+
+
+if __name__ == "__main__":
+    from competition.cli import run
+    run(main)

@@ -1,0 +1,92 @@
+"""Grad-CAM panels for `make report` (the grad-cam package): where the best image member looks for each label.
+
+For each label, a few validation images that carry it, each explained by the fold model that never saw it:
+the image, its true and predicted labels, and the Grad-CAM map of that label's score over the backbone's last
+feature stage (timm's feature_info names it for any backbone). One PNG per label under report/cam/."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from pytorch_grad_cam import GradCAM  # noqa: E402
+from pytorch_grad_cam.utils.image import show_cam_on_image  # noqa: E402
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+
+from competition.artifacts import atomic_path  # noqa: E402
+from competition.images import load_resized  # noqa: E402
+from competition.metrics import decide  # noqa: E402
+from pipelines.model import build_model  # noqa: E402
+from pipelines.train import load_weights  # noqa: E402
+from submissions.ensemble import Ensemble  # noqa: E402
+from submissions.members import Member  # noqa: E402
+
+
+def best_image_member(ens: Ensemble) -> Member | None:
+    images = [m for m in ens.members if m.meta["kind"] == "image"]
+    return max(images, key=lambda m: ens.member_scores[m.name]) if images else None
+
+
+def fold_net(member: Member, fold: int, n_labels: int):
+    """Fold `fold`'s network of an image member, in float32 and eval mode, with gradients everywhere."""
+    cfg = {**member.meta["config"], "pretrained": "none"}  # the fold's own weights replace any pretrained ones
+    net, _, mean, std = build_model(cfg, n_labels)
+    load_weights(net, member.dir / member.meta["folds"][str(fold)]["weights"])
+    net.frozen = False  # a frozen backbone runs without gradients, which Grad-CAM needs
+    return net.float().eval(), cfg["img_size"], np.array(mean), np.array(std)
+
+
+def target_layer(net) -> torch.nn.Module:
+    """The backbone's last feature stage, as timm's feature_info names it (blocks.6, layer4, stages.3, ...)."""
+    return net.backbone.get_submodule(net.backbone.feature_info[-1]["module"])
+
+
+def label_maps(net, image: np.ndarray, mean, std, labels: list[int]) -> np.ndarray:
+    """(labels, H, W) Grad-CAM maps in [0, 1] of each label's score for one uint8 HWC image."""
+    x = torch.from_numpy(((image / 255.0 - mean) / std).transpose(2, 0, 1)).float()[None]
+    with GradCAM(model=net, target_layers=[target_layer(net)]) as cam:
+        return np.stack([cam(input_tensor=x, targets=[ClassifierOutputTarget(j)])[0] for j in labels])
+
+
+def cam_panels(spec, ds, ens: Ensemble, out: Path, per_label: int = 4) -> list[Path]:
+    """One PNG per label with up to `per_label` validation images that carry it (most confident first)."""
+    member = best_image_member(ens)
+    if member is None or not ds.has_images:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    pred = decide(ens.blend["oof"], ens.threshold_vector(spec.tokens), ens.min_labels)
+    nets, paths, ids = {}, [], list(ds.train["id"])
+    for j, (token, name) in enumerate(spec.labels.items()):
+        rows = np.nonzero(ens.y[:, j] == 1)[0]
+        rows = rows[np.argsort(-member.oof[rows, j])][:per_label]
+        if not len(rows):
+            continue
+        fig, axes = plt.subplots(2, len(rows), figsize=(3.2 * len(rows), 6.8), squeeze=False)
+        for col, r in enumerate(rows):
+            fold = int(ens.fold[r])
+            if fold not in nets:
+                nets[fold] = fold_net(member, fold, len(spec.tokens))
+            net, size, mean, std = nets[fold]
+            image = load_resized(ds.image_root / ids[r], size)
+            heat = label_maps(net, image, mean, std, [j])[0]
+            true = " ".join(spec.labels[t] for t, v in zip(spec.tokens, ens.y[r]) if v)
+            said = " ".join(spec.labels[t] for t, v in zip(spec.tokens, pred[r]) if v)
+            axes[0, col].imshow(image)
+            axes[0, col].set_title(f"{ids[r]}\ntrue: {true}\npredicted: {said}", fontsize=7)
+            axes[1, col].imshow(show_cam_on_image(image / 255.0, heat, use_rgb=True))
+            axes[1, col].set_title(f"{name}: p={member.oof[r, j]:.2f} (fold {fold} model)", fontsize=7)
+        for ax in axes.ravel():
+            ax.axis("off")
+        fig.suptitle(f"Grad-CAM of '{name}' ({member.name}, {target_layer(net).__class__.__name__} of "
+                     f"{member.meta['config']['backbone']})", fontsize=9)
+        fig.tight_layout()
+        path = out / f"{token}_{name.replace(' ', '_')}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
+        plt.close(fig)
+        paths.append(path)
+    return paths
