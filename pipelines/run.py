@@ -67,12 +67,21 @@ def check_run(model: ModelLayout, cfg: dict, folds_sha: str, data_sha: str, toke
     # Keys new since the run started are not a change: their defaults reproduce the old behaviour.
     changed = sorted(k for k in set(old_cfg) & set(new_cfg) if old_cfg[k] != new_cfg[k])
     if changed:
-        problems.append("config differs: " + ", ".join(f"{k} {old_cfg.get(k)!r} -> {new_cfg.get(k)!r}" for k in changed))
+        problems.append("config differs: " + ", ".join(change(k, old_cfg[k], new_cfg[k]) for k in changed))
     if problems and not force:
         raise UserError(f"{model.dir}: " + "; ".join(problems) + ". Re-run with FORCE=1 to start this model over.")
     if problems:
         print(f"FORCE: removing {model.dir} ({'; '.join(problems)})")
         shutil.rmtree(model.dir)
+
+
+def change(key: str, old, new) -> str:
+    """`key old -> new`; for a nested record (a student's `distill`), only the entries that differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return ", ".join(change(f"{key}.{k}", old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+                         if old.get(k) != new.get(k))
+    short = lambda v: (r if len(r := repr(v)) <= 40 else r[:37] + "...")  # noqa: E731
+    return f"{key} {short(old)} -> {short(new)}"
 
 
 def fold_fitter(cfg: dict):

@@ -53,7 +53,8 @@ def label_maps(net, image: np.ndarray, mean, std, labels: list[int]) -> np.ndarr
 
 
 def cam_panels(spec, ds, ens: Ensemble, out: Path, per_label: int = 4) -> list[Path]:
-    """One PNG per label with up to `per_label` validation images that carry it (most confident first)."""
+    """One PNG per label with up to `per_label` validation images that carry it: the member's most confident
+    half, then its least confident (the ones it misses: does it look at the object there?)."""
     member = best_image_member(ens)
     if member is None or not ds.has_images:
         return []
@@ -62,10 +63,12 @@ def cam_panels(spec, ds, ens: Ensemble, out: Path, per_label: int = 4) -> list[P
     nets, paths, ids = {}, [], list(ds.train["id"])
     for j, (token, name) in enumerate(spec.labels.items()):
         rows = np.nonzero(ens.y[:, j] == 1)[0]
-        rows = rows[np.argsort(-member.oof[rows, j])][:per_label]
+        rows = rows[np.argsort(-member.oof[rows, j])]
+        if len(rows) > per_label:
+            rows = np.concatenate([rows[:(per_label + 1) // 2], rows[len(rows) - per_label // 2:]])
         if not len(rows):
             continue
-        fig, axes = plt.subplots(2, len(rows), figsize=(3.2 * len(rows), 6.8), squeeze=False)
+        fig, axes = plt.subplots(2, len(rows), figsize=(3.2 * len(rows), 7.2), squeeze=False)
         for col, r in enumerate(rows):
             fold = int(ens.fold[r])
             if fold not in nets:
@@ -76,13 +79,13 @@ def cam_panels(spec, ds, ens: Ensemble, out: Path, per_label: int = 4) -> list[P
             true = " ".join(spec.labels[t] for t, v in zip(spec.tokens, ens.y[r]) if v)
             said = " ".join(spec.labels[t] for t, v in zip(spec.tokens, pred[r]) if v)
             axes[0, col].imshow(image)
-            axes[0, col].set_title(f"{ids[r]}\ntrue: {true}\npredicted: {said}", fontsize=7)
+            axes[0, col].set_title(f"{ids[r]}\ntrue: {true}\nblend predicts: {said}", fontsize=7)
             axes[1, col].imshow(show_cam_on_image(image / 255.0, heat, use_rgb=True))
             axes[1, col].set_title(f"{name}: p={member.oof[r, j]:.2f} (fold {fold} model)", fontsize=7)
         for ax in axes.ravel():
             ax.axis("off")
-        fig.suptitle(f"Grad-CAM of '{name}' ({member.name}, {target_layer(net).__class__.__name__} of "
-                     f"{member.meta['config']['backbone']})", fontsize=9)
+        fig.suptitle(f"Grad-CAM of '{name}' ({member.name}: {net.backbone.feature_info[-1]['module']} of "
+                     f"{member.meta['config']['backbone']}); validation images, most and least confident", fontsize=9)
         fig.tight_layout()
         path = out / f"{token}_{name.replace(' ', '_')}.png"
         with atomic_path(path) as tmp:

@@ -85,7 +85,7 @@ def test_a_changed_teacher_is_not_reused_silently(teacher_run):
     oof = pd.read_csv(model.oof, dtype={"ImageID": str})
     oof[spec.tokens] = 0.5
     write_csv(model.oof, oof)
-    with pytest.raises(UserError, match="config differs: distill"):
+    with pytest.raises(UserError, match="config differs: distill.teacher_s"):
         run_distill(spec, ds, run, cfg, log=lambda *_: None)
     with pytest.raises(UserError, match="must be an image model"):
         run_distill(spec, ds, run, resolve("captions"), log=lambda *_: None)
