@@ -2,7 +2,7 @@
 what a one-model submission uses. Its run records the teacher, so a changed teacher is never reused silently."""
 from __future__ import annotations
 
-from competition.artifacts import read_json
+from competition.artifacts import read_json, write_json
 from competition.errors import UserError
 from competition.layout import RunLayout
 from distill.teacher import build_teacher, soft_targets, teacher_names
@@ -31,6 +31,8 @@ def run_distill(spec, ds, run: RunLayout, cfg: dict, teacher: list[str] | None =
     y = ds.targets()
     meta = train_model(spec, ds, run, cfg, force, log,
                        targets_for=lambda fold: soft_targets(t, y, fold, weight, temperature, pseudo))
+    meta["teacher"] = t.summary()
+    write_json(run.model(name).meta, meta)
     if complete(run.model(name)):
         compare(spec, ds, run, cfg, t, log)
     return meta

@@ -35,8 +35,13 @@ class Teacher:
         return digest.hexdigest()
 
     def record(self) -> dict:
-        return {"teacher": self.names, "blend": self.blend, "teacher_sha256": self.sha256(),
-                "teacher_score": round(self.score, 6), "teacher_mb": round(self.size_mb, 3),
+        """What the student learned from: part of its config, so a changed teacher stops a resume."""
+        return {"teacher": self.names, "blend": self.blend, "teacher_sha256": self.sha256()}
+
+    def summary(self) -> dict:
+        """What the teacher scored, weighed and cost when the student learned from it (meta.json). Not in the
+        config: a teacher member's later refit adds GPU-hours without changing what the student learned."""
+        return {"teacher_score": round(self.score, 6), "teacher_mb": round(self.size_mb, 3),
                 "teacher_gpu_hours": self.gpu_hours}
 
 

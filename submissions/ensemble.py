@@ -76,8 +76,9 @@ def student_summary(m: Member, score: float, chosen: bool, use_full: dict) -> di
     d, full = m.distill, use_full.get(m.name, m.full_mb is not None)
     return {"name": m.name, "oof_score_global_thr": score, "size_mb": round(m.size_mb(full), 3),
             "uses": "full-data refit" if full else f"{m.meta['k']} fold models", "chosen": chosen,
-            "teacher": d["teacher"], "teacher_blend": d["blend"], "teacher_oof_score_global_thr": d["teacher_score"],
-            "teacher_mb": d["teacher_mb"], "teacher_gpu_hours": sum(d["teacher_gpu_hours"].values()),
+            "teacher": d["teacher"], "teacher_blend": d["blend"],
+            "teacher_oof_score_global_thr": d.get("teacher_score", float("nan")),
+            "teacher_mb": d.get("teacher_mb", float("nan")), "teacher_gpu_hours": sum(m.teacher_gpu_hours.values()),
             "teacher_weight": d["weight"], "temperature": d["temperature"], "pseudo": d["pseudo"]}
 
 

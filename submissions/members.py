@@ -37,13 +37,15 @@ class Member:
 
     @property
     def distill(self) -> dict | None:
-        """A distilled student's record (teacher members, blend, mix), None for other members."""
-        return self.meta.get("config", {}).get("distill")
+        """A distilled student's record (teacher members, blend, mix; the teacher's score, MB and GPU-hours),
+        None for other members."""
+        record = self.meta.get("config", {}).get("distill")
+        return {**record, **self.meta.get("teacher", {})} if record else None
 
     @property
     def teacher_gpu_hours(self) -> dict[str, float]:
         """A student's teachers were trained for it: their GPU-hours count against the budget too."""
-        return self.distill["teacher_gpu_hours"] if self.distill else {}
+        return self.distill.get("teacher_gpu_hours", {}) if self.distill else {}
 
 
 def read_probs(path: Path, ids, tokens) -> np.ndarray:

@@ -74,6 +74,13 @@ def test_student_targets_come_only_from_out_of_fold_predictions(teacher_run, mon
     use = {"tiny-student": True, "captions": False}
     assert cost([student], use)[1] == pytest.approx(student.gpu_hours + teacher.gpu_hours)
     assert cost([student, teacher], use)[1] == pytest.approx(student.gpu_hours + teacher.gpu_hours)  # counted once
+    from submissions.submit import run_submit
+    path, ens = run_submit(spec, ds, run, "test", ["tiny-student", "captions"], method="fixed", trials=5,
+                           log=lambda *_: None)
+    sidecar = read_json(path.with_suffix(".json"))
+    st, = sidecar["students"]
+    assert st["name"] == "tiny-student" and st["chosen"] and st["teacher"] == ["captions"]
+    assert st["teacher_oof_score_global_thr"] == pytest.approx(meta["teacher"]["teacher_score"])
 
 
 def test_a_changed_teacher_is_not_reused_silently(teacher_run):
