@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from competition.artifacts import write_text
 from competition.errors import UserError
 from competition.spec import load_spec
 
@@ -172,9 +173,7 @@ def caption(rng: np.random.Generator, labels: list[str]) -> str:
 
 def write_csv(path: Path, rows: list[str], header: str) -> None:
     """Lines after a header line; no header line when it is empty (label files)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in ([header] if header else []) + list(rows)))
-    os.replace(tmp, path)
+    write_text(path, "".join(f"{line}\n" for line in ([header] if header else []) + list(rows)))
 
 
 def write_label_files(folder: Path, tokens, ids, label_sets, rng) -> None:

@@ -11,7 +11,7 @@ from competition.errors import UserError
 from competition.layout import RunLayout
 from pipelines.result import SoftTargets
 from submissions.blend import logit
-from submissions.budget import Budget
+from submissions.budget import Budget, gpu_hours_by_model
 from submissions.ensemble import build_ensemble
 from submissions.members import complete
 
@@ -65,11 +65,8 @@ def build_teacher(spec, ds, run: RunLayout, names: list[str], blend: str | None 
     if name not in ens.blends:
         raise UserError(f"blend {name!r} is not available for {len(names)} member(s); valid: {', '.join(ens.blends)}")
     b = ens.blends[name]
-    hours = {}
-    for m in ens.members:  # a teacher that is itself a student brings its own teachers' hours
-        hours.update(m.teacher_gpu_hours)
-        hours[m.name] = m.gpu_hours
-    return Teacher(names, name, b["oof"], b["fold_tests"], b["test"], b["score"], ens.cost()[0], hours)
+    return Teacher(names, name, b["oof"], b["fold_tests"], b["test"], b["score"], ens.cost()[0],
+                   gpu_hours_by_model(ens.members))
 
 
 def soften(prob: np.ndarray, temperature: float) -> np.ndarray:

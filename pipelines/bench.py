@@ -158,7 +158,6 @@ def run_bench(spec, ds, run: RunLayout, cfg: dict, steps: int = 60, n_images: in
     print(json.dumps(out))
     out["config"] = {k: cfg[k] for k in SPEED_KEYS}
     record = run.bench_record(cfg["name"], device_slug(out["device"]))
-    record.parent.mkdir(parents=True, exist_ok=True)
     write_json(record, out)
     print(f"recorded for `make plan`: {record}")
     return out

@@ -13,7 +13,7 @@ from competition.artifacts import read_json
 from competition.errors import UserError
 from competition.layout import RunLayout
 from pipelines.bench import SPEED_KEYS, device_slug, this_device
-from pipelines.config import available_configs, fold_list, resolve
+from pipelines.config import fold_list, resolve
 
 EVAL_COST = 1 / 3
 
@@ -34,6 +34,11 @@ def spent_gpu_hours(run: RunLayout) -> dict[str, float]:
     """GPU-hours every model in the run folder has recorded so far (finished folds and refits)."""
     return {n: float(read_json(run.model(n).meta)["gpu_hours"]) for n in run.model_names()
             if run.model(n).meta.exists()}
+
+
+def hours_left(spec, spent: dict[str, float]) -> float:
+    budget = spec.budget["gpu_hours"]
+    return float("inf") if budget is None else budget - sum(spent.values())
 
 
 def folds_left(run: RunLayout, cfg: dict, k: int) -> list[int]:
@@ -77,15 +82,14 @@ def make_plan(spec, ds, run: RunLayout, k: int, models: list[str] | None = None,
     models = models or recorded_models(run, device)
     if not models:
         raise UserError(f"{run.bench}: no bench record on {device}; run `make bench MODEL=...` first")
-    known = available_configs()
-    unknown = [m for m in models if m not in known and not m.endswith((".yaml", ".yml"))]
-    if unknown:
-        raise UserError(f"unknown models {unknown}; valid: {', '.join(known)}")
     spent = spent_gpu_hours(run)
-    left = spec.budget["gpu_hours"] - sum(spent.values()) if spec.budget["gpu_hours"] is not None else float("inf")
-    # Overrides (EPOCHS=, IMG=, ...) are the image models' keys; a captions model plans as configured.
-    cfgs = [resolve(m, overrides) if resolve(m)["kind"] == "image" else resolve(m) for m in models]
-    return [estimate(run, cfg, len(ds.train), len(ds.test), k, device) for cfg in cfgs], left, spent
+    estimates = []
+    for m in models:
+        cfg = resolve(m)  # an unknown model fails here, naming the valid ones
+        # Overrides (EPOCHS=, IMG=, ...) are the image models' keys; a captions model plans as configured.
+        cfg = resolve(m, overrides) if cfg["kind"] == "image" else cfg
+        estimates.append(estimate(run, cfg, len(ds.train), len(ds.test), k, device))
+    return estimates, hours_left(spec, spent), spent
 
 
 def print_plan(spec, ds, estimates: list[Estimate], left: float, spent: dict, device: str, log=print) -> None:
@@ -95,7 +99,7 @@ def print_plan(spec, ds, estimates: list[Estimate], left: float, spent: dict, de
     log(f"{'model':<24}{'img/s':>9}{'epochs':>8}{'folds':>7}{'refit':>7}{'hours':>8}{'GPU-h':>8}{'total':>8}  fits")
     total = 0.0
     for e in estimates:
-        if e.images_per_s is None and e.note:
+        if e.images_per_s is None:
             log(f"{e.model:<24}{'-':>9}{e.epochs:>8}{len(e.folds_left):>7}{'yes' if e.refit else 'no':>7}"
                 f"{'':>8}{'':>8}{total:>8.2f}  {e.note}")
             continue
@@ -110,8 +114,7 @@ def warn_if_over(spec, ds, run: RunLayout, cfg: dict, k: int, device: str | None
         return None
     device = device or this_device()
     e = estimate(run, cfg, len(ds.train), len(ds.test), k, device)
-    spent = spent_gpu_hours(run)
-    left = spec.budget["gpu_hours"] - sum(spent.values())
+    left = hours_left(spec, spent_gpu_hours(run))
     if e.gpu_hours <= left:
         return None
     message = (f"WARNING: the plan says {cfg['name']} needs {e.gpu_hours:.2f} GPU-hours on {device} "

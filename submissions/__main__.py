@@ -3,10 +3,10 @@ the run log of every model and submission (lb), with public leaderboard scores r
 from __future__ import annotations
 
 import argparse
-
-import pandas as pd
 import shlex
 import sys
+
+import pandas as pd
 
 from competition import load_dataset, load_spec
 from competition.layout import RunLayout

@@ -1,8 +1,8 @@
 """Blending members' probabilities: plain mean, OOF-tuned weights, and fold-wise stacking.
 
 Every method gives the OOF, the test probabilities, and the test probabilities of each fold's models alone
-(fold f's models never saw fold f's rows: what a distilled student of fold f may learn on test rows). Stacking is fitted fold by fold, so its own OOF stays
-honest; the weighted mean's weights are tuned on OOF (few degrees of freedom), and a single
+(fold f's models never saw fold f's rows: what a distilled student of fold f may learn on test rows).
+Stacking is fitted fold by fold, so its own OOF stays honest; the weighted mean's weights are tuned on OOF (few degrees of freedom), and a single
 member is a weight vector too, so the weighted blend never scores below the best member.
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Fit an ensemble into the competition's size and GPU-hour budgets.
 
 Size = the weight files needed at inference (every fold of a member, or its single refit).
-Cost = the GPU-hours its members' training recorded (a distilled student's teachers included). When the chosen members exceed a budget,
-the subset (and per member folds or refit) with the best OOF score within budget wins.
+Cost = the GPU-hours its members' training recorded (a distilled student's teachers included). When the
+chosen members exceed a budget, the subset (and per member folds or refit) with the best OOF score within budget wins.
 """
 from __future__ import annotations
 
@@ -41,13 +41,19 @@ def options(member):
         yield True
 
 
-def cost(members, use_full: dict) -> tuple[float, float]:
-    """(MB needed at inference, GPU-hours spent): a student's teachers count once, even when they are members."""
+def gpu_hours_by_model(members) -> dict[str, float]:
+    """GPU-hours per trained model the members needed: a student's teachers count once, even when they are
+    members too."""
     hours = {}
     for m in members:
         hours.update(m.teacher_gpu_hours)
     hours.update({m.name: m.gpu_hours for m in members})
-    return sum(m.size_mb(use_full[m.name]) for m in members), sum(hours.values())
+    return hours
+
+
+def cost(members, use_full: dict) -> tuple[float, float]:
+    """(MB needed at inference, GPU-hours spent)."""
+    return sum(m.size_mb(use_full[m.name]) for m in members), sum(gpu_hours_by_model(members).values())
 
 
 def within(size, hours, max_mb, max_hours) -> bool:
