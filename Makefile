@@ -13,18 +13,18 @@ VENV  := .venv/.installed
 data_arg   = $(if $(DATA),--data $(DATA))
 common     = --comp $(COMP) $(data_arg) --runs $(RUNS)
 train_set  = $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(FOLDS),folds=$(FOLDS)) $(if $(IMG),img_size=$(IMG)) \
-             $(if $(BATCH),batch_size=$(BATCH)) $(if $(LR),lr=$(LR)) $(if $(FULLFIT),fullfit=$(FULLFIT)) \
+             $(if $(BATCH),batch_size=$(BATCH)) $(if $(LR),lr=$(LR)) $(if $(FULLFIT),fullfit=$(if $(filter 0 no false,$(FULLFIT)),false,true)) \
              $(if $(WORKERS),workers=$(WORKERS)) $(SET)
 submit_set = $(if $(MODELS),--models $(MODELS)) $(if $(TRIALS),--trials $(TRIALS)) \
              $(if $(METHOD),--method $(METHOD)) $(if $(IGNORE_BUDGET),--ignore-budget) \
              $(if $(BUDGET_MB),--budget-mb $(BUDGET_MB)) $(if $(BUDGET_GPU_HOURS),--budget-gpu-hours $(BUDGET_GPU_HOURS)) \
-             $(if $(STORAGE),--storage $(STORAGE))
+             $(if $(STORAGE),--storage $(STORAGE)) $(if $(BLENDS),--blends $(BLENDS))
 distill_set = $(if $(TEACHER),--teacher $(TEACHER)) $(if $(BLEND),--blend $(BLEND)) \
              $(if $(TEACHER_WEIGHT),--teacher-weight $(TEACHER_WEIGHT)) $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) \
              $(if $(filter 0 no false,$(PSEUDO)),--no-pseudo) $(if $(NAME),--name $(NAME))
 
-.PHONY: help setup test test-gpu test-all demo demo-data eda folds train distill thresholds submit report bench validate clean-demo lb lb-set plan \
-        bench-thresholds bench-captions bench-probe
+.PHONY: help setup test test-gpu test-all demo demo-data eda folds train distill pseudo thresholds submit report bench validate clean-demo lb lb-set plan \
+        bench-thresholds bench-captions bench-probe bench-recipe
 
 help:
 	@echo "make demo                 set up, then run the whole chain on generated data (CPU, minutes)"
@@ -33,8 +33,9 @@ help:
 	@echo "make demo-data            generate the synthetic demo competition under $(RUNS)/<COMP>/data (COMP=demo_label_files: label folder)"
 	@echo "make eda                  plots + summary under $(RUNS)/<COMP>/eda"
 	@echo "make folds                iterative stratified K-fold -> $(RUNS)/<COMP>/folds.csv (FORCE=1 to replace)"
-	@echo "make train MODEL=name     every fold of one backbone -> $(RUNS)/<COMP>/models/<MODEL>/"
+	@echo "make train MODEL=name     every fold of one backbone -> $(RUNS)/<COMP>/models/<MODEL>/ (NAME=: another folder, for a variant)"
 	@echo "make distill STUDENT=name one network on the blended ensemble's probabilities -> models/<STUDENT>-student/"
+	@echo "make pseudo               the blend's soft labels for the test rows -> $(RUNS)/<COMP>/pseudo/<NAME>/ (train with SET=pseudo=NAME)"
 	@echo "make thresholds           tune per-label thresholds alone (TRIALS=, METHOD=)"
 	@echo "make submit               blend + thresholds + budget -> $(RUNS)/<COMP>/submissions/*.csv"
 	@echo "make report               plots of the blend and its members"
@@ -44,11 +45,12 @@ help:
 	@echo "make plan                 GPU-hours per model from the bench records, and what fits the budget (MODELS= DEVICE=)"
 	@echo "make bench-thresholds     threshold searches and their nested CV at 30,000 x 18 (TRIALS=)"
 	@echo "make bench-captions DATA= captions member settings by 5-fold OOF score (after make folds)"
+	@echo "make bench-recipe DATA=   the README's CPU recipe for comp5329, every step timed, in an empty RUNS"
 	@echo "make bench-probe DATA=    frozen ImageNet features + logistic regression by input size (MODEL=)"
 	@echo "make clean-demo           remove $(RUNS)/demo (the generated competition and all trained on it)"
 	@echo "variables: COMP DATA K SEED RUNS MODEL EPOCHS FOLDS IMG BATCH LR FULLFIT WORKERS SET='key=value ...'"
 	@echo "           STUDENT TEACHER BLEND TEACHER_WEIGHT TEMPERATURE PSEUDO=0 NAME (make distill)"
-	@echo "           MODELS TRIALS METHOD IGNORE_BUDGET BUDGET_MB BUDGET_GPU_HOURS STORAGE FORCE"
+	@echo "           MODELS TRIALS METHOD BLENDS IGNORE_BUDGET BUDGET_MB BUDGET_GPU_HOURS STORAGE FORCE"
 
 setup: $(VENV)
 $(VENV): requirements.txt pyproject.toml
@@ -81,7 +83,7 @@ folds: $(VENV)
 	$(PY) -m folds $(common) --k $(K) --seed $(SEED) $(if $(FORCE),--force)
 
 train: $(VENV)
-	$(PY) -m pipelines train $(common) --model $(MODEL) $(if $(FORCE),--force) $(train_set)
+	$(PY) -m pipelines train $(common) --model $(MODEL) $(if $(NAME),--name $(NAME)) $(if $(FORCE),--force) $(train_set)
 
 distill: $(VENV)
 	$(PY) -m distill $(common) --student $(STUDENT) $(distill_set) $(if $(FORCE),--force) $(train_set)
@@ -95,8 +97,14 @@ bench-thresholds: $(VENV)
 bench-captions: $(VENV)
 	$(PY) benchmarks/captions_sweep.py --comp $(COMP) --data $(DATA) --runs $(RUNS)
 
+bench-recipe: $(VENV)
+	benchmarks/recipe.sh $(DATA) $(RUNS)
+
 bench-probe: $(VENV)
 	$(PY) benchmarks/linear_probe.py --comp $(COMP) --data $(DATA) --model $(MODEL)
+
+pseudo: $(VENV)
+	$(PY) -m distill.pseudo $(common) $(if $(MODELS),--models $(MODELS)) $(if $(BLEND),--blend $(BLEND)) $(if $(NAME),--name $(NAME))
 
 thresholds: $(VENV)
 	$(PY) -m submissions thresholds $(common) $(submit_set)

@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -76,7 +77,10 @@ def remove_temporaries(directory, name: str = "*") -> None:
     """Delete what atomic writes of `name` left in `directory` when a kill -9 cut them short. Call it only
     while holding the lock that makes this process the directory's one writer."""
     for stale in Path(directory).glob(f".{name}.*.tmp"):
-        stale.unlink(missing_ok=True)
+        if stale.is_dir():  # an artifact that is a folder (a saved text encoder)
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def write_text(path, text: str) -> None:

@@ -8,6 +8,8 @@ runs/<COMP>/
   cache/                          decoded images (uint8 .npy) and trunk features, keyed by their inputs
   models/<MODEL>/                 one backbone or the captions model (ModelLayout)
   thresholds/                     thresholds-<blend key>.json, optuna.db
+  nested/                         nested-<members+settings key>.json: the fully nested estimate of post-processing
+  pseudo/<NAME>/                  `make pseudo`: a blend's soft labels for the test rows (PseudoLayout)
   submissions/                    <COMP>-<time>-cv<score>.csv and its .json sidecar
   report/                         `make report` plots (report/cam/: Grad-CAM panels)
   bench/<MODEL>--<device>.json    `make bench` rates on one kind of machine, read by `make plan`
@@ -86,6 +88,10 @@ class ModelLayout:
         return self.dir / "test_full.csv"
 
     @property
+    def encoder(self) -> Path:      # a captions model's frozen sentence encoder, shared by its folds
+        return self.dir / "encoder"
+
+    @property
     def learning_curves(self) -> Path:
         return self.dir / "learning_curves.png"
 
@@ -95,6 +101,27 @@ class ModelLayout:
     @property
     def full(self) -> FitLayout:
         return FitLayout(self.dir / "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class PseudoLayout:
+    """runs/<COMP>/pseudo/<NAME>/: one blend's soft labels for the test rows (`make pseudo`)."""
+    dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def test(self) -> Path:         # ImageID,<labels>: the whole ensemble's (what a refit learns)
+        return self.dir / "test.csv"
+
+    def test_fold(self, f: int) -> Path:  # fold f's models only, which never saw fold f (what fold f learns)
+        return self.dir / f"test_fold{f}.csv"
+
+    @property
+    def record(self) -> Path:       # members, blend, score, k, sha256 of the probabilities; written last
+        return self.dir / "pseudo.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +185,12 @@ class RunLayout:
     @property
     def optuna_db(self) -> Path:
         return self.thresholds / "optuna.db"
+
+    def pseudo(self, name: str) -> PseudoLayout:
+        return PseudoLayout(self.root / "pseudo" / name)
+
+    def nested_file(self, key: str) -> Path:
+        return self.root / "nested" / f"nested-{key}.json"
 
     @property
     def submissions(self) -> Path:

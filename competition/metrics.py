@@ -23,7 +23,8 @@ def decide(prob: np.ndarray, thresholds=0.5, min_labels: int = 1) -> np.ndarray:
     if min_labels > 0:
         short = pred.sum(1) < min_labels
         if short.any():
-            top = np.argsort(-prob[short], axis=1)[:, :min_labels]
+            # Stable: among tied scores the first label wins, as np.argmax picks it (the threshold searches count so).
+            top = np.argsort(-prob[short], axis=1, kind="stable")[:, :min_labels]
             rows = np.nonzero(short)[0][:, None]
             pred[rows, top] = 1
     return pred

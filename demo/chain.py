@@ -21,7 +21,8 @@ from submissions.submit import run_submit
 # 128 px, where full fine-tuning at 64 px ran ~120 img/s and learned less in the same time. A second
 # backbone (mobilenetv2_100, OOF 0.670) cost 140 s and got weight 0 in the weighted blend beside the student.
 DEMO_MODELS = {
-    "tf_efficientnet_lite0": ["img_size=128", "epochs=8", "train_from=6"],
+    "tf_efficientnet_lite0": ["img_size=128", "epochs=8", "train_from=6", "lr=1e-3", "loss=bce",
+                              "select_metric=micro_f1"],
     "captions": [],
 }
 DEMO_K = 5
@@ -58,7 +59,8 @@ def summarize(ens, out: Path, run: RunLayout, n_plots: int, seconds: float) -> N
         print(f"member {name:<24} OOF {ens.metric} {score:.4f} (best global threshold)")
     print(f"blend ({ens.blend_name})".ljust(31) + f" OOF {ens.metric} {ens.blend['score']:.4f} (best global threshold)")
     art = ens.thresholds
-    print(f"blend + {art['method']} thresholds: OOF {ens.metric} {art['oof_score']:.4f}, nested CV {art['nested_score']:.4f}")
+    print(f"blend + {art['method']} thresholds: OOF {ens.metric} {art['oof_score']:.4f}, thresholds nested "
+          f"{art['nested_score']:.4f}, fully nested {ens.nested['score']:.4f}")
     for st in ens.students:
         print(f"student {st['name']}: OOF {ens.metric} {st['oof_score_global_thr']:.4f}, {st['size_mb']:.1f} MB; "
               f"its teacher: {st['teacher_oof_score_global_thr']:.4f}, {st['teacher_mb']:.1f} MB")

@@ -10,7 +10,7 @@ from competition.artifacts import read_json
 from competition.errors import UserError
 from competition.layout import RunLayout
 from pipelines.result import SoftTargets
-from submissions.blend import logit
+from submissions.blend import DEFAULT_BLENDS, logit
 from submissions.budget import Budget, gpu_hours_by_model
 from submissions.ensemble import build_ensemble
 from submissions.members import complete
@@ -60,7 +60,8 @@ def teacher_names(run: RunLayout, names: list[str] | None, student: str) -> list
 
 def build_teacher(spec, ds, run: RunLayout, names: list[str], blend: str | None = None, log=print) -> Teacher:
     """The ensemble of `names` with no budget (the teacher is never submitted), blended by `blend` or its best."""
-    ens = build_ensemble(spec, ds, run, names, Budget(None, None), log=lambda *_: None)
+    tried = DEFAULT_BLENDS if blend in (None, *DEFAULT_BLENDS) else (*DEFAULT_BLENDS, blend)
+    ens = build_ensemble(spec, ds, run, names, Budget(None, None), log=lambda *_: None, blends=tried)
     name = blend or ens.blend_name
     if name not in ens.blends:
         raise UserError(f"blend {name!r} is not available for {len(names)} member(s); valid: {', '.join(ens.blends)}")

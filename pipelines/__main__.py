@@ -20,6 +20,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default=None, help="plan: comma list (default: every model benched on the device)")
     ap.add_argument("--device", default=None, help="plan: the device of the bench records (default: this machine's)")
     ap.add_argument("--k", type=int, default=5, help="plan: folds, when there is no folds file yet")
+    ap.add_argument("--name", default=None, help="train: the model folder's name (default: the config's)")
     ap.add_argument("--force", action="store_true", help="start this model over if its run is incompatible")
     ap.add_argument("--steps", type=int, default=60, help="bench: timed steps per measurement (>= 50)")
     ap.add_argument("--images", type=int, default=None, help="bench: train rows used (default: all on CUDA, 1024 on CPU)")
@@ -32,7 +33,7 @@ def main(argv=None) -> int:
         return plan(a, spec, run, overrides)
     if a.model is None:
         raise UserError(f"{a.cmd} needs --model (MODEL=)")
-    cfg = resolve(a.model, overrides)
+    cfg = resolve(a.model, overrides, a.name)
     if cfg["kind"] == "captions" and not spec.caption_column:
         raise UserError(f"{spec.name} has no caption column: a captions model cannot be trained for it")
     ds = load_dataset(spec, a.data)

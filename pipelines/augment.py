@@ -145,8 +145,8 @@ class BatchAugment:
         x = (x - gray.mean((2, 3), keepdim=True)) * factor(c) + gray.mean((2, 3), keepdim=True)
         gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
         x = (x - gray) * factor(s) + gray
-        if hue:
-            x = self.hue_shift(x, on.view(n) * hue * (self.rand(n, device=dev) * 2 - 1))
+        if hue:  # only where jitter is on: the YIQ round trip is not exact, "off" images must stay untouched
+            x = torch.where(on.bool(), self.hue_shift(x, on.view(n) * hue * (self.rand(n, device=dev) * 2 - 1)), x)
         return x.clamp_(0, 255)
 
     @staticmethod

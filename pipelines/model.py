@@ -49,6 +49,15 @@ class MultiLabelNet(nn.Module):
     def trainable(self) -> nn.Module:
         return self.head if self.frozen else self
 
+    def group_matcher(self, coarse: bool = False):
+        """timm's layer grouping of the backbone, with the head after its last group: what timm's
+        `layer_decay` scales each parameter's learning rate by."""
+        from timm.models import group_parameters
+        ordinal = group_parameters(self.backbone, self.backbone.group_matcher(coarse), reverse=True)
+        ordinal = {f"backbone.{name}": layer for name, layer in ordinal.items()}
+        top = max(ordinal.values()) + 1
+        return lambda name: ordinal.get(name, top)
+
 
 def build_model(cfg: dict, num_classes: int) -> tuple[MultiLabelNet, str, tuple, tuple]:
     """Model, where its weights came from, and the normalisation mean/std of its pretraining."""

@@ -19,6 +19,7 @@ class FitResult:
     params: int
     device: str = "cpu"
     gpu_hours: float = 0.0
+    shared: list = dataclasses.field(default_factory=list)  # files or folders every fold's inference also needs
 
 
 @dataclasses.dataclass
@@ -28,3 +29,9 @@ class SoftTargets:
     join its training rows. Validation always scores against the true labels."""
     train: np.ndarray           # (train rows, labels) in [0, 1], train.csv order
     test: np.ndarray | None     # (test rows, labels) in [0, 1], test.csv order; None: no pseudo-labels
+    test_rows: np.ndarray | None = None  # the test rows that join training (test.csv positions); None: all
+
+    def joining(self) -> tuple[np.ndarray, np.ndarray]:
+        """(test.csv positions, their targets) of the pseudo-labelled rows that join training."""
+        rows = np.arange(len(self.test)) if self.test_rows is None else np.asarray(self.test_rows)
+        return rows, self.test[rows]

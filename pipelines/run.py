@@ -7,6 +7,8 @@ import hashlib
 import os
 import shutil
 import time
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import yaml
@@ -14,7 +16,7 @@ import yaml
 from competition import metrics, runlog
 from competition.artifacts import (atomic_path, exclusive_lock, file_sha256, read_json, remove_temporaries,
                                   write_csv, write_json, write_text)
-from competition.errors import UserError
+from competition.errors import UserError, offenders_error
 from competition.layout import FitLayout, ModelLayout, RunLayout
 from competition.reader import Dataset
 from folds.split import read_folds
@@ -30,6 +32,23 @@ def prob_frame(ids, prob: np.ndarray, tokens, fold=None) -> pd.DataFrame:
         frame.insert(0, "fold", fold)
     frame.insert(0, "ImageID", list(ids))
     return frame
+
+
+def read_probs(path: Path, ids, tokens) -> np.ndarray:
+    frame = pd.read_csv(path, dtype={"ImageID": str})
+    missing = [t for t in tokens if t not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: label columns {missing} missing (label order differs from the spec?)")
+    frame = frame.set_index("ImageID")
+    absent = [i for i in ids if i not in frame.index]
+    if absent or len(frame) != len(ids):
+        raise UserError(f"{path}: rows do not match the ids ({len(absent)} missing, {len(frame)} rows for {len(ids)} ids)")
+    prob = frame.loc[list(ids), list(tokens)].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(prob).all(1) | (prob < 0).any(1) | (prob > 1).any(1)
+    if bad.any():
+        raise offenders_error(path, "rows with missing or out-of-range probabilities (retrain this model)",
+                              [str(i) for i in np.asarray(ids)[bad]])
+    return prob
 
 
 def data_fingerprint(ds: Dataset, cfg: dict) -> str:
@@ -111,11 +130,14 @@ def write_meta(model: ModelLayout, cfg, spec, folds_sha, k, scores) -> dict:
     folds = {f: read_json(model.fold(f).done) for f in range(k) if model.fold(f).done.exists()}
     full = model.full.done
     weight_files = {f: info["weights"] for f, info in folds.items()}
+    shared = sorted({p for info in folds.values() for p in info.get("shared_weights", [])})
     meta = {
         "model": cfg["name"], "kind": cfg["kind"], "config": cfg, "folds_sha256": folds_sha,
         "data_sha256": read_json(model.run).get("data_sha256"), "k": k,
         "labels": spec.tokens, "folds": folds, "folds_done": sorted(folds),
         "weights_mb_per_fold": {f: round((model.dir / w).stat().st_size / 2**20, 3) for f, w in weight_files.items()},
+        "shared_weights": shared,  # needed once beside the fold (or refit) weights: a frozen encoder
+        "shared_mb": round(sum(weights_mb(model.dir / p) for p in shared), 3),
         "full": read_json(full) if full.exists() else None,
         "seconds": sum(info["seconds"] for info in folds.values()),
         "gpu_hours": sum(info["gpu_hours"] for info in folds.values()) + (read_json(full)["gpu_hours"] if full.exists() else 0),
@@ -125,6 +147,12 @@ def write_meta(model: ModelLayout, cfg, spec, folds_sha, k, scores) -> dict:
     return meta
 
 
+def weights_mb(path: Path) -> float:
+    """A weight file's size, or a folder's (a saved encoder)."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 2**20
+
+
 def train_model(spec, ds: Dataset, run: RunLayout, cfg: dict, force: bool = False, log=print,
                 targets_for=None) -> dict:
     """Every wanted fold, then the OOF file, the refit and meta.json. `targets_for(fold)` (fold None: the
@@ -132,6 +160,8 @@ def train_model(spec, ds: Dataset, run: RunLayout, cfg: dict, force: bool = Fals
     model = run.model(cfg["name"])
     fold_of = read_folds(run.folds, list(ds.train["id"]))
     k = int(fold_of.max()) + 1
+    if cfg["pseudo"]:
+        cfg, targets_for = with_pseudo(cfg, spec, ds, run, k, targets_for)
     folds_sha, data_sha = file_sha256(run.folds), data_fingerprint(ds, cfg)
     check_run(model, cfg, folds_sha, data_sha, spec.tokens, force, log)
     wanted = fold_list(cfg, k)
@@ -149,13 +179,23 @@ def train_model(spec, ds: Dataset, run: RunLayout, cfg: dict, force: bool = Fals
     plot_history(model, k)
     if scores and any(trained) and dist_rank() == 0:  # a re-run that trained nothing adds no row
         runlog.append(run, "train", cfg["name"], members=cfg["name"], metric=spec.metric,
-                      oof_score=scores[spec.metric + "_at_0.5"], size_mb=sum(meta["weights_mb_per_fold"].values()),
+                      oof_score=scores[spec.metric + "_at_0.5"], size_mb=sum(meta["weights_mb_per_fold"].values()) + meta["shared_mb"],
                       gpu_hours=meta["gpu_hours"])
     if scores:
         log(f"{cfg['name']}: OOF micro-F1@0.5 {scores['micro_f1_at_0.5']:.4f}  mAP {scores['mAP']:.4f}  -> {model.dir}")
     else:
         log(f"{cfg['name']}: folds done {meta['folds_done']} of {k}; oof.csv is written when all are")
     return meta
+
+
+def with_pseudo(cfg, spec, ds, run: RunLayout, k: int, targets_for):
+    """The config with the pseudo-labels' identity (a changed artifact stops a resume), and their targets."""
+    from pipelines.pseudo import pseudo_targets, read_pseudo
+    if targets_for is not None:
+        raise UserError("a distilled student learns the test rows from its teacher already: unset pseudo")
+    pseudo = read_pseudo(run, cfg["pseudo"], ds, spec.tokens, k)
+    return ({**cfg, "pseudo_sha256": pseudo.record["sha256"]},
+            pseudo_targets(pseudo, ds.targets(), cfg["pseudo_confidence"]))
 
 
 def distributed() -> bool:
@@ -208,7 +248,7 @@ def train_fold(cfg, spec, ds: Dataset, run: RunLayout, fold_of: np.ndarray, f: i
     fold_scores = metrics.summary(ds.targets()[val], result.val_prob, 0.5, spec.min_labels_per_image)
     write_json(fold.done, {
         "best_epoch": result.best_epoch, "seconds": round(seconds, 1), "hours": seconds / 3600,
-        "gpu_hours": result.gpu_hours, "device": result.device, "weights": str(result.weights.relative_to(model.dir)),
+        "gpu_hours": result.gpu_hours, "device": result.device, **weights_record(result, model),
         "weights_source": result.source, "params": result.params, "val": fold_scores})
     log(f"{cfg['name']} fold {f}: micro-F1@0.5 {fold_scores['micro_f1']:.4f} mAP {fold_scores['mAP']:.4f} "
         f"best epoch {result.best_epoch}, {seconds:.0f}s")
@@ -233,7 +273,13 @@ def fit_full(cfg, ds, run: RunLayout, model: ModelLayout, spec, k, log, targets_
     seconds = time.time() - t0
     write_json(model.full.done, {"epochs": epochs, "seconds": round(seconds, 1), "hours": seconds / 3600,
                                  "gpu_hours": result.gpu_hours, "device": result.device,
-                                 "weights": str(result.weights.relative_to(model.dir)), "params": result.params})
+                                 **weights_record(result, model), "params": result.params})
+
+
+def weights_record(result, model: ModelLayout) -> dict:
+    """Where a fit's weights lie, relative to the model folder (it moves with the run); shared ones counted once."""
+    return {"weights": str(result.weights.relative_to(model.dir)),
+            "shared_weights": [str(Path(p).relative_to(model.dir)) for p in result.shared]}
 
 
 def plot_history(model: ModelLayout, k: int) -> None:

@@ -8,6 +8,7 @@ Supported: timm's EfficientNet family (efficientnet_*, tf_efficientnet_lite*, mo
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sys
 from pathlib import Path
@@ -46,7 +47,7 @@ class TopOfNet(nn.Module):
         return self
 
 
-@torch.no_grad()
+@torch.inference_mode()  # not just no_grad: oneDNN then runs bf16 here ~1.4x faster (batch 64, 288 px)
 def trunk_forward(net, start: int, x):
     bb = net.backbone
     x = bb.bn1(bb.conv_stem(x))
@@ -55,10 +56,12 @@ def trunk_forward(net, start: int, x):
     return x
 
 
-def trunk_cache(net, start: int, image_cache: Path, mean, std, device, batch_size=64, quiet=False) -> Path:
-    """(N, 2, C, H, W) fp16: trunk output of each cached image and of its mirror image."""
-    # Keyed by the trunk's weights too: other pretrained weights give other features.
-    digest = hashlib.sha1()
+def trunk_cache(net, start: int, image_cache: Path, mean, std, device, infer_dtype=None, batch_size=64,
+                quiet=False) -> Path:
+    """(N, 2, C, H, W) fp16: trunk output of each cached image and of its mirror image, computed under
+    autocast to `infer_dtype` when given (bf16 on a CPU with AMX: 2.5x faster here)."""
+    # Keyed by the trunk's weights and the compute precision too: either changes the features.
+    digest = hashlib.sha1(str(infer_dtype).encode())
     for block in [net.backbone.conv_stem, net.backbone.bn1, *net.backbone.blocks[:start]]:
         for v in block.state_dict().values():
             digest.update(v.detach().cpu().numpy().tobytes())
@@ -69,8 +72,11 @@ def trunk_cache(net, start: int, image_cache: Path, mean, std, device, batch_siz
         images = np.load(image_cache, mmap_mode="r")
         trunk = net.to(device).eval()
         normalize = DeviceNormalize(mean, std, device, channels_last=True)
-        probe = trunk_forward(trunk, start, normalize(torch.from_numpy(np.array(images[:1]))))
-        with atomic_array(path, np.float16, (len(images), 2, *probe.shape[1:])) as out:
+        def amp():
+            return torch.autocast(device.type, dtype=infer_dtype) if infer_dtype else contextlib.nullcontext()
+        with amp():
+            probe = trunk_forward(trunk, start, normalize(torch.from_numpy(np.array(images[:1]))))
+        with atomic_array(path, np.float16, (len(images), 2, *probe.shape[1:])) as out, amp():
             for i in tqdm(range(0, len(images), batch_size), desc=f"trunk features {path.stem}", disable=quiet,
                           mininterval=2 if sys.stderr.isatty() else 30):
                 x = normalize(torch.from_numpy(np.array(images[i:i + batch_size])))

@@ -10,6 +10,7 @@ import pandas as pd
 
 from competition import load_dataset, load_spec
 from competition.layout import RunLayout
+from submissions.blend import BLENDS, DEFAULT_BLENDS
 from submissions.thresholds import METHODS
 
 
@@ -29,6 +30,8 @@ def main(argv=None) -> int:
     ap.add_argument("--storage", default=None,
                     help="Optuna storage URL for the threshold study (default: SQLite in the run folder); "
                          "a shared PostgreSQL URL lets several machines tune one study")
+    ap.add_argument("--blends", default=None, help=f"comma list of blends to try; valid: {', '.join(BLENDS)} "
+                                                   f"(default: {','.join(DEFAULT_BLENDS)})")
     ap.add_argument("--file", default=None, help="lb-set: the submission (its name or path)")
     ap.add_argument("--public", type=float, default=None, help="lb-set: its public leaderboard score")
     a = ap.parse_args(argv)
@@ -41,11 +44,12 @@ def main(argv=None) -> int:
     from submissions.budget import Budget
     from submissions.submit import run_submit, run_thresholds
     budget = Budget.of(spec, a.budget_mb, a.budget_gpu_hours, a.ignore_budget)
+    blends = a.blends.split(",") if a.blends else DEFAULT_BLENDS
     if a.cmd == "submit":
         command = "python -m submissions " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
-        run_submit(spec, ds, run, command, names, a.method, a.trials, a.seed, budget, a.storage)
+        run_submit(spec, ds, run, command, names, a.method, a.trials, a.seed, budget, a.storage, blends=blends)
         return 0
-    ens = run_thresholds(spec, ds, run, names, a.method, a.trials, a.seed, budget, a.storage)
+    ens = run_thresholds(spec, ds, run, names, a.method, a.trials, a.seed, budget, a.storage, blends=blends)
     if a.cmd == "report":
         from submissions.report import make_report
         for path in make_report(spec, ens, run.report):

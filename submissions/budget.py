@@ -97,3 +97,19 @@ def select(members, y, min_labels, max_mb, max_hours, metric="micro_f1"):
     size, hours = cost(chosen, use_full)
     reasons.append(f"within budget: {size:.1f} MB <= {max_mb} MB, {hours:.2f} <= {max_hours} GPU-hours")
     return chosen, use_full, reasons
+
+
+def fit_budget(members, y, min_labels, metric, budget: Budget, log=print):
+    """(members, use_full, notes): the best subset within budget, or all of them with a warning when ignored."""
+    if not budget.ignored:
+        members, use_full, notes = select(members, y, min_labels, budget.model_mb, budget.gpu_hours, metric)
+        for line in notes:
+            log(f"budget: {line}")
+        return members, use_full, notes
+    use_full = {m.name: False for m in members}
+    size, hours = cost(members, use_full)
+    if budget.allows(size, hours):
+        return members, use_full, []
+    return members, use_full, [f"WARNING: IGNORE_BUDGET: {size:.1f} MB / {hours:.2f} GPU-h exceeds the budget "
+                               f"({budget.model_mb} MB, {budget.gpu_hours} GPU-h); this submission breaks the "
+                               "competition rules"]

@@ -9,9 +9,10 @@ import numpy as np
 
 from competition.layout import RunLayout
 from folds.split import read_folds
-from submissions.blend import blend_all, quick_score
-from submissions.budget import Budget, cost, select
+from submissions.blend import DEFAULT_BLENDS, blend_all, check_blends, quick_score
+from submissions.budget import Budget, cost, fit_budget
 from submissions.members import Member, load_members
+from submissions.postprocess import best_blend
 
 
 @dataclasses.dataclass
@@ -24,11 +25,14 @@ class Ensemble:
     use_full: dict[str, bool]       # per member: its full-data refit instead of its fold models
     member_scores: dict[str, float]  # OOF metric at the best global threshold, scored once
     blends: dict[str, dict]         # method -> oof, test, weights, score
-    blend_name: str                 # the blend with the best OOF score
+    blend_name: str                 # the blend with the best selection score
     budget: Budget
     budget_notes: list[str]
     students: list[dict] = dataclasses.field(default_factory=list)  # distilled students and their teachers
+    candidates: list[Member] = dataclasses.field(default_factory=list)  # every member loaded, before the budget
     thresholds: dict | None = None  # the thresholds artifact, once tuned
+    nested: dict | None = None      # the fully nested estimate, once computed
+    blend_names: tuple = DEFAULT_BLENDS  # the blends tried
 
     @property
     def blend(self) -> dict:
@@ -41,8 +45,11 @@ class Ensemble:
         return cost(self.members, self.use_full)
 
 
-def build_ensemble(spec, ds, run: RunLayout, names=None, budget: Budget | None = None, log=print) -> Ensemble:
-    """Every complete member (or `names`), fitted into the budget, blended every way; the best blend chosen."""
+def build_ensemble(spec, ds, run: RunLayout, names=None, budget: Budget | None = None, log=print,
+                   blends=DEFAULT_BLENDS) -> Ensemble:
+    """Every complete member (or `names`), fitted into the budget, blended every way in `blends`; the best
+    blend chosen."""
+    blend_names = check_blends(blends)
     budget = budget or Budget.of(spec)
     metric, min_labels = spec.metric, spec.min_labels_per_image
     members = load_members(spec, ds, run, names, log=log)
@@ -53,6 +60,8 @@ def build_ensemble(spec, ds, run: RunLayout, names=None, budget: Budget | None =
             f"{m.folds_mb:.1f} MB folds{f', {m.full_mb:.1f} MB refit' if m.full_mb else ''}  {m.gpu_hours:.3f} GPU-h")
     loaded = members
     members, use_full, notes = fit_budget(members, y, min_labels, metric, budget, log)
+    if budget.ignored and notes:
+        print(notes[0], file=sys.stderr)
     students = [student_summary(m, scores[m.name], m in members, use_full) for m in loaded if m.distill]
     for st in students:
         log(f"student {st['name']}: OOF {metric} {st['oof_score_global_thr']:.4f}, {st['size_mb']:.1f} MB "
@@ -61,14 +70,15 @@ def build_ensemble(spec, ds, run: RunLayout, names=None, budget: Budget | None =
             f"{'in this submission' if st['chosen'] else 'left out'}")
     if students and not notes:
         log(f"budget forced nothing: {cost(members, use_full)[0]:.1f} MB within {budget.model_mb} MB")
-    blends = blend_all(members, y, fold, min_labels, use_full, metric)
+    blends = blend_all(members, y, fold, min_labels, use_full, metric, blend_names)
     for name, b in blends.items():
         weights = dict(zip([m.name for m in members], [round(float(w), 3) for w in b["weights"] or []]))
-        log(f"blend {name:<10} OOF {metric} (best global thr) {b['score']:.4f}" + (f"  weights {weights}" if weights else ""))
-    blend_name = max(blends, key=lambda k: blends[k]["score"])
+        log(f"blend {name:<14} OOF {metric} (best global thr) {b['score']:.4f}, selection "
+            f"{b['select']:.4f}" + (f"  weights {weights}" if weights else ""))
+    blend_name = best_blend({k: b["select"] for k, b in blends.items()})
     log(f"blend: {blend_name}")
     return Ensemble(metric, min_labels, y, fold, members, use_full, {m.name: scores[m.name] for m in members},
-                    blends, blend_name, budget, notes, students)
+                    blends, blend_name, budget, notes, students, loaded, blend_names=blend_names)
 
 
 def student_summary(m: Member, score: float, chosen: bool, use_full: dict) -> dict:
@@ -80,20 +90,3 @@ def student_summary(m: Member, score: float, chosen: bool, use_full: dict) -> di
             "teacher_oof_score_global_thr": d.get("teacher_score", float("nan")),
             "teacher_mb": d.get("teacher_mb", float("nan")), "teacher_gpu_hours": sum(m.teacher_gpu_hours.values()),
             "teacher_weight": d["weight"], "temperature": d["temperature"], "pseudo": d["pseudo"]}
-
-
-def fit_budget(members, y, min_labels, metric, budget: Budget, log):
-    """(members, use_full, notes): the best subset within budget, or all of them with a warning when ignored."""
-    if not budget.ignored:
-        members, use_full, notes = select(members, y, min_labels, budget.model_mb, budget.gpu_hours, metric)
-        for line in notes:
-            log(f"budget: {line}")
-        return members, use_full, notes
-    use_full = {m.name: False for m in members}
-    size, hours = cost(members, use_full)
-    if budget.allows(size, hours):
-        return members, use_full, []
-    warning = (f"WARNING: IGNORE_BUDGET: {size:.1f} MB / {hours:.2f} GPU-h exceeds the budget "
-               f"({budget.model_mb} MB, {budget.gpu_hours} GPU-h); this submission breaks the competition rules")
-    print(warning, file=sys.stderr)
-    return members, use_full, [warning]

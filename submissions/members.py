@@ -5,14 +5,13 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from competition.artifacts import file_sha256, read_json
-from competition.errors import UserError, offenders_error
+from competition.errors import UserError
 from competition.layout import ModelLayout, RunLayout
 from competition.reader import Dataset
 from folds.split import read_folds
-from pipelines.run import data_fingerprint
+from pipelines.run import data_fingerprint, read_probs, weights_mb
 
 
 @dataclasses.dataclass
@@ -48,23 +47,6 @@ class Member:
         return self.distill.get("teacher_gpu_hours", {}) if self.distill else {}
 
 
-def read_probs(path: Path, ids, tokens) -> np.ndarray:
-    frame = pd.read_csv(path, dtype={"ImageID": str})
-    missing = [t for t in tokens if t not in frame.columns]
-    if missing:
-        raise UserError(f"{path}: label columns {missing} missing (label order differs from the spec?)")
-    frame = frame.set_index("ImageID")
-    absent = [i for i in ids if i not in frame.index]
-    if absent or len(frame) != len(ids):
-        raise UserError(f"{path}: rows do not match the ids ({len(absent)} missing, {len(frame)} rows for {len(ids)} ids)")
-    prob = frame.loc[list(ids), list(tokens)].to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(prob).all(1) | (prob < 0).any(1) | (prob > 1).any(1)
-    if bad.any():
-        raise offenders_error(path, "rows with missing or out-of-range probabilities (retrain this model)",
-                              [str(i) for i in np.asarray(ids)[bad]])
-    return prob
-
-
 def load_member(model: ModelLayout, ds: Dataset, tokens) -> Member:
     meta = read_json(model.meta)
     k = meta["k"]
@@ -73,8 +55,9 @@ def load_member(model: ModelLayout, ds: Dataset, tokens) -> Member:
     test_by_fold = np.stack([read_probs(model.test_fold(f), test_ids, tokens) for f in range(k)])
     full = meta.get("full")
     test_full = read_probs(model.test_full, test_ids, tokens) if full else None
-    folds_mb = sum((model.dir / meta["folds"][str(f)]["weights"]).stat().st_size for f in range(k)) / 2**20
-    full_mb = (model.dir / full["weights"]).stat().st_size / 2**20 if full else None
+    shared_mb = sum(weights_mb(model.dir / p) for p in meta.get("shared_weights", []))  # once for every fold
+    folds_mb = sum((model.dir / meta["folds"][str(f)]["weights"]).stat().st_size for f in range(k)) / 2**20 + shared_mb
+    full_mb = (model.dir / full["weights"]).stat().st_size / 2**20 + shared_mb if full else None
     return Member(model.name, model.dir, meta, oof, test_by_fold.mean(0), test_by_fold, test_full, folds_mb, full_mb,
                   float(meta["gpu_hours"]), file_sha256(model.oof))
 

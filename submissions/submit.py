@@ -14,8 +14,10 @@ from competition.artifacts import exclusive_lock, read_json, write_csv, write_js
 from competition.errors import UserError
 from competition.layout import RunLayout
 from submissions import thresholds as th
+from submissions.blend import DEFAULT_BLENDS
 from submissions.budget import Budget
 from submissions.ensemble import Ensemble, build_ensemble
+from submissions.postprocess import Settings, fully_nested
 from submissions.validate import validate_frame
 
 
@@ -56,8 +58,8 @@ def tune_thresholds(run: RunLayout, ens: Ensemble, tokens, method=None, trials=2
     with exclusive_lock(path.with_name(f".{path.name}.lock")):  # one process on this machine tunes a study at a time
         rows = th.compare(ens.y, oof, ens.fold, ens.min_labels, trials, seed, storage=shared or url,
                           study_name=f"blend-{key}", metric=ens.metric)
-    chosen = method or max(rows, key=lambda r: (r["nested"], -th.METHODS.index(r["method"])))["method"]
-    row = next(r for r in rows if r["method"] == chosen)
+    row = th.pick(rows, method)
+    chosen = row["method"]
     ens.thresholds = {
         "method": chosen, "metric": ens.metric, "labels": list(tokens),
         "thresholds": {t: float(v) for t, v in zip(tokens, row["thresholds"])},
@@ -79,10 +81,36 @@ def print_table(rows, chosen, log=print) -> None:
 
 
 def run_thresholds(spec, ds, run: RunLayout, names=None, method=None, trials=200, seed=0, budget: Budget | None = None,
-                   storage: str | None = None, log=print) -> Ensemble:
-    ens = build_ensemble(spec, ds, run, names, budget, log)
+                   storage: str | None = None, log=print, blends=DEFAULT_BLENDS) -> Ensemble:
+    ens = build_ensemble(spec, ds, run, names, budget, log, blends)
     tune_thresholds(run, ens, spec.tokens, method, trials, seed, storage, log)
     return ens
+
+
+def nested_key(ens: Ensemble, settings: Settings) -> str:
+    """The fully nested estimate is reused only for the very same candidate members, folds and settings."""
+    h = hashlib.sha256(settings.key().encode())
+    h.update(np.asarray(ens.fold).tobytes())
+    for m in ens.candidates:
+        h.update(f"|{m.name}|{m.oof_sha256}|{m.folds_mb:.6f}|{m.full_mb}|{m.gpu_hours:.6f}".encode())
+    return h.hexdigest()[:16]
+
+
+def estimate_nested(run: RunLayout, ens: Ensemble, method=None, trials=200, seed=0, log=print) -> dict:
+    """The whole post-processing repeated on K-1 folds and scored on the held-out one (an artifact, reused)."""
+    settings = Settings(ens.metric, ens.min_labels, ens.budget, method, trials, seed, ens.blend_names)
+    path = run.nested_file(nested_key(ens, settings))
+    if path.exists():
+        ens.nested = read_json(path)
+        log(f"fully nested: reusing {path} (members and settings unchanged)")
+    else:
+        ens.nested = fully_nested(ens.candidates, ens.y, ens.fold, settings, log)
+        write_json(path, ens.nested)
+    art = ens.thresholds
+    log(f"{art['method']} thresholds on the {ens.blend_name} blend: OOF in-sample {art['oof_score']:.4f}, "
+        f"thresholds nested {art['nested_score']:.4f}, fully nested (members, blend, thresholds) "
+        f"{ens.nested['score']:.4f}")
+    return ens.nested
 
 
 def submission_frame(spec, ds, test_prob, thresholds) -> pd.DataFrame:
@@ -92,14 +120,15 @@ def submission_frame(spec, ds, test_prob, thresholds) -> pd.DataFrame:
 
 
 def run_submit(spec, ds, run: RunLayout, command: str, names=None, method=None, trials=200, seed=0,
-               budget: Budget | None = None, storage: str | None = None, log=print) -> tuple:
+               budget: Budget | None = None, storage: str | None = None, log=print, blends=DEFAULT_BLENDS) -> tuple:
     """Writes the submission and its sidecar; returns (path, the ensemble)."""
-    ens = run_thresholds(spec, ds, run, names, method, trials, seed, budget, storage, log)
+    ens = run_thresholds(spec, ds, run, names, method, trials, seed, budget, storage, log, blends)
+    estimate_nested(run, ens, method, trials, seed, log)
     thr = ens.threshold_vector(spec.tokens)
     frame = submission_frame(spec, ds, ens.blend["test"], thr)
     validate_frame(frame, spec, list(ds.test["id"]))
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = run.submission(spec.name, stamp, ens.thresholds["nested_score"])
+    out = run.submission(spec.name, stamp, ens.nested["score"])
     sidecar = sidecar_of(spec, ens, out.name, command, stamp)
     write_csv(out, frame, float_format=None)
     write_json(out.with_suffix(".json"), sidecar)
@@ -123,10 +152,13 @@ def sidecar_of(spec, ens: Ensemble, name: str, command: str, stamp: str) -> dict
                     for m in ens.members],
         "blend": {"method": ens.blend_name, "weights": blend["weights"],
                   "oof_score_global_thr_chosen": blend["score"],
-                  "oof_score_global_thr": {k: b["score"] for k, b in ens.blends.items()}},
+                  "oof_score_global_thr": {k: b["score"] for k, b in ens.blends.items()},
+                  "selection_score": {k: b["select"] for k, b in ens.blends.items()}},
         "thresholds": art["thresholds"], "threshold_method": art["method"],
         "oof_score": th.score(ens.y, blend["oof"], thr, ens.min_labels, ens.metric),
-        "nested_score": art["nested_score"],
+        "nested_score": ens.nested["score"],
+        "nested_per_fold": ens.nested["per_fold"],
+        "threshold_nested_score": art["nested_score"],
         "threshold_comparison": art["comparison"],
         "oof_metrics": metrics.summary(ens.y, blend["oof"], thr, ens.min_labels),
         "best_member_oof_score": max(ens.member_scores.values()),

@@ -34,8 +34,33 @@ def score(y, prob, thresholds, min_labels=1, metric="micro_f1") -> float:
 
 
 def global_threshold(y, prob, min_labels=1, metric="micro_f1") -> np.ndarray:
-    best = max(GRID, key=lambda t: score(y, prob, t, min_labels, metric))
+    if objective(metric).exact_thresholds and min_labels <= 1:
+        best = GRID[int(np.argmax(micro_f1_at_each(y, prob, GRID, min_labels)))]
+    else:
+        best = max(GRID, key=lambda t: score(y, prob, t, min_labels, metric))
     return np.full(prob.shape[1], float(best))
+
+
+def micro_f1_at_each(y, prob, grid, min_labels=1) -> np.ndarray:
+    """micro-F1 of decide(prob, t, min_labels) for every t of `grid` at once (min_labels 0 or 1), by counting
+    with sorted scores instead of deciding once per t: blend weight searches call this thousands of times."""
+    y = np.asarray(y).astype(bool)
+    prob = np.asarray(prob, dtype=np.float64)
+    grid = np.asarray(grid, dtype=np.float64)
+
+    def at_least(sorted_values):  # how many values are >= each t
+        return len(sorted_values) - np.searchsorted(sorted_values, grid, side="left")
+    predicted = at_least(np.sort(prob.ravel()))
+    tp = at_least(np.sort(prob[y]))
+    if min_labels >= 1:  # a row with nothing above t gets its top label: its max is below t
+        top = np.argmax(prob, axis=1)
+        row_max = prob[np.arange(len(prob)), top]
+        empty = len(prob) - at_least(np.sort(row_max))
+        top_true = y[np.arange(len(prob)), top]
+        empty_true = np.sum(top_true) - at_least(np.sort(row_max[top_true]))
+        predicted, tp = predicted + empty, tp + empty_true
+    denom = predicted + y.sum()
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
 
 
 def cuts(sorted_scores: np.ndarray) -> np.ndarray:
@@ -151,6 +176,13 @@ def nested_score(method, y, prob, fold, min_labels=1, trials=200, seed=0, metric
         thr = tune(method, y[inner], prob[inner], min_labels, trials, seed, metric=metric)
         pred[outer] = decide(prob[outer], thr, min_labels)
     return objective(metric).score(y, pred)
+
+
+def pick(rows: list[dict], method: str | None = None) -> dict:
+    """The compared row of `method`, or the best nested score (ties: the simpler method)."""
+    if method:
+        return next(r for r in rows if r["method"] == method)
+    return max(rows, key=lambda r: (r["nested"], -METHODS.index(r["method"])))
 
 
 def compare(y, prob, fold, min_labels=1, trials=200, seed=0, methods=None, storage=None, study_name=None,

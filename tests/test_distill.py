@@ -98,3 +98,52 @@ def test_a_changed_teacher_is_not_reused_silently(teacher_run):
         run_distill(spec, ds, run, resolve("captions"), log=lambda *_: None)
     with pytest.raises(UserError, match="cannot be its own teacher"):
         run_distill(spec, ds, run, cfg, teacher=["tiny-student"], log=lambda *_: None)
+
+
+def test_pseudo_labels_come_from_each_folds_own_models(teacher_run, monkeypatch):
+    """`make pseudo` writes the blend's test probabilities per fold; a model trained with pseudo=NAME learns fold
+    f's test rows from fold f's models only (they never saw fold f), keeps the labels of its train rows, and the
+    confidence rule keeps only rows the ensemble is sure of."""
+    spec, ds, run, fold = teacher_run
+    import pipelines.images
+    from distill.pseudo import write_pseudo
+    record = write_pseudo(spec, ds, run, ["captions"], blend="mean", name="marks", log=lambda *_: None)
+    assert record["members"] == ["captions"] and record["k"] == K and run.pseudo("marks").record.exists()
+    seen, real_fit = [], pipelines.images.fit
+    monkeypatch.setattr(pipelines.images, "fit", lambda cfg, data, *a, **kw: seen.append(data) or real_fit(cfg, data, *a, **kw))
+    # marks 0.15, 0.35, 0.55 per fold: max(p, 1 - p) = 0.85, 0.65, 0.55; at 0.6 fold 2's rows stay out
+    train_model(spec, ds, run, resolve("tiny", ["epochs=1", "pseudo=marks", "pseudo_confidence=0.6", "fullfit=true"]),
+                log=lambda *_: None)
+    y, n = ds.targets().astype(float), len(ds.train)
+    assert len(seen) == K + 1
+    for f, data in enumerate(seen[:K]):
+        rows = data.train_rows[data.train_rows < n]
+        assert (fold[rows] != f).all() and (fold[data.val_rows] == f).all()
+        np.testing.assert_array_equal(data.train_y[:len(rows)], y[rows])  # train rows keep their labels
+        test_y = data.train_y[len(rows):]
+        if f < 2:
+            assert (data.train_rows[len(rows):] == n + np.arange(len(ds.test))).all()
+            np.testing.assert_allclose(test_y, pseudo_mark(f), atol=1e-6)
+        else:
+            assert len(test_y) == 0
+    refit = seen[K]  # the mean over folds, 0.35: 0.65 sure, so every test row joins
+    np.testing.assert_allclose(refit.train_y[n:], np.mean([pseudo_mark(f) for f in range(K)]), atol=1e-6)
+    assert read_json(run.model("tiny").meta)["config"]["pseudo_sha256"] == record["sha256"]
+
+
+def test_pseudo_label_errors_and_captions_learn_soft_labels(teacher_run):
+    spec, ds, run, fold = teacher_run
+    from distill.pseudo import write_pseudo
+    with pytest.raises(UserError, match="no pseudo-labels 'nope'"):
+        train_model(spec, ds, run, resolve("tiny", ["epochs=1", "pseudo=nope"]), log=lambda *_: None)
+    with pytest.raises(UserError, match="pseudo_confidence=0.3"):
+        resolve("tiny", ["pseudo_confidence=0.3"])
+    write_pseudo(spec, ds, run, ["captions"], name="p", log=lambda *_: None)
+    cfg = resolve("captions", ["pseudo=p"]) | {"name": "captions_pseudo"}
+    meta = train_model(spec, ds, run, cfg, log=lambda *_: None)  # soft targets as weighted 0/1 rows
+    assert len(meta["folds_done"]) == K
+    changed = read_json(run.pseudo("p").record) | {"sha256": "0" * 64}
+    from competition.artifacts import write_json
+    write_json(run.pseudo("p").record, changed)
+    with pytest.raises(UserError, match="config differs: pseudo_sha256"):
+        train_model(spec, ds, run, cfg, log=lambda *_: None)

@@ -44,6 +44,9 @@ def test_config_overrides_and_unknown_keys():
         resolve("tiny", ["epoch=3"])
     with pytest.raises(UserError, match="unknown model 'nope'; valid: .*tf_efficientnet_lite0"):
         resolve("nope")
+    assert resolve("tiny")["name"] == "tiny" and resolve("tiny", [], "tiny-384")["name"] == "tiny-384"
+    with pytest.raises(UserError, match="model name '../x'"):
+        resolve("tiny", [], "../x")
 
 
 @pytest.mark.parametrize("override, message", [
@@ -80,7 +83,8 @@ def test_every_config_builds():
             assert cfg["backbone"] in timm.list_models(), name
 
 
-@pytest.mark.parametrize("backbone", ["tf_efficientnet_lite0", "mobilenetv2_100"])
+@pytest.mark.parametrize("backbone", ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2",
+                                      "mobilenetv2_100"])
 def test_offline_weights_load_and_verify(backbone):
     model = timm.create_model(backbone, num_classes=0)
     before = model.conv_stem.weight.clone()
@@ -252,6 +256,34 @@ def test_captions_member_same_contract_no_pickle(demo_data, tmp_path):
     assert np.allclose(model.predict(ds.test.caption.to_numpy()), test, atol=1e-6)
 
 
+def test_sentence_encoder_captions_member_saves_and_counts_its_encoder(demo_data, tmp_path):
+    """The frozen encoder is saved once beside the folds (fp16), every embedding comes from that copy, inference
+    from the saved files reproduces the fold's test predictions, and the encoder counts toward the size once."""
+    from pipelines.captions import CaptionModel
+    from pipelines.run import train_model
+    from folds.split import write_folds
+    from submissions.members import load_members
+    spec = load_spec("demo")
+    ds, run = load_dataset(spec, demo_data), RunLayout.of(tmp_path, "demo")
+    write_folds(run, ds, spec, 3, 0, False)
+    train_model(spec, ds, run, resolve("captions_minilm", ["fullfit=true"]), log=lambda *_: None)
+    d = run.model("captions_minilm")
+    meta = json.loads(d.meta.read_text())
+    assert meta["shared_weights"] == ["encoder"] and 40 < meta["shared_mb"] < 50  # 22.7M parameters in fp16
+    from safetensors import safe_open
+    with safe_open(str(d.encoder / "model.safetensors"), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
+    model = CaptionModel.load(d.fold(1).captions_model)
+    test = pd.read_csv(d.test_fold(1))[spec.tokens].to_numpy()
+    assert np.allclose(model.predict(ds.test.caption.to_numpy()), test, atol=1e-5)
+    member, = load_members(spec, ds, run, ["captions_minilm"])
+    fold_files = sum((d.dir / meta["folds"][str(f)]["weights"]).stat().st_size for f in range(3)) / 2**20
+    assert member.folds_mb == pytest.approx(fold_files + meta["shared_mb"], abs=1e-3)
+    assert member.full_mb == pytest.approx((d.dir / meta["full"]["weights"]).stat().st_size / 2**20
+                                           + meta["shared_mb"], abs=1e-3)
+    assert not list(d.dir.glob(".encoder.*.tmp"))
+
+
 def test_captions_refused_without_caption_column(tmp_path):
     spec = tmp_path / "nocap.yaml"
     spec.write_text("name: nocap\ndata: d\nlabels: {a: A}\n")
@@ -336,6 +368,16 @@ def test_replaced_image_rebuilds_the_cache(demo_copy, tmp_path):
     assert second != first
     row = ds.train.id.tolist().index("3.jpg")
     assert np.load(second)[row, ..., 0].mean() > 200 and np.load(first)[row, ..., 0].mean() < 200
+
+
+def test_touched_images_keep_the_cache(demo_copy, tmp_path):
+    """A re-download or plain `cp` gives the same bytes new modification times: nothing turns stale."""
+    import os
+    spec = load_spec("demo")
+    first = build_cache(load_dataset(spec, demo_copy), RunLayout(tmp_path), 24, workers=1, quiet=True)
+    for path in (demo_copy / "data").iterdir():
+        os.utime(path, (1e9, 1e9))
+    assert build_cache(load_dataset(spec, demo_copy), RunLayout(tmp_path), 24, workers=1, quiet=True) == first
 
 
 def test_killed_cache_build_leaves_nothing_behind(demo_copy, tmp_path):

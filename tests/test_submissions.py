@@ -48,6 +48,20 @@ def test_exact_search_is_coordinatewise_optimal(min_labels):
             assert th.score(y, prob, trial, min_labels) <= best + 1e-12
 
 
+@pytest.mark.parametrize("min_labels", [0, 1])
+def test_micro_f1_at_every_threshold_at_once_equals_deciding_each(min_labels):
+    """The counting shortcut behind the global threshold gives what decide() + sklearn give, ties included
+    (scores rounded to 2 digits tie often, within rows too)."""
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        n, labels = rng.integers(5, 120), rng.integers(2, 6)  # one column would be a binary task to sklearn
+        y = (rng.random((n, labels)) < 0.3).astype(np.uint8)
+        prob = np.round(rng.random((n, labels)), 2)
+        fast = th.micro_f1_at_each(y, prob, th.GRID, min_labels)
+        slow = [f1_score(y, decide(prob, t, min_labels), average="micro", zero_division=0) for t in th.GRID]
+        np.testing.assert_allclose(fast, slow, atol=1e-12)
+
+
 def test_exact_search_handles_the_rule_exactly():
     """Brute force over a tiny grid, with the at-least-one rule, agrees with coordinate ascent's optimum."""
     y, prob = synthetic(n=60, labels=3, seed=4)
@@ -153,7 +167,9 @@ def test_submit_end_to_end_and_threshold_reuse(trained):
     assert len(subs) == 1
     side = json.loads(subs[0].with_suffix(".json").read_text())
     assert {m["name"] for m in side["members"]} == {"tiny", "captions"}
-    assert side["blend"]["oof_score_global_thr_chosen"] >= side["best_member_oof_score"] - 1e-12
+    assert side["blend"]["oof_score_global_thr"]["weighted"] >= side["best_member_oof_score"] - 1e-12
+    chosen = side["blend"]["method"]
+    assert side["blend"]["selection_score"][chosen] == max(side["blend"]["selection_score"].values())
     assert {r["method"] for r in side["threshold_comparison"]} == {"fixed", "global", "exact", "optuna"}
     assert set(side["thresholds"]) == set(load_spec("demo").tokens)
     r = cli("-m", "submissions.validate", str(subs[0]), "--comp", "demo", "--data", str(data))
@@ -357,3 +373,56 @@ def test_grad_cam_panels_one_per_label_and_maps_differ_between_labels(demo_data,
     maps = label_maps(net, image, mean, std, top)
     assert maps.shape == (2, 128, 128) and np.isfinite(maps).all() and maps.max() > 0
     assert np.abs(maps[0] - maps[1]).max() > 1e-3  # each label's own map, not one map for every label
+
+
+def nested_case(n, labels, noise_members, seed):
+    """One weakly informative member among pure-noise ones, on few rows: a blend and per-label thresholds
+    tuned on these rows fit their noise."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, labels)) < 0.3).astype(np.uint8)
+    weak = np.clip(0.35 + 0.15 * y + rng.normal(0, 0.2, y.shape), 0.01, 0.99)
+    members = [member("weak", weak, 1, 0)] + [member(f"noise{i}", rng.random(y.shape), 1, 0)
+                                               for i in range(noise_members)]
+    return y, np.arange(n) % 4, members
+
+
+def test_fully_nested_is_below_in_sample_when_post_processing_overfits():
+    from submissions.budget import Budget
+    from submissions.postprocess import Settings, choose, fully_nested
+    y, fold, members = nested_case(160, 4, 3, seed=0)
+    settings = Settings("micro_f1", 1, Budget(None, None), trials=5)
+    in_sample = choose(members, y, fold, settings).in_sample
+    nested = fully_nested(members, y, fold, settings, log=lambda *_: None)
+    assert nested["score"] < in_sample - 0.01  # tuned on the rows it is scored on vs on other rows
+    assert [r["fold"] for r in nested["per_fold"]] == [0, 1, 2, 3]
+    assert all(set(r) >= {"members", "blend", "threshold_method", "score"} for r in nested["per_fold"])
+
+
+def test_fully_nested_equals_in_sample_when_nothing_is_tuned():
+    """One member, its plain mean, fixed thresholds: nothing to tune, so nesting changes nothing."""
+    from submissions.budget import Budget
+    from submissions.postprocess import Settings, choose, fully_nested
+    y, fold, members = nested_case(120, 3, 0, seed=1)
+    settings = Settings("micro_f1", 1, Budget(None, None), method="fixed", blends=("mean",))
+    in_sample = choose(members, y, fold, settings).in_sample
+    assert fully_nested(members, y, fold, settings, log=lambda *_: None)["score"] == pytest.approx(in_sample)
+    assert in_sample == pytest.approx(th.score(y, members[0].oof, 0.5, 1))
+
+
+def test_fully_nested_choices_see_only_their_training_folds(monkeypatch):
+    """Each outer fold's post-processing gets exactly the other folds' rows, labels and member OOF."""
+    from submissions import postprocess
+    from submissions.budget import Budget
+    y, fold, members = nested_case(120, 3, 1, seed=2)
+    seen = []
+    real = postprocess.choose
+
+    def spy(ms, yy, ff, settings):
+        seen.append(sorted(set(ff)))
+        rows = fold != len(seen) - 1
+        assert np.array_equal(yy, y[rows]) and all(np.array_equal(a.oof, b.oof[rows]) for a, b in zip(ms, members))
+        return real(ms, yy, ff, settings)
+    monkeypatch.setattr(postprocess, "choose", spy)
+    postprocess.fully_nested(members, y, fold, postprocess.Settings("micro_f1", 1, Budget(None, None), trials=3),
+                             log=lambda *_: None)
+    assert seen == [sorted(set(range(4)) - {f}) for f in range(4)]

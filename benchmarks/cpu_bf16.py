@@ -1,0 +1,77 @@
+"""CPU inference in bf16 (what `amp: true` does on a CPU with AMX or AVX512-BF16): speed, and what it changes
+in a trained model's validation predictions.
+
+    .venv/bin/python benchmarks/cpu_bf16.py --comp comp5329 --data ../shared/datasets/comp5329-6k \
+        --runs runs/6k --model tf_efficientnet_lite2_cpu --fold 0 --rows 600
+
+Loads fold `--fold` of a trained image model (its saved full network), and predicts `--rows` of that fold's
+validation images from the image cache with `pipelines.train.predict` (flip TTA), once in fp32 and once under
+bf16 autocast, after a warm-up batch each. Prints img/s of both, the largest probability difference, and
+mAP / micro-F1 at 0.5 of both against the true labels. Fails if bf16 is not at least 1.2x faster or moves
+mAP by more than 0.005.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from competition import load_dataset, load_spec, metrics
+from competition.artifacts import read_json
+from competition.layout import RunLayout
+from folds.split import read_folds
+from pipelines.cache import build_cache
+from pipelines.data import DeviceBatches, DeviceNormalize, load_cache_rows
+from pipelines.model import build_model
+from pipelines.train import cpu_has_bf16, load_weights, predict
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--comp", default="comp5329")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--runs", default="runs")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--fold", type=int, default=0)
+    ap.add_argument("--rows", type=int, default=600)
+    a = ap.parse_args()
+    if not cpu_has_bf16():
+        raise SystemExit("this CPU has no native bf16 (AMX or AVX512-BF16): amp stays off on it")
+    spec = load_spec(a.comp)
+    ds = load_dataset(spec, a.data, check=False)
+    run = RunLayout.of(a.runs, spec.name)
+    model = run.model(a.model)
+    meta = read_json(model.meta)
+    cfg = {**meta["config"], "pretrained": "none", "train_from": None}
+    net, _, mean, std = build_model(cfg, len(spec.tokens))
+    load_weights(net, model.dir / meta["folds"][str(a.fold)]["weights"])
+    net.eval().to(memory_format=torch.channels_last)
+    fold = read_folds(run.folds, list(ds.train["id"]))
+    rows = np.nonzero(fold == a.fold)[0][:a.rows]
+    cpu = torch.device("cpu")
+    images = load_cache_rows(build_cache(ds, run, cfg["img_size"]), cpu)
+    to_input = DeviceNormalize(mean, std, cpu, channels_last=True)
+    y = ds.targets()[rows]
+    out = {}
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        predict(net, DeviceBatches(images, rows[:32], None, 32, cpu), to_input, cpu, dtype, tta=True)  # warm-up
+        t0 = time.perf_counter()
+        prob = predict(net, DeviceBatches(images, rows, None, 64, cpu), to_input, cpu, dtype, tta=True)
+        seconds = time.perf_counter() - t0
+        out[name] = prob
+        print(f"{name}: {2 * len(rows) / seconds:6.1f} img/s (flip TTA: 2 passes per row)  "
+              f"mAP {metrics.mean_average_precision(y, prob):.4f}  micro-F1@0.5 "
+              f"{metrics.f1(y, metrics.decide(prob, 0.5)):.4f}", flush=True)
+        out[name + "_s"] = seconds
+    diff = np.abs(out["fp32"] - out["bf16"]).max()
+    d_map = metrics.mean_average_precision(y, out["bf16"]) - metrics.mean_average_precision(y, out["fp32"])
+    speedup = out["fp32_s"] / out["bf16_s"]
+    print(f"bf16 vs fp32: {speedup:.2f}x faster, max |dp| {diff:.4f}, mAP change {d_map:+.4f}")
+    if speedup < 1.2 or abs(d_map) > 0.005:
+        raise SystemExit("bf16 inference is not worth it here: keep amp off on this CPU")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The whole post-processing as one function of OOF rows, and its fully nested estimate.
+
+Post-processing = member choice (the best subset within budget), every blend, the best blend, the threshold
+method (the best nested score) and its thresholds: everything `make submit` tunes after the members are
+trained. `fully_nested` repeats all of it on K-1 folds' OOF rows, applies what it chose to the held-out
+fold's member OOF, and pools the K held-out folds' decisions into one score. Nothing in that score was
+tuned on the rows it is scored on, except the members themselves: a member's OOF row comes from a model
+that saw the other folds, the one leak every stacked pipeline keeps.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from competition.metrics import decide, objective
+from submissions import thresholds as th
+from submissions.blend import BLENDS, DEFAULT_BLENDS, fit_blends
+from submissions.budget import Budget, fit_budget
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What post-processing is allowed to choose, and how hard it searches."""
+    metric: str
+    min_labels: int
+    budget: Budget
+    method: str | None = None       # threshold method; None: the best nested score
+    trials: int = 200
+    seed: int = 0
+    blends: tuple = DEFAULT_BLENDS
+
+    def key(self) -> str:
+        return (f"{self.metric}|{self.min_labels}|{self.budget.model_mb}|{self.budget.gpu_hours}|"
+                f"{self.budget.ignored}|{self.method}|{self.trials}|{self.seed}|{','.join(self.blends)}")
+
+
+def best_blend(scores: dict[str, float]) -> str:
+    """The blend with the best selection score; ties go to the simpler one (BLENDS order)."""
+    return max(scores, key=lambda k: (scores[k], -BLENDS.index(k)))
+
+
+@dataclasses.dataclass
+class Choice:
+    """What post-processing chose on some rows, applicable to other rows' member probabilities."""
+    members: list[str]
+    blend_name: str
+    blend: object
+    method: str
+    thresholds: np.ndarray
+    min_labels: int
+    in_sample: float                # its thresholds' score on its blend's OOF over the rows it chose on
+
+    def predict(self, probs: dict[str, np.ndarray]) -> np.ndarray:
+        prob = self.blend.apply([probs[name] for name in self.members])
+        return decide(prob, self.thresholds, self.min_labels)
+
+    def summary(self) -> dict:
+        return {"members": self.members, "blend": self.blend_name, "threshold_method": self.method}
+
+
+def choose(members, y, fold, settings: Settings) -> Choice:
+    """The post-processing `make submit` runs, on these rows alone (members' `oof` holds exactly them)."""
+    chosen, _, _ = fit_budget(members, y, settings.min_labels, settings.metric, settings.budget, log=lambda *_: None)
+    fitted = fit_blends([m.oof for m in chosen], y, fold, settings.min_labels, settings.metric, settings.blends)
+    name = best_blend({k: v.select for k, v in fitted.items()})
+    blend, oof = fitted[name].blend, fitted[name].oof
+    rows = th.compare(y, oof, fold, settings.min_labels, settings.trials, settings.seed, methods=(
+        (settings.method,) if settings.method else None), metric=settings.metric)
+    row = th.pick(rows, settings.method)
+    return Choice([m.name for m in chosen], name, blend, row["method"], row["thresholds"], settings.min_labels,
+                  row["in_sample"])
+
+
+def fully_nested(members, y, fold, settings: Settings, log=print) -> dict:
+    """choose() on every K-1 folds, scored on the held-out fold; pooled score, per-fold scores and choices."""
+    pred = np.zeros_like(y, dtype=np.uint8)
+    per_fold = []
+    score = objective(settings.metric).score
+    for f in np.unique(fold):
+        inner, outer = fold != f, fold == f
+        choice = choose([dataclasses.replace(m, oof=m.oof[inner]) for m in members], y[inner], fold[inner], settings)
+        pred[outer] = choice.predict({m.name: m.oof[outer] for m in members})
+        per_fold.append({"fold": int(f), "score": score(y[outer], pred[outer]), **choice.summary()})
+        log(f"fully nested: fold {f} {per_fold[-1]['score']:.4f} ({choice.blend_name} of "
+            f"{'+'.join(choice.members)}, {choice.method} thresholds)")
+    return {"score": score(y, pred), "per_fold": per_fold}
