@@ -65,10 +65,6 @@ def save_encoder(name: str, source: str, folder: Path) -> Path:
     return build_once(folder, build)
 
 
-def folder_mb(folder: Path) -> float:
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 2**20
-
-
 def encode(folder: Path, texts, batch_size: int = 128) -> np.ndarray:
     """Unit-norm sentence embeddings (float32) of `texts` by the saved encoder."""
     model = load(folder)

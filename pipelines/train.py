@@ -49,7 +49,8 @@ def cpu_has_bf16() -> bool:
 
 def device_setup(cfg: dict, dist: Dist):
     """(device, training autocast dtype, inference autocast dtype). On a CPU with native bf16, inference
-    runs in bf16 (2.2-2.9x faster forward passes here) but training stays fp32: its backward was no faster."""
+    runs in bf16 (2.0x faster predictions here, benchmarks/cpu_bf16.py) but training stays fp32: its backward
+    was no faster."""
     if cfg["device"] not in ("auto", "cpu", "cuda"):
         raise UserError(f"unknown device {cfg['device']!r}; valid: auto, cpu, cuda")
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
@@ -237,7 +238,7 @@ def setup(cfg: dict, data: FoldData, dist: Dist) -> Setup:
         train_loader, val_loader, test_loader, to_input, trained = trunk_inputs(
             cfg, data, net, mean, std, device, infer_dtype, channels_last, dist)
     updates = len(train_loader) if cfg["max_train_batches"] is None else min(len(train_loader), cfg["max_train_batches"])
-    if cfg["layer_decay"] is not None and trained is not net or cfg["mode"] == "frozen" and cfg["layer_decay"]:
+    if cfg["layer_decay"] is not None and (trained is not net or cfg["mode"] == "frozen"):
         raise UserError("layer_decay applies to full fine-tuning only (no train_from, mode: finetune)")
     optimizer = create_optimizer_v2(trained.trainable(), opt=cfg["optimizer"], lr=cfg["lr"],
                                     weight_decay=cfg["weight_decay"], momentum=cfg["momentum"],

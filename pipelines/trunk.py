@@ -59,7 +59,7 @@ def trunk_forward(net, start: int, x):
 def trunk_cache(net, start: int, image_cache: Path, mean, std, device, infer_dtype=None, batch_size=64,
                 quiet=False) -> Path:
     """(N, 2, C, H, W) fp16: trunk output of each cached image and of its mirror image, computed under
-    autocast to `infer_dtype` when given (bf16 on a CPU with AMX: 2.5x faster here)."""
+    autocast to `infer_dtype` when given (bf16 on a CPU with AMX: 2x faster, benchmarks/cpu_bf16.py)."""
     # Keyed by the trunk's weights and the compute precision too: either changes the features.
     digest = hashlib.sha1(str(infer_dtype).encode())
     for block in [net.backbone.conv_stem, net.backbone.bn1, *net.backbone.blocks[:start]]:

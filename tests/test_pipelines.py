@@ -329,6 +329,7 @@ def test_bad_input_is_one_clear_line(tmp_path):
     ["loss=asl", "optimizer=rmsprop", "lr=1e-3", "ema=false"],
     ["loss=bce_pos_weight", "optimizer=adadelta", "lr=1.0", "schedule=none", "augment=strong"],
     ["mode=frozen", "select_metric=mAP", "tta=false"],
+    ["layer_decay=0.8"],
 ])
 def test_training_variants(demo_data, tmp_path, overrides):
     from pipelines.run import train_model
@@ -448,3 +449,13 @@ def test_plan_from_bench_records_and_the_train_warning(demo_data, tmp_path, caps
     assert warn_if_over(tight, ds, run, cfg, 3, gpu).startswith("WARNING: the plan says tiny needs")
     assert warn_if_over(dataclasses.replace(spec, budget={**spec.budget, "gpu_hours": 24}), ds, run, cfg, 3, gpu) is None
     assert this_device().startswith("cpu") or torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("override", ["train_from=3", "mode=frozen"])
+def test_layer_decay_is_refused_without_full_fine_tuning(demo_data, tmp_path, override):
+    from pipelines.run import train_model
+    folds_for(demo_data, tmp_path, k=2)
+    spec = load_spec("demo")
+    with pytest.raises(UserError, match="layer_decay applies to full fine-tuning only"):
+        train_model(spec, load_dataset(spec, demo_data), RunLayout.of(tmp_path, spec.name),
+                    resolve("tiny", ["epochs=1", "layer_decay=0.8", override]), log=lambda *_: None)
