@@ -1,7 +1,14 @@
-"""Atomic artifact writes: a reader never sees half a file, and a crash never replaces a good one."""
+"""Atomic, durable artifact writes and named artifact reads.
+
+A reader never sees half a file, a crash never replaces a good one, and a power loss never leaves a renamed
+but empty file: the data is fsynced before the rename and the folder after it (what SQLite and etcd do). A
+file that cannot be written (full disk, read-only folder) or parsed (hand-edited, truncated) is one
+`UserError` naming it.
+"""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -11,24 +18,73 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from competition.errors import UserError
+
 UMASK = os.umask(0)
 os.umask(UMASK)
 
 
+# Errors of the storage, not of the code: the user frees space or fixes permissions, then re-runs.
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                  errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                  errno.EPERM: "operation not permitted"}
+
+
+def storage_error(path, e: OSError) -> UserError | None:
+    """One line naming the path and the cause for a full disk or a folder that cannot be written, else None."""
+    if e.errno not in STORAGE_ERRNOS:
+        return None
+    return UserError(f"{path}: cannot write: {STORAGE_ERRNOS[e.errno]} ({errno.errorcode[e.errno]}); "
+                     "nothing was replaced: free space or fix the folder's permissions, then re-run")
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's data, or a folder's entries (a rename), to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync a file, or every file of a folder artifact and the folders themselves."""
+    if path.is_dir():
+        for p in path.rglob("*"):
+            if p.is_file():
+                fsync_path(p)
+        for d in sorted({p.parent for p in path.rglob("*")} | {path}):
+            fsync_path(d)
+    elif path.exists():
+        fsync_path(path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds, after its
+    bytes reached the disk, and fsync the folder so the rename does too."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; artifacts are shared like any file
+        fsync_tree(Path(tmp))
         os.replace(tmp, path)
+        fsync_path(path.parent)
+    except OSError as e:
+        error = storage_error(path, e)
+        if error is None:
+            raise
+        raise error from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None and os.path.exists(tmp):
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                os.unlink(tmp)
 
 
 @contextlib.contextmanager
@@ -97,8 +153,48 @@ def write_csv(path, frame, float_format: str | None = "%.6f") -> None:
         frame.to_csv(tmp, index=False, float_format=float_format)
 
 
-def read_json(path):
-    return json.loads(Path(path).read_text())
+REBUILD = "delete it and re-run the command that wrote it"
+
+
+def read_json(path, rebuild: str = REBUILD):
+    """A JSON artifact; one that is missing, truncated or hand-broken is a UserError naming it and saying how
+    to rebuild it (`rebuild`)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found; {rebuild}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}); {rebuild}") from None
+
+
+def read_yaml(path, what: str = "YAML file"):
+    """A user's YAML (a spec, a model config): a missing file or a syntax error names the file and the line."""
+    import yaml
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}:{where}: not valid YAML ({problem})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e}); save it as UTF-8") from None
+
+
+def read_csv(path, rebuild: str = REBUILD, **kw):
+    """A CSV artifact (probabilities, folds, history): unreadable or truncated is a UserError naming it."""
+    import pandas as pd
+    path = Path(path)
+    try:
+        return pd.read_csv(path, **kw)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found; {rebuild}") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{path}: cannot be read as CSV ({str(e).splitlines()[0]}); {rebuild}") from None
 
 
 def file_sha256(path) -> str:

@@ -184,6 +184,17 @@ def write_label_files(folder: Path, tokens, ids, label_sets, rng) -> None:
         write_csv(folder / f"{t}.txt", list(rng.permutation(names)) if names else [], "")
 
 
+def write_voc_sets(folder: Path, tokens, sets: dict, rng) -> None:
+    """PASCAL VOC's ImageSets/Main: <set>.txt (the ids) and <token>_<set>.txt (`<id> <1|-1|0>` per id, VOC's
+    column alignment included); about one positive in ten is marked 0, "difficult"."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (ids, label_sets) in sets.items():
+        write_csv(folder / f"{name}.txt", ids, "")
+        for t in tokens:
+            values = [(1 if rng.random() > 0.1 else 0) if t in labels else -1 for labels in label_sets]
+            write_csv(folder / f"{t}_{name}.txt", [f"{i} {v:2d}" for i, v in zip(ids, values)], "")
+
+
 def _render_job(args):
     seed, labels, size, path = args
     render(seed, labels, size).save(path, quality=90)
@@ -209,9 +220,17 @@ def generate(out: Path, n_train: int = 2000, n_test: int = 500, size: int = 128,
         captions[i] = captions[i][:-1] + ' with a sign that reads "open".'
     captions[7] = captions[7][:-1] + "\n\nseen from far away."
     ids = [f"{i}.jpg" if i < n_train else f"{30000 + i - n_train}.jpg" for i in range(n)]
+    if spec.format == "voc":  # VOC ids are six digits; the image is label_file_image of the id
+        voc_ids = [f"{i + 1:06d}" for i in range(n)]
+        ids = [spec.label_file_image.format(i) for i in voc_ids]
     jobs = [(seed * 1_000_003 + i, label_sets[i], size, out / spec.image_dir / ids[i]) for i in range(n)]
     with Pool(workers) as pool:
         pool.map(_render_job, jobs, chunksize=64)
+    if spec.format == "voc":
+        write_voc_sets(out / spec.labels_dir, tokens, {
+            spec.voc_train_set: (voc_ids[:n_train], label_sets[:n_train]),
+            spec.voc_test_set: (voc_ids[n_train:], label_sets[n_train:])}, rng)
+        return
     if spec.format == "label_files":
         write_label_files(out / spec.labels_dir, tokens, ids[:n_train], label_sets[:n_train], rng)
         write_csv(out / spec.test_csv, ids[n_train:], spec.id_column)
@@ -228,7 +247,7 @@ def generate(out: Path, n_train: int = 2000, n_test: int = 500, size: int = 128,
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--comp", default="demo", help="the spec whose layout to write (demo, demo_label_files)")
+    ap.add_argument("--comp", default="demo", help="the spec whose layout to write (demo, demo_label_files, demo_voc)")
     ap.add_argument("--out", default=None, help="default: the spec's data folder")
     ap.add_argument("--train", type=int, default=2000)
     ap.add_argument("--test", type=int, default=500)

@@ -45,6 +45,16 @@ def decode_text(path: Path) -> str:
                         "save the file as UTF-8") from None
 
 
+def file_lines(text: str) -> list[str]:
+    """The file's own lines: split at "\n" only (and a CRLF's "\r"), so line numbers are those of `grep -n`.
+    str.splitlines() also breaks at a lone "\r", "\x0b", "\x0c", "\x1c"-"\x1e", "\x85", U+2028 and U+2029,
+    which real captions hold, and would shift every later line number."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line; it starts none
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 # A field that looks like an image id whatever the spec says: one token with a digit ("30005.JPG", "5").
 ID_LIKE = re.compile(r'^\s*"?\s*[^\s,"]*\d[^\s,"]*\s*"?\s*(?:,|$)')
 
@@ -81,7 +91,7 @@ def read_records(path: Path, id_pattern: str, columns: list[str]) -> pd.DataFram
     """Split a file into records by id-led lines, so stray quotes and newlines stay inside a caption."""
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    lines = decode_text(path).splitlines()
+    lines = file_lines(decode_text(path))
     if not lines:
         raise UserError(f"{path}: empty file")
     header = [h.strip() for h in next(csv.reader([lines[0]]))]
@@ -204,7 +214,7 @@ def read_label_files(root: Path, spec: Spec, test_ids) -> pd.DataFrame:
     dup, unknown, leak = problems.values()
     for token, path in files.items():
         first = {}
-        for number, line in enumerate(decode_text(path).splitlines(), start=1):
+        for number, line in enumerate(file_lines(decode_text(path)), start=1):
             name = line.strip()
             if not name:
                 continue
@@ -226,6 +236,71 @@ def read_label_files(root: Path, spec: Spec, test_ids) -> pd.DataFrame:
     return pd.DataFrame({"id": ids, "labels": labels, "line": 0})
 
 
+VOC_VALUES = {"1": True, "-1": False, "0": None}  # None: "difficult", the spec's voc_difficult decides
+
+
+def read_voc_set(folder: Path, spec: Spec, image_set: str) -> tuple[list[str], dict[str, set]]:
+    """(ids in file order, id -> tokens) of one PASCAL VOC image set: one `<token>_<set>.txt` per label, each
+    line `<id> <1|-1|0>`, every file listing the same ids. Offenders are named by file and line."""
+    files = {t: folder / f"{t}_{image_set}.txt" for t in spec.tokens}
+    missing = [p.name for p in files.values() if not p.is_file()]
+    if missing:
+        raise offenders_error(folder, f"label files of the {image_set!r} set missing (one <token>_{image_set}.txt "
+                                      "per label of the spec)", missing)
+    extra = sorted(p.name for p in folder.glob(f"*_{image_set}.txt") if p.name[:-len(f"_{image_set}.txt")]
+                   not in spec.labels)
+    if extra:
+        raise offenders_error(folder, f"files for labels the spec does not have (valid: {' '.join(spec.tokens)})",
+                              extra)
+    order, carried, bad = None, {}, []
+    for token, path in files.items():
+        seen = {}
+        for number, line in enumerate(file_lines(decode_text(path)), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            where = f"{path.name} line {number}: {line.strip()[:60]!r}"
+            if len(fields) != 2 or fields[1] not in VOC_VALUES:
+                bad.append(f"{where} (expected '<image id> <1|-1|0>')")
+            elif fields[0] in seen:
+                bad.append(f"{where} (id also on line {seen[fields[0]]})")
+            else:
+                seen[fields[0]] = number
+                value = VOC_VALUES[fields[1]]
+                if value or (value is None and spec.voc_difficult == "positive"):
+                    carried.setdefault(fields[0], set()).add(token)
+        if bad:
+            raise offenders_error(folder, "malformed label lines", bad)
+        if order is None:
+            order = list(seen)
+        elif set(seen) != set(order):
+            first = files[spec.tokens[0]].name
+            raise offenders_error(path, f"ids differ from {first} (every label file of a set lists the same "
+                                        "images)", [f"missing {i}" for i in order if i not in seen] +
+                                  [f"extra {i} (line {seen[i]})" for i in seen if i not in set(order)])
+    if not order:
+        raise UserError(f"{folder}: the {image_set!r} set lists no images")
+    return order, carried
+
+
+def read_voc(root: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and test rows of the PASCAL VOC layout (format: voc). Ids are image file names
+    (`label_file_image`: "{}.jpg" for JPEGImages/000005.jpg), as in the other layouts."""
+    folder = root / spec.labels_dir
+    if not folder.is_dir():
+        raise UserError(f"{folder}: label folder not found (the spec's format is voc, labels_dir {spec.labels_dir!r})")
+    train_ids, carried = read_voc_set(folder, spec, spec.voc_train_set)
+    test_ids, _ = read_voc_set(folder, spec, spec.voc_test_set)
+    both = sorted(set(train_ids) & set(test_ids))
+    if both:
+        raise offenders_error(folder, f"images in both the {spec.voc_train_set!r} and {spec.voc_test_set!r} sets "
+                                      "(a label would leak)", both)
+    name = spec.label_file_image.format
+    train = pd.DataFrame({"id": [name(i) for i in train_ids], "line": 0,
+                          "labels": [tuple(t for t in spec.tokens if t in carried.get(i, ())) for i in train_ids]})
+    return train, pd.DataFrame({"id": [name(i) for i in test_ids], "line": 0})
+
+
 def check_images(ds: Dataset) -> None:
     """Every id needs a readable image header; full decoding is checked again when caching."""
     frames = [("train", ds.train), ("test", ds.test)]
@@ -237,20 +312,41 @@ def check_images(ds: Dataset) -> None:
         raise offenders_error(ds.image_root, "images missing or unreadable", bad)
 
 
-def load_dataset(spec: Spec, root: str | Path | None = None, check: bool = True) -> Dataset:
-    root = Path(root or spec.data)
-    train_path, test_path = root / spec.train_csv, root / spec.test_csv
+# Specs whose data `make demo-data` generates: a fresh clone has none until then.
+GENERATED = ("demo", "demo_label_files", "demo_voc")
+
+
+def require_root(root: Path, spec: Spec) -> None:
+    if root.is_dir():
+        return
+    if spec.name in GENERATED:
+        raise UserError(f"{root}: no data yet; the {spec.name} competition is generated: run "
+                        f"`make demo-data{'' if spec.name == 'demo' else f' COMP={spec.name}'}` first "
+                        "(or `make demo`, which also trains and submits), or give COMP= and DATA= for your own")
+    raise UserError(f"{root}: data folder not found; DATA= names the folder with the competition's files "
+                    f"(the {spec.name} spec's default is {spec.data})")
+
+
+def read_csv_layout(root: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and test rows of train.csv/test.csv (format: csv), or of label files + test.csv (label_files)."""
+    test_path = root / spec.test_csv
     test = tidy(read_records(test_path, spec.id_pattern, columns_of(spec, False)), spec)
     check_ids(test, test_path)
     if spec.format == "label_files":
-        train = read_label_files(root, spec, test["id"])
-    else:
-        train = tidy(read_records(train_path, spec.id_pattern, columns_of(spec, True)), spec)
-        check_ids(train, train_path)
-        both = sorted(set(train["id"]) & set(test["id"]))
-        if both:
-            raise offenders_error(test_path, "ids also in train", both)
-        train = parse_labels(train, spec, train_path)
+        return read_label_files(root, spec, test["id"]), test
+    train_path = root / spec.train_csv
+    train = tidy(read_records(train_path, spec.id_pattern, columns_of(spec, True)), spec)
+    check_ids(train, train_path)
+    both = sorted(set(train["id"]) & set(test["id"]))
+    if both:
+        raise offenders_error(test_path, "ids also in train", both)
+    return parse_labels(train, spec, train_path), test
+
+
+def load_dataset(spec: Spec, root: str | Path | None = None, check: bool = True) -> Dataset:
+    root = Path(root or spec.data)
+    require_root(root, spec)
+    train, test = read_voc(root, spec) if spec.format == "voc" else read_csv_layout(root, spec)
     image_root = root / spec.image_dir
     has_images = image_root.is_dir() and any(image_root.iterdir())
     ds = Dataset(spec, root, train.reset_index(drop=True), test.reset_index(drop=True), has_images)

@@ -4,13 +4,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import yaml
-
+from competition.artifacts import read_yaml
 from competition.errors import UserError
 from competition.metrics import objective
 
 SPEC_DIR = Path(__file__).resolve().parent
-FORMATS = ("csv", "label_files")
+FORMATS = ("csv", "label_files", "voc")
+VOC_DIFFICULT = ("positive", "ignore")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +27,13 @@ class Spec:
     label_separator: str = " "
     caption_column: str | None = None
     format: str = "csv"             # csv: labels in train.csv | label_files: one <token>.txt per label
-    labels_dir: str = "labels"      # label_files: the folder of <token>.txt files (image names, one per line)
-    label_file_image: str = "{}"    # label_files: the image file a listed name means ("im{}.jpg": 7 -> im7.jpg)
+                                    # | voc: PASCAL VOC's ImageSets/Main/<token>_<set>.txt
+    labels_dir: str = "labels"      # label_files: the folder of <token>.txt files (image names, one per line);
+                                    # voc: the folder of <token>_<set>.txt files (ImageSets/Main)
+    label_file_image: str = "{}"    # the image file a listed name means ("im{}.jpg": 7 -> im7.jpg; voc: "{}.jpg")
+    voc_train_set: str = "trainval"  # voc: <token>_trainval.txt label the train images
+    voc_test_set: str = "test"      # voc: <token>_test.txt list the images to predict
+    voc_difficult: str = "positive"  # voc: a 0 ("difficult") counts as a positive, or is ignored (no label)
     metric: str = "micro_f1"
     min_labels_per_image: int = 1
     budget: dict = dataclasses.field(default_factory=lambda: {"model_mb": None, "gpu_hours": None})
@@ -56,7 +61,9 @@ def load_spec(name_or_path: str) -> Spec:
             raise UserError(f"unknown competition {name_or_path!r}; valid: {', '.join(specs)} "
                            "(or a path to a spec YAML)")
         path = specs[name_or_path]
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path, "competition spec")
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a spec is a mapping of keys (name, data, labels, ...), not {type(raw).__name__}")
     fields = {f.name for f in dataclasses.fields(Spec)} - {"source"}
     unknown = sorted(set(raw) - fields)
     if unknown:
@@ -64,6 +71,8 @@ def load_spec(name_or_path: str) -> Spec:
     missing = sorted({"name", "data", "labels"} - set(raw))
     if missing:
         raise UserError(f"{path}: missing keys {missing}")
+    if not isinstance(raw["labels"], dict) or not raw["labels"]:
+        raise UserError(f"{path}: labels must map each label token to its name")
     # YAML may read label tokens as ints; tokens are strings so tag-word labels need no new code.
     raw["labels"] = {str(k): str(v) for k, v in raw["labels"].items()}
     budget = {"model_mb": None, "gpu_hours": None}
@@ -71,10 +80,19 @@ def load_spec(name_or_path: str) -> Spec:
     raw["budget"] = budget
     if raw.get("format", "csv") not in FORMATS:
         raise UserError(f"{path}: format {raw['format']!r}; valid: {', '.join(FORMATS)}")
-    if raw.get("format") == "label_files" and raw.get("caption_column"):
-        raise UserError(f"{path}: format label_files has no train captions; set caption_column: null")
+    if raw.get("format") in ("label_files", "voc") and raw.get("caption_column"):
+        raise UserError(f"{path}: format {raw['format']} has no train captions; set caption_column: null")
+    if raw.get("voc_difficult", "positive") not in VOC_DIFFICULT:
+        raise UserError(f"{path}: voc_difficult {raw['voc_difficult']!r}; valid: {', '.join(VOC_DIFFICULT)}")
     if "{}" not in raw.get("label_file_image", "{}"):
         raise UserError(f"{path}: label_file_image {raw['label_file_image']!r} needs a {{}} for the listed name")
+    min_labels = raw.get("min_labels_per_image", 1)
+    if not isinstance(min_labels, int) or isinstance(min_labels, bool) or min_labels < 0:
+        raise UserError(f"{path}: min_labels_per_image {min_labels!r}; expected an integer >= 0")
+    bad_budget = {k: v for k, v in budget.items() if v is not None and (
+        isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0)}
+    if bad_budget:
+        raise UserError(f"{path}: budget {bad_budget}; expected numbers >= 0 (or null: no limit)")
     if "metric" in raw:
         try:
             objective(raw["metric"])

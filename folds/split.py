@@ -10,7 +10,7 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import KFold
 
-from competition.artifacts import write_csv, write_text
+from competition.artifacts import read_csv, write_csv, write_text
 from competition.errors import UserError, offenders_error
 from competition.layout import RunLayout
 
@@ -101,15 +101,49 @@ def write_folds(run: RunLayout, ds, spec, k: int, seed: int, force: bool = False
     return FoldsFile(run.folds, len(frame), k, report, not unchanged)
 
 
+REBUILD = "`make folds FORCE=1` writes it anew (models trained on the old one must be retrained)"
+
+
 def read_folds(path: Path, ids) -> np.ndarray:
-    """Fold of each id, in the order of `ids`; every id must be in the folds file."""
+    """Fold of each id, in the order of `ids`. Every id must be in the folds file once, and the folds must be
+    0..K-1 with none empty: a hand-edited value would otherwise train an empty fold."""
     if not Path(path).is_file():
         raise UserError(f"{path}: no folds file; run `make folds` first")
-    frame = pd.read_csv(path, dtype={"ImageID": str})
-    mapping = dict(zip(frame["ImageID"], frame["fold"]))
+    frame = read_csv(path, REBUILD, dtype={"ImageID": str})
+    if list(frame.columns) != ["ImageID", "fold"]:
+        raise UserError(f"{path}: header {list(frame.columns)}, expected ['ImageID', 'fold']; {REBUILD}")
+    lines = np.arange(len(frame)) + 2
+    values = pd.to_numeric(frame["fold"], errors="coerce")
+    bad = ~np.isfinite(values) | (values != np.round(values))
+    if bad.any():
+        raise offenders_error(path, f"rows whose fold is not a whole number ({REBUILD})",
+                              [f"line {n}: {i} fold {v!r}" for n, i, v in zip(lines[bad], frame["ImageID"][bad],
+                                                                                frame["fold"][bad])])
+    fold = values.to_numpy().astype(np.int64)
+    dup = frame["ImageID"].duplicated(keep=False).to_numpy()
+    if dup.any():
+        raise offenders_error(path, "ids listed more than once", [f"line {n}: {i}" for n, i in
+                                                                  zip(lines[dup], frame["ImageID"][dup])])
+    mapping = dict(zip(frame["ImageID"], fold))
     missing = [i for i in ids if i not in mapping]
     if missing or len(mapping) != len(ids):
         extra = sorted(set(mapping) - set(ids))
         raise offenders_error(path, "ids differ between folds file and train.csv (re-run `make folds FORCE=1`)",
                               [f"missing {i}" for i in missing] + [f"extra {i}" for i in extra])
+    check_fold_values(path, fold, frame["ImageID"], lines)
     return np.array([mapping[i] for i in ids], dtype=np.int64)
+
+
+def check_fold_values(path: Path, fold: np.ndarray, ids, lines) -> None:
+    """Folds 0..K-1, each with rows, K >= 2. A value outside 0..(distinct values - 1) is the offender named."""
+    used = np.unique(fold)
+    if len(used) < 2:
+        raise UserError(f"{path}: every row is in fold {used[0]}; K-fold needs at least 2 folds ({REBUILD})")
+    k = int(fold.max()) + 1
+    if fold.min() >= 0 and len(used) == k:
+        return
+    odd = (fold < 0) | (fold >= len(used))
+    empty = sorted(set(range(max(k, len(used)))) - set(used.tolist()))
+    raise offenders_error(path, f"rows with a fold outside 0..{len(used) - 1} (folds must be 0..K-1 with every "
+                                f"fold used; unused: {empty[:10]}{' ...' if len(empty) > 10 else ''}; {REBUILD})",
+                          [f"line {n}: {i} fold {v}" for n, i, v in zip(lines[odd], np.asarray(ids)[odd], fold[odd])])

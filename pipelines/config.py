@@ -5,8 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import yaml
-
+from competition.artifacts import read_yaml
 from competition.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -95,6 +94,36 @@ CHOICES = {
     "encoder": ("tfidf", "minilm"),
     "encoder_source": ("offline", "hub"),
 }
+# Numeric ranges, checked with the types before any work: (lowest, highest, lowest included?, highest included?).
+# img_size: 32 px is the total stride of timm's convnets (5 halvings); smaller leaves no feature map.
+RANGES = {
+    "lr": (0, None, False, None), "min_lr": (0, None, True, None), "weight_decay": (0, None, True, None),
+    "momentum": (0, 1, True, True), "epochs": (1, None, True, None), "batch_size": (1, None, True, None),
+    "img_size": (32, None, True, None), "warmup_epochs": (0, None, True, None), "patience": (1, None, True, None),
+    "ema_decay": (0, 1, False, False), "dropout": (0, 1, True, False), "grad_clip": (0, None, False, None),
+    "max_train_batches": (1, None, True, None), "train_from": (0, None, True, None),
+    "workers": (-1, None, True, None), "head_hidden": (1, None, True, None), "seed": (0, None, True, None),
+    "ngram_max": (1, None, True, None), "min_df": (1, None, True, None), "C": (0, None, False, None),
+    "pseudo_confidence": (0.5, 1, True, True), "layer_decay": (0, 1, False, True),
+}
+
+
+def range_text(low, high, low_in, high_in) -> str:
+    if high is None:
+        return f"{'>=' if low_in else '>'} {low}"
+    return f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+
+
+def check_range(key: str, value, where: str) -> None:
+    if key not in RANGES or value is None:
+        return
+    low, high, low_in, high_in = RANGES[key]
+    for v in value if isinstance(value, list) else [value]:
+        ok = (v >= low if low_in else v > low) and (high is None or (v <= high if high_in else v < high))
+        if not ok:
+            raise UserError(f"{where}: {key}={value!r}; expected {range_text(*RANGES[key])}")
+
+
 TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a word", list: "a list"}
 
 
@@ -138,7 +167,9 @@ def checked_value(key: str, value, where: str):
         raise UserError(f"{where}: {key}={value!r}; expected {TYPE_NAMES[want]}")
     if key in CHOICES and value not in CHOICES[key]:
         raise UserError(f"{where}: {key}={value!r}; valid: {', '.join(CHOICES[key])}")
-    return float(value) if want is float else list(value) if want is list else value
+    value = float(value) if want is float else list(value) if want is list else value
+    check_range(key, value, where)
+    return value
 
 
 def checked_folds(value, where: str):
@@ -166,7 +197,10 @@ def resolve(model: str, overrides: list[str] | dict | None = None, name: str | N
     path = Path(model) if model.endswith((".yaml", ".yml")) else configs.get(model)
     if path is None:
         raise UserError(f"unknown model {model!r}; valid: {', '.join(configs)} (or a path to a YAML)")
-    from_file = yaml.safe_load(path.read_text()) or {}
+    from_file = read_yaml(path, "model config")
+    if not isinstance(from_file, dict):
+        raise UserError(f"{path}: a model config is a mapping of keys (backbone, lr, ...), not "
+                        f"{type(from_file).__name__}")
     check_keys(from_file, str(path))
     if isinstance(overrides, dict):
         pairs = overrides
@@ -187,10 +221,8 @@ def resolve(model: str, overrides: list[str] | dict | None = None, name: str | N
     check_kind(cfg, pairs, "overrides")
     if cfg["train_from"] is not None and cfg["mode"] == "frozen":
         raise UserError("train_from and mode: frozen exclude each other")
-    if not 0.5 <= cfg["pseudo_confidence"] <= 1:
-        raise UserError(f"pseudo_confidence={cfg['pseudo_confidence']}; expected 0.5 (every test row) to 1")
-    if cfg["layer_decay"] is not None and not 0 < cfg["layer_decay"] <= 1:
-        raise UserError(f"layer_decay={cfg['layer_decay']}; expected a factor in (0, 1]")
+    if cfg["min_lr"] > cfg["lr"]:
+        raise UserError(f"min_lr={cfg['min_lr']} is above lr={cfg['lr']}; the schedule decays from lr to min_lr")
     return cfg
 
 

@@ -14,8 +14,8 @@ import pandas as pd
 import yaml
 
 from competition import metrics, runlog
-from competition.artifacts import (atomic_path, exclusive_lock, file_sha256, read_json, remove_temporaries,
-                                  write_csv, write_json, write_text)
+from competition.artifacts import (atomic_path, exclusive_lock, file_sha256, read_csv, read_json,
+                                  remove_temporaries, write_csv, write_json, write_text)
 from competition.errors import UserError, offenders_error
 from competition.layout import FitLayout, ModelLayout, RunLayout
 from competition.reader import Dataset
@@ -34,8 +34,17 @@ def prob_frame(ids, prob: np.ndarray, tokens, fold=None) -> pd.DataFrame:
     return frame
 
 
-def read_probs(path: Path, ids, tokens) -> np.ndarray:
-    frame = pd.read_csv(path, dtype={"ImageID": str})
+def retrain_hint(path: Path) -> str:
+    """How to rebuild a model's probability file: its fold is trained again once the file is gone."""
+    return (f"delete it if it is broken, then `make train MODEL={Path(path).parent.name}` trains again every fold "
+            "whose files are missing")
+
+
+def read_probs(path: Path, ids, tokens, rebuild: str | None = None) -> np.ndarray:
+    rebuild = rebuild or retrain_hint(path)
+    frame = read_csv(path, rebuild, dtype={"ImageID": str})
+    if "ImageID" not in frame.columns:
+        raise UserError(f"{path}: no ImageID column; {rebuild}")
     missing = [t for t in tokens if t not in frame.columns]
     if missing:
         raise UserError(f"{path}: label columns {missing} missing (label order differs from the spec?)")
@@ -71,7 +80,7 @@ def check_run(model: ModelLayout, cfg: dict, folds_sha: str, data_sha: str, toke
     """Refuse to continue a run trained on other folds, data, labels or settings, unless told to start over."""
     if not model.run.exists():
         return
-    old = read_json(model.run)
+    old = read_json(model.run, f"`make train MODEL={model.name} FORCE=1` starts this model over")
     old_cfg = {k: v for k, v in old["config"].items() if k not in EXECUTION_KEYS}
     new_cfg = {k: v for k, v in cfg.items() if k not in EXECUTION_KEYS}
     problems = []
@@ -87,11 +96,22 @@ def check_run(model: ModelLayout, cfg: dict, folds_sha: str, data_sha: str, toke
     changed = sorted(k for k in set(old_cfg) & set(new_cfg) if old_cfg[k] != new_cfg[k])
     if changed:
         problems.append("config differs: " + ", ".join(change(k, old_cfg[k], new_cfg[k]) for k in changed))
+    if problems and nothing_trained(model):
+        log(f"{model.dir}: nothing was trained under the old settings ({'; '.join(problems)}); starting anew")
+        model.run.unlink()
+        return
     if problems and not force:
         raise UserError(f"{model.dir}: " + "; ".join(problems) + ". Re-run with FORCE=1 to start this model over.")
     if problems:
         print(f"FORCE: removing {model.dir} ({'; '.join(problems)})")
         shutil.rmtree(model.dir)
+
+
+def nothing_trained(model: ModelLayout) -> bool:
+    """No fold or refit finished, and none has a resumable epoch: a run that failed before its first epoch
+    (a bad setting) pins nothing, so the corrected command goes ahead without FORCE."""
+    return not any(p.exists() for d in model.dir.iterdir() if d.is_dir()
+                   for p in (FitLayout(d).done, FitLayout(d).state, FitLayout(d).best_weights))
 
 
 def change(key: str, old, new) -> str:
@@ -115,7 +135,8 @@ def assemble(model: ModelLayout, spec, ds: Dataset, fold_of: np.ndarray, k: int)
     """Merge per-fold OOF parts into oof.csv once every fold is done (also across separate jobs)."""
     if not all(model.fold(f).done.exists() for f in range(k)):
         return None
-    oof = pd.concat([pd.read_csv(model.fold(f).oof, dtype={"ImageID": str}) for f in range(k)])
+    oof = pd.concat([read_csv(model.fold(f).oof, retrain_hint(model.fold(f).dir), dtype={"ImageID": str})
+                     for f in range(k)])
     oof = oof.set_index("ImageID").loc[list(ds.train["id"])].reset_index()
     assert (oof["fold"].to_numpy() == fold_of).all(), "OOF folds disagree with the folds file"
     write_csv(model.oof, oof)
@@ -170,7 +191,7 @@ def train_model(spec, ds: Dataset, run: RunLayout, cfg: dict, force: bool = Fals
         write_json(model.run, {"config": cfg, "folds_sha256": folds_sha, "data_sha256": data_sha,
                                "labels": spec.tokens})
     write_text(model.config, yaml.safe_dump(cfg, sort_keys=True))
-    trained = [fit_once(model.fold(f), f"{cfg['name']} fold {f}", log,
+    trained = [fit_once(model, model.fold(f), f, f"{cfg['name']} fold {f}", log,
                         lambda: train_fold(cfg, spec, ds, run, fold_of, f, log, targets_for)) for f in wanted]
     scores = assemble(model, spec, ds, fold_of, k)
     if scores and cfg["fullfit"]:
@@ -206,13 +227,32 @@ def dist_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def fit_once(fit: FitLayout, label: str, log, train) -> bool:
+def fit_files(model: ModelLayout, fit: FitLayout, f: int | None) -> list[Path]:
+    """Every file a finished fit (fold f, or the refit: None) wrote, done.json first: what makes it done."""
+    if not fit.done.exists():
+        return [fit.done]
+    info = read_json(fit.done, "delete it: that fit is then trained again")
+    outputs = [model.test_full] if f is None else [fit.oof, fit.history, model.test_fold(f)]
+    return [fit.done, *outputs, model.dir / info["weights"], *(model.dir / p for p in info.get("shared_weights", []))]
+
+
+def is_done(model: ModelLayout, fit: FitLayout, f: int | None, log=print, label: str = "") -> bool:
+    """A fit is done when done.json and every file it lists exist. One with a file missing (deleted by hand,
+    lost) is not: its done.json goes, so it is trained again."""
+    missing = [p for p in fit_files(model, fit, f) if not p.exists()]
+    if missing and fit.done.exists():
+        log(f"{label}: {', '.join(str(p) for p in missing)} missing: training it again")
+        fit.done.unlink()
+    return not missing
+
+
+def fit_once(model: ModelLayout, fit: FitLayout, f: int | None, label: str, log, train) -> bool:
     """`train()` unless the fit is done or a live job holds it (a second job on the same folder skips it).
     True when it trained."""
     with writer_turn(fit) as held:
         if not held:
             log(f"{label}: another process is training it, skipped")
-        elif fit.done.exists():
+        elif is_done(model, fit, f, log, label):
             log(f"{label}: done, skipped")
         else:
             train()
@@ -257,9 +297,9 @@ def train_fold(cfg, spec, ds: Dataset, run: RunLayout, fold_of: np.ndarray, f: i
 def full_fit(cfg, ds, run: RunLayout, spec, k, log, targets_for=None) -> bool:
     """One model on every train row, for the median best epoch of the folds (size budgets). True when trained."""
     model = run.model(cfg["name"])
-    if model.full.done.exists():  # quietly: a done refit is the normal case on every later run
-        return False
-    return fit_once(model.full, f"{cfg['name']} full", log,
+    if model.full.done.exists() and all(p.exists() for p in fit_files(model, model.full, None)):
+        return False  # quietly: a done refit is the normal case on every later run
+    return fit_once(model, model.full, None, f"{cfg['name']} full", log,
                     lambda: fit_full(cfg, ds, run, model, spec, k, log, targets_for))
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pandas as pd
 
-from competition import load_dataset, load_spec
+from competition import UserError, load_dataset, load_spec
 from competition.layout import RunLayout
 from submissions.blend import BLENDS, DEFAULT_BLENDS
 from submissions.thresholds import METHODS
@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--file", default=None, help="lb-set: the submission (its name or path)")
     ap.add_argument("--public", type=float, default=None, help="lb-set: its public leaderboard score")
     a = ap.parse_args(argv)
+    if a.trials < 1:
+        raise UserError(f"TRIALS={a.trials}: the optuna search needs at least 1 trial")
     spec = load_spec(a.comp)
     if a.cmd in ("lb", "lb-set"):
         return leaderboard(a, RunLayout.of(a.runs, spec.name))
@@ -62,7 +64,7 @@ def main(argv=None) -> int:
 
 
 def leaderboard(a, run: RunLayout) -> int:
-    from competition import UserError, runlog
+    from competition import runlog
     if a.cmd == "lb-set":
         if a.file is None or a.public is None:
             raise UserError("lb-set needs FILE=<submission csv> and PUBLIC=<its public leaderboard score>")

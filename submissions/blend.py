@@ -207,9 +207,10 @@ def make_blend(name: str):
     return StackBlend(name)
 
 
-def available(n_members: int, names=BLENDS) -> tuple:
-    """Stacking needs two members to have anything to stack."""
-    return tuple(b for b in names if n_members > 1 or b not in LEARNERS)
+def available(n_members: int, names=BLENDS, n_folds: int = 2) -> tuple:
+    """Stacking needs two members to have anything to stack, and two folds to fit its fold-wise OOF (inside
+    the fully nested estimate of a 2-fold run, one fold is left)."""
+    return tuple(b for b in names if b not in LEARNERS or (n_members > 1 and n_folds > 1))
 
 
 @dataclasses.dataclass
@@ -222,7 +223,10 @@ class Fitted:
 
 def fit_blends(oofs, y, fold, min_labels, metric="micro_f1", names=BLENDS) -> dict[str, Fitted]:
     out = {}
-    for name in available(len(oofs), names):
+    usable = available(len(oofs), names, len(np.unique(fold)))
+    if not usable:  # every blend asked for is a stack, and it cannot be fitted here: the plain mean stands in
+        usable = ("mean",)
+    for name in usable:
         blend = make_blend(name)
         oof = blend.fit(oofs, y, fold, min_labels, metric)
         out[name] = Fitted(blend, oof, quick_score(y, oof, min_labels, metric),

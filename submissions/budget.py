@@ -23,7 +23,10 @@ class Budget:
 
     @classmethod
     def of(cls, spec, model_mb=None, gpu_hours=None, ignored=False) -> "Budget":
-        """The spec's budgets unless overridden."""
+        """The spec's budgets unless overridden; a negative one is a UserError."""
+        for name, value in (("BUDGET_MB", model_mb), ("BUDGET_GPU_HOURS", gpu_hours)):
+            if value is not None and not value >= 0:
+                raise UserError(f"{name}={value}: a budget is a number >= 0")
         return cls(spec.budget["model_mb"] if model_mb is None else model_mb,
                    spec.budget["gpu_hours"] if gpu_hours is None else gpu_hours, ignored)
 

@@ -47,8 +47,12 @@ class Member:
         return self.distill.get("teacher_gpu_hours", {}) if self.distill else {}
 
 
+def meta_of(model: ModelLayout) -> dict:
+    return read_json(model.meta, f"`make train MODEL={model.name}` writes it again (finished folds are kept)")
+
+
 def load_member(model: ModelLayout, ds: Dataset, tokens) -> Member:
-    meta = read_json(model.meta)
+    meta = meta_of(model)
     k = meta["k"]
     train_ids, test_ids = list(ds.train["id"]), list(ds.test["id"])
     oof = read_probs(model.oof, train_ids, tokens)
@@ -65,7 +69,7 @@ def load_member(model: ModelLayout, ds: Dataset, tokens) -> Member:
 def complete(model: ModelLayout) -> bool:
     if not model.meta.exists() or not model.oof.exists():
         return False
-    meta = read_json(model.meta)
+    meta = meta_of(model)
     return len(meta["folds_done"]) == meta["k"]
 
 
@@ -89,7 +93,7 @@ def load_members(spec, ds: Dataset, run: RunLayout, names: list[str] | None = No
     read_folds(run.folds, list(ds.train["id"]))
     bad = []
     for n in names:
-        meta = read_json(run.model(n).meta)
+        meta = meta_of(run.model(n))
         if meta["folds_sha256"] != folds_sha:
             bad.append(f"{n}: trained on another folds file ({meta['folds_sha256'][:12]} vs current {folds_sha[:12]})")
         if meta["labels"] != list(spec.tokens):

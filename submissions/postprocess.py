@@ -15,7 +15,7 @@ import numpy as np
 
 from competition.metrics import decide, objective
 from submissions import thresholds as th
-from submissions.blend import BLENDS, DEFAULT_BLENDS, fit_blends
+from submissions.blend import BLENDS, DEFAULT_BLENDS, available, fit_blends
 from submissions.budget import Budget, fit_budget
 
 
@@ -77,6 +77,10 @@ def fully_nested(members, y, fold, settings: Settings, log=print) -> dict:
     pred = np.zeros_like(y, dtype=np.uint8)
     per_fold = []
     score = objective(settings.metric).score
+    if len(np.unique(fold)) == 2:
+        skipped = [b for b in settings.blends if b not in available(len(members), settings.blends, 1)]
+        log("fully nested, 2 folds: each outer fold leaves one inner fold, so the choices inside it are made on "
+            "in-sample scores" + (f" and {', '.join(skipped)} (fitted fold-wise) is skipped there" if skipped else ""))
     for f in np.unique(fold):
         inner, outer = fold != f, fold == f
         choice = choose([dataclasses.replace(m, oof=m.oof[inner]) for m in members], y[inner], fold[inner], settings)

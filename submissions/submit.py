@@ -45,13 +45,13 @@ def tune_thresholds(run: RunLayout, ens: Ensemble, tokens, method=None, trials=2
                     log=print) -> dict:
     """Compare every method in-sample and nested on the chosen blend; one artifact per blended OOF, reused."""
     if method:
-        th.check_method(method, ens.metric)  # before any work: compare() tunes only the methods that apply
+        th.check_method(method, ens.metric, ens.min_labels)  # before any work: compare() tunes only the methods that apply
     url, shared = optuna_storage(run, storage)  # a bad URL fails now, even when the thresholds are reused
     oof = ens.blend["oof"]
     key = blend_key(method or "best", oof, trials, seed, ens.metric)
     path = run.thresholds_file(key)
     if path.exists():
-        ens.thresholds = read_json(path)
+        ens.thresholds = read_json(path, "delete it: `make submit` (or `make thresholds`) tunes them again")
         log(f"thresholds: reusing {path} (members unchanged)")
         print_table(ens.thresholds["comparison"], ens.thresholds["method"], log)
         return ens.thresholds
@@ -101,7 +101,7 @@ def estimate_nested(run: RunLayout, ens: Ensemble, method=None, trials=200, seed
     settings = Settings(ens.metric, ens.min_labels, ens.budget, method, trials, seed, ens.blend_names)
     path = run.nested_file(nested_key(ens, settings))
     if path.exists():
-        ens.nested = read_json(path)
+        ens.nested = read_json(path, "delete it: `make submit` computes the fully nested estimate again")
         log(f"fully nested: reusing {path} (members and settings unchanged)")
     else:
         ens.nested = fully_nested(ens.candidates, ens.y, ens.fold, settings, log)

@@ -19,14 +19,17 @@ METHODS = ("fixed", "global", "exact", "optuna")
 GRID = np.linspace(0.02, 0.98, 97)
 
 
-def methods_for(metric: str) -> tuple:
-    return METHODS if objective(metric).exact_thresholds else tuple(m for m in METHODS if m != "exact")
+def methods_for(metric: str, min_labels: int) -> tuple:
+    """The exact search is micro-F1's, for the rule "at least 0 or 1 label"; the others apply to any."""
+    exact = objective(metric).exact_thresholds and min_labels <= 1
+    return METHODS if exact else tuple(m for m in METHODS if m != "exact")
 
 
-def check_method(method: str, metric: str) -> None:
-    if method not in methods_for(metric):
-        raise UserError(f"threshold method {method!r} does not apply to metric {metric}; "
-                        f"valid: {', '.join(methods_for(metric))}")
+def check_method(method: str, metric: str, min_labels: int) -> None:
+    if method not in methods_for(metric, min_labels):
+        rule = f" with min_labels_per_image {min_labels}" if objective(metric).exact_thresholds else ""
+        raise UserError(f"threshold method {method!r} does not apply to metric {metric}{rule}; "
+                        f"valid: {', '.join(methods_for(metric, min_labels))}")
 
 
 def score(y, prob, thresholds, min_labels=1, metric="micro_f1") -> float:
@@ -123,6 +126,8 @@ def exact_per_label(y, prob, min_labels=1, init=None, max_passes=10) -> np.ndarr
 def optuna_per_label(y, prob, min_labels=1, trials=200, seed=0, init=None, storage=None, study_name=None,
                      metric="micro_f1"):
     """TPE over one threshold per label, warm-started from `init`; resumes a stored study."""
+    if trials < 1:
+        raise UserError(f"TRIALS={trials}: the optuna search needs at least 1 trial")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     L = prob.shape[1]
     if isinstance(storage, str):
@@ -156,7 +161,7 @@ def fail_orphaned_trials(storage, study_name: str) -> None:
 
 def tune(method: str, y, prob, min_labels=1, trials=200, seed=0, storage=None, study_name=None,
          metric="micro_f1") -> np.ndarray:
-    check_method(method, metric)
+    check_method(method, metric, min_labels)
     exact = objective(metric).exact_thresholds and min_labels <= 1
     if method == "fixed":
         return np.full(prob.shape[1], 0.5)
@@ -169,7 +174,10 @@ def tune(method: str, y, prob, min_labels=1, trials=200, seed=0, storage=None, s
 
 
 def nested_score(method, y, prob, fold, min_labels=1, trials=200, seed=0, metric="micro_f1") -> float:
-    """Tune on K-1 folds' OOF, decide the held-out fold, pool the decisions: the honest score."""
+    """Tune on K-1 folds' OOF, decide the held-out fold, pool the decisions: the honest score. With one fold
+    (inside the fully nested estimate of a 2-fold run) nothing can be held out: the in-sample score."""
+    if len(np.unique(fold)) < 2:
+        return score(y, prob, tune(method, y, prob, min_labels, trials, seed, metric=metric), min_labels, metric)
     pred = np.zeros_like(y, dtype=np.uint8)
     for f in np.unique(fold):
         inner, outer = fold != f, fold == f
@@ -189,7 +197,7 @@ def compare(y, prob, fold, min_labels=1, trials=200, seed=0, methods=None, stora
             metric="micro_f1"):
     """In-sample and nested score of each method that applies to the metric, plus the in-sample thresholds."""
     rows = []
-    for m in methods or methods_for(metric):
+    for m in methods or methods_for(metric, min_labels):
         thr = tune(m, y, prob, min_labels, trials, seed, storage if m == "optuna" else None, study_name, metric)
         rows.append({"method": m, "in_sample": score(y, prob, thr, min_labels, metric),
                      "nested": nested_score(m, y, prob, fold, min_labels, trials, seed, metric), "thresholds": thr})

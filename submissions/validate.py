@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from competition import load_spec
+from competition import load_dataset, load_spec
+from competition.artifacts import read_csv
 from competition.errors import UserError, offenders_error
-from competition.reader import ID_LIKE, decode_text
+from competition.reader import ID_LIKE, decode_text, file_lines
 
 
 def validate_frame(frame: pd.DataFrame, spec, test_ids, where="submission") -> None:
@@ -24,19 +25,37 @@ def validate_frame(frame: pd.DataFrame, spec, test_ids, where="submission") -> N
     missing, extra = sorted(set(test_ids) - set(ids)), sorted(set(ids) - set(test_ids))
     if missing or extra:
         raise offenders_error(where, "ids differ from test.csv", [f"missing {i}" for i in missing] + [f"extra {i}" for i in extra])
-    valid = set(spec.tokens)
-    unknown, short = [], []
+    problems = label_problems(frame, ids, spec)
+    for what, rows in problems.items():
+        if rows:
+            raise offenders_error(where, what, rows)
+
+
+def label_problems(frame: pd.DataFrame, ids, spec) -> dict[str, list[str]]:
+    """Rows a strict scorer may misread, by kind. Refused, not warned about: a scorer that splits on the spec's
+    separator reads "1\t2" as one unknown token and may count "1 1" twice."""
+    valid, sep = set(spec.tokens), spec.label_separator
+    kinds = {f"rows with unknown labels (valid: {' '.join(spec.tokens)})": [],
+             f"rows with whitespace other than the spec's label separator {sep!r} (a tab, a newline)": [],
+             f"rows with an empty label between separators (leading, trailing or doubled {sep!r})": [],
+             "rows with a label listed twice": [],
+             f"rows with fewer than {spec.min_labels_per_image} labels": []}
+    unknown, spaces, gaps, twice, short = kinds.values()
     for row, (i, cell) in enumerate(zip(ids, frame[spec.label_column].fillna("").astype(str)), start=2):
+        where = f"line {row} ({i})"
         tokens = cell.split()
         bad = [t for t in tokens if t not in valid]
         if bad:
-            unknown.append(f"line {row} ({i}): {' '.join(bad)}")
-        if len(tokens) < spec.min_labels_per_image:
-            short.append(f"line {row} ({i}): {len(tokens)} labels")
-    if unknown:
-        raise offenders_error(where, f"rows with unknown labels (valid: {' '.join(spec.tokens)})", unknown)
-    if short:
-        raise offenders_error(where, f"rows with fewer than {spec.min_labels_per_image} labels", short)
+            unknown.append(f"{where}: {' '.join(bad)}")
+        if any(c.isspace() and c != sep for c in cell):
+            spaces.append(f"{where}: {cell!r}")
+        elif cell and "" in cell.split(sep):
+            gaps.append(f"{where}: {cell!r}")
+        if len(set(tokens)) < len(tokens):
+            twice.append(f"{where}: {cell!r}")
+        if len(set(tokens)) < spec.min_labels_per_image:
+            short.append(f"{where}: {len(set(tokens))} labels")
+    return kinds
 
 
 def validate_file(path, spec, test_ids) -> None:
@@ -45,7 +64,7 @@ def validate_file(path, spec, test_ids) -> None:
         raise UserError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty file (0 bytes)")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame = read_csv(path, "it is not a CSV submission", dtype=str, keep_default_na=False)
     validate_frame(frame, spec, test_ids, str(path))
 
 
@@ -54,7 +73,7 @@ def raw_ids(path: Path) -> list[str]:
     whose first field looks like an id. A row the reader glued into a caption is still counted here."""
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    lines = decode_text(path).splitlines()[1:]
+    lines = file_lines(decode_text(path))[1:]
     return [line.split(",", 1)[0].strip().strip('"').strip() for line in lines if ID_LIKE.match(line)]
 
 
@@ -65,7 +84,10 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=None)
     a = ap.parse_args(argv)
     spec = load_spec(a.comp)
-    test_ids = raw_ids(Path(a.data or spec.data) / spec.test_csv)
+    if spec.format == "voc":  # plain "<id> <1|-1|0>" lines: the reader's ids are the files' own
+        test_ids = list(load_dataset(spec, a.data, check=False).test["id"])
+    else:
+        test_ids = raw_ids(Path(a.data or spec.data) / spec.test_csv)
     try:
         validate_file(Path(a.file), spec, test_ids)
     except UserError as e:

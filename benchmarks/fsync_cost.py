@@ -1,0 +1,72 @@
+"""What durable writes (fsync of each artifact before its rename, and of its folder after) cost on a full
+`make submit`: the same `run_submit` users run, with and without fsync, its reusable artifacts (thresholds,
+fully nested estimate) removed before every run so each run does all the work.
+
+    make folds COMP=comp5329 DATA=../shared/datasets/comp5329-6k RUNS=runs/fsync
+    make train COMP=comp5329 DATA=../shared/datasets/comp5329-6k RUNS=runs/fsync MODEL=captions
+    make train COMP=comp5329 DATA=../shared/datasets/comp5329-6k RUNS=runs/fsync MODEL=captions NAME=captions_c1 SET=C=1.0
+    .venv/bin/python benchmarks/fsync_cost.py --comp comp5329 --data ../shared/datasets/comp5329-6k --runs runs/fsync
+
+Runs alternate (on, off, on, off, ...) so a drift of the machine hits both; it fails when the two runs'
+submissions differ (fsync must change nothing but timing) or when no fsync was counted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+
+from competition import load_dataset, load_spec
+from competition.layout import RunLayout
+from submissions.submit import run_submit
+
+
+def one_submit(spec, ds, run: RunLayout, trials: int, fsync: bool) -> tuple[float, int, bytes]:
+    """Seconds, fsync calls and the submission's bytes of one full `make submit`."""
+    for folder in (run.thresholds, run.nested_file("x").parent):
+        shutil.rmtree(folder, ignore_errors=True)
+    real, calls = os.fsync, [0]
+
+    def counted(fd):
+        calls[0] += 1
+        if fsync:
+            real(fd)
+    os.fsync = counted
+    try:
+        t0 = time.perf_counter()
+        path, _ = run_submit(spec, ds, run, "benchmarks/fsync_cost.py", trials=trials, log=lambda *_: None)
+        seconds = time.perf_counter() - t0
+    finally:
+        os.fsync = real
+    return seconds, calls[0], path.read_bytes()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--comp", default="demo")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--runs", default="runs")
+    ap.add_argument("--trials", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    spec = load_spec(a.comp)
+    ds, run = load_dataset(spec, a.data, check=False), RunLayout.of(a.runs, spec.name)
+    times = {True: [], False: []}
+    outputs, counts = set(), set()
+    for _ in range(a.repeats):
+        for fsync in (True, False):
+            seconds, calls, body = one_submit(spec, ds, run, a.trials, fsync)
+            times[fsync].append(seconds)
+            outputs.add(body)
+            counts.add(calls)
+            print(f"fsync {'on ' if fsync else 'off'} {seconds:7.2f} s  ({calls} fsync calls)", flush=True)
+    if len(outputs) != 1 or min(counts) == 0:
+        raise SystemExit(f"FAILED: {len(outputs)} different submissions, fsync calls {sorted(counts)}")
+    on, off = min(times[True]), min(times[False])
+    print(f"best of {a.repeats}: fsync on {on:.2f} s, off {off:.2f} s: {on - off:+.2f} s "
+          f"({100 * (on - off) / off:+.1f}%), {counts.pop()} fsync calls per submit")
+
+
+if __name__ == "__main__":
+    main()
