@@ -23,12 +23,13 @@ distill_set = $(if $(TEACHER),--teacher $(TEACHER)) $(if $(BLEND),--blend $(BLEN
              $(if $(TEACHER_WEIGHT),--teacher-weight $(TEACHER_WEIGHT)) $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) \
              $(if $(filter 0 no false,$(PSEUDO)),--no-pseudo) $(if $(NAME),--name $(NAME))
 
-.PHONY: help setup test test-gpu test-all demo demo-data eda folds train distill pseudo thresholds submit report bench validate clean-demo lb lb-set plan \
+.PHONY: help setup lint test test-gpu test-all demo demo-data eda folds train distill pseudo thresholds submit report bench validate clean-demo lb lb-set plan \
         bench-thresholds bench-captions bench-probe bench-recipe
 
 help:
 	@echo "make demo                 set up, then run the whole chain on generated data (CPU, minutes)"
-	@echo "make test                 set up, then run the test suite (slow tests: make test-all)"
+	@echo "make test                 set up, lint, then run the test suite (slow tests: make test-all)"
+	@echo "make lint                 ruff (pyproject.toml: pycodestyle, pyflakes, imports, bugbear, pyupgrade; 120 columns)"
 	@echo "make test-gpu             the CUDA tests (skipped without a GPU)"
 	@echo "make demo-data            generate the synthetic demo competition under $(RUNS)/<COMP>/data (COMP=demo_label_files: label folder, demo_voc: VOC)"
 	@echo "make eda                  plots + summary under $(RUNS)/<COMP>/eda"
@@ -63,7 +64,10 @@ $(VENV): requirements.txt pyproject.toml
 	.venv/bin/pip install -q --no-deps -e .
 	touch $(VENV)
 
-test: $(VENV)
+lint: $(VENV)
+	.venv/bin/ruff check .
+
+test: $(VENV) lint
 	$(PY) -m pytest -q -m "not slow" tests
 
 # CUDA tests (kill + resume, bf16 and fp16 steps, channels_last, compile, torchrun/NCCL, bench); they skip without CUDA.

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from competition import load_dataset, load_spec, metrics
-from competition.artifacts import read_json
+from competition.formats import ModelMeta
 from competition.layout import RunLayout
 from folds.split import read_folds
 from pipelines.cache import build_cache
 from pipelines.data import DeviceBatches, DeviceNormalize, load_cache_rows
-from pipelines.model import build_model
-from pipelines.train import cpu_has_bf16, load_weights, predict
+from pipelines.model import load_trained
+from pipelines.train import cpu_has_bf16, predict
 
 
 def main():
@@ -43,11 +43,10 @@ def main():
     ds = load_dataset(spec, a.data, check=False)
     run = RunLayout.of(a.runs, spec.name)
     model = run.model(a.model)
-    meta = read_json(model.meta)
-    cfg = {**meta["config"], "pretrained": "none", "train_from": None}
-    net, _, mean, std = build_model(cfg, len(spec.tokens))
-    load_weights(net, model.dir / meta["folds"][str(a.fold)]["weights"])
-    net.eval().to(memory_format=torch.channels_last)
+    meta = ModelMeta.read(model.meta)
+    cfg = {**meta.config, "train_from": None}
+    net, mean, std = load_trained(cfg, len(spec.tokens), model.dir / meta.fold_weights(a.fold))
+    net.to(memory_format=torch.channels_last)
     fold = read_folds(run.folds, list(ds.train["id"]))
     rows = np.nonzero(fold == a.fold)[0][:a.rows]
     cpu = torch.device("cpu")
@@ -63,7 +62,7 @@ def main():
         out[name] = prob
         print(f"{name}: {2 * len(rows) / seconds:6.1f} img/s (flip TTA: 2 passes per row)  "
               f"mAP {metrics.mean_average_precision(y, prob):.4f}  micro-F1@0.5 "
-              f"{metrics.f1(y, metrics.decide(prob, 0.5)):.4f}", flush=True)
+              f"{metrics.f1(y, metrics.decide(prob, 0.5, spec.min_labels_per_image)):.4f}", flush=True)
         out[name + "_s"] = seconds
     diff = np.abs(out["fp32"] - out["bf16"]).max()
     d_map = metrics.mean_average_precision(y, out["bf16"]) - metrics.mean_average_precision(y, out["fp32"])

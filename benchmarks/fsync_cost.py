@@ -4,7 +4,8 @@ fully nested estimate) removed before every run so each run does all the work.
 
     make folds COMP=comp5329 DATA=../shared/datasets/comp5329-6k RUNS=runs/fsync
     make train COMP=comp5329 DATA=../shared/datasets/comp5329-6k RUNS=runs/fsync MODEL=captions
-    make train COMP=comp5329 DATA=../shared/datasets/comp5329-6k RUNS=runs/fsync MODEL=captions NAME=captions_c1 SET=C=1.0
+    make train COMP=comp5329 DATA=../shared/datasets/comp5329-6k RUNS=runs/fsync MODEL=captions \
+        NAME=captions_c1 SET=C=1.0
     .venv/bin/python benchmarks/fsync_cost.py --comp comp5329 --data ../shared/datasets/comp5329-6k --runs runs/fsync
 
 Runs alternate (on, off, on, off, ...) so a drift of the machine hits both; it fails when the two runs'
@@ -19,6 +20,9 @@ import time
 
 from competition import load_dataset, load_spec
 from competition.layout import RunLayout
+from submissions.blend import DEFAULT_BLENDS
+from submissions.budget import Budget
+from submissions.postprocess import Settings
 from submissions.submit import run_submit
 
 
@@ -35,7 +39,8 @@ def one_submit(spec, ds, run: RunLayout, trials: int, fsync: bool) -> tuple[floa
     os.fsync = counted
     try:
         t0 = time.perf_counter()
-        path, _ = run_submit(spec, ds, run, "benchmarks/fsync_cost.py", trials=trials, log=lambda *_: None)
+        settings = Settings(Budget.of(spec), method=None, trials=trials, seed=0, blends=DEFAULT_BLENDS)
+        path = run_submit(spec, ds, run, settings, "benchmarks/fsync_cost.py", log=lambda *_: None).path
         seconds = time.perf_counter() - t0
     finally:
         os.fsync = real

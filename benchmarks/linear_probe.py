@@ -18,7 +18,8 @@ from competition import load_dataset, load_spec, metrics
 from competition.images import load_resized
 from pipelines.config import resolve
 from pipelines.model import build_model
-from submissions.thresholds import global_threshold, score
+from submissions.scoring import Scoring
+from submissions.thresholds import global_threshold
 
 
 def main():
@@ -43,12 +44,12 @@ def main():
             feats = torch.cat([net.backbone(x[i:i + 100]) for i in range(0, len(x), 100)]).numpy()
         seconds = time.perf_counter() - t0
         tr, va = slice(0, a.train), slice(a.train, a.train + a.val)
-        prob = np.stack([LogisticRegression(C=1.0, max_iter=2000).fit(feats[tr], y[tr, j]).predict_proba(feats[va])[:, 1]
-                         for j in range(y.shape[1])], axis=1)
-        yv = y[va]
-        print(f"{a.model} {size}px  features {seconds:.0f}s  micro-F1@0.5 {metrics.f1(yv, metrics.decide(prob)):.4f}  "
-              f"@global {score(yv, prob, global_threshold(yv, prob)):.4f}  mAP {metrics.mean_average_precision(yv, prob):.4f}",
-              flush=True)
+        prob = np.stack([LogisticRegression(C=1.0, max_iter=2000).fit(feats[tr], y[tr, j])
+                         .predict_proba(feats[va])[:, 1] for j in range(y.shape[1])], axis=1)
+        sc = Scoring(y[va], np.zeros(a.val), "micro_f1", 1)  # COMP5329's metric and rule
+        print(f"{a.model} {size}px  features {seconds:.0f}s  micro-F1@0.5 {sc.score(prob, 0.5):.4f}  "
+              f"@global {sc.score(prob, global_threshold(sc, prob)):.4f}  "
+              f"mAP {metrics.mean_average_precision(sc.y, prob):.4f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ def unit_shape(kind: str) -> list[list[tuple[float, float]]]:
     def poly(n, r=1.0, phase=0.0):
         return [(r * math.cos(phase + 2 * math.pi * i / n), r * math.sin(phase + 2 * math.pi * i / n))
                 for i in range(n)]
-    rect = lambda x0, y0, x1, y1: [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    def rect(x0, y0, x1, y1):
+        return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
     shapes = {
         "person": [[(x, y - 0.65) for x, y in poly(12, 0.3)], rect(-0.3, -0.3, 0.3, 0.5),
                    rect(-0.3, 0.5, -0.1, 1.0), rect(0.1, 0.5, 0.3, 1.0), rect(-0.7, -0.3, 0.7, -0.15)],

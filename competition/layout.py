@@ -99,8 +99,12 @@ class ModelLayout:
         return FitLayout(self.dir / f"fold{f}")
 
     @property
-    def full(self) -> FitLayout:
+    def full(self) -> FitLayout:    # the refit on every train row (its folder keeps the name "full")
         return FitLayout(self.dir / "full")
+
+    def fit(self, f: int | None) -> FitLayout:
+        """Fold f's fit, or the refit for None."""
+        return self.full if f is None else self.fold(f)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +134,7 @@ class RunLayout:
     root: Path
 
     @classmethod
-    def of(cls, runs, competition: str) -> "RunLayout":
+    def of(cls, runs, competition: str) -> RunLayout:
         return cls(Path(runs) / competition)
 
     @property

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from sklearn import metrics as skm
@@ -16,7 +16,7 @@ from sklearn import metrics as skm
 from competition.errors import UserError
 
 
-def decide(prob: np.ndarray, thresholds=0.5, min_labels: int = 1) -> np.ndarray:
+def decide(prob: np.ndarray, thresholds, min_labels: int) -> np.ndarray:
     """Binary predictions: prob >= threshold per label, then force the top `min_labels` on empty rows."""
     prob = np.asarray(prob, dtype=np.float64)
     pred = (prob >= np.asarray(thresholds, dtype=np.float64)).astype(np.uint8)
@@ -80,7 +80,7 @@ def top1_hit_rate(y, prob):
     return float(y[np.arange(len(y)), np.argmax(prob, axis=1)].mean())
 
 
-def summary(y, prob, thresholds=0.5, min_labels: int = 1) -> dict:
+def summary(y, prob, thresholds, min_labels: int) -> dict:
     """Every metric at once, for reports and run metadata."""
     pred = decide(prob, thresholds, min_labels)
     return {

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from competition import identity
 from competition.errors import UserError, offenders_error
 from competition.images import header_problem
 from competition.spec import Spec
-
 
 
 def unquote(field: str) -> str:
@@ -118,6 +118,24 @@ class Dataset:
     train: pd.DataFrame  # id, labels (tuple of tokens), caption?, line
     test: pd.DataFrame   # id, caption?, line
     has_images: bool
+    _identity: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def images_key(self) -> str:
+        """The images' identity (ids and content hashes), computed once: every file is read once per command."""
+        if "images" not in self._identity:
+            self._identity["images"] = identity.images_key(
+                [(part, frame["id"], self.image_paths(frame)) for part, frame in (("train", self.train),
+                                                                                    ("test", self.test))])
+        return self._identity["images"]
+
+    def fingerprint(self, kind: str) -> str:
+        """What a model of `kind` (image | captions) learns from: ids, labels, test ids and its inputs."""
+        if kind not in self._identity:
+            inputs = ("".join("\n--captions--\n".join(f["caption"]) for f in (self.train, self.test))
+                      if kind == "captions" else f"\n--images--{self.images_key}")
+            self._identity[kind] = identity.fingerprint(self.train, self.test, inputs)
+        return self._identity[kind]
 
     @property
     def image_root(self) -> Path:

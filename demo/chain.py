@@ -8,13 +8,16 @@ from pathlib import Path
 from competition import load_dataset, load_spec
 from competition.demo_data import generate
 from competition.layout import RunLayout
+from distill.student import run_distill
 from folds.split import write_folds
 from pipelines.config import resolve
 from pipelines.run import train_model
-from distill.student import run_distill
+from submissions.blend import DEFAULT_BLENDS
+from submissions.budget import Budget
 from submissions.cam import cam_panels
+from submissions.postprocess import Settings
 from submissions.report import make_report
-from submissions.submit import run_submit
+from submissions.submit import Submission, run_submit
 
 # An offline-ready backbone plus the captions member, then a student of the same backbone. On 2 CPU
 # cores the backbone trains its last stage on cached trunk features (train_from=6): 700 img/s at
@@ -47,24 +50,26 @@ def run_demo(runs: Path, seed: int = 42) -> int:
     run_distill(spec, ds, run, resolve(DEMO_STUDENT, DEMO_MODELS[DEMO_STUDENT]), teacher=list(DEMO_MODELS))
     print(f"[{time.time() - t0:5.0f}s] distilled {DEMO_STUDENT}-student")
     names = [*DEMO_MODELS, f"{DEMO_STUDENT}-student"]
-    out, ens = run_submit(spec, ds, run, "make demo", names=names, trials=100, seed=seed)
-    plots = make_report(spec, ens, run.report) + cam_panels(spec, ds, ens, run.report_cam)
-    summarize(ens, out, run, len(plots), time.time() - t0)
+    settings = Settings(Budget.of(spec), method=None, trials=100, seed=seed, blends=DEFAULT_BLENDS)
+    sub = run_submit(spec, ds, run, settings, "make demo", names=names)
+    plots = (make_report(spec, sub.ensemble, sub.thresholds, run.report)
+             + cam_panels(spec, ds, sub.ensemble, sub.thresholds, run.report_cam))
+    summarize(sub, run, len(plots), time.time() - t0)
     return 0
 
 
-def summarize(ens, out: Path, run: RunLayout, n_plots: int, seconds: float) -> None:
+def summarize(sub: Submission, run: RunLayout, n_plots: int, seconds: float) -> None:
+    ens, art, metric = sub.ensemble, sub.thresholds, sub.ensemble.scoring.metric
     print("\n==== demo summary ====")
     for name, score in ens.member_scores.items():
-        print(f"member {name:<24} OOF {ens.metric} {score:.4f} (best global threshold)")
-    print(f"blend ({ens.blend_name})".ljust(31) + f" OOF {ens.metric} {ens.blend['score']:.4f} (best global threshold)")
-    art = ens.thresholds
-    print(f"blend + {art['method']} thresholds: OOF {ens.metric} {art['oof_score']:.4f}, thresholds nested "
-          f"{art['nested_score']:.4f}, fully nested {ens.nested['score']:.4f}")
+        print(f"member {name:<24} OOF {metric} {score:.4f} (best global threshold)")
+    print(f"blend ({ens.blend_name})".ljust(31) + f" OOF {metric} {ens.blend['score']:.4f} (best global threshold)")
+    print(f"blend + {art['method']} thresholds: OOF {metric} {art['oof_score']:.4f}, thresholds nested "
+          f"{art['nested_score']:.4f}, fully nested {sub.nested['score']:.4f}")
     for st in ens.students:
-        print(f"student {st['name']}: OOF {ens.metric} {st['oof_score_global_thr']:.4f}, {st['size_mb']:.1f} MB; "
+        print(f"student {st['name']}: OOF {metric} {st['oof_score_global_thr']:.4f}, {st['size_mb']:.1f} MB; "
               f"its teacher: {st['teacher_oof_score_global_thr']:.4f}, {st['teacher_mb']:.1f} MB")
-    print(f"submission: {out}")
+    print(f"submission: {sub.path}")
     print(f"plots: {run.report} ({n_plots} files, Grad-CAM panels in {run.report_cam.name}/), "
           f"learning curves under {run.models}")
     print(f"total {seconds:.0f}s")

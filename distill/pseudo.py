@@ -13,9 +13,9 @@ import argparse
 from competition import load_dataset, load_spec
 from competition.artifacts import write_csv, write_json
 from competition.errors import UserError
+from competition.formats import prob_frame
 from competition.layout import RunLayout
 from distill.teacher import build_teacher, teacher_names
-from pipelines.run import prob_frame
 from submissions.blend import BLENDS
 
 

@@ -2,18 +2,20 @@
 what a one-model submission uses. Its run records the teacher, so a changed teacher is never reused silently."""
 from __future__ import annotations
 
-from competition.artifacts import read_json, write_json
 from competition.errors import UserError
+from competition.formats import ModelMeta
 from competition.layout import RunLayout
 from distill.teacher import build_teacher, soft_targets, teacher_names
-from pipelines.run import EXECUTION_KEYS, train_model
+from folds.split import read_folds
+from pipelines import EXECUTION_KEYS, train_model
 from submissions.blend import quick_score
 from submissions.members import complete, load_members
+from submissions.scoring import Scoring
 
 
 def run_distill(spec, ds, run: RunLayout, cfg: dict, teacher: list[str] | None = None, blend: str | None = None,
                 weight: float = 0.5, temperature: float = 1.0, pseudo: bool = True, name: str | None = None,
-                force: bool = False, log=print) -> dict:
+                force: bool = False, log=print) -> ModelMeta:
     """Distil the ensemble of `teacher` (default: every complete non-student model) into `cfg`'s network."""
     if cfg["kind"] != "image":
         raise UserError(f"a student must be an image model; {cfg['name']} is a {cfg['kind']} model")
@@ -29,10 +31,8 @@ def run_distill(spec, ds, run: RunLayout, cfg: dict, teacher: list[str] | None =
     cfg = {**cfg, "name": name, "fullfit": True,  # the refit on every row is the one-model submission
            "distill": {**t.record(), "weight": weight, "temperature": temperature, "pseudo": pseudo}}
     y = ds.targets()
-    meta = train_model(spec, ds, run, cfg, force, log,
+    meta = train_model(spec, ds, run, cfg, force, log, teacher=t.summary(),
                        targets_for=lambda fold: soft_targets(t, y, fold, weight, temperature, pseudo))
-    meta["teacher"] = t.summary()
-    write_json(run.model(name).meta, meta)
     if complete(run.model(name)):
         compare(spec, ds, run, cfg, t, log)
     return meta
@@ -45,7 +45,7 @@ def same_network(run: RunLayout, cfg: dict) -> list[str]:
     found = []
     for n in run.model_names():
         if n != cfg["name"] and complete(run.model(n)):
-            other = read_json(run.model(n).meta)["config"]
+            other = ModelMeta.read(run.model(n).meta).config
             if "distill" not in other and {k: v for k, v in other.items() if k not in ignore} == mine:
                 found.append(n)
     return found
@@ -53,11 +53,11 @@ def same_network(run: RunLayout, cfg: dict) -> list[str]:
 
 def compare(spec, ds, run: RunLayout, cfg: dict, t, log) -> None:
     """The student beside its teacher and beside the same network trained on the labels, if there is one."""
-    y, metric, min_labels = ds.targets(), spec.metric, spec.min_labels_per_image
+    sc = Scoring.of(spec, ds.targets(), read_folds(run.folds, list(ds.train["id"])))
     base = same_network(run, cfg)
     members = load_members(spec, ds, run, [cfg["name"], *base], log=lambda *_: None)
     student = members[0]
-    log(f"student {student.name}: OOF {metric} {quick_score(y, student.oof, min_labels, metric):.4f} at the best "
-        f"global threshold, refit {student.full_mb:.1f} MB; teacher {t.score:.4f}, {t.size_mb:.1f} MB")
+    log(f"student {student.name}: OOF {sc.metric} {quick_score(sc, student.oof):.4f} at the best global "
+        f"threshold, refit {student.full_mb:.1f} MB; teacher {t.score:.4f}, {t.size_mb:.1f} MB")
     for m in members[1:]:
-        log(f"the same network on the labels ({m.name}): OOF {metric} {quick_score(y, m.oof, min_labels, metric):.4f}")
+        log(f"the same network on the labels ({m.name}): OOF {sc.metric} {quick_score(sc, m.oof):.4f}")

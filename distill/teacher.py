@@ -6,14 +6,15 @@ import hashlib
 
 import numpy as np
 
-from competition.artifacts import read_json
 from competition.errors import UserError
+from competition.formats import ModelMeta
 from competition.layout import RunLayout
 from pipelines.result import SoftTargets
 from submissions.blend import DEFAULT_BLENDS, logit
 from submissions.budget import Budget, gpu_hours_by_model
 from submissions.ensemble import build_ensemble
 from submissions.members import complete
+from submissions.postprocess import Settings
 
 
 @dataclasses.dataclass
@@ -52,7 +53,7 @@ def teacher_names(run: RunLayout, names: list[str] | None, student: str) -> list
             raise UserError(f"the student {student!r} cannot be its own teacher")
         return names
     found = [n for n in run.model_names() if n != student and complete(run.model(n))
-             and "distill" not in read_json(run.model(n).meta)["config"]]
+             and ModelMeta.read(run.model(n).meta).distill is None]
     if not found:
         raise UserError(f"{run.models}: no complete trained model to learn from; train the ensemble first")
     return found
@@ -61,7 +62,8 @@ def teacher_names(run: RunLayout, names: list[str] | None, student: str) -> list
 def build_teacher(spec, ds, run: RunLayout, names: list[str], blend: str | None = None, log=print) -> Teacher:
     """The ensemble of `names` with no budget (the teacher is never submitted), blended by `blend` or its best."""
     tried = DEFAULT_BLENDS if blend in (None, *DEFAULT_BLENDS) else (*DEFAULT_BLENDS, blend)
-    ens = build_ensemble(spec, ds, run, names, Budget(None, None), log=lambda *_: None, blends=tried)
+    settings = Settings(Budget(None, None), method=None, trials=1, seed=0, blends=tried)  # blends only: no thresholds
+    ens = build_ensemble(spec, ds, run, settings, names, log=lambda *_: None)
     name = blend or ens.blend_name
     if name not in ens.blends:
         raise UserError(f"blend {name!r} is not available for {len(names)} member(s); valid: {', '.join(ens.blends)}")

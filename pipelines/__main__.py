@@ -23,7 +23,8 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default=None, help="train: the model folder's name (default: the config's)")
     ap.add_argument("--force", action="store_true", help="start this model over if its run is incompatible")
     ap.add_argument("--steps", type=int, default=60, help="bench: timed steps per measurement (>= 50)")
-    ap.add_argument("--images", type=int, default=None, help="bench: train rows used (default: all on CUDA, 1024 on CPU)")
+    ap.add_argument("--images", type=int, default=None,
+                    help="bench: train rows used (default: all on CUDA, 1024 on CPU)")
     ap.add_argument("--compile-too", action=argparse.BooleanOptionalAction, default=None,
                     help="bench: also time the in-memory step with the other compile setting (default: on CUDA)")
     a, overrides = ap.parse_known_args(argv)  # the rest are key=value config overrides

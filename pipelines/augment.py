@@ -19,8 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from competition.errors import UserError
-
 # Crops keep >= 50-70% of the image: a multi-label scene loses labels to tight crops.
 LEVELS = {
     "none": None,
@@ -34,9 +32,7 @@ LEVELS = {
 
 
 def level_params(level: str) -> dict | None:
-    if level not in LEVELS:
-        raise UserError(f"unknown augment level {level!r}; valid: {', '.join(LEVELS)}")
-    return LEVELS[level]
+    return LEVELS[level]  # pipelines.config checked the name against CHOICES["augment"]
 
 
 def train_transform(level: str, size: int):
@@ -168,7 +164,8 @@ class BatchAugment:
         count = p["holes"][0] + (self.rand(n, device=dev) * (k - p["holes"][0] + 1)).long()
         active = (torch.arange(k, device=dev) < count[:, None]) & (self.rand(n, 1, device=dev) < p["holes_p"])
         lo, hi = p["hole_size"]
-        hh, hw = (lo + (hi - lo) * self.rand(n, k, device=dev)) * hgt, (lo + (hi - lo) * self.rand(n, k, device=dev)) * wid
+        hh = (lo + (hi - lo) * self.rand(n, k, device=dev)) * hgt
+        hw = (lo + (hi - lo) * self.rand(n, k, device=dev)) * wid
         y0, x0 = self.rand(n, k, device=dev) * (hgt - hh), self.rand(n, k, device=dev) * (wid - hw)
         rows = torch.arange(hgt, device=dev, dtype=x.dtype).view(1, 1, hgt, 1)
         cols = torch.arange(wid, device=dev, dtype=x.dtype).view(1, 1, 1, wid)

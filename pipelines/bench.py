@@ -137,7 +137,7 @@ def run_bench(spec, ds, run: RunLayout, cfg: dict, steps: int = 60, n_images: in
     if out["jpeg_decode_images_per_s"] >= out["cache_read_images_per_s"]:
         raise RuntimeError("JPEG decoding measured faster than reading the cache: the measurement is broken")
     rows = np.arange(len(y))
-    s = setup(cfg, FoldData(cache, rows, y, rows[:0], y[:0], rows[:0]), Dist())
+    s = setup(cfg, FoldData(cache, rows, y, rows[:0], y[:0], rows[:0], min_labels=1), Dist())
     warmup = 10 + 2 * max(getattr(s.train_loader, "num_workers", 0), 1)  # drains the prefetch queue
     out["source_images_per_s"] = source_rate(s, steps, warmup)
     out["real_loop_images_per_s"], out["steps_timed"] = real_loop_rate(s, steps, warmup)

@@ -65,7 +65,7 @@ class CaptionModel:
             return text_encoder.encode(self.encoder_dir, texts)
         return sp.hstack([v.fit_transform(texts) if fit else v.transform(texts) for v in self.vecs]).tocsr()
 
-    def fit(self, texts, y: np.ndarray, x=None) -> "CaptionModel":
+    def fit(self, texts, y: np.ndarray, x=None) -> CaptionModel:
         """`y`: 0/1 labels or soft targets in [0, 1]. `x`: the texts' features when already computed (cached
         sentence embeddings); TF-IDF is always fitted on `texts`."""
         x = self.features(texts, fit=True) if x is None or self.vecs else x
@@ -96,7 +96,7 @@ class CaptionModel:
         return path
 
     @classmethod
-    def load(cls, path: Path, encoder_dir: Path | None = None) -> "CaptionModel":
+    def load(cls, path: Path, encoder_dir: Path | None = None) -> CaptionModel:
         """A saved fold or refit; a sentence-encoder model finds its encoder in its model folder."""
         path = Path(path).with_suffix(".npz")
         arrays = np.load(path, allow_pickle=False)
@@ -141,10 +141,11 @@ def fit_captions(cfg, ds, run: RunLayout, train_idx, val_idx, out: FitLayout, la
     weights = model.save(out.captions_model)
     val_prob = model.predict(texts[val_idx], x_of(val_idx)) if len(val_idx) else np.zeros((0, y.shape[1]))
     test_prob = model.predict(test_texts, x_of(n + np.arange(len(test_texts))))
+    rule = ds.spec.min_labels_per_image  # decide as the fold score and the submission will
     row = {"epoch": 1, "train_micro_f1": metrics.f1(y[train_idx], metrics.decide(
-        model.predict(texts[train_idx], x_of(train_idx))))}
+        model.predict(texts[train_idx], x_of(train_idx)), 0.5, rule))}
     if len(val_idx):
-        row["micro_f1"] = metrics.f1(y[val_idx], metrics.decide(val_prob))
+        row["micro_f1"] = metrics.f1(y[val_idx], metrics.decide(val_prob, 0.5, rule))
     log(f"{label}: " + " ".join(f"{k} {v:.4g}" for k, v in row.items()))
     described = "tf-idf" if folder is None else f"{cfg['encoder']} sentence embeddings"
     return FitResult(val_prob, test_prob, 1, [row], weights, f"{described} + logistic regression",

@@ -46,7 +46,8 @@ DEFAULTS = {
     "amp": True,                # mixed precision: CUDA training and inference; on a CPU with native bf16
                                 # (AMX, AVX512-BF16) inference only, where it ran 2.2-2.9x faster
     "amp_dtype": "auto",        # auto (bf16 where supported, else fp16 + grad scaler) | bf16 | fp16
-    "channels_last": True,      # NHWC memory for convnets; on CPU too (lite0: 1.2x step, 1.5x loop; benchmarks/README.md)
+    "channels_last": True,      # NHWC memory for convnets; on CPU too (lite0: 1.2x step, 1.5x loop;
+                                # benchmarks/README.md)
     "compile": False,           # torch.compile the trained module (not yet measured end to end on a GPU)
     "data_path": "device",      # device (cache rows on the device, batched augmentation; faster on CUDA and,
                                 # measured, on CPU) | loader (DataLoader + albumentations per image)
@@ -66,6 +67,9 @@ DEFAULTS = {
     "C": 4.0,
 }
 
+
+# Keys that change how a run executes, not what it computes: they may differ on resume.
+EXECUTION_KEYS = {"folds", "workers", "fullfit", "compile", "device"}
 
 # Keys that one kind of model reads; a YAML or override setting one for the other kind is a mistake.
 CAPTION_KEYS = {"encoder", "encoder_source", "ngram_max", "char_ngrams", "min_df", "C"}

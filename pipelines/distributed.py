@@ -19,7 +19,7 @@ class Dist:
     world: int = 1
 
     @classmethod
-    def from_env(cls) -> "Dist":
+    def from_env(cls) -> Dist:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1 and not tdist.is_initialized():
             tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

@@ -1,4 +1,4 @@
-"""Adapter from the fold orchestration (pipelines.run) to the image training loop."""
+"""Adapter from the fold orchestration (pipelines.fits) to the image training loop."""
 from __future__ import annotations
 
 import numpy as np
@@ -21,5 +21,6 @@ def fit_images(cfg, ds, run: RunLayout, train_idx, val_idx, out: FitLayout, labe
         if targets.test is not None:
             rows, soft = targets.joining()
             train_rows, train_y = np.concatenate([train_idx, test_rows[rows]]), np.concatenate([train_y, soft])
-    data = FoldData(cache, train_rows, train_y.astype(np.float32), val_idx, y[val_idx], test_rows)
+    data = FoldData(cache, train_rows, train_y.astype(np.float32), val_idx, y[val_idx], test_rows,
+                    min_labels=ds.spec.min_labels_per_image)
     return fit(cfg, data, out, label, dist=Dist.from_env(), log=log)

@@ -1,32 +1,41 @@
-"""A thin wrapper: timm backbone (num_classes=0) + a multi-label head."""
+"""The one model builder and weight I/O: a timm backbone (num_classes=0) + a multi-label head, and its fp16
+safetensors. Training, Grad-CAM and prediction all build and load networks here, so they cannot drift."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import timm
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from competition.errors import UserError
+from competition.artifacts import atomic_path
 from pipelines.weights import load_pretrained
 
 
+def linear_head(in_features: int, num_classes: int, cfg: dict) -> nn.Module:
+    return nn.Sequential(nn.Dropout(cfg["dropout"]), nn.Linear(in_features, num_classes))
+
+
+def mlp_head(in_features: int, num_classes: int, cfg: dict) -> nn.Module:
+    layers, width = [], in_features
+    for hidden in cfg["head_hidden"]:
+        layers += [nn.Dropout(cfg["dropout"]), nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+        width = hidden
+    return nn.Sequential(*layers, nn.Dropout(cfg["dropout"]), nn.Linear(width, num_classes))
+
+
+HEADS = {"linear": linear_head, "mlp": mlp_head}  # the names are pipelines.config's CHOICES["head"]
+
+
 def build_head(in_features: int, num_classes: int, cfg: dict) -> nn.Module:
-    if cfg["head"] == "linear":
-        return nn.Sequential(nn.Dropout(cfg["dropout"]), nn.Linear(in_features, num_classes))
-    if cfg["head"] == "mlp":
-        layers, width = [], in_features
-        for hidden in cfg["head_hidden"]:
-            layers += [nn.Dropout(cfg["dropout"]), nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
-            width = hidden
-        return nn.Sequential(*layers, nn.Dropout(cfg["dropout"]), nn.Linear(width, num_classes))
-    raise UserError(f"unknown head {cfg['head']!r}; valid: linear, mlp")
+    return HEADS[cfg["head"]](in_features, num_classes, cfg)
 
 
 class MultiLabelNet(nn.Module):
     def __init__(self, cfg: dict, num_classes: int):
         super().__init__()
         self.frozen = cfg["mode"] == "frozen"
-        if cfg["mode"] not in ("finetune", "frozen"):
-            raise UserError(f"unknown mode {cfg['mode']!r}; valid: finetune, frozen")
         self.backbone = timm.create_model(cfg["backbone"], pretrained=False, num_classes=0)
         self.head = build_head(self.backbone.num_features, num_classes, cfg)
         if self.frozen:
@@ -65,3 +74,24 @@ def build_model(cfg: dict, num_classes: int) -> tuple[MultiLabelNet, str, tuple,
     source = load_pretrained(model.backbone, cfg["backbone"], cfg["pretrained"], cfg["pretrained_file"])
     data_cfg = timm.data.resolve_data_config({}, model=model.backbone)
     return model, source, tuple(data_cfg["mean"]), tuple(data_cfg["std"])
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """fp16 safetensors: half the bytes, and loading it can run no code."""
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    state = load_file(str(path))
+    ref = model.state_dict()
+    model.load_state_dict({k: v.to(ref[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def load_trained(cfg: dict, num_classes: int, weights: Path) -> tuple[MultiLabelNet, tuple, tuple]:
+    """A trained network from its config and weight file, float32 and in eval mode, with the normalisation
+    of its pretraining. No pretrained download or file: the saved weights replace them all."""
+    net, _, mean, std = build_model({**cfg, "pretrained": "none"}, num_classes)
+    load_weights(net, weights)
+    return net.float().eval(), mean, std

@@ -11,6 +11,7 @@ import sys
 
 from competition.artifacts import read_json
 from competition.errors import UserError
+from competition.formats import ModelMeta
 from competition.layout import RunLayout
 from pipelines.bench import SPEED_KEYS, device_slug, this_device
 from pipelines.config import fold_list, resolve
@@ -32,7 +33,7 @@ class Estimate:
 
 def spent_gpu_hours(run: RunLayout) -> dict[str, float]:
     """GPU-hours every model in the run folder has recorded so far (finished folds and refits)."""
-    return {n: float(read_json(run.model(n).meta)["gpu_hours"]) for n in run.model_names()
+    return {n: float(ModelMeta.read(run.model(n).meta).gpu_hours) for n in run.model_names()
             if run.model(n).meta.exists()}
 
 

@@ -14,9 +14,9 @@ import numpy as np
 
 from competition.artifacts import read_json
 from competition.errors import UserError
+from competition.formats import read_probs
 from competition.layout import RunLayout
 from pipelines.result import SoftTargets
-from pipelines.run import read_probs
 
 
 @dataclasses.dataclass

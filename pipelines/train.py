@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
@@ -21,11 +20,18 @@ from competition.artifacts import atomic_path
 from competition.errors import UserError
 from competition.layout import FitLayout
 from pipelines.augment import BatchAugment, eval_transform, stream_seed, train_transform
-from pipelines.data import (CachedImages, DeviceBatches, DeviceNormalize, auto_workers, load_cache_rows,
-                            make_loader, set_loader_epoch)
+from pipelines.data import (
+    CachedImages,
+    DeviceBatches,
+    DeviceNormalize,
+    auto_workers,
+    load_cache_rows,
+    make_loader,
+    set_loader_epoch,
+)
 from pipelines.distributed import Dist
 from pipelines.losses import build_loss
-from pipelines.model import build_model
+from pipelines.model import build_model, load_weights, save_weights
 from pipelines.result import FitResult
 from pipelines.trunk import TopOfNet, TrunkFeatures, trunk_cache
 
@@ -39,6 +45,7 @@ class FoldData:
     val_rows: np.ndarray
     val_y: np.ndarray
     test_rows: np.ndarray
+    min_labels: int           # the spec's rule: validation decides as the fold score and submission will
 
 
 def cpu_has_bf16() -> bool:
@@ -51,19 +58,13 @@ def device_setup(cfg: dict, dist: Dist):
     """(device, training autocast dtype, inference autocast dtype). On a CPU with native bf16, inference
     runs in bf16 (2.0x faster predictions here, benchmarks/cpu_bf16.py) but training stays fp32: its backward
     was no faster."""
-    if cfg["device"] not in ("auto", "cpu", "cuda"):
-        raise UserError(f"unknown device {cfg['device']!r}; valid: auto, cpu, cuda")
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda asked for, but torch sees no CUDA device")
     on_cuda = cfg["device"] == "cuda" or (cfg["device"] == "auto" and torch.cuda.is_available())
     device = torch.device(f"cuda:{dist.local_rank}" if on_cuda else "cpu")
     amp_dtype = None
     if device.type == "cuda" and cfg["amp"]:
-        choice = {"auto": torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
-                  "bf16": torch.bfloat16, "fp16": torch.float16}
-        if cfg["amp_dtype"] not in choice:
-            raise UserError(f"unknown amp_dtype {cfg['amp_dtype']!r}; valid: {', '.join(choice)}")
-        amp_dtype = choice[cfg["amp_dtype"]]
+        amp_dtype = AMP_DTYPES[cfg["amp_dtype"]]()
     infer_dtype = amp_dtype if device.type == "cuda" else torch.bfloat16 if cfg["amp"] and cpu_has_bf16() else None
     return device, amp_dtype, infer_dtype
 
@@ -72,22 +73,32 @@ def autocast(device, amp_dtype):
     return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
 
 
+# The names of these tables are pipelines.config's CHOICES, checked there before any work.
+AMP_DTYPES = {"auto": lambda: torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
+              "bf16": lambda: torch.bfloat16, "fp16": lambda: torch.float16}
+
+
+def cosine_schedule(cfg, optimizer, updates_per_epoch):
+    sched, _ = create_scheduler_v2(
+        optimizer, sched="cosine", num_epochs=cfg["epochs"], warmup_epochs=cfg["warmup_epochs"],
+        warmup_lr=cfg["lr"] * 0.01, min_lr=cfg["min_lr"], step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+    return (lambda step: sched.step_update(step)), None
+
+
+def onecycle_schedule(cfg, optimizer, updates_per_epoch):
+    pct = min(max(cfg["warmup_epochs"] / cfg["epochs"], 0.05), 0.5)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg["lr"],
+                                                total_steps=cfg["epochs"] * updates_per_epoch + 1, pct_start=pct)
+    return (lambda step: sched.step()), sched
+
+
+SCHEDULES = {"cosine": cosine_schedule, "onecycle": onecycle_schedule,
+             "none": lambda cfg, optimizer, updates: ((lambda step: None), None)}
+
+
 def make_schedule(cfg, optimizer, updates_per_epoch):
     """A callable step(global_step) -> None, and its state for resuming."""
-    total = cfg["epochs"] * updates_per_epoch
-    if cfg["schedule"] == "cosine":
-        sched, _ = create_scheduler_v2(
-            optimizer, sched="cosine", num_epochs=cfg["epochs"], warmup_epochs=cfg["warmup_epochs"],
-            warmup_lr=cfg["lr"] * 0.01, min_lr=cfg["min_lr"], step_on_epochs=False,
-            updates_per_epoch=updates_per_epoch)
-        return lambda step: sched.step_update(step), None
-    if cfg["schedule"] == "onecycle":
-        pct = min(max(cfg["warmup_epochs"] / max(cfg["epochs"], 1), 0.05), 0.5)
-        sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg["lr"], total_steps=total + 1, pct_start=pct)
-        return (lambda step: sched.step()), sched
-    if cfg["schedule"] == "none":
-        return (lambda step: None), None
-    raise UserError(f"unknown schedule {cfg['schedule']!r}; valid: cosine, onecycle, none")
+    return SCHEDULES[cfg["schedule"]](cfg, optimizer, updates_per_epoch)
 
 
 @torch.no_grad()
@@ -110,11 +121,7 @@ def predict(module, loader, to_input, device, amp_dtype, tta: bool) -> np.ndarra
 def data_path(cfg: dict) -> str:
     """device (cache rows on the device, batched augmentation), loader (DataLoader + albumentations per
     image), or trunk (cached trunk features, train_from)."""
-    if cfg["train_from"] is not None:
-        return "trunk"
-    if cfg["data_path"] not in ("loader", "device"):
-        raise UserError(f"unknown data_path {cfg['data_path']!r}; valid: device, loader")
-    return cfg["data_path"]
+    return "trunk" if cfg["train_from"] is not None else cfg["data_path"]
 
 
 def image_inputs(cfg, data: FoldData, mean, std, device, channels_last, dist: Dist):
@@ -179,19 +186,6 @@ def restore_best(net, model, evaluated, path: Path) -> None:
         evaluated.load_state_dict(TopOfNet(net, model_start(net, model)).state_dict())
 
 
-def save_weights(model, path: Path) -> None:
-    """fp16 safetensors: half the bytes, and loading it can run no code."""
-    state = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp))
-
-
-def load_weights(model, path: Path) -> None:
-    state = load_file(str(path))
-    ref = model.state_dict()
-    model.load_state_dict({k: v.to(ref[k].dtype) for k, v in state.items()}, strict=True)
-
-
 def save_state(path: Path, **state) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -233,11 +227,13 @@ def setup(cfg: dict, data: FoldData, dist: Dist) -> Setup:
         net.to(memory_format=torch.channels_last)
     if cfg["train_from"] is None:
         trained = net
-        train_loader, val_loader, test_loader, to_input = image_inputs(cfg, data, mean, std, device, channels_last, dist)
+        train_loader, val_loader, test_loader, to_input = image_inputs(
+            cfg, data, mean, std, device, channels_last, dist)
     else:
         train_loader, val_loader, test_loader, to_input, trained = trunk_inputs(
             cfg, data, net, mean, std, device, infer_dtype, channels_last, dist)
-    updates = len(train_loader) if cfg["max_train_batches"] is None else min(len(train_loader), cfg["max_train_batches"])
+    updates = len(train_loader) if cfg["max_train_batches"] is None else min(len(train_loader),
+                                                                              cfg["max_train_batches"])
     if cfg["layer_decay"] is not None and (trained is not net or cfg["mode"] == "frozen"):
         raise UserError("layer_decay applies to full fine-tuning only (no train_from, mode: finetune)")
     optimizer = create_optimizer_v2(trained.trainable(), opt=cfg["optimizer"], lr=cfg["lr"],
@@ -246,10 +242,13 @@ def setup(cfg: dict, data: FoldData, dist: Dist) -> Setup:
     step_schedule, sched_state = make_schedule(cfg, optimizer, updates)
     ema = ModelEmaV3(trained, decay=cfg["ema_decay"], use_warmup=True) if cfg["ema"] else None
     return Setup(
-        cfg, dist, device, amp_dtype, infer_dtype, net, trained, dist.wrap(torch.compile(trained) if cfg["compile"] else trained),
-        ema.module if ema is not None else trained, source, to_input, train_loader, val_loader, test_loader,
-        updates, optimizer, step_schedule, sched_state, build_loss(cfg["loss"], data.train_y).to(device),
-        torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), ema)
+        cfg=cfg, dist=dist, device=device, amp_dtype=amp_dtype, infer_dtype=infer_dtype, net=net, trained=trained,
+        step_module=dist.wrap(torch.compile(trained) if cfg["compile"] else trained),
+        evaluated=ema.module if ema is not None else trained, source=source, to_input=to_input,
+        train_loader=train_loader, val_loader=val_loader, test_loader=test_loader, updates=updates,
+        optimizer=optimizer, step_schedule=step_schedule, sched_state=sched_state,
+        loss_fn=build_loss(cfg["loss"], data.train_y).to(device),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), ema=ema)
 
 
 def optimize(s: Setup, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -310,24 +309,35 @@ def train_one_epoch(s: Setup, epoch: int, step: int, label: str = "", max_steps:
     return row, step
 
 
-def evaluate(s: Setup, y: np.ndarray) -> dict:
-    """Validation loss and metrics of the evaluated (EMA) weights, each computed once."""
+def evaluate(s: Setup, y: np.ndarray, min_labels: int) -> dict:
+    """Validation loss and metrics of the evaluated (EMA) weights, each computed once; decisions follow the
+    spec's min-labels rule, so early stopping picks by the score the fold records."""
     prob = predict(s.evaluated, s.val_loader, s.to_input, s.device, s.infer_dtype, tta=False)
     loss = torch.nn.functional.binary_cross_entropy(
         torch.from_numpy(prob).double().clamp(1e-7, 1 - 1e-7), torch.from_numpy(y).double())
-    pred = metrics.decide(prob, 0.5, 1)
+    pred = metrics.decide(prob, 0.5, min_labels)
     return {"val_loss": float(loss), "micro_f1": metrics.f1(y, pred, "micro"), "macro_f1": metrics.f1(y, pred, "macro"),
             "mAP": metrics.mean_average_precision(y, prob)}
 
 
-def resume(s: Setup, state_path: Path, log, label):
-    """(history, next epoch, best score, best epoch, global step) from the last finished epoch.
+@dataclasses.dataclass
+class Progress:
+    """Where a fit stands after an epoch: what a checkpoint saves and a resume restores."""
+    history: list = dataclasses.field(default_factory=list)
+    epoch: int = 0              # epochs finished
+    best: float = -np.inf       # best selection score so far
+    best_epoch: int = 0
+    step: int = 0               # optimizer updates so far (the schedule's position)
+
+
+def resume(s: Setup, state_path: Path, log, label) -> Progress:
+    """The progress after the last finished epoch, its weights, optimizer, EMA, schedule and scaler loaded.
 
     The state is loaded on the CPU with weights_only (tensors, dicts, numbers): each piece then goes
     where its module lives. The random streams need no state: `start_epoch` derives them.
     """
     if not state_path.exists():
-        return [], 0, -np.inf, 0, 0
+        return Progress()
     st = torch.load(state_path, map_location="cpu", weights_only=True)
     s.trained.load_state_dict(st["model"])
     s.optimizer.load_state_dict(st["optimizer"])
@@ -338,15 +348,15 @@ def resume(s: Setup, state_path: Path, log, label):
     if st.get("scaler"):
         s.scaler.load_state_dict(st["scaler"])
     log(f"{label}: resuming after epoch {st['epoch']}")
-    return st["history"], st["epoch"], st["best"], st["best_epoch"], st["step"]
+    return Progress(st["history"], st["epoch"], st["best"], st["best_epoch"], st["step"])
 
 
-def checkpoint(s: Setup, path: Path, history, epoch, best, best_epoch, step) -> None:
+def checkpoint(s: Setup, path: Path, p: Progress) -> None:
     save_state(path, model=s.trained.state_dict(), optimizer=s.optimizer.state_dict(),
                ema=s.ema.state_dict() if s.ema is not None else None,
                scheduler=s.sched_state.state_dict() if s.sched_state is not None else None,
                scaler=s.scaler.state_dict() if s.scaler.is_enabled() else None,
-               history=history, epoch=epoch, best=float(best), best_epoch=best_epoch, step=step)
+               history=p.history, epoch=p.epoch, best=float(p.best), best_epoch=p.best_epoch, step=p.step)
 
 
 def fit(cfg: dict, data: FoldData, out: FitLayout, label: str, dist: Dist | None = None, log=print) -> FitResult:
@@ -355,34 +365,37 @@ def fit(cfg: dict, data: FoldData, out: FitLayout, label: str, dist: Dist | None
     dist = dist or Dist.from_env()
     out.dir.mkdir(parents=True, exist_ok=True)
     s = setup(cfg, data, dist)
-    state_path, best_path = out.state, out.best_weights
-    history, start, best, best_epoch, step = resume(s, state_path, log, label)
+    p = resume(s, out.state, log, label)
     has_val = len(data.val_rows) > 0
-    for epoch in range(start, cfg["epochs"]):
-        if history and has_val and epoch - best_epoch >= cfg["patience"]:
-            break
-        t_epoch = time.perf_counter()
-        row, step = train_one_epoch(s, epoch, step, label)
-        if has_val:
-            row.update(evaluate(s, data.val_y))
-        row["seconds"] = time.perf_counter() - t_epoch
-        history.append(row)
-        score = row[cfg["select_metric"]] if has_val else epoch
-        if score > best:
-            best, best_epoch = score, epoch + 1
-            if dist.is_main:
-                save_weights(as_full_net(s.net, s.trained, s.evaluated), best_path)
-        if dist.is_main:
-            checkpoint(s, state_path, history, epoch + 1, best, best_epoch, step)
-            log(f"{label} epoch {epoch + 1}/{cfg['epochs']} " + " ".join(
-                f"{k} {v:.4g}" for k, v in row.items() if k != "epoch") + (" *" if best_epoch == epoch + 1 else ""))
-        dist.barrier()
-    restore_best(s.net, s.trained, s.evaluated, best_path)
+    while p.epoch < cfg["epochs"] and not (p.history and has_val and p.epoch - p.best_epoch >= cfg["patience"]):
+        p = run_epoch(s, data, out, p, label, log)
+    restore_best(s.net, s.trained, s.evaluated, out.best_weights)
     val_prob = (predict(s.evaluated, s.val_loader, s.to_input, s.device, s.infer_dtype, cfg["tta"])
                 if has_val else np.zeros((0, data.train_y.shape[1])))
     test_prob = predict(s.evaluated, s.test_loader, s.to_input, s.device, s.infer_dtype, cfg["tta"])
     on_gpu = s.device.type == "cuda"
-    return FitResult(val_prob, test_prob, best_epoch, history, best_path, s.source,
-                     sum(p.numel() for p in s.net.parameters()),
+    return FitResult(val_prob, test_prob, p.best_epoch, p.history, out.best_weights, s.source,
+                     sum(q.numel() for q in s.net.parameters()),
                      torch.cuda.get_device_name(s.device) if on_gpu else "cpu",
                      (time.time() - t0) / 3600 * dist.world if on_gpu else 0.0)
+
+
+def run_epoch(s: Setup, data: FoldData, out: FitLayout, p: Progress, label: str, log) -> Progress:
+    """Train one epoch, evaluate, keep the best weights, checkpoint: the progress after it."""
+    cfg, epoch, t_epoch = s.cfg, p.epoch, time.perf_counter()
+    row, step = train_one_epoch(s, epoch, p.step, label)
+    has_val = len(data.val_rows) > 0
+    if has_val:
+        row.update(evaluate(s, data.val_y, data.min_labels))
+    row["seconds"] = time.perf_counter() - t_epoch
+    score = row[cfg["select_metric"]] if has_val else epoch
+    best, best_epoch = (score, epoch + 1) if score > p.best else (p.best, p.best_epoch)
+    p = Progress([*p.history, row], epoch + 1, best, best_epoch, step)
+    if best_epoch == epoch + 1 and s.dist.is_main:
+        save_weights(as_full_net(s.net, s.trained, s.evaluated), out.best_weights)
+    if s.dist.is_main:
+        checkpoint(s, out.state, p)
+        log(f"{label} epoch {epoch + 1}/{cfg['epochs']} " + " ".join(
+            f"{k} {v:.4g}" for k, v in row.items() if k != "epoch") + (" *" if best_epoch == epoch + 1 else ""))
+    s.dist.barrier()
+    return p

@@ -8,10 +8,10 @@ import sys
 
 import pandas as pd
 
-from competition import UserError, load_dataset, load_spec
+from competition import load_dataset, load_spec
 from competition.layout import RunLayout
 from submissions.blend import BLENDS, DEFAULT_BLENDS
-from submissions.thresholds import METHODS
+from submissions.scoring import METHODS
 
 
 def main(argv=None) -> int:
@@ -35,36 +35,35 @@ def main(argv=None) -> int:
     ap.add_argument("--file", default=None, help="lb-set: the submission (its name or path)")
     ap.add_argument("--public", type=float, default=None, help="lb-set: its public leaderboard score")
     a = ap.parse_args(argv)
-    if a.trials < 1:
-        raise UserError(f"TRIALS={a.trials}: the optuna search needs at least 1 trial")
     spec = load_spec(a.comp)
     if a.cmd in ("lb", "lb-set"):
         return leaderboard(a, RunLayout.of(a.runs, spec.name))
+    from submissions.budget import Budget
+    from submissions.postprocess import Settings
+    from submissions.submit import run_submit, run_thresholds
+    settings = Settings(Budget.of(spec, a.budget_mb, a.budget_gpu_hours, a.ignore_budget), a.method, a.trials,
+                        a.seed, tuple(a.blends.split(",")) if a.blends else DEFAULT_BLENDS, a.storage)
     ds = load_dataset(spec, a.data, check=False)
     run = RunLayout.of(a.runs, spec.name)
     names = a.models.split(",") if a.models else None
-    from submissions.budget import Budget
-    from submissions.submit import run_submit, run_thresholds
-    budget = Budget.of(spec, a.budget_mb, a.budget_gpu_hours, a.ignore_budget)
-    blends = a.blends.split(",") if a.blends else DEFAULT_BLENDS
     if a.cmd == "submit":
         command = "python -m submissions " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
-        run_submit(spec, ds, run, command, names, a.method, a.trials, a.seed, budget, a.storage, blends=blends)
+        run_submit(spec, ds, run, settings, command, names)
         return 0
-    ens = run_thresholds(spec, ds, run, names, a.method, a.trials, a.seed, budget, a.storage, blends=blends)
+    ens, thresholds = run_thresholds(spec, ds, run, settings, names)
     if a.cmd == "report":
         from submissions.report import make_report
-        for path in make_report(spec, ens, run.report):
+        for path in make_report(spec, ens, thresholds, run.report):
             print(f"wrote {path}")
         from submissions.cam import cam_panels
-        panels = cam_panels(spec, ds, ens, run.report_cam)
+        panels = cam_panels(spec, ds, ens, thresholds, run.report_cam)
         print(f"wrote {len(panels)} Grad-CAM panels (one per label) -> {run.report_cam}" if panels else
               "no Grad-CAM panels: no image member, or no images")
     return 0
 
 
 def leaderboard(a, run: RunLayout) -> int:
-    from competition import runlog
+    from competition import UserError, runlog
     if a.cmd == "lb-set":
         if a.file is None or a.public is None:
             raise UserError("lb-set needs FILE=<submission csv> and PUBLIC=<its public leaderboard score>")

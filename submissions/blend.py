@@ -24,8 +24,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 
 from competition.errors import UserError
-from competition.metrics import objective
-from submissions.thresholds import global_threshold, nested_score, score
+from submissions.scoring import Scoring
+from submissions.thresholds import global_threshold, nested_score
 
 EPS = 1e-6
 
@@ -35,19 +35,19 @@ def logit(p):
     return np.log(p / (1 - p))
 
 
-def quick_score(y, prob, min_labels, metric="micro_f1") -> float:
+def quick_score(sc: Scoring, prob) -> float:
     """The metric at the best single global threshold: what weights are tuned by, and how members compare."""
-    return score(y, prob, global_threshold(y, prob, min_labels, metric), min_labels, metric)
+    return sc.score(prob, global_threshold(sc, prob))
 
 
-def selection_score(y, prob, fold, min_labels, metric="micro_f1") -> float:
+def selection_score(sc: Scoring, prob) -> float:
     """What chooses among blends: the nested score of per-label thresholds where the exact search applies
     (micro-F1), else the best global threshold's. Blends are thresholded per label afterwards, and one
     global threshold misjudged them on comp5329-6k (the logit blend ranked below the weighted one there and
     above it with per-label thresholds)."""
-    if objective(metric).exact_thresholds and min_labels <= 1:
-        return nested_score("exact", y, prob, fold, min_labels, metric=metric)
-    return quick_score(y, prob, min_labels, metric)
+    if sc.exact:
+        return nested_score("exact", sc, prob, trials=1, seed=0)  # exact searches: no trials, no seed
+    return quick_score(sc, prob)
 
 
 def mean_blend(oofs, tests, weights=None):
@@ -60,7 +60,7 @@ def sigmoid(z):
     return 1 / (1 + np.exp(-z))
 
 
-def tune_weights(oofs, y, min_labels, step=0.1, metric="micro_f1", logits=False) -> np.ndarray:
+def tune_weights(oofs, sc: Scoring, logits: bool, step=0.1) -> np.ndarray:
     """Grid over the weight simplex (exhaustive for <= 4 members, coordinate ascent beyond), of the weighted mean
     of the members' probabilities, or of their logits (`logits`: a weighted geometric mean of the odds)."""
     m = len(oofs)
@@ -70,7 +70,7 @@ def tune_weights(oofs, y, min_labels, step=0.1, metric="micro_f1", logits=False)
 
     def blend_score(w):
         mixed = np.tensordot(w, stacked, 1)
-        return quick_score(y, sigmoid(mixed) if logits else mixed, min_labels, metric)
+        return quick_score(sc, sigmoid(mixed) if logits else mixed)
     grid = np.round(np.arange(0, 1 + 1e-9, step), 6)
     best_w, best = None, -1.0
     if m <= 4:
@@ -108,9 +108,8 @@ class MeanBlend:
     def __init__(self, tuned: bool, logits: bool = False):
         self.tuned, self.logits, self.weights = tuned, logits, None
 
-    def fit(self, oofs, y, fold, min_labels, metric) -> np.ndarray:
-        self.weights = (tune_weights(oofs, y, min_labels, metric=metric, logits=self.logits) if self.tuned
-                        else np.ones(len(oofs)) / len(oofs))
+    def fit(self, oofs, sc: Scoring) -> np.ndarray:
+        self.weights = (tune_weights(oofs, sc, self.logits) if self.tuned else np.ones(len(oofs)) / len(oofs))
         return self.apply(oofs)
 
     def apply(self, probs, fold=None) -> np.ndarray:
@@ -125,7 +124,7 @@ class PerLabel:
     def __init__(self, make):
         self.make, self.models = make, []
 
-    def fit(self, x, y) -> "PerLabel":
+    def fit(self, x, y) -> PerLabel:
         self.models = [float(y[0, j]) if y[:, j].min() == y[:, j].max() else self.make().fit(x, y[:, j])
                        for j in range(y.shape[1])]
         return self
@@ -142,7 +141,7 @@ class MultiOutputMLP:
     def __init__(self, seed: int = 0):
         self.seed, self.net, self.constant = seed, None, None
 
-    def fit(self, x, y) -> "MultiOutputMLP":
+    def fit(self, x, y) -> MultiOutputMLP:
         self.constant = {j: float(y[0, j]) for j in range(y.shape[1]) if y[:, j].min() == y[:, j].max()}
         self.net = MLPClassifier((64,), alpha=1e-2, learning_rate_init=1e-3, max_iter=300, early_stopping=True,
                                  validation_fraction=0.15, n_iter_no_change=15, random_state=self.seed).fit(x, y)
@@ -174,14 +173,14 @@ class StackBlend:
     def __init__(self, learner: str):
         self.learner, self.final, self.by_fold = learner, None, {}
 
-    def fit(self, oofs, y, fold, min_labels, metric) -> np.ndarray:
+    def fit(self, oofs, sc: Scoring) -> np.ndarray:
         x = stack_features(oofs)
-        oof = np.zeros(y.shape)
-        for f in np.unique(fold):
-            inner = fold != f
-            self.by_fold[int(f)] = LEARNERS[self.learner]().fit(x[inner], y[inner])
+        oof = np.zeros(sc.y.shape)
+        for f in sc.folds:
+            inner = sc.fold != f
+            self.by_fold[int(f)] = LEARNERS[self.learner]().fit(x[inner], sc.y[inner])
             oof[~inner] = self.by_fold[int(f)].predict(x[~inner])
-        self.final = LEARNERS[self.learner]().fit(x, y)
+        self.final = LEARNERS[self.learner]().fit(x, sc.y)
         return oof
 
     def apply(self, probs, fold=None) -> np.ndarray:
@@ -221,27 +220,26 @@ class Fitted:
     select: float           # selection_score
 
 
-def fit_blends(oofs, y, fold, min_labels, metric="micro_f1", names=BLENDS) -> dict[str, Fitted]:
+def fit_blends(oofs, sc: Scoring, names) -> dict[str, Fitted]:
+    """Every blend of `names` that these members and folds allow, fitted on these rows."""
     out = {}
-    usable = available(len(oofs), names, len(np.unique(fold)))
+    usable = available(len(oofs), names, len(sc.folds))
     if not usable:  # every blend asked for is a stack, and it cannot be fitted here: the plain mean stands in
         usable = ("mean",)
     for name in usable:
         blend = make_blend(name)
-        oof = blend.fit(oofs, y, fold, min_labels, metric)
-        out[name] = Fitted(blend, oof, quick_score(y, oof, min_labels, metric),
-                           selection_score(y, oof, fold, min_labels, metric))
+        oof = blend.fit(oofs, sc)
+        out[name] = Fitted(blend, oof, quick_score(sc, oof), selection_score(sc, oof))
     return out
 
 
-def blend_all(members, y, fold, min_labels, use_full: dict | None = None, metric="micro_f1", names=BLENDS) -> dict:
+def blend_all(members, sc: Scoring, use_full: dict, names) -> dict:
     """Every method's oof, test, fold_tests (k, test rows, labels), weights, scores (global threshold, selection)
     and the fitted blend itself (`model`), which applies to any rows' member probabilities."""
-    use_full = use_full or {}
     tests = [m.test(use_full.get(m.name, False)) for m in members]
     k = members[0].test_by_fold.shape[0]
     out = {}
-    for name, fit in fit_blends([m.oof for m in members], y, fold, min_labels, metric, names).items():
+    for name, fit in fit_blends([m.oof for m in members], sc, names).items():
         fold_tests = np.stack([fit.blend.apply([m.test_by_fold[f] for m in members], fold=f) for f in range(k)])
         weights = None if fit.blend.weights is None else [float(v) for v in fit.blend.weights]
         out[name] = {"oof": fit.oof, "test": fit.blend.apply(tests), "fold_tests": fold_tests, "weights": weights,

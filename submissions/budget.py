@@ -11,6 +11,7 @@ import itertools
 
 from competition.errors import UserError
 from submissions.blend import mean_blend, quick_score
+from submissions.scoring import Scoring
 
 MAX_SEARCH_MEMBERS = 12
 
@@ -22,7 +23,7 @@ class Budget:
     ignored: bool = False       # IGNORE_BUDGET: keep every member, and say the rules are broken
 
     @classmethod
-    def of(cls, spec, model_mb=None, gpu_hours=None, ignored=False) -> "Budget":
+    def of(cls, spec, model_mb=None, gpu_hours=None, ignored=False) -> Budget:
         """The spec's budgets unless overridden; a negative one is a UserError."""
         for name, value in (("BUDGET_MB", model_mb), ("BUDGET_GPU_HOURS", gpu_hours)):
             if value is not None and not value >= 0:
@@ -63,7 +64,7 @@ def within(size, hours, max_mb, max_hours) -> bool:
     return (max_mb is None or size <= max_mb + 1e-9) and (max_hours is None or hours <= max_hours + 1e-9)
 
 
-def select(members, y, min_labels, max_mb, max_hours, metric="micro_f1"):
+def select(members, sc: Scoring, max_mb, max_hours):
     """(chosen members, use_full per name, list of reasons for what was dropped or swapped)."""
     # Prefer fold models (their test predictions match how the OOF was made) while they fit.
     fold_mode = {m.name: False for m in members}
@@ -81,7 +82,7 @@ def select(members, y, min_labels, max_mb, max_hours, metric="micro_f1"):
                 if not within(size, hours, max_mb, max_hours):
                     continue
                 oof, _ = mean_blend([m.oof for m in subset], [m.oof for m in subset])
-                s = quick_score(y, oof, min_labels, metric)
+                s = quick_score(sc, oof)
                 key = (s, -sum(use_full.values()), -size)  # ties: fewer refits, then smaller
                 if best is None or key > best[0]:
                     best = (key, list(subset), use_full)
@@ -96,16 +97,17 @@ def select(members, y, min_labels, max_mb, max_hours, metric="micro_f1"):
             reasons.append(f"dropped {m.name} ({m.folds_mb:.1f} MB in folds, {m.gpu_hours:.2f} GPU-h): "
                            "the best blend within budget leaves it out")
         elif use_full[m.name]:
-            reasons.append(f"{m.name} enters as its full-data refit ({m.full_mb:.1f} MB instead of {m.folds_mb:.1f} MB)")
+            reasons.append(f"{m.name} enters as its full-data refit ({m.full_mb:.1f} MB instead of "
+                           f"{m.folds_mb:.1f} MB)")
     size, hours = cost(chosen, use_full)
     reasons.append(f"within budget: {size:.1f} MB <= {max_mb} MB, {hours:.2f} <= {max_hours} GPU-hours")
     return chosen, use_full, reasons
 
 
-def fit_budget(members, y, min_labels, metric, budget: Budget, log=print):
+def fit_budget(members, sc: Scoring, budget: Budget, log):
     """(members, use_full, notes): the best subset within budget, or all of them with a warning when ignored."""
     if not budget.ignored:
-        members, use_full, notes = select(members, y, min_labels, budget.model_mb, budget.gpu_hours, metric)
+        members, use_full, notes = select(members, sc, budget.model_mb, budget.gpu_hours)
         for line in notes:
             log(f"budget: {line}")
         return members, use_full, notes

@@ -19,25 +19,22 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 
 from competition.artifacts import atomic_path  # noqa: E402
 from competition.images import load_resized  # noqa: E402
-from competition.metrics import decide  # noqa: E402
-from pipelines.model import build_model  # noqa: E402
-from pipelines.train import load_weights  # noqa: E402
+from pipelines.model import load_trained  # noqa: E402
 from submissions.ensemble import Ensemble  # noqa: E402
 from submissions.members import Member  # noqa: E402
+from submissions.thresholds import threshold_vector  # noqa: E402
 
 
 def best_image_member(ens: Ensemble) -> Member | None:
-    images = [m for m in ens.members if m.meta["kind"] == "image"]
+    images = [m for m in ens.members if m.meta.kind == "image"]
     return max(images, key=lambda m: ens.member_scores[m.name]) if images else None
 
 
 def fold_net(member: Member, fold: int, n_labels: int):
     """Fold `fold`'s network of an image member, in float32 and eval mode, with gradients everywhere."""
-    cfg = {**member.meta["config"], "pretrained": "none"}  # the fold's own weights replace any pretrained ones
-    net, _, mean, std = build_model(cfg, n_labels)
-    load_weights(net, member.dir / member.meta["folds"][str(fold)]["weights"])
+    net, mean, std = load_trained(member.meta.config, n_labels, member.dir / member.meta.fold_weights(fold))
     net.frozen = False  # a frozen backbone runs without gradients, which Grad-CAM needs
-    return net.float().eval(), cfg["img_size"], np.array(mean), np.array(std)
+    return net, member.meta.config["img_size"], np.array(mean), np.array(std)
 
 
 def target_layer(net) -> torch.nn.Module:
@@ -52,17 +49,18 @@ def label_maps(net, image: np.ndarray, mean, std, labels: list[int]) -> np.ndarr
         return np.stack([cam(input_tensor=x, targets=[ClassifierOutputTarget(j)])[0] for j in labels])
 
 
-def cam_panels(spec, ds, ens: Ensemble, out: Path, per_label: int = 4) -> list[Path]:
+def cam_panels(spec, ds, ens: Ensemble, thresholds: dict, out: Path, per_label: int = 4) -> list[Path]:
     """One PNG per label with up to `per_label` validation images that carry it: the member's most confident
     half, then its least confident (the ones it misses: does it look at the object there?)."""
     member = best_image_member(ens)
     if member is None or not ds.has_images:
         return []
     out.mkdir(parents=True, exist_ok=True)
-    pred = decide(ens.blend["oof"], ens.threshold_vector(spec.tokens), ens.min_labels)
+    sc = ens.scoring
+    pred = sc.decide(ens.blend["oof"], threshold_vector(thresholds, spec.tokens))
     nets, paths, ids = {}, [], list(ds.train["id"])
     for j, (token, name) in enumerate(spec.labels.items()):
-        rows = np.nonzero(ens.y[:, j] == 1)[0]
+        rows = np.nonzero(sc.y[:, j] == 1)[0]
         rows = rows[np.argsort(-member.oof[rows, j])]
         if len(rows) > per_label:
             rows = np.concatenate([rows[:(per_label + 1) // 2], rows[len(rows) - per_label // 2:]])
@@ -70,13 +68,13 @@ def cam_panels(spec, ds, ens: Ensemble, out: Path, per_label: int = 4) -> list[P
             continue
         fig, axes = plt.subplots(2, len(rows), figsize=(3.2 * len(rows), 7.2), squeeze=False)
         for col, r in enumerate(rows):
-            fold = int(ens.fold[r])
+            fold = int(sc.fold[r])
             if fold not in nets:
                 nets[fold] = fold_net(member, fold, len(spec.tokens))
             net, size, mean, std = nets[fold]
             image = load_resized(ds.image_root / ids[r], size)
             heat = label_maps(net, image, mean, std, [j])[0]
-            true = " ".join(spec.labels[t] for t, v in zip(spec.tokens, ens.y[r]) if v)
+            true = " ".join(spec.labels[t] for t, v in zip(spec.tokens, sc.y[r]) if v)
             said = " ".join(spec.labels[t] for t, v in zip(spec.tokens, pred[r]) if v)
             axes[0, col].imshow(image)
             axes[0, col].set_title(f"{ids[r]}\ntrue: {true}\nblend predicts: {said}", fontsize=7)
@@ -85,7 +83,7 @@ def cam_panels(spec, ds, ens: Ensemble, out: Path, per_label: int = 4) -> list[P
         for ax in axes.ravel():
             ax.axis("off")
         fig.suptitle(f"Grad-CAM of '{name}' ({member.name}: {net.backbone.feature_info[-1]['module']} of "
-                     f"{member.meta['config']['backbone']}); validation images, most and least confident", fontsize=9)
+                     f"{member.meta.config['backbone']}); validation images, most and least confident", fontsize=9)
         fig.tight_layout()
         path = out / f"{token}_{name.replace(' ', '_')}.png"
         with atomic_path(path) as tmp:

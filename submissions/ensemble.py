@@ -5,87 +5,73 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-import numpy as np
-
 from competition.layout import RunLayout
 from folds.split import read_folds
-from submissions.blend import DEFAULT_BLENDS, blend_all, check_blends, quick_score
-from submissions.budget import Budget, cost, fit_budget
+from submissions.blend import blend_all, quick_score
+from submissions.budget import cost, fit_budget
 from submissions.members import Member, load_members
-from submissions.postprocess import best_blend
+from submissions.postprocess import Settings, best_blend
+from submissions.scoring import Scoring
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Ensemble:
-    metric: str                     # the spec's objective: what blends and thresholds maximise
-    min_labels: int
-    y: np.ndarray                   # (train rows, labels)
-    fold: np.ndarray                # fold of each train row
+    scoring: Scoring                # train rows' labels and folds, the spec's metric and min-labels rule
+    settings: Settings              # what post-processing may choose (budget, blends, threshold method)
     members: list[Member]           # those within budget
     use_full: dict[str, bool]       # per member: its full-data refit instead of its fold models
     member_scores: dict[str, float]  # OOF metric at the best global threshold, scored once
     blends: dict[str, dict]         # method -> oof, test, weights, score
     blend_name: str                 # the blend with the best selection score
-    budget: Budget
     budget_notes: list[str]
-    students: list[dict] = dataclasses.field(default_factory=list)  # distilled students and their teachers
-    candidates: list[Member] = dataclasses.field(default_factory=list)  # every member loaded, before the budget
-    thresholds: dict | None = None  # the thresholds artifact, once tuned
-    nested: dict | None = None      # the fully nested estimate, once computed
-    blend_names: tuple = DEFAULT_BLENDS  # the blends tried
+    students: list[dict]            # distilled students and their teachers
+    candidates: list[Member]        # every member loaded, before the budget
 
     @property
     def blend(self) -> dict:
         return self.blends[self.blend_name]
 
-    def threshold_vector(self, tokens) -> np.ndarray:
-        return np.array([self.thresholds["thresholds"][t] for t in tokens])
-
     def cost(self) -> tuple[float, float]:
         return cost(self.members, self.use_full)
 
 
-def build_ensemble(spec, ds, run: RunLayout, names=None, budget: Budget | None = None, log=print,
-                   blends=DEFAULT_BLENDS) -> Ensemble:
-    """Every complete member (or `names`), fitted into the budget, blended every way in `blends`; the best
-    blend chosen."""
-    blend_names = check_blends(blends)
-    budget = budget or Budget.of(spec)
-    metric, min_labels = spec.metric, spec.min_labels_per_image
+def build_ensemble(spec, ds, run: RunLayout, settings: Settings, names=None, log=print) -> Ensemble:
+    """Every complete member (or `names`), fitted into the budget, blended every way in the settings' blends;
+    the best blend chosen."""
     members = load_members(spec, ds, run, names, log=log)
-    y, fold = ds.targets(), read_folds(run.folds, list(ds.train["id"]))
-    scores = {m.name: quick_score(y, m.oof, min_labels, metric) for m in members}
+    sc = Scoring.of(spec, ds.targets(), read_folds(run.folds, list(ds.train["id"])))
+    scores = {m.name: quick_score(sc, m.oof) for m in members}
     for m in members:
-        log(f"member {m.name:<24} OOF {metric} (best global thr) {scores[m.name]:.4f}  "
+        log(f"member {m.name:<24} OOF {sc.metric} (best global thr) {scores[m.name]:.4f}  "
             f"{m.folds_mb:.1f} MB folds{f', {m.full_mb:.1f} MB refit' if m.full_mb else ''}  {m.gpu_hours:.3f} GPU-h")
     loaded = members
-    members, use_full, notes = fit_budget(members, y, min_labels, metric, budget, log)
-    if budget.ignored and notes:
+    members, use_full, notes = fit_budget(members, sc, settings.budget, log)
+    if settings.budget.ignored and notes:
         print(notes[0], file=sys.stderr)
     students = [student_summary(m, scores[m.name], m in members, use_full) for m in loaded if m.distill]
     for st in students:
-        log(f"student {st['name']}: OOF {metric} {st['oof_score_global_thr']:.4f}, {st['size_mb']:.1f} MB "
+        log(f"student {st['name']}: OOF {sc.metric} {st['oof_score_global_thr']:.4f}, {st['size_mb']:.1f} MB "
             f"({st['uses']}); its teacher {'+'.join(st['teacher'])} ({st['teacher_blend']} blend): "
             f"OOF {st['teacher_oof_score_global_thr']:.4f}, {st['teacher_mb']:.1f} MB; "
             f"{'in this submission' if st['chosen'] else 'left out'}")
     if students and not notes:
-        log(f"budget forced nothing: {cost(members, use_full)[0]:.1f} MB within {budget.model_mb} MB")
-    blends = blend_all(members, y, fold, min_labels, use_full, metric, blend_names)
+        log(f"budget forced nothing: {cost(members, use_full)[0]:.1f} MB within {settings.budget.model_mb} MB")
+    blends = blend_all(members, sc, use_full, settings.blends)
     for name, b in blends.items():
         weights = dict(zip([m.name for m in members], [round(float(w), 3) for w in b["weights"] or []]))
-        log(f"blend {name:<14} OOF {metric} (best global thr) {b['score']:.4f}, selection "
+        log(f"blend {name:<14} OOF {sc.metric} (best global thr) {b['score']:.4f}, selection "
             f"{b['select']:.4f}" + (f"  weights {weights}" if weights else ""))
     blend_name = best_blend({k: b["select"] for k, b in blends.items()})
     log(f"blend: {blend_name}")
-    return Ensemble(metric, min_labels, y, fold, members, use_full, {m.name: scores[m.name] for m in members},
-                    blends, blend_name, budget, notes, students, loaded, blend_names=blend_names)
+    return Ensemble(sc, settings, members, use_full, {m.name: scores[m.name] for m in members}, blends, blend_name,
+                    notes, students, loaded)
 
 
 def student_summary(m: Member, score: float, chosen: bool, use_full: dict) -> dict:
     """A student beside its teacher, on the same footing: OOF metric at the best global threshold, and MB."""
     d, full = m.distill, use_full.get(m.name, m.full_mb is not None)
     return {"name": m.name, "oof_score_global_thr": score, "size_mb": round(m.size_mb(full), 3),
-            "uses": "full-data refit" if full else f"{m.meta['k']} fold models", "chosen": chosen,
+            "uses": "full-data refit" if full else f"{m.meta.k} fold models", "chosen": chosen,
             "teacher": d["teacher"], "teacher_blend": d["blend"],
             "teacher_oof_score_global_thr": d.get("teacher_score", float("nan")),
             "teacher_mb": d.get("teacher_mb", float("nan")), "teacher_gpu_hours": sum(m.teacher_gpu_hours.values()),

@@ -6,19 +6,18 @@ from pathlib import Path
 
 import numpy as np
 
-from competition.artifacts import file_sha256, read_json
+from competition.artifacts import file_sha256
 from competition.errors import UserError
+from competition.formats import ModelMeta, read_probs, weights_mb
 from competition.layout import ModelLayout, RunLayout
 from competition.reader import Dataset
-from folds.split import read_folds
-from pipelines.run import data_fingerprint, read_probs, weights_mb
 
 
 @dataclasses.dataclass
 class Member:
     name: str
     dir: Path
-    meta: dict
+    meta: ModelMeta
     oof: np.ndarray                 # (train rows, labels), train.csv order
     test_folds: np.ndarray          # mean over fold models, test.csv order
     test_by_fold: np.ndarray        # (k, test rows, labels): fold model f's, which never saw fold f
@@ -38,8 +37,7 @@ class Member:
     def distill(self) -> dict | None:
         """A distilled student's record (teacher members, blend, mix; the teacher's score, MB and GPU-hours),
         None for other members."""
-        record = self.meta.get("config", {}).get("distill")
-        return {**record, **self.meta.get("teacher", {})} if record else None
+        return self.meta.distill
 
     @property
     def teacher_gpu_hours(self) -> dict[str, float]:
@@ -47,30 +45,21 @@ class Member:
         return self.distill.get("teacher_gpu_hours", {}) if self.distill else {}
 
 
-def meta_of(model: ModelLayout) -> dict:
-    return read_json(model.meta, f"`make train MODEL={model.name}` writes it again (finished folds are kept)")
-
-
 def load_member(model: ModelLayout, ds: Dataset, tokens) -> Member:
-    meta = meta_of(model)
-    k = meta["k"]
+    meta = ModelMeta.read(model.meta)
     train_ids, test_ids = list(ds.train["id"]), list(ds.test["id"])
     oof = read_probs(model.oof, train_ids, tokens)
-    test_by_fold = np.stack([read_probs(model.test_fold(f), test_ids, tokens) for f in range(k)])
-    full = meta.get("full")
-    test_full = read_probs(model.test_full, test_ids, tokens) if full else None
-    shared_mb = sum(weights_mb(model.dir / p) for p in meta.get("shared_weights", []))  # once for every fold
-    folds_mb = sum((model.dir / meta["folds"][str(f)]["weights"]).stat().st_size for f in range(k)) / 2**20 + shared_mb
-    full_mb = (model.dir / full["weights"]).stat().st_size / 2**20 + shared_mb if full else None
+    test_by_fold = np.stack([read_probs(model.test_fold(f), test_ids, tokens) for f in range(meta.k)])
+    test_full = read_probs(model.test_full, test_ids, tokens) if meta.full else None
+    shared_mb = sum(weights_mb(model.dir / p) for p in meta.shared_weights)  # once for every fold
+    folds_mb = sum(weights_mb(model.dir / meta.fold_weights(f)) for f in range(meta.k)) + shared_mb
+    full_mb = weights_mb(model.dir / meta.full["weights"]) + shared_mb if meta.full else None
     return Member(model.name, model.dir, meta, oof, test_by_fold.mean(0), test_by_fold, test_full, folds_mb, full_mb,
-                  float(meta["gpu_hours"]), file_sha256(model.oof))
+                  float(meta.gpu_hours), file_sha256(model.oof))
 
 
 def complete(model: ModelLayout) -> bool:
-    if not model.meta.exists() or not model.oof.exists():
-        return False
-    meta = meta_of(model)
-    return len(meta["folds_done"]) == meta["k"]
+    return model.meta.exists() and model.oof.exists() and ModelMeta.read(model.meta).complete
 
 
 def load_members(spec, ds: Dataset, run: RunLayout, names: list[str] | None = None, log=print) -> list[Member]:
@@ -90,15 +79,14 @@ def load_members(spec, ds: Dataset, run: RunLayout, names: list[str] | None = No
     if not names:
         raise UserError(f"{run.models}: no complete trained model; run `make train MODEL=...` first")
     folds_sha = file_sha256(run.folds)
-    read_folds(run.folds, list(ds.train["id"]))
     bad = []
     for n in names:
-        meta = meta_of(run.model(n))
-        if meta["folds_sha256"] != folds_sha:
-            bad.append(f"{n}: trained on another folds file ({meta['folds_sha256'][:12]} vs current {folds_sha[:12]})")
-        if meta["labels"] != list(spec.tokens):
-            bad.append(f"{n}: label order {meta['labels']} differs from the spec")
-        if meta.get("data_sha256") and meta["data_sha256"] != data_fingerprint(ds, meta["config"]):
+        meta = ModelMeta.read(run.model(n).meta)
+        if meta.folds_sha256 != folds_sha:
+            bad.append(f"{n}: trained on another folds file ({meta.folds_sha256[:12]} vs current {folds_sha[:12]})")
+        if meta.labels != list(spec.tokens):
+            bad.append(f"{n}: label order {meta.labels} differs from the spec")
+        if meta.data_sha256 and meta.data_sha256 != ds.fingerprint(meta.kind):
             bad.append(f"{n}: trained on other data (ids, labels, captions or images changed since)")
     if bad:
         raise UserError("refusing to blend members trained on different folds, data or labels (retrain them):\n  "

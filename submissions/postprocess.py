@@ -13,25 +13,34 @@ import dataclasses
 
 import numpy as np
 
-from competition.metrics import decide, objective
+from competition.errors import UserError
+from competition.metrics import decide
 from submissions import thresholds as th
-from submissions.blend import BLENDS, DEFAULT_BLENDS, available, fit_blends
+from submissions.blend import BLENDS, available, check_blends, fit_blends
 from submissions.budget import Budget, fit_budget
+from submissions.scoring import METHODS, Scoring
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """What post-processing is allowed to choose, and how hard it searches."""
-    metric: str
-    min_labels: int
+    """What post-processing may choose and how hard it searches: built once where the command line is parsed
+    (or a user's script), checked there, and handed down whole."""
     budget: Budget
-    method: str | None = None       # threshold method; None: the best nested score
-    trials: int = 200
-    seed: int = 0
-    blends: tuple = DEFAULT_BLENDS
+    method: str | None          # threshold method; None: the best nested score
+    trials: int                 # Optuna trials
+    seed: int
+    blends: tuple               # the blends to try
+    storage: str | None = None  # Optuna storage URL of the submission's threshold study (None: SQLite in RUNS)
 
-    def key(self) -> str:
-        return (f"{self.metric}|{self.min_labels}|{self.budget.model_mb}|{self.budget.gpu_hours}|"
+    def __post_init__(self):
+        if self.trials < 1:
+            raise UserError(f"TRIALS={self.trials}: the optuna search needs at least 1 trial")
+        if self.method is not None and self.method not in METHODS:
+            raise UserError(f"threshold method {self.method!r}; valid: {', '.join(METHODS)}")
+        object.__setattr__(self, "blends", check_blends(self.blends))
+
+    def key(self, sc: Scoring) -> str:
+        return (f"{sc.metric}|{sc.min_labels}|{self.budget.model_mb}|{self.budget.gpu_hours}|"
                 f"{self.budget.ignored}|{self.method}|{self.trials}|{self.seed}|{','.join(self.blends)}")
 
 
@@ -59,33 +68,31 @@ class Choice:
         return {"members": self.members, "blend": self.blend_name, "threshold_method": self.method}
 
 
-def choose(members, y, fold, settings: Settings) -> Choice:
+def choose(members, sc: Scoring, settings: Settings) -> Choice:
     """The post-processing `make submit` runs, on these rows alone (members' `oof` holds exactly them)."""
-    chosen, _, _ = fit_budget(members, y, settings.min_labels, settings.metric, settings.budget, log=lambda *_: None)
-    fitted = fit_blends([m.oof for m in chosen], y, fold, settings.min_labels, settings.metric, settings.blends)
+    chosen, _, _ = fit_budget(members, sc, settings.budget, log=lambda *_: None)
+    fitted = fit_blends([m.oof for m in chosen], sc, settings.blends)
     name = best_blend({k: v.select for k, v in fitted.items()})
     blend, oof = fitted[name].blend, fitted[name].oof
-    rows = th.compare(y, oof, fold, settings.min_labels, settings.trials, settings.seed, methods=(
-        (settings.method,) if settings.method else None), metric=settings.metric)
-    row = th.pick(rows, settings.method)
-    return Choice([m.name for m in chosen], name, blend, row["method"], row["thresholds"], settings.min_labels,
+    methods = (settings.method,) if settings.method else None
+    row = th.pick(th.compare(sc, oof, settings.trials, settings.seed, methods), settings.method)
+    return Choice([m.name for m in chosen], name, blend, row["method"], row["thresholds"], sc.min_labels,
                   row["in_sample"])
 
 
-def fully_nested(members, y, fold, settings: Settings, log=print) -> dict:
+def fully_nested(members, sc: Scoring, settings: Settings, log) -> dict:
     """choose() on every K-1 folds, scored on the held-out fold; pooled score, per-fold scores and choices."""
-    pred = np.zeros_like(y, dtype=np.uint8)
+    pred = np.zeros_like(sc.y, dtype=np.uint8)
     per_fold = []
-    score = objective(settings.metric).score
-    if len(np.unique(fold)) == 2:
+    if len(sc.folds) == 2:
         skipped = [b for b in settings.blends if b not in available(len(members), settings.blends, 1)]
         log("fully nested, 2 folds: each outer fold leaves one inner fold, so the choices inside it are made on "
             "in-sample scores" + (f" and {', '.join(skipped)} (fitted fold-wise) is skipped there" if skipped else ""))
-    for f in np.unique(fold):
-        inner, outer = fold != f, fold == f
-        choice = choose([dataclasses.replace(m, oof=m.oof[inner]) for m in members], y[inner], fold[inner], settings)
+    for f in sc.folds:
+        inner, outer = sc.fold != f, sc.fold == f
+        choice = choose([dataclasses.replace(m, oof=m.oof[inner]) for m in members], sc.rows(inner), settings)
         pred[outer] = choice.predict({m.name: m.oof[outer] for m in members})
-        per_fold.append({"fold": int(f), "score": score(y[outer], pred[outer]), **choice.summary()})
+        per_fold.append({"fold": int(f), "score": sc.of_pred(pred[outer], outer), **choice.summary()})
         log(f"fully nested: fold {f} {per_fold[-1]['score']:.4f} ({choice.blend_name} of "
             f"{'+'.join(choice.members)}, {choice.method} thresholds)")
-    return {"score": score(y, pred), "per_fold": per_fold}
+    return {"score": sc.of_pred(pred), "per_fold": per_fold}

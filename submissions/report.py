@@ -12,22 +12,25 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import f1_score  # noqa: E402
 
 from competition.eda import save  # noqa: E402
-from competition.metrics import decide  # noqa: E402
 from competition.layout import ModelLayout  # noqa: E402
+from competition.metrics import decide  # noqa: E402
 from submissions import thresholds as th  # noqa: E402
 from submissions.ensemble import Ensemble  # noqa: E402
+from submissions.thresholds import threshold_vector  # noqa: E402
 
 
 def per_label_f1(y, prob, thr, min_labels):
     return f1_score(y, decide(prob, thr, min_labels), average=None, zero_division=0)
 
 
-def make_report(spec, ens: Ensemble, out: Path) -> list[Path]:
-    """Plots of a tuned ensemble under `out`: the blend against its members, thresholds, correlation, curves."""
+def make_report(spec, ens: Ensemble, art: dict, out: Path) -> list[Path]:
+    """Plots of an ensemble and its thresholds artifact `art` under `out`: the blend against its members,
+    thresholds, correlation, curves."""
     out.mkdir(parents=True, exist_ok=True)
     names = [f"{t} {n}" for t, n in spec.labels.items()]
-    members, y, art, ml = ens.members, ens.y, ens.thresholds, ens.min_labels
-    thr = ens.threshold_vector(spec.tokens)
+    sc = ens.scoring
+    members, y, ml = ens.members, sc.y, sc.min_labels
+    thr = threshold_vector(art, spec.tokens)
     paths = []
 
     fig, ax = plt.subplots(figsize=(11, 5))
@@ -35,7 +38,7 @@ def make_report(spec, ens: Ensemble, out: Path) -> list[Path]:
     series = [(f"blend ({ens.blend_name}, tuned thr)", per_label_f1(y, ens.blend["oof"], thr, ml))]
     for m in members:
         series.append((f"{m.name} (global thr)",
-                       per_label_f1(y, m.oof, th.global_threshold(y, m.oof, ml, ens.metric), ml)))
+                       per_label_f1(y, m.oof, th.global_threshold(sc, m.oof), ml)))
     width = 0.8 / len(series)
     for i, (label, f1) in enumerate(series):
         ax.bar(x + i * width - 0.4 + width / 2, f1, width, label=label)
@@ -51,7 +54,7 @@ def make_report(spec, ens: Ensemble, out: Path) -> list[Path]:
     ax.bar(names, thr, color="tab:orange")
     ax.axhline(0.5, color="grey", ls="--", lw=1)
     ax.set_ylabel("threshold")
-    ax.set_title(f"per-label thresholds ({art['method']}; nested {ens.metric} {art['nested_score']:.4f})")
+    ax.set_title(f"per-label thresholds ({art['method']}; nested {sc.metric} {art['nested_score']:.4f})")
     ax.tick_params(axis="x", rotation=60, labelsize=8)
     paths.append(out / "thresholds.png")
     save(fig, paths[-1])

@@ -1,9 +1,11 @@
 """Blend -> thresholds -> budget -> validated submission CSV + JSON sidecar."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import warnings
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -14,17 +16,16 @@ from competition.artifacts import exclusive_lock, read_json, write_csv, write_js
 from competition.errors import UserError
 from competition.layout import RunLayout
 from submissions import thresholds as th
-from submissions.blend import DEFAULT_BLENDS
-from submissions.budget import Budget
 from submissions.ensemble import Ensemble, build_ensemble
 from submissions.postprocess import Settings, fully_nested
 from submissions.validate import validate_frame
 
 
-def blend_key(method: str, oof: np.ndarray, trials: int, seed: int, metric: str) -> str:
-    """Thresholds are reused only for the very same blended OOF probabilities and settings."""
+def blend_key(method: str, oof: np.ndarray, trials: int, seed: int, sc) -> str:
+    """Thresholds are reused only for the very same blended OOF probabilities, settings, metric and rule (the
+    default rule adds nothing, so artifacts of earlier versions stay valid)."""
     h = hashlib.sha256(np.round(oof, 6).tobytes())
-    h.update(f"{method}|{trials}|{seed}|{metric}".encode())
+    h.update(f"{method}|{trials}|{seed}|{sc.metric}{'' if sc.min_labels == 1 else f'|min{sc.min_labels}'}".encode())
     return h.hexdigest()[:16]
 
 
@@ -41,36 +42,35 @@ def optuna_storage(run: RunLayout, url: str | None):
         raise UserError(f"optuna storage {url!r}: {type(e).__name__}: {e}") from None
 
 
-def tune_thresholds(run: RunLayout, ens: Ensemble, tokens, method=None, trials=200, seed=0, storage=None,
-                    log=print) -> dict:
+def tune_thresholds(run: RunLayout, ens: Ensemble, tokens, log=print) -> dict:
     """Compare every method in-sample and nested on the chosen blend; one artifact per blended OOF, reused."""
-    if method:
-        th.check_method(method, ens.metric, ens.min_labels)  # before any work: compare() tunes only the methods that apply
-    url, shared = optuna_storage(run, storage)  # a bad URL fails now, even when the thresholds are reused
+    st, sc = ens.settings, ens.scoring
+    if st.method:
+        th.check_method(st.method, sc)  # before any work: compare() tunes only the methods that apply
+    url, shared = optuna_storage(run, st.storage)  # a bad URL fails now, even when the thresholds are reused
     oof = ens.blend["oof"]
-    key = blend_key(method or "best", oof, trials, seed, ens.metric)
+    key = blend_key(st.method or "best", oof, st.trials, st.seed, sc)
     path = run.thresholds_file(key)
     if path.exists():
-        ens.thresholds = read_json(path, "delete it: `make submit` (or `make thresholds`) tunes them again")
+        art = read_json(path, "delete it: `make submit` (or `make thresholds`) tunes them again")
         log(f"thresholds: reusing {path} (members unchanged)")
-        print_table(ens.thresholds["comparison"], ens.thresholds["method"], log)
-        return ens.thresholds
+        print_table(art["comparison"], art["method"], log)
+        return art
     with exclusive_lock(path.with_name(f".{path.name}.lock")):  # one process on this machine tunes a study at a time
-        rows = th.compare(ens.y, oof, ens.fold, ens.min_labels, trials, seed, storage=shared or url,
-                          study_name=f"blend-{key}", metric=ens.metric)
-    row = th.pick(rows, method)
-    chosen = row["method"]
-    ens.thresholds = {
-        "method": chosen, "metric": ens.metric, "labels": list(tokens),
+        rows = th.compare(sc, oof, st.trials, st.seed, (st.method,) if st.method else None,
+                          storage=shared or url, study_name=f"blend-{key}")
+    row = th.pick(rows, st.method)
+    art = {
+        "method": row["method"], "metric": sc.metric, "labels": list(tokens),
         "thresholds": {t: float(v) for t, v in zip(tokens, row["thresholds"])},
-        "oof_score": row["in_sample"], "nested_score": row["nested"], "trials": trials, "seed": seed,
+        "oof_score": row["in_sample"], "nested_score": row["nested"], "trials": st.trials, "seed": st.seed,
         "comparison": [{k: v for k, v in r.items() if k != "thresholds"} for r in rows],
         "optuna_storage": url, "optuna_study": f"blend-{key}",
     }
-    write_json(path, ens.thresholds)
-    print_table(ens.thresholds["comparison"], chosen, log)
-    log(f"thresholds: {chosen} -> {path}")
-    return ens.thresholds
+    write_json(path, art)
+    print_table(art["comparison"], art["method"], log)
+    log(f"thresholds: {art['method']} -> {path}")
+    return art
 
 
 def print_table(rows, chosen, log=print) -> None:
@@ -80,37 +80,34 @@ def print_table(rows, chosen, log=print) -> None:
         log(f"{r['method']:<18}{r['in_sample']:>15.4f}{r['nested']:>12.4f}{mark}")
 
 
-def run_thresholds(spec, ds, run: RunLayout, names=None, method=None, trials=200, seed=0, budget: Budget | None = None,
-                   storage: str | None = None, log=print, blends=DEFAULT_BLENDS) -> Ensemble:
-    ens = build_ensemble(spec, ds, run, names, budget, log, blends)
-    tune_thresholds(run, ens, spec.tokens, method, trials, seed, storage, log)
-    return ens
+def run_thresholds(spec, ds, run: RunLayout, settings: Settings, names=None, log=print) -> tuple[Ensemble, dict]:
+    """The ensemble and its thresholds artifact."""
+    ens = build_ensemble(spec, ds, run, settings, names, log)
+    return ens, tune_thresholds(run, ens, spec.tokens, log)
 
 
-def nested_key(ens: Ensemble, settings: Settings) -> str:
+def nested_key(ens: Ensemble) -> str:
     """The fully nested estimate is reused only for the very same candidate members, folds and settings."""
-    h = hashlib.sha256(settings.key().encode())
-    h.update(np.asarray(ens.fold).tobytes())
+    h = hashlib.sha256(ens.settings.key(ens.scoring).encode())
+    h.update(np.asarray(ens.scoring.fold).tobytes())
     for m in ens.candidates:
         h.update(f"|{m.name}|{m.oof_sha256}|{m.folds_mb:.6f}|{m.full_mb}|{m.gpu_hours:.6f}".encode())
     return h.hexdigest()[:16]
 
 
-def estimate_nested(run: RunLayout, ens: Ensemble, method=None, trials=200, seed=0, log=print) -> dict:
+def estimate_nested(run: RunLayout, ens: Ensemble, thresholds: dict, log=print) -> dict:
     """The whole post-processing repeated on K-1 folds and scored on the held-out one (an artifact, reused)."""
-    settings = Settings(ens.metric, ens.min_labels, ens.budget, method, trials, seed, ens.blend_names)
-    path = run.nested_file(nested_key(ens, settings))
+    path = run.nested_file(nested_key(ens))
     if path.exists():
-        ens.nested = read_json(path, "delete it: `make submit` computes the fully nested estimate again")
+        nested = read_json(path, "delete it: `make submit` computes the fully nested estimate again")
         log(f"fully nested: reusing {path} (members and settings unchanged)")
     else:
-        ens.nested = fully_nested(ens.candidates, ens.y, ens.fold, settings, log)
-        write_json(path, ens.nested)
-    art = ens.thresholds
-    log(f"{art['method']} thresholds on the {ens.blend_name} blend: OOF in-sample {art['oof_score']:.4f}, "
-        f"thresholds nested {art['nested_score']:.4f}, fully nested (members, blend, thresholds) "
-        f"{ens.nested['score']:.4f}")
-    return ens.nested
+        nested = fully_nested(ens.candidates, ens.scoring, ens.settings, log)
+        write_json(path, nested)
+    log(f"{thresholds['method']} thresholds on the {ens.blend_name} blend: OOF in-sample "
+        f"{thresholds['oof_score']:.4f}, thresholds nested {thresholds['nested_score']:.4f}, fully nested "
+        f"(members, blend, thresholds) {nested['score']:.4f}")
+    return nested
 
 
 def submission_frame(spec, ds, test_prob, thresholds) -> pd.DataFrame:
@@ -119,34 +116,42 @@ def submission_frame(spec, ds, test_prob, thresholds) -> pd.DataFrame:
     return pd.DataFrame({spec.id_column: list(ds.test["id"]), spec.label_column: labels})
 
 
-def run_submit(spec, ds, run: RunLayout, command: str, names=None, method=None, trials=200, seed=0,
-               budget: Budget | None = None, storage: str | None = None, log=print, blends=DEFAULT_BLENDS) -> tuple:
-    """Writes the submission and its sidecar; returns (path, the ensemble)."""
-    ens = run_thresholds(spec, ds, run, names, method, trials, seed, budget, storage, log, blends)
-    estimate_nested(run, ens, method, trials, seed, log)
-    thr = ens.threshold_vector(spec.tokens)
-    frame = submission_frame(spec, ds, ens.blend["test"], thr)
+@dataclasses.dataclass(frozen=True)
+class Submission:
+    """What `make submit` wrote and from what: the CSV (its sidecar beside it), the ensemble, its thresholds
+    artifact and the fully nested estimate."""
+    path: Path
+    ensemble: Ensemble
+    thresholds: dict
+    nested: dict
+
+
+def run_submit(spec, ds, run: RunLayout, settings: Settings, command: str, names=None, log=print) -> Submission:
+    """Writes the submission and its sidecar."""
+    ens, thresholds = run_thresholds(spec, ds, run, settings, names, log)
+    nested = estimate_nested(run, ens, thresholds, log)
+    frame = submission_frame(spec, ds, ens.blend["test"], th.threshold_vector(thresholds, spec.tokens))
     validate_frame(frame, spec, list(ds.test["id"]))
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = run.submission(spec.name, stamp, ens.nested["score"])
-    sidecar = sidecar_of(spec, ens, out.name, command, stamp)
+    out = run.submission(spec.name, stamp, nested["score"])
+    sidecar = sidecar_of(spec, ens, thresholds, nested, out.name, command, stamp)
     write_csv(out, frame, float_format=None)
     write_json(out.with_suffix(".json"), sidecar)
-    runlog.append(run, "submit", out.name, members=" ".join(m.name for m in ens.members), metric=ens.metric,
+    runlog.append(run, "submit", out.name, members=" ".join(m.name for m in ens.members), metric=sidecar["metric"],
                   oof_score=sidecar["oof_score"], nested_score=sidecar["nested_score"], size_mb=sidecar["size_mb"],
                   gpu_hours=sidecar["gpu_hours"])
-    log(f"submission: {out}  (OOF {ens.metric} {sidecar['oof_score']:.4f}, nested {sidecar['nested_score']:.4f}, "
-        f"{sidecar['size_mb']:.1f} MB, {sidecar['gpu_hours']:.2f} GPU-h)")
-    return out, ens
+    log(f"submission: {out}  (OOF {sidecar['metric']} {sidecar['oof_score']:.4f}, nested "
+        f"{sidecar['nested_score']:.4f}, {sidecar['size_mb']:.1f} MB, {sidecar['gpu_hours']:.2f} GPU-h)")
+    return Submission(out, ens, thresholds, nested)
 
 
-def sidecar_of(spec, ens: Ensemble, name: str, command: str, stamp: str) -> dict:
+def sidecar_of(spec, ens: Ensemble, art: dict, nested: dict, name: str, command: str, stamp: str) -> dict:
     """What went into a submission, beside it: members, blend, thresholds, scores, cost and budget."""
-    thr, art, blend = ens.threshold_vector(spec.tokens), ens.thresholds, ens.blend
+    sc, blend, thr = ens.scoring, ens.blend, th.threshold_vector(art, spec.tokens)
     size, hours = ens.cost()
     return {
-        "submission": name, "command": command, "competition": spec.name, "metric": ens.metric,
-        "members": [{"name": m.name, "uses": "full-data refit" if ens.use_full[m.name] else f"{m.meta['k']} fold models",
+        "submission": name, "command": command, "competition": spec.name, "metric": sc.metric,
+        "members": [{"name": m.name, "uses": "full-data refit" if ens.use_full[m.name] else f"{m.meta.k} fold models",
                      "size_mb": round(m.size_mb(ens.use_full[m.name]), 3), "gpu_hours": m.gpu_hours,
                      "oof_score_global_thr": ens.member_scores[m.name], "oof_sha256": m.oof_sha256}
                     for m in ens.members],
@@ -155,15 +160,15 @@ def sidecar_of(spec, ens: Ensemble, name: str, command: str, stamp: str) -> dict
                   "oof_score_global_thr": {k: b["score"] for k, b in ens.blends.items()},
                   "selection_score": {k: b["select"] for k, b in ens.blends.items()}},
         "thresholds": art["thresholds"], "threshold_method": art["method"],
-        "oof_score": th.score(ens.y, blend["oof"], thr, ens.min_labels, ens.metric),
-        "nested_score": ens.nested["score"],
-        "nested_per_fold": ens.nested["per_fold"],
+        "oof_score": sc.score(blend["oof"], thr),
+        "nested_score": nested["score"],
+        "nested_per_fold": nested["per_fold"],
         "threshold_nested_score": art["nested_score"],
         "threshold_comparison": art["comparison"],
-        "oof_metrics": metrics.summary(ens.y, blend["oof"], thr, ens.min_labels),
+        "oof_metrics": metrics.summary(sc.y, blend["oof"], thr, sc.min_labels),
         "best_member_oof_score": max(ens.member_scores.values()),
         "size_mb": round(size, 3), "gpu_hours": hours,
-        "budget": ens.budget.summary(size, hours, ens.budget_notes),
+        "budget": ens.settings.budget.summary(size, hours, ens.budget_notes),
         "students": ens.students,
         "created": stamp,
     }

@@ -13,38 +13,33 @@ import numpy as np
 import optuna
 
 from competition.errors import UserError
-from competition.metrics import decide, objective
+from submissions.scoring import METHODS, Scoring
 
-METHODS = ("fixed", "global", "exact", "optuna")
 GRID = np.linspace(0.02, 0.98, 97)
 
 
-def methods_for(metric: str, min_labels: int) -> tuple:
-    """The exact search is micro-F1's, for the rule "at least 0 or 1 label"; the others apply to any."""
-    exact = objective(metric).exact_thresholds and min_labels <= 1
-    return METHODS if exact else tuple(m for m in METHODS if m != "exact")
+def threshold_vector(artifact: dict, tokens) -> np.ndarray:
+    """A thresholds artifact's (`make thresholds`, thresholds-<key>.json) per-label thresholds, in label order."""
+    return np.array([artifact["thresholds"][t] for t in tokens])
 
 
-def check_method(method: str, metric: str, min_labels: int) -> None:
-    if method not in methods_for(metric, min_labels):
-        rule = f" with min_labels_per_image {min_labels}" if objective(metric).exact_thresholds else ""
-        raise UserError(f"threshold method {method!r} does not apply to metric {metric}{rule}; "
-                        f"valid: {', '.join(methods_for(metric, min_labels))}")
+def check_method(method: str, sc: Scoring) -> None:
+    if method not in sc.methods:
+        rule = f" with min_labels_per_image {sc.min_labels}" if method == "exact" and sc.metric == "micro_f1" else ""
+        raise UserError(f"threshold method {method!r} does not apply to metric {sc.metric}{rule}; "
+                        f"valid: {', '.join(sc.methods)}")
 
 
-def score(y, prob, thresholds, min_labels=1, metric="micro_f1") -> float:
-    return objective(metric).score(y, decide(prob, thresholds, min_labels))
-
-
-def global_threshold(y, prob, min_labels=1, metric="micro_f1") -> np.ndarray:
-    if objective(metric).exact_thresholds and min_labels <= 1:
-        best = GRID[int(np.argmax(micro_f1_at_each(y, prob, GRID, min_labels)))]
+def global_threshold(sc: Scoring, prob) -> np.ndarray:
+    """The best single threshold for every label, on the grid."""
+    if sc.exact:
+        best = GRID[int(np.argmax(micro_f1_at_each(sc.y, prob, GRID, sc.min_labels)))]
     else:
-        best = max(GRID, key=lambda t: score(y, prob, t, min_labels, metric))
+        best = max(GRID, key=lambda t: sc.score(prob, t))
     return np.full(prob.shape[1], float(best))
 
 
-def micro_f1_at_each(y, prob, grid, min_labels=1) -> np.ndarray:
+def micro_f1_at_each(y, prob, grid, min_labels: int) -> np.ndarray:
     """micro-F1 of decide(prob, t, min_labels) for every t of `grid` at once (min_labels 0 or 1), by counting
     with sorted scores instead of deciding once per t: blend weight searches call this thousands of times."""
     y = np.asarray(y).astype(bool)
@@ -70,7 +65,9 @@ def cuts(sorted_scores: np.ndarray) -> np.ndarray:
     """Threshold that keeps the top c rows, for c = 0..n (midpoints: robust to unseen scores)."""
     s = sorted_scores
     mids = (s[:-1] + s[1:]) / 2
-    return np.concatenate([[np.nextafter(s[0], np.inf) if len(s) else 1.0], mids, [np.nextafter(s[-1], -np.inf) if len(s) else 0.0]])
+    first = np.nextafter(s[0], np.inf) if len(s) else 1.0
+    last = np.nextafter(s[-1], -np.inf) if len(s) else 0.0
+    return np.concatenate([[first], mids, [last]])
 
 
 def best_cut_for_label(y, prob, thr, j, order_j, top, min_labels) -> tuple[float, float]:
@@ -103,15 +100,17 @@ def best_cut_for_label(y, prob, thr, j, order_j, top, min_labels) -> tuple[float
     return float(cuts(s)[c]), float(f1[c])
 
 
-def exact_per_label(y, prob, min_labels=1, init=None, max_passes=10) -> np.ndarray:
+def exact_per_label(y, prob, min_labels: int, init=None, max_passes=10) -> np.ndarray:
+    """Coordinate ascent of micro-F1 over the labels' thresholds, each step exact (`best_cut_for_label`)."""
     if min_labels > 1:
         raise UserError("exact search handles min_labels 0 or 1; use the optuna method")
     y = np.asarray(y).astype(np.int64)
     prob = np.asarray(prob, dtype=np.float64)
-    thr = np.array(init if init is not None else global_threshold(y, prob, min_labels), dtype=np.float64)
+    sc = Scoring(y, np.zeros(len(y)), "micro_f1", min_labels)
+    thr = np.array(init if init is not None else global_threshold(sc, prob), dtype=np.float64)
     orders = [np.argsort(-prob[:, j], kind="stable") for j in range(y.shape[1])]
     top = np.argmax(prob, axis=1)
-    best = score(y, prob, thr, min_labels)
+    best = sc.score(prob, thr)
     for _ in range(max_passes):
         improved = False
         for j in range(y.shape[1]):
@@ -123,8 +122,7 @@ def exact_per_label(y, prob, min_labels=1, init=None, max_passes=10) -> np.ndarr
     return thr
 
 
-def optuna_per_label(y, prob, min_labels=1, trials=200, seed=0, init=None, storage=None, study_name=None,
-                     metric="micro_f1"):
+def optuna_per_label(sc: Scoring, prob, trials: int, seed: int, init=None, storage=None, study_name=None):
     """TPE over one threshold per label, warm-started from `init`; resumes a stored study."""
     if trials < 1:
         raise UserError(f"TRIALS={trials}: the optuna search needs at least 1 trial")
@@ -141,8 +139,7 @@ def optuna_per_label(y, prob, min_labels=1, trials=200, seed=0, init=None, stora
         study.enqueue_trial({f"t{j}": float(np.clip(init[j], 0.001, 0.999)) for j in range(L)})
 
     def objective(trial):
-        thr = np.array([trial.suggest_float(f"t{j}", 0.001, 0.999) for j in range(L)])
-        return score(y, prob, thr, min_labels, metric)
+        return sc.score(prob, np.array([trial.suggest_float(f"t{j}", 0.001, 0.999) for j in range(L)]))
 
     remaining = trials - len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
     if remaining > 0:
@@ -159,31 +156,29 @@ def fail_orphaned_trials(storage, study_name: str) -> None:
         storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
 
 
-def tune(method: str, y, prob, min_labels=1, trials=200, seed=0, storage=None, study_name=None,
-         metric="micro_f1") -> np.ndarray:
-    check_method(method, metric, min_labels)
-    exact = objective(metric).exact_thresholds and min_labels <= 1
+def tune(method: str, sc: Scoring, prob, trials: int, seed: int, storage=None, study_name=None) -> np.ndarray:
+    """The thresholds `method` chooses on these rows."""
+    check_method(method, sc)
     if method == "fixed":
         return np.full(prob.shape[1], 0.5)
     if method == "global":
-        return global_threshold(y, prob, min_labels, metric)
+        return global_threshold(sc, prob)
     if method == "exact":
-        return exact_per_label(y, prob, min_labels)
-    init = exact_per_label(y, prob, min_labels) if exact else global_threshold(y, prob, min_labels, metric)
-    return optuna_per_label(y, prob, min_labels, trials, seed, init, storage, study_name, metric)
+        return exact_per_label(sc.y, prob, sc.min_labels)
+    init = exact_per_label(sc.y, prob, sc.min_labels) if sc.exact else global_threshold(sc, prob)
+    return optuna_per_label(sc, prob, trials, seed, init, storage, study_name)
 
 
-def nested_score(method, y, prob, fold, min_labels=1, trials=200, seed=0, metric="micro_f1") -> float:
+def nested_score(method: str, sc: Scoring, prob, trials: int, seed: int) -> float:
     """Tune on K-1 folds' OOF, decide the held-out fold, pool the decisions: the honest score. With one fold
     (inside the fully nested estimate of a 2-fold run) nothing can be held out: the in-sample score."""
-    if len(np.unique(fold)) < 2:
-        return score(y, prob, tune(method, y, prob, min_labels, trials, seed, metric=metric), min_labels, metric)
-    pred = np.zeros_like(y, dtype=np.uint8)
-    for f in np.unique(fold):
-        inner, outer = fold != f, fold == f
-        thr = tune(method, y[inner], prob[inner], min_labels, trials, seed, metric=metric)
-        pred[outer] = decide(prob[outer], thr, min_labels)
-    return objective(metric).score(y, pred)
+    if len(sc.folds) < 2:
+        return sc.score(prob, tune(method, sc, prob, trials, seed))
+    pred = np.zeros_like(sc.y, dtype=np.uint8)
+    for f in sc.folds:
+        inner, outer = sc.fold != f, sc.fold == f
+        pred[outer] = sc.decide(prob[outer], tune(method, sc.rows(inner), prob[inner], trials, seed))
+    return sc.of_pred(pred)
 
 
 def pick(rows: list[dict], method: str | None = None) -> dict:
@@ -193,12 +188,11 @@ def pick(rows: list[dict], method: str | None = None) -> dict:
     return max(rows, key=lambda r: (r["nested"], -METHODS.index(r["method"])))
 
 
-def compare(y, prob, fold, min_labels=1, trials=200, seed=0, methods=None, storage=None, study_name=None,
-            metric="micro_f1"):
-    """In-sample and nested score of each method that applies to the metric, plus the in-sample thresholds."""
+def compare(sc: Scoring, prob, trials: int, seed: int, methods=None, storage=None, study_name=None) -> list[dict]:
+    """In-sample and nested score of each method that applies (or of `methods`), plus the in-sample thresholds."""
     rows = []
-    for m in methods or methods_for(metric, min_labels):
-        thr = tune(m, y, prob, min_labels, trials, seed, storage if m == "optuna" else None, study_name, metric)
-        rows.append({"method": m, "in_sample": score(y, prob, thr, min_labels, metric),
-                     "nested": nested_score(m, y, prob, fold, min_labels, trials, seed, metric), "thresholds": thr})
+    for m in methods or sc.methods:
+        thr = tune(m, sc, prob, trials, seed, storage if m == "optuna" else None, study_name)
+        rows.append({"method": m, "in_sample": sc.score(prob, thr), "nested": nested_score(m, sc, prob, trials, seed),
+                     "thresholds": thr})
     return rows

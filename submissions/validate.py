@@ -24,7 +24,8 @@ def validate_frame(frame: pd.DataFrame, spec, test_ids, where="submission") -> N
         raise offenders_error(where, "duplicate ids", dup)
     missing, extra = sorted(set(test_ids) - set(ids)), sorted(set(ids) - set(test_ids))
     if missing or extra:
-        raise offenders_error(where, "ids differ from test.csv", [f"missing {i}" for i in missing] + [f"extra {i}" for i in extra])
+        raise offenders_error(where, "ids differ from test.csv",
+                              [f"missing {i}" for i in missing] + [f"extra {i}" for i in extra])
     problems = label_problems(frame, ids, spec)
     for what, rows in problems.items():
         if rows:

@@ -79,5 +79,16 @@ def test_batched_augmentation_is_seeded():
 
 
 def test_unknown_level_is_a_user_error():
-    with pytest.raises(UserError, match="unknown augment level 'wild'; valid: none, light, strong"):
-        BatchAugment("wild", SIZE)
+    from pipelines.config import resolve
+    with pytest.raises(UserError, match="augment='wild'; valid: none, light, strong"):
+        resolve("tiny", ["augment=wild"])
+
+
+def test_every_closed_choice_is_defined_once_and_implemented():
+    """config.CHOICES is the one list of each closed set; every implementation table has exactly its names."""
+    from pipelines import augment, losses, model, train
+    from pipelines.config import CHOICES
+    tables = {"augment": augment.LEVELS, "loss": losses.LOSSES, "head": model.HEADS, "schedule": train.SCHEDULES,
+              "amp_dtype": train.AMP_DTYPES}
+    for key, table in tables.items():
+        assert tuple(table) == CHOICES[key], key

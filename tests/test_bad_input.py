@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import settings
 
 from competition import load_dataset, load_spec
 from competition.artifacts import atomic_path, read_json, write_json, write_text
@@ -38,7 +39,7 @@ def captions_run(data, tmp_path, k=3, names=("captions",)):
     ds, run = load_dataset(spec, data), RunLayout.of(tmp_path / "runs", spec.name)
     write_folds(run, ds, spec, k, 0)
     for i, name in enumerate(names):
-        train_model(spec, ds, run, resolve("captions", [f"min_df=1", f"C={4.0 / (i + 1)}"], name), **QUIET)
+        train_model(spec, ds, run, resolve("captions", ["min_df=1", f"C={4.0 / (i + 1)}"], name), **QUIET)
     return spec, ds, run
 
 
@@ -46,7 +47,7 @@ def captions_run(data, tmp_path, k=3, names=("captions",)):
 def submitted(demo_data, tmp_path_factory):
     """One captions run (3 folds) and its submission, copied by each test that breaks something."""
     spec, ds, run = captions_run(demo_data, tmp_path_factory.mktemp("captions"))
-    run_submit(spec, ds, run, "test", method="fixed", **QUIET)
+    run_submit(spec, ds, run, settings(spec, method="fixed"), "test", **QUIET)
     return spec, ds, run
 
 
@@ -62,9 +63,10 @@ def copy_of(submitted, tmp_path):
 def test_submit_any_k_with_every_blend(demo_data, tmp_path, k, blends):
     spec, ds, run = captions_run(demo_data, tmp_path, k, names=("captions", "captions_c2"))
     lines = []
-    path, ens = run_submit(spec, ds, run, "test", method="global", trials=2, blends=blends, log=lines.append)
-    assert path.exists() and set(ens.blends) == set(blends)
-    assert len(ens.nested["per_fold"]) == k
+    sub = run_submit(spec, ds, run, settings(spec, method="global", trials=2, blends=blends), "test",
+                     log=lines.append)
+    assert sub.path.exists() and set(sub.ensemble.blends) == set(blends)
+    assert len(sub.nested["per_fold"]) == k
     said_skip = any("2 folds" in line and "stack" in line and "skipped there" in line for line in lines)
     assert said_skip == (k == 2)
 
@@ -131,9 +133,11 @@ def test_trials_below_one_is_one_line(demo_data, tmp_path, capsys, cmd, trials):
 
 
 def test_optuna_search_refuses_zero_trials():
+    from submissions.scoring import Scoring
     from submissions.thresholds import optuna_per_label
     with pytest.raises(UserError, match="TRIALS=0"):
-        optuna_per_label(np.eye(4, 3), np.random.default_rng(0).random((4, 3)), trials=0)
+        optuna_per_label(Scoring(np.eye(4, 3), np.zeros(4), "micro_f1", 1), np.random.default_rng(0).random((4, 3)),
+                         0, 0)
 
 
 def test_negative_budget_is_refused():
@@ -150,13 +154,13 @@ def test_a_fold_with_a_missing_file_is_trained_again(submitted, tmp_path):
     kept = model.test_fold(1).read_bytes()
     model.test_fold(1).unlink()
     with pytest.raises(UserError, match=r"test_fold1.csv: file not found; .*make train MODEL=captions"):
-        run_submit(spec, ds, run, "test", method="fixed", **QUIET)
+        run_submit(spec, ds, run, settings(spec, method="fixed"), "test", **QUIET)
     lines = []
     train_model(spec, ds, run, resolve("captions", ["min_df=1", "C=4.0"]), log=lines.append)
     assert any("test_fold1.csv missing: training it again" in line for line in lines)
     assert any("fold 0: done, skipped" in line for line in lines)
     assert model.test_fold(1).read_bytes() == kept  # the same fit again (captions are deterministic)
-    run_submit(spec, ds, run, "test", method="fixed", **QUIET)
+    run_submit(spec, ds, run, settings(spec, method="fixed"), "test", **QUIET)
 
 
 # 5. A fold value of 7 in a 3-fold file was accepted: an empty fold 3 was trained, crashed in scikit-learn and
@@ -241,14 +245,14 @@ def test_truncated_artifacts_name_the_file_and_the_fix(submitted, tmp_path, arti
     fix = {"thresholds": "tunes them again", "nested": "fully nested estimate again",
            "meta": "make train MODEL=captions` writes it again"}[artifact]
     with pytest.raises(UserError, match=f"{path.name}: not valid JSON .*{fix}"):
-        run_submit(spec, ds, run, "test", method="fixed", **QUIET)
+        run_submit(spec, ds, run, settings(spec, method="fixed"), "test", **QUIET)
 
 
 def test_broken_probability_csv_is_named(submitted, tmp_path):
     spec, ds, run = copy_of(submitted, tmp_path)
     run.model("captions").oof.write_bytes(b"\x00\xff garbage \xfe")
     with pytest.raises(UserError, match="oof.csv: cannot be read as CSV"):
-        run_submit(spec, ds, run, "test", method="fixed", **QUIET)
+        run_submit(spec, ds, run, settings(spec, method="fixed"), "test", **QUIET)
 
 
 # 10. A read-only RUNS folder and a full disk were OSError tracebacks (the full disk named no file).
@@ -359,7 +363,8 @@ def voc_data(tmp_path_factory):
 
 
 def voc_values(data, token, image_set="trainval"):
-    pairs = [line.split() for line in (data / "ImageSets" / "Main" / f"{token}_{image_set}.txt").read_text().splitlines()]
+    text = (data / "ImageSets" / "Main" / f"{token}_{image_set}.txt").read_text()
+    pairs = [line.split() for line in text.splitlines()]
     return {i: int(v) for i, v in pairs}
 
 
@@ -426,9 +431,10 @@ def test_voc_chain_folds_train_submit_validate(voc_data, tmp_path):
     ds, run = load_dataset(spec, voc_data), RunLayout.of(tmp_path, spec.name)
     write_folds(run, ds, spec, 3, 0)
     train_model(spec, ds, run, resolve("tiny", ["epochs=1"]), **QUIET)
-    path, ens = run_submit(spec, ds, run, "test", method="global", trials=2, **QUIET)
+    sub = run_submit(spec, ds, run, settings(spec, method="global", trials=2), "test", **QUIET)
+    path, ens = sub.path, sub.ensemble
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     assert list(frame["ImageID"]) == list(ds.test["id"]) and (frame["Labels"] != "").all()
-    assert ens.metric == "macro_f1"
+    assert ens.scoring.metric == "macro_f1"
     assert validate([str(path), "--comp", "demo_voc", "--data", str(voc_data)]) == 0
     assert json.loads(path.with_suffix(".json").read_text())["metric"] == "macro_f1"

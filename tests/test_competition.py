@@ -63,7 +63,8 @@ def test_unknown_spec_key_fails(tmp_path):
 
 def test_tag_word_labels_need_no_code(tmp_path):
     p = tmp_path / "planet.yaml"
-    p.write_text("name: planet\ndata: d\nid_pattern: '(train|test)_\\d+'\nlabels: {clear: clear, primary: primary, road: road}\n")
+    p.write_text("name: planet\ndata: d\nid_pattern: '(train|test)_\\d+'\n"
+                 "labels: {clear: clear, primary: primary, road: road}\n")
     (tmp_path / "train.csv").write_text("ImageID,Labels\ntrain_0,clear primary\ntrain_1,road\n")
     (tmp_path / "test.csv").write_text("ImageID\ntest_0\n")
     ds = load_dataset(load_spec(str(p)), tmp_path)
@@ -118,7 +119,7 @@ def test_many_offenders_are_counted(tmp_path):
             load_dataset(spec(), tmp_path)
         except UserError as e:
             assert str(e).count("line ") == 20
-            raise UserError(str(e).replace("\n", " "))
+            raise UserError(str(e).replace("\n", " ")) from None
 
 
 def test_missing_and_undecodable_images(demo_copy):
@@ -270,7 +271,8 @@ def broken_copy(src, tmp_path):
 
 @pytest.mark.parametrize("breakage, message", [
     (lambda d: (d / "labels" / "7.txt").unlink(), "label files missing.*7.txt"),
-    (lambda d: (d / "labels" / "3.txt").write_text("0.jpg\n1.jpg\n0.jpg\n"), "more than once.*3.txt line 3: '0.jpg' \\(also line 1\\)"),
+    (lambda d: (d / "labels" / "3.txt").write_text("0.jpg\n1.jpg\n0.jpg\n"),
+     "more than once.*3.txt line 3: '0.jpg' \\(also line 1\\)"),
     (lambda d: (d / "labels" / "3.txt").write_text("0.jpg\n999.jpg\n"), "no train image.*3.txt line 2: '999.jpg'"),
     (lambda d: (d / "labels" / "3.txt").write_text("30000.jpg\n"), "test images.*3.txt line 1: '30000.jpg'"),
     (lambda d: (d / "labels" / "12.txt").write_text("0.jpg\n"), "labels the spec does not have.*12.txt"),
@@ -292,7 +294,8 @@ def test_label_files_chain_folds_train_submit(label_files_data, tmp_path):
     ds, run = load_dataset(spec, label_files_data), RunLayout.of(tmp_path, spec.name)
     write_folds(run, ds, spec, 3, 0, False)
     train_model(spec, ds, run, resolve("tiny", ["epochs=1"]), log=lambda *_: None)
-    path, _ = run_submit(spec, ds, run, "test", method="fixed", trials=5, log=lambda *_: None)
+    from helpers import settings
+    path = run_submit(spec, ds, run, settings(spec, method="fixed", trials=5), "test", log=lambda *_: None).path
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     assert list(frame.columns) == [spec.id_column, spec.label_column] and list(frame["ImageID"]) == list(ds.test["id"])
     validate_frame(frame, spec, list(ds.test["id"]))

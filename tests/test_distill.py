@@ -50,7 +50,8 @@ def test_student_targets_come_only_from_out_of_fold_predictions(teacher_run, mon
     import pipelines.images
     from distill.student import run_distill
     seen, real_fit = [], pipelines.images.fit
-    monkeypatch.setattr(pipelines.images, "fit", lambda cfg, data, *a, **kw: seen.append(data) or real_fit(cfg, data, *a, **kw))
+    monkeypatch.setattr(pipelines.images, "fit",
+                        lambda cfg, data, *a, **kw: seen.append(data) or real_fit(cfg, data, *a, **kw))
     run_distill(spec, ds, run, resolve("tiny", ["epochs=1"]), weight=WEIGHT, log=lambda *_: None)
     y, n = ds.targets().astype(float), len(ds.train)
     assert len(seen) == K + 1  # K fold students and the refit
@@ -74,9 +75,11 @@ def test_student_targets_come_only_from_out_of_fold_predictions(teacher_run, mon
     use = {"tiny-student": True, "captions": False}
     assert cost([student], use)[1] == pytest.approx(student.gpu_hours + teacher.gpu_hours)
     assert cost([student, teacher], use)[1] == pytest.approx(student.gpu_hours + teacher.gpu_hours)  # counted once
+    from helpers import settings
+
     from submissions.submit import run_submit
-    path, ens = run_submit(spec, ds, run, "test", ["tiny-student", "captions"], method="fixed", trials=5,
-                           log=lambda *_: None)
+    path = run_submit(spec, ds, run, settings(spec, method="fixed", trials=5), "test", ["tiny-student", "captions"],
+                      log=lambda *_: None).path
     sidecar = read_json(path.with_suffix(".json"))
     st, = sidecar["students"]
     assert st["name"] == "tiny-student" and st["chosen"] and st["teacher"] == ["captions"]
@@ -110,7 +113,8 @@ def test_pseudo_labels_come_from_each_folds_own_models(teacher_run, monkeypatch)
     record = write_pseudo(spec, ds, run, ["captions"], blend="mean", name="marks", log=lambda *_: None)
     assert record["members"] == ["captions"] and record["k"] == K and run.pseudo("marks").record.exists()
     seen, real_fit = [], pipelines.images.fit
-    monkeypatch.setattr(pipelines.images, "fit", lambda cfg, data, *a, **kw: seen.append(data) or real_fit(cfg, data, *a, **kw))
+    monkeypatch.setattr(pipelines.images, "fit",
+                        lambda cfg, data, *a, **kw: seen.append(data) or real_fit(cfg, data, *a, **kw))
     # marks 0.15, 0.35, 0.55 per fold: max(p, 1 - p) = 0.85, 0.65, 0.55; at 0.6 fold 2's rows stay out
     train_model(spec, ds, run, resolve("tiny", ["epochs=1", "pseudo=marks", "pseudo_confidence=0.6", "fullfit=true"]),
                 log=lambda *_: None)
@@ -141,7 +145,7 @@ def test_pseudo_label_errors_and_captions_learn_soft_labels(teacher_run):
     write_pseudo(spec, ds, run, ["captions"], name="p", log=lambda *_: None)
     cfg = resolve("captions", ["pseudo=p"]) | {"name": "captions_pseudo"}
     meta = train_model(spec, ds, run, cfg, log=lambda *_: None)  # soft targets as weighted 0/1 rows
-    assert len(meta["folds_done"]) == K
+    assert len(meta.folds_done) == K
     changed = read_json(run.pseudo("p").record) | {"sha256": "0" * 64}
     from competition.artifacts import write_json
     write_json(run.pseudo("p").record, changed)

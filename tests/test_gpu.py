@@ -5,13 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_pipelines import folds_for, kill_and_resume, torchrun_trains
 
 from competition import load_dataset, load_spec
 from competition.layout import RunLayout
 from pipelines.cache import build_cache
 from pipelines.config import resolve
 from pipelines.distributed import Dist
-from test_pipelines import folds_for, kill_and_resume, torchrun_trains
 
 pytestmark = pytest.mark.gpu
 
@@ -27,7 +27,7 @@ def tiny_setup(demo_data, tmp_path, *overrides):
     cfg = resolve("tiny", ["device=cuda", *overrides])
     cache = build_cache(ds, RunLayout(tmp_path), cfg["img_size"], workers=1, quiet=True)
     y, rows = ds.targets(), np.arange(len(ds.train))
-    return setup(cfg, FoldData(cache, rows[:60], y[:60], rows[60:], y[60:], rows[:0]), Dist())
+    return setup(cfg, FoldData(cache, rows[:60], y[:60], rows[60:], y[60:], rows[:0], min_labels=1), Dist())
 
 
 @pytest.mark.parametrize("amp_dtype,scaled", [("bf16", False), ("fp16", True)])
@@ -58,10 +58,10 @@ def test_compiled_training(demo_data, tmp_path):
     from pipelines.run import train_model
     folds_for(demo_data, tmp_path, k=2)
     spec = load_spec("demo")
-    meta = train_model(spec, load_dataset(spec, demo_data), RunLayout.of(tmp_path, spec.name), resolve("tiny", ["epochs=1", "compile=true"]),
-                       log=lambda *_: None)
+    meta = train_model(spec, load_dataset(spec, demo_data), RunLayout.of(tmp_path, spec.name),
+                       resolve("tiny", ["epochs=1", "compile=true"]), log=lambda *_: None)
     oof = pd.read_csv(tmp_path / "demo" / "models" / "tiny" / "oof.csv")
-    assert meta["folds_done"] == [0, 1] and np.isfinite(oof[spec.tokens].to_numpy()).all()
+    assert meta.folds_done == [0, 1] and np.isfinite(oof[spec.tokens].to_numpy()).all()
 
 
 def test_torchrun_one_process_nccl(demo_data, tmp_path):

@@ -63,13 +63,13 @@ def test_hand_computed_case():
 
 def test_at_least_one_label_rule():
     prob = np.array([[0.1, 0.3, 0.2], [0.7, 0.1, 0.9]])
-    assert m.decide(prob, 0.5).tolist() == [[0, 1, 0], [1, 0, 1]]
+    assert m.decide(prob, 0.5, 1).tolist() == [[0, 1, 0], [1, 0, 1]]
     assert m.decide(prob, 0.5, min_labels=2)[0].tolist() == [0, 1, 1]
 
 
 def test_absent_label_does_not_crash():
     y = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0]])  # label 2 never true
     prob = np.array([[0.9, 0.2, 0.6], [0.8, 0.7, 0.1], [0.2, 0.9, 0.3]])
-    s = m.summary(y, prob)
+    s = m.summary(y, prob, 0.5, 1)
     assert np.isfinite(s["mAP"]) and np.isfinite(s["macro_roc_auc"]) and np.isfinite(s["macro_f1"])
     assert s["mAP"] == pytest.approx(1.0)  # averaged over the two defined labels

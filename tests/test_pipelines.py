@@ -259,9 +259,9 @@ def test_captions_member_same_contract_no_pickle(demo_data, tmp_path):
 def test_sentence_encoder_captions_member_saves_and_counts_its_encoder(demo_data, tmp_path):
     """The frozen encoder is saved once beside the folds (fp16), every embedding comes from that copy, inference
     from the saved files reproduces the fold's test predictions, and the encoder counts toward the size once."""
+    from folds.split import write_folds
     from pipelines.captions import CaptionModel
     from pipelines.run import train_model
-    from folds.split import write_folds
     from submissions.members import load_members
     spec = load_spec("demo")
     ds, run = load_dataset(spec, demo_data), RunLayout.of(tmp_path, "demo")
@@ -311,6 +311,7 @@ def test_frozen_trunk_mode_trains_top_and_saves_full_net(demo_data, tmp_path):
     assert r.returncode == 0, r.stderr
     d = tmp_path / "demo" / "models" / "tiny"
     from safetensors.torch import load_file
+
     from pipelines.model import build_model
     saved = load_file(str(d / "fold0" / "best.safetensors"))
     net, *_ = build_model(resolve("tiny"), 18)
@@ -336,8 +337,9 @@ def test_training_variants(demo_data, tmp_path, overrides):
     folds_for(demo_data, tmp_path, k=2)
     spec = load_spec("demo")
     ds = load_dataset(spec, demo_data)
-    meta = train_model(spec, ds, RunLayout.of(tmp_path, spec.name), resolve("tiny", ["epochs=1", *overrides]), log=lambda *_: None)
-    assert meta["folds_done"] == [0, 1] and 0 <= meta["oof"]["micro_f1_at_0.5"] <= 1
+    meta = train_model(spec, ds, RunLayout.of(tmp_path, spec.name), resolve("tiny", ["epochs=1", *overrides]),
+                       log=lambda *_: None)
+    assert meta.folds_done == [0, 1] and 0 <= meta.oof["micro_f1_at_0.5"] <= 1
     oof = pd.read_csv(tmp_path / "demo" / "models" / "tiny" / "oof.csv")
     assert np.isfinite(oof[spec.tokens].to_numpy()).all()
 
@@ -422,6 +424,7 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys):
 
 def test_plan_from_bench_records_and_the_train_warning(demo_data, tmp_path, capsys):
     import dataclasses
+
     from competition.artifacts import write_json
     from folds.split import write_folds
     from pipelines.bench import SPEED_KEYS, device_slug, run_bench, this_device
@@ -447,7 +450,8 @@ def test_plan_from_bench_records_and_the_train_warning(demo_data, tmp_path, caps
     assert stale.images_per_s is None and "img_size" in stale.note
     tight = dataclasses.replace(spec, budget={**spec.budget, "gpu_hours": tiny.gpu_hours / 2})
     assert warn_if_over(tight, ds, run, cfg, 3, gpu).startswith("WARNING: the plan says tiny needs")
-    assert warn_if_over(dataclasses.replace(spec, budget={**spec.budget, "gpu_hours": 24}), ds, run, cfg, 3, gpu) is None
+    roomy = dataclasses.replace(spec, budget={**spec.budget, "gpu_hours": 24})
+    assert warn_if_over(roomy, ds, run, cfg, 3, gpu) is None
     assert this_device().startswith("cpu") or torch.cuda.is_available()
 
 

@@ -7,15 +7,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import settings
 from sklearn.metrics import f1_score
 
 from competition import load_spec
-from competition.metrics import decide, fast_micro_f1
 from competition.errors import UserError
+from competition.formats import ModelMeta
+from competition.metrics import decide, fast_micro_f1
 from submissions import thresholds as th
-from submissions.blend import tune_weights, quick_score
+from submissions.blend import DEFAULT_BLENDS, quick_score, tune_weights
 from submissions.budget import select
 from submissions.members import Member
+from submissions.scoring import Scoring
 from submissions.validate import validate_frame
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,23 +32,29 @@ def synthetic(n=400, labels=5, seed=0):
     return y, prob
 
 
+def micro(y, min_labels=1, fold=None) -> Scoring:
+    """COMP5329's scoring (micro-F1) of these rows."""
+    return Scoring(y, np.arange(len(y)) % 3 if fold is None else fold, "micro_f1", min_labels)
+
+
 def test_fast_micro_f1_equals_sklearn():
     y, prob = synthetic()
-    pred = decide(prob, 0.4)
+    pred = decide(prob, 0.4, 1)
     assert fast_micro_f1(y, pred) == pytest.approx(f1_score(y, pred, average="micro"))
 
 
 @pytest.mark.parametrize("min_labels", [0, 1])
 def test_exact_search_is_coordinatewise_optimal(min_labels):
     y, prob = synthetic(seed=1)
+    sc = micro(y, min_labels)
     thr = th.exact_per_label(y, prob, min_labels)
-    best = th.score(y, prob, thr, min_labels)
-    assert best >= th.score(y, prob, th.global_threshold(y, prob, min_labels), min_labels)
+    best = sc.score(prob, thr)
+    assert best >= sc.score(prob, th.global_threshold(sc, prob))
     for j in range(y.shape[1]):  # brute force: no single threshold change does better
         for t in np.unique(prob[:, j]):
             trial = thr.copy()
             trial[j] = t
-            assert th.score(y, prob, trial, min_labels) <= best + 1e-12
+            assert sc.score(prob, trial) <= best + 1e-12
 
 
 @pytest.mark.parametrize("min_labels", [0, 1])
@@ -65,28 +74,28 @@ def test_micro_f1_at_every_threshold_at_once_equals_deciding_each(min_labels):
 def test_exact_search_handles_the_rule_exactly():
     """Brute force over a tiny grid, with the at-least-one rule, agrees with coordinate ascent's optimum."""
     y, prob = synthetic(n=60, labels=3, seed=4)
-    thr = th.exact_per_label(y, prob, 1)
+    thr, sc = th.exact_per_label(y, prob, 1), micro(y)
     grid = np.linspace(0.05, 0.95, 19)
-    brute = max(th.score(y, prob, np.array(t), 1) for t in itertools.product(grid, repeat=3))
-    assert th.score(y, prob, thr, 1) >= brute - 1e-12
+    brute = max(sc.score(prob, np.array(t)) for t in itertools.product(grid, repeat=3))
+    assert sc.score(prob, thr) >= brute - 1e-12
 
 
 def test_optuna_warm_start_and_resume(tmp_path):
     y, prob = synthetic(seed=2)
-    init = th.exact_per_label(y, prob)
+    init, sc = th.exact_per_label(y, prob, 1), micro(y)
     storage = f"sqlite:///{tmp_path / 'o.db'}"
-    thr = th.optuna_per_label(y, prob, trials=5, init=init, storage=storage, study_name="s")
-    assert th.score(y, prob, thr) >= th.score(y, prob, init) - 1e-12  # the warm start is trial 0
+    thr = th.optuna_per_label(sc, prob, 5, 0, init=init, storage=storage, study_name="s")
+    assert sc.score(prob, thr) >= sc.score(prob, init) - 1e-12  # the warm start is trial 0
     import optuna
     assert len(optuna.load_study(study_name="s", storage=storage).trials) == 5
-    th.optuna_per_label(y, prob, trials=8, init=init, storage=storage, study_name="s")
+    th.optuna_per_label(sc, prob, 8, 0, init=init, storage=storage, study_name="s")
     assert len(optuna.load_study(study_name="s", storage=storage).trials) == 8  # resumed, not restarted
 
 
 def test_nested_score_is_not_in_sample():
     y, prob = synthetic(n=300, seed=3)
     fold = np.arange(300) % 3
-    rows = th.compare(y, prob, fold, trials=5, methods=("fixed", "exact"))
+    rows = th.compare(micro(y, fold=fold), prob, 5, 0, methods=("fixed", "exact"))
     fixed, exact = rows
     assert fixed["in_sample"] == pytest.approx(fixed["nested"])  # nothing tuned
     assert exact["nested"] <= exact["in_sample"]
@@ -96,13 +105,14 @@ def test_weighted_blend_never_below_best_member():
     y, good = synthetic(seed=5)
     rng = np.random.default_rng(9)
     bad = rng.random(good.shape)
-    w = tune_weights([good, bad], y, 1)
+    w = tune_weights([good, bad], micro(y), logits=False)
     blended = w[0] * good + w[1] * bad
-    assert quick_score(y, blended, 1) >= quick_score(y, good, 1) - 1e-12
+    assert quick_score(micro(y), blended) >= quick_score(micro(y), good) - 1e-12
 
 
 def member(name, oof, mb, hours, full_mb=None, sha="x"):
-    return Member(name, Path(name), {"k": 5}, oof, oof, oof[None], oof if full_mb else None, mb, full_mb, hours, sha)
+    meta = ModelMeta(name, "image", {}, "", None, 5, [], {}, [], {}, [], 0.0, None, 0.0, hours, None)
+    return Member(name, Path(name), meta, oof, oof, oof[None], oof if full_mb else None, mb, full_mb, hours, sha)
 
 
 def test_budget_selector_drops_the_right_member():
@@ -113,13 +123,13 @@ def test_budget_selector_drops_the_right_member():
     left[:, :3], right[:, 3:] = good[:, :3], good[:, 3:]  # each knows different labels
     members = [member("strong", left, 45, 2), member("weak", noise(), 50, 2),
                member("big", right, 250, 30, full_mb=50)]
-    chosen, use_full, notes = select(members, y, 1, max_mb=100, max_hours=40)
+    chosen, use_full, notes = select(members, micro(y), max_mb=100, max_hours=40)
     names = {m.name for m in chosen}
     assert "strong" in names and "weak" not in names
     assert use_full.get("big") is True  # 250 MB of folds only fits as its 50 MB refit
     assert any("dropped weak" in n for n in notes) and any("big enters as its full-data refit" in n for n in notes)
     with pytest.raises(UserError, match="no member fits"):
-        select(members, y, 1, max_mb=10, max_hours=None)
+        select(members, micro(y), max_mb=10, max_hours=None)
 
 
 def frame(rows):
@@ -150,7 +160,8 @@ def cli(*args):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, demo_data):
     runs = tmp_path_factory.mktemp("submit_runs")
-    assert cli("-m", "folds", "--comp", "demo", "--data", str(demo_data), "--runs", str(runs), "--k", "3").returncode == 0
+    r = cli("-m", "folds", "--comp", "demo", "--data", str(demo_data), "--runs", str(runs), "--k", "3")
+    assert r.returncode == 0, r.stderr
     for model, extra in (("tiny", ["epochs=2"]), ("captions", ["min_df=1"])):
         r = cli("-m", "pipelines", "train", "--comp", "demo", "--data", str(demo_data), "--runs", str(runs),
                 "--model", model, *extra)
@@ -185,8 +196,9 @@ def test_submit_end_to_end_and_threshold_reuse(trained):
 def test_the_spec_metric_is_what_blends_and_thresholds_maximise(trained, tmp_path):
     """A spec with `metric: samples_f2` (Planet's): scores and thresholds are F2 ones; `exact` (micro-F1 only)
     is not offered; an unknown metric fails naming the valid ones."""
-    from competition.spec import SPEC_DIR
     from sklearn.metrics import fbeta_score
+
+    from competition.spec import SPEC_DIR
     runs, data = trained
     demo = (SPEC_DIR / "demo.yaml").read_text()
     spec_path = tmp_path / "demo.yaml"
@@ -268,13 +280,14 @@ def test_nan_in_a_member_is_named(trained, tmp_path):
 
 def test_killed_optuna_trial_is_marked_failed(tmp_path):
     import optuna
+
     from submissions.thresholds import optuna_per_label
     storage = f"sqlite:///{tmp_path / 'o.db'}"
     study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
     study.ask()  # a trial left RUNNING, as by a process killed mid-trial
     rng = np.random.default_rng(0)
     y = (rng.random((60, 3)) < 0.3).astype(int)
-    optuna_per_label(y, rng.random((60, 3)), trials=3, storage=storage, study_name="s")
+    optuna_per_label(micro(y), rng.random((60, 3)), 3, 0, storage=storage, study_name="s")
     states = [t.state for t in optuna.load_study(study_name="s", storage=storage).trials]
     assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.FAIL in states
 
@@ -298,7 +311,7 @@ def test_shared_storage_url_and_other_machines_trials(trained, tmp_path):
     storage = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
     optuna.create_study(storage=storage, study_name="live", direction="maximize").ask()  # another machine's
     rng = np.random.default_rng(0)
-    optuna_per_label((rng.random((40, 3)) < 0.3).astype(int), rng.random((40, 3)), trials=2, storage=storage,
+    optuna_per_label(micro((rng.random((40, 3)) < 0.3).astype(int)), rng.random((40, 3)), 2, 0, storage=storage,
                      study_name="live")
     states = [t.state for t in optuna.load_study(study_name="live", storage=url).trials]
     assert optuna.trial.TrialState.RUNNING in states and optuna.trial.TrialState.FAIL not in states
@@ -307,8 +320,7 @@ def test_shared_storage_url_and_other_machines_trials(trained, tmp_path):
 
 
 def test_run_log_rows_leaderboard_and_public_scores(demo_data, tmp_path, capsys):
-    from competition import load_dataset
-    from competition import runlog
+    from competition import load_dataset, runlog
     from competition.layout import RunLayout
     from folds.split import write_folds
     from pipelines.config import resolve
@@ -322,8 +334,8 @@ def test_run_log_rows_leaderboard_and_public_scores(demo_data, tmp_path, capsys)
     train_model(spec, ds, run, resolve("captions"), log=quiet)
     train_model(spec, ds, run, resolve("captions"), log=quiet)  # trains nothing: no second row
     train_model(spec, ds, run, resolve("captions", ["C=0.01"]) | {"name": "weak"}, log=quiet)
-    first, _ = run_submit(spec, ds, run, "test", ["weak"], method="fixed", trials=5, log=quiet)
-    second, _ = run_submit(spec, ds, run, "test", ["captions"], method="fixed", trials=5, log=quiet)
+    first = run_submit(spec, ds, run, settings(spec, method="fixed", trials=5), "test", ["weak"], log=quiet).path
+    second = run_submit(spec, ds, run, settings(spec, method="fixed", trials=5), "test", ["captions"], log=quiet).path
     log = runlog.read_log(run)
     assert list(log["event"]) == ["train", "train", "submit", "submit"]
     assert list(log["name"]) == ["captions", "weak", first.name, second.name]
@@ -344,24 +356,25 @@ def test_run_log_rows_leaderboard_and_public_scores(demo_data, tmp_path, capsys)
 
 
 def test_grad_cam_panels_one_per_label_and_maps_differ_between_labels(demo_data, tmp_path):
+    import torch
+
     from competition import load_dataset
+    from competition.images import load_resized
     from competition.layout import RunLayout
     from folds.split import write_folds
     from pipelines.config import resolve
     from pipelines.run import train_model
     from submissions.cam import best_image_member, cam_panels, fold_net, label_maps
     from submissions.submit import run_thresholds
-    import torch
-    from competition.images import load_resized
     spec = load_spec("demo")
     ds, run = load_dataset(spec, demo_data), RunLayout.of(tmp_path, spec.name)
     write_folds(run, ds, spec, 3, 0, False)
     quiet = lambda *_: None  # noqa: E731
     train_model(spec, ds, run, resolve("tiny", ["epochs=1"]), log=quiet)
     train_model(spec, ds, run, resolve("captions"), log=quiet)
-    ens = run_thresholds(spec, ds, run, method="fixed", trials=5, log=quiet)
-    paths = cam_panels(spec, ds, ens, run.report_cam, per_label=2)
-    present = [t for t, n in zip(spec.tokens, ens.y.sum(0)) if n]
+    ens, thresholds = run_thresholds(spec, ds, run, settings(spec, method="fixed", trials=5), log=quiet)
+    paths = cam_panels(spec, ds, ens, thresholds, run.report_cam, per_label=2)
+    present = [t for t, n in zip(spec.tokens, ens.scoring.y.sum(0)) if n]
     assert sorted(p.name.split("_")[0] for p in paths) == sorted(present)  # one PNG per label that has images
     assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
     member = best_image_member(ens)
@@ -390,9 +403,9 @@ def test_fully_nested_is_below_in_sample_when_post_processing_overfits():
     from submissions.budget import Budget
     from submissions.postprocess import Settings, choose, fully_nested
     y, fold, members = nested_case(160, 4, 3, seed=0)
-    settings = Settings("micro_f1", 1, Budget(None, None), trials=5)
-    in_sample = choose(members, y, fold, settings).in_sample
-    nested = fully_nested(members, y, fold, settings, log=lambda *_: None)
+    st = Settings(Budget(None, None), method=None, trials=5, seed=0, blends=DEFAULT_BLENDS)
+    in_sample = choose(members, micro(y, fold=fold), st).in_sample
+    nested = fully_nested(members, micro(y, fold=fold), st, log=lambda *_: None)
     assert nested["score"] < in_sample - 0.01  # tuned on the rows it is scored on vs on other rows
     assert [r["fold"] for r in nested["per_fold"]] == [0, 1, 2, 3]
     assert all(set(r) >= {"members", "blend", "threshold_method", "score"} for r in nested["per_fold"])
@@ -403,10 +416,11 @@ def test_fully_nested_equals_in_sample_when_nothing_is_tuned():
     from submissions.budget import Budget
     from submissions.postprocess import Settings, choose, fully_nested
     y, fold, members = nested_case(120, 3, 0, seed=1)
-    settings = Settings("micro_f1", 1, Budget(None, None), method="fixed", blends=("mean",))
-    in_sample = choose(members, y, fold, settings).in_sample
-    assert fully_nested(members, y, fold, settings, log=lambda *_: None)["score"] == pytest.approx(in_sample)
-    assert in_sample == pytest.approx(th.score(y, members[0].oof, 0.5, 1))
+    st = Settings(Budget(None, None), method="fixed", trials=1, seed=0, blends=("mean",))
+    sc = micro(y, fold=fold)
+    in_sample = choose(members, sc, st).in_sample
+    assert fully_nested(members, sc, st, log=lambda *_: None)["score"] == pytest.approx(in_sample)
+    assert in_sample == pytest.approx(sc.score(members[0].oof, 0.5))
 
 
 def test_fully_nested_choices_see_only_their_training_folds(monkeypatch):
@@ -417,12 +431,12 @@ def test_fully_nested_choices_see_only_their_training_folds(monkeypatch):
     seen = []
     real = postprocess.choose
 
-    def spy(ms, yy, ff, settings):
-        seen.append(sorted(set(ff)))
+    def spy(ms, sc, st):
+        seen.append(sorted(set(sc.fold)))
         rows = fold != len(seen) - 1
-        assert np.array_equal(yy, y[rows]) and all(np.array_equal(a.oof, b.oof[rows]) for a, b in zip(ms, members))
-        return real(ms, yy, ff, settings)
+        assert np.array_equal(sc.y, y[rows]) and all(np.array_equal(a.oof, b.oof[rows]) for a, b in zip(ms, members))
+        return real(ms, sc, st)
     monkeypatch.setattr(postprocess, "choose", spy)
-    postprocess.fully_nested(members, y, fold, postprocess.Settings("micro_f1", 1, Budget(None, None), trials=3),
-                             log=lambda *_: None)
+    st = postprocess.Settings(Budget(None, None), method=None, trials=3, seed=0, blends=DEFAULT_BLENDS)
+    postprocess.fully_nested(members, micro(y, fold=fold), st, log=lambda *_: None)
     assert seen == [sorted(set(range(4)) - {f}) for f in range(4)]

@@ -1,0 +1,115 @@
+"""Artifact formats shared by every stage: probability frames, weight sizes, and a model's meta.json.
+
+Training writes these and blending, distillation, Grad-CAM and prediction read them; they live on the ground
+floor so no reader reaches into the training orchestrator for a file format.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from competition.artifacts import read_csv, read_json, write_json
+from competition.errors import UserError, offenders_error
+
+
+def prob_frame(ids, prob: np.ndarray, tokens, fold=None) -> pd.DataFrame:
+    """ImageID[,fold],<one column per label token>: how every probability file is written."""
+    frame = pd.DataFrame(prob.astype(np.float64), columns=list(tokens))
+    if fold is not None:
+        frame.insert(0, "fold", fold)
+    frame.insert(0, "ImageID", list(ids))
+    return frame
+
+
+def retrain_hint(path: Path) -> str:
+    """How to rebuild a model's probability file: its fold is trained again once the file is gone."""
+    return (f"delete it if it is broken, then `make train MODEL={Path(path).parent.name}` trains again every fold "
+            "whose files are missing")
+
+
+def read_probs(path: Path, ids, tokens, rebuild: str | None = None) -> np.ndarray:
+    """(len(ids), labels) probabilities in the order of `ids`; a file that does not match is named."""
+    rebuild = rebuild or retrain_hint(path)
+    frame = read_csv(path, rebuild, dtype={"ImageID": str})
+    if "ImageID" not in frame.columns:
+        raise UserError(f"{path}: no ImageID column; {rebuild}")
+    missing = [t for t in tokens if t not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: label columns {missing} missing (label order differs from the spec?)")
+    frame = frame.set_index("ImageID")
+    absent = [i for i in ids if i not in frame.index]
+    if absent or len(frame) != len(ids):
+        raise UserError(f"{path}: rows do not match the ids ({len(absent)} missing, {len(frame)} rows for "
+                        f"{len(ids)} ids)")
+    prob = frame.loc[list(ids), list(tokens)].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(prob).all(1) | (prob < 0).any(1) | (prob > 1).any(1)
+    if bad.any():
+        raise offenders_error(path, "rows with missing or out-of-range probabilities (retrain this model)",
+                              [str(i) for i in np.asarray(ids)[bad]])
+    return prob
+
+
+def weights_mb(path: Path) -> float:
+    """A weight file's size, or a folder's (a saved encoder), in MiB."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelMeta:
+    """models/<MODEL>/meta.json: one model's folds, refit, sizes, costs and scores. `pipelines.run.write_meta`
+    is its one writer; every reader takes this typed view."""
+    model: str
+    kind: str                       # image | captions
+    config: dict                    # the resolved config it trained with
+    folds_sha256: str
+    data_sha256: str | None         # Dataset.fingerprint(kind) at training time
+    k: int
+    labels: list[str]
+    folds: dict[int, dict]          # fold -> its done.json record (weights, best_epoch, gpu_hours, ...)
+    folds_done: list[int]
+    weights_mb_per_fold: dict[int, float]
+    shared_weights: list[str]       # needed once beside the fold (or refit) weights: a frozen encoder
+    shared_mb: float
+    full: dict | None               # the refit's done.json record
+    seconds: float
+    gpu_hours: float
+    oof: dict | None                # OOF scores once every fold is done
+    teacher: dict | None = None     # a distilled student's teacher: score, MB and GPU-hours when it learnt
+
+    @property
+    def complete(self) -> bool:
+        return len(self.folds_done) == self.k
+
+    def fold_weights(self, fold: int) -> str:
+        """Fold `fold`'s weight file, relative to the model folder."""
+        return self.folds[fold]["weights"]
+
+    @property
+    def distill(self) -> dict | None:
+        """A distilled student's record (teacher members, blend, mix; the teacher's score, MB and GPU-hours)."""
+        record = self.config.get("distill")
+        return {**record, **(self.teacher or {})} if record else None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def write(self, path: Path) -> None:
+        write_json(path, self.to_json())
+
+    @classmethod
+    def read(cls, path: Path) -> ModelMeta:
+        path = Path(path)
+        raw = read_json(path, f"`make train MODEL={path.parent.name}` writes it again (finished folds are kept)")
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            meta = cls(**{k: v for k, v in raw.items() if k in names})
+        except TypeError as e:
+            raise UserError(f"{path}: not a model's meta.json ({e}); `make train MODEL={path.parent.name}` "
+                            "writes it again") from None
+        # JSON keys are strings: folds by number, as everything else counts them.
+        return dataclasses.replace(meta, folds={int(f): v for f, v in meta.folds.items()},
+                                   weights_mb_per_fold={int(f): v for f, v in meta.weights_mb_per_fold.items()})
