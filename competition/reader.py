@@ -123,6 +123,7 @@ class Dataset:
     @property
     def images_key(self) -> str:
         """The images' identity (ids and content hashes), computed once: every file is read once per command."""
+        self.require_images()
         if "images" not in self._identity:
             self._identity["images"] = identity.images_key(
                 [(part, frame["id"], self.image_paths(frame)) for part, frame in (("train", self.train),

@@ -28,6 +28,11 @@ class Dist:
         return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world)
 
     @property
+    def backend(self) -> str:
+        """The process group's backend (nccl on CUDA, gloo on CPUs), or "none" for one process."""
+        return str(tdist.get_backend()) if tdist.is_initialized() else "none"
+
+    @property
     def is_main(self) -> bool:
         return self.rank == 0
 

@@ -88,7 +88,8 @@ def train_fold(cfg, spec, ds: Dataset, run: RunLayout, fold_of: np.ndarray, f: i
     fold_scores = metrics.summary(ds.targets()[val], result.val_prob, 0.5, spec.min_labels_per_image)
     write_json(fold.done, {
         "best_epoch": result.best_epoch, "seconds": round(seconds, 1), "hours": seconds / 3600,
-        "gpu_hours": result.gpu_hours, "device": result.device, **weights_record(result, model),
+        "gpu_hours": result.gpu_hours, "device": result.device, "backend": result.backend,
+        **weights_record(result, model),
         "weights_source": result.source, "params": result.params, "val": fold_scores})
     log(f"{cfg['name']} fold {f}: micro-F1@0.5 {fold_scores['micro_f1']:.4f} mAP {fold_scores['mAP']:.4f} "
         f"best epoch {result.best_epoch}, {seconds:.0f}s")

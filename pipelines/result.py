@@ -20,6 +20,7 @@ class FitResult:
     device: str = "cpu"
     gpu_hours: float = 0.0
     shared: list = dataclasses.field(default_factory=list)  # files or folders every fold's inference also needs
+    backend: str = "none"   # torch.distributed backend under torchrun (nccl, gloo), "none" for one process
 
 
 @dataclasses.dataclass

@@ -377,7 +377,7 @@ def fit(cfg: dict, data: FoldData, out: FitLayout, label: str, dist: Dist | None
     return FitResult(val_prob, test_prob, p.best_epoch, p.history, out.best_weights, s.source,
                      sum(q.numel() for q in s.net.parameters()),
                      torch.cuda.get_device_name(s.device) if on_gpu else "cpu",
-                     (time.time() - t0) / 3600 * dist.world if on_gpu else 0.0)
+                     (time.time() - t0) / 3600 * dist.world if on_gpu else 0.0, backend=dist.backend)
 
 
 def run_epoch(s: Setup, data: FoldData, out: FitLayout, p: Progress, label: str, log) -> Progress:

@@ -133,33 +133,43 @@ def test_missing_and_undecodable_images(demo_copy):
 
 
 def test_image_modes_decode_to_rgb(tmp_path):
+    """Every mode decodes to the RGB pixels PIL's own conversion gives (lossless files, compared exactly)."""
     rng = np.random.default_rng(0)
     base = Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))
-    cases = {
-        "gray.jpg": base.convert("L"),
-        "rgba.png": base.convert("RGBA"),
-        "palette.png": base.convert("P"),
-        "cmyk.jpg": base.convert("CMYK"),
+    cases = {  # file: (what is saved, the RGB it must decode to)
+        "gray.png": (base.convert("L"), np.repeat(np.asarray(base.convert("L"))[..., None], 3, axis=2)),
+        "rgba.png": (base.convert("RGBA"), np.asarray(base)),  # opaque: the same pixels
+        "palette.png": (base.convert("P"), np.asarray(base.convert("P").convert("RGB"))),
+        "cmyk.tif": (base.convert("CMYK"), np.asarray(base.convert("CMYK").convert("RGB"))),
     }
-    for name, im in cases.items():
+    for name, (im, _) in cases.items():
         im.save(tmp_path / name)
     base.save(tmp_path / "png_named.jpg", format="PNG")
-    for name in list(cases) + ["png_named.jpg"]:
+    cases["png_named.jpg"] = (None, np.asarray(base))
+    for name, (_, want) in cases.items():
         arr = decoded(tmp_path / name)
-        assert arr.shape == (20, 30, 3) and arr.dtype == np.uint8, name
-    assert load_resized(tmp_path / "cmyk.jpg", 16).shape == (16, 16, 3)
-    # Transparent pixels become white.
+        assert arr.dtype == np.uint8 and np.array_equal(arr, want), name
+    assert np.abs(decoded(tmp_path / "gray.png").astype(int) - np.asarray(base).astype(int)).max() > 20  # a real change
+    assert load_resized(tmp_path / "cmyk.tif", 16).shape == (16, 16, 3)
+    # Transparent pixels become white; half-transparent ones blend towards white.
     clear = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    clear.putpixel((0, 0), (255, 0, 0, 255))
     clear.save(tmp_path / "clear.png")
-    assert (decoded(tmp_path / "clear.png") == 255).all()
+    out = decoded(tmp_path / "clear.png")
+    assert out[0, 0].tolist() == [255, 0, 0] and (out.reshape(-1, 3)[1:] == 255).all()
 
 
-def test_exif_orientation_applied(tmp_path):
-    im = Image.new("RGB", (40, 20), (0, 0, 0))
+@pytest.mark.parametrize("orientation, turn", [(3, 2), (6, -1), (8, 1)])  # np.rot90 turns: +1 = anticlockwise
+def test_exif_orientation_applied(tmp_path, orientation, turn):
+    """An asymmetric image with an EXIF orientation decodes upright: the pixels of the stored image, turned as
+    the tag says (6: 90 degrees clockwise on display)."""
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)
+    stored[:5, :10] = (255, 0, 0)   # top-left: red
+    stored[-5:, :3] = (0, 255, 0)   # bottom-left: green
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees on display
-    im.save(tmp_path / "rot.jpg", exif=exif)
-    assert decoded(tmp_path / "rot.jpg").shape == (40, 20, 3)
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "rot.png", exif=exif)
+    assert np.array_equal(decoded(tmp_path / "rot.png"), np.rot90(stored, k=turn))
 
 
 def test_multi_hot_in_spec_order():

@@ -86,6 +86,28 @@ def test_student_targets_come_only_from_out_of_fold_predictions(teacher_run, mon
     assert st["teacher_oof_score_global_thr"] == pytest.approx(meta["teacher"]["teacher_score"])
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_temperature_and_no_pseudo_labels(teacher_run, monkeypatch, temperature):
+    """TEMPERATURE divides the teacher's logits before the mix; PSEUDO=0 keeps the test rows out of training."""
+    spec, ds, run, fold = teacher_run
+    import pipelines.images
+    from distill.student import run_distill
+    seen, real_fit = [], pipelines.images.fit
+    monkeypatch.setattr(pipelines.images, "fit",
+                        lambda cfg, data, *a, **kw: seen.append(data) or real_fit(cfg, data, *a, **kw))
+    run_distill(spec, ds, run, resolve("tiny", ["epochs=1"]), weight=WEIGHT, temperature=temperature, pseudo=False,
+                log=lambda *_: None)
+    y, n = ds.targets().astype(float), len(ds.train)
+    for f, data in enumerate(seen[:K]):
+        assert (data.train_rows < n).all()  # no test row joined
+        mark = oof_mark(fold[data.train_rows])[:, None]
+        soft = 1 / (1 + np.exp(-np.log(mark / (1 - mark)) / temperature))  # by hand: sigmoid(logit / T)
+        np.testing.assert_allclose(data.train_y, WEIGHT * soft + (1 - WEIGHT) * y[data.train_rows], atol=1e-6)
+    assert (seen[K].train_rows < n).all() and len(seen[K].train_rows) == n  # the refit: every train row only
+    with pytest.raises(UserError, match="temperature 0.0 must be > 0"):
+        run_distill(spec, ds, run, resolve("tiny", ["epochs=1"]), temperature=0.0, log=lambda *_: None)
+
+
 def test_a_changed_teacher_is_not_reused_silently(teacher_run):
     spec, ds, run, fold = teacher_run
     from distill.student import run_distill

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_pipelines import folds_for, kill_and_resume, torchrun_trains
+from test_pipelines import folds_for, kill_and_resume, torchrun_trains, uninterrupted
 
 from competition import load_dataset, load_spec
 from competition.layout import RunLayout
@@ -16,9 +16,16 @@ from pipelines.distributed import Dist
 pytestmark = pytest.mark.gpu
 
 
-def test_kill_and_resume_on_cuda(demo_data, tmp_path):
-    _, _, d = kill_and_resume(demo_data, tmp_path, "device=cuda")
+@pytest.mark.parametrize("amp_dtype", ["bf16", "fp16"])  # fp16: the grad scaler's state is resumed too
+def test_kill_and_resume_on_cuda(demo_data, tmp_path, amp_dtype):
+    """Killed after 2 epochs on CUDA and resumed: the OOF equals an uninterrupted run's within a stated
+    tolerance (cuDNN picks kernels nondeterministically; a lost or repeated epoch moves them far more)."""
+    args, env, d = kill_and_resume(demo_data, tmp_path, "device=cuda", f"amp_dtype={amp_dtype}", epochs=200)
     assert json.loads((d / "fold0" / "done.json").read_text())["device"] != "cpu"
+    other = uninterrupted(demo_data, tmp_path, args, env)
+    tokens = load_spec("demo").tokens
+    a, b = (pd.read_csv(m / "oof.csv")[tokens].to_numpy() for m in (d, other))
+    assert np.abs(a - b).mean() < 0.01 and np.abs(a - b).max() < 0.1
 
 
 def tiny_setup(demo_data, tmp_path, *overrides):
@@ -32,10 +39,13 @@ def tiny_setup(demo_data, tmp_path, *overrides):
 
 @pytest.mark.parametrize("amp_dtype,scaled", [("bf16", False), ("fp16", True)])
 def test_mixed_precision_steps(demo_data, tmp_path, amp_dtype, scaled):
-    from pipelines.train import train_step
+    from pipelines.train import autocast, train_step
     s = tiny_setup(demo_data, tmp_path, f"amp_dtype={amp_dtype}")
-    assert s.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp_dtype]
-    assert s.scaler.is_enabled() == scaled
+    want = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp_dtype]
+    assert s.amp_dtype == want and s.scaler.is_enabled() == scaled
+    x, _ = next(iter(s.train_loader))
+    with autocast(s.device, s.amp_dtype):
+        assert s.step_module(s.to_input(x, train=True)).dtype == want  # the forward really runs in it
     before = [p.detach().clone() for p in s.trained.parameters()]
     for x, y in s.train_loader:
         loss = train_step(s, x, y)
@@ -54,6 +64,22 @@ def test_device_path_and_channels_last(demo_data, tmp_path):
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_compiled_step_runs_compiled_and_matches_eager(demo_data, tmp_path):
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    from pipelines.train import autocast
+    compiled = tiny_setup(demo_data, tmp_path, "compile=true", "augment=none", "amp=false")
+    eager = tiny_setup(demo_data, tmp_path, "compile=false", "augment=none", "amp=false")
+    assert isinstance(compiled.step_module, OptimizedModule) and not isinstance(eager.step_module, OptimizedModule)
+    x, y = next(iter(eager.train_loader))
+    x, y = eager.to_input(x, train=True), y.to(eager.device)
+    losses = []
+    for s in (compiled, eager):  # the same seed built both: the same weights
+        with autocast(s.device, s.amp_dtype):
+            losses.append(s.loss_fn(s.step_module(x).float(), y).item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3)
+
+
 def test_compiled_training(demo_data, tmp_path):
     from pipelines.run import train_model
     folds_for(demo_data, tmp_path, k=2)
@@ -65,7 +91,9 @@ def test_compiled_training(demo_data, tmp_path):
 
 
 def test_torchrun_one_process_nccl(demo_data, tmp_path):
-    torchrun_trains(demo_data, tmp_path, 1)  # on CUDA, Dist picks the NCCL backend
+    torchrun_trains(demo_data, tmp_path, 1)
+    done = json.loads((tmp_path / "demo" / "models" / "tiny" / "fold0" / "done.json").read_text())
+    assert done["backend"] == "nccl" and done["device"] != "cpu"  # torchrun on CUDA: NCCL, on the GPU
 
 
 def test_bench_on_cuda(demo_data, tmp_path):

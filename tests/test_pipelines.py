@@ -28,8 +28,10 @@ def cli(*args, **kw):
 
 
 def folds_for(data, runs, k=3):
-    r = cli("-m", "folds", "--comp", "demo", "--data", str(data), "--runs", str(runs), "--k", str(k))
-    assert r.returncode == 0, r.stderr
+    """`make folds K=k` in process (its command line has a test of its own, test_folds.py)."""
+    from folds.split import write_folds
+    spec = load_spec("demo")
+    write_folds(RunLayout.of(runs, spec.name), load_dataset(spec, data, check=False), spec, k, 42)
 
 
 def train(data, runs, model="tiny", *overrides, **kw):
@@ -75,12 +77,37 @@ def test_config_types_coerce_only_what_is_safe(tmp_path):
     assert resolve(str(own))["lr"] == 0.001
 
 
-def test_every_config_builds():
+def config_names():
     from pipelines.config import available_configs
-    for name in available_configs():
-        cfg = resolve(name)
-        if cfg["kind"] == "image":
-            assert cfg["backbone"] in timm.list_models(), name
+    return sorted(available_configs())
+
+
+@pytest.mark.parametrize("name", config_names())
+def test_every_config_builds(name):
+    """Every shipped config builds as configured, on the meta device (no memory, no weights): its backbone, its
+    head's widths, its input size through the whole network, and the trunk/top split of `train_from`."""
+    from pipelines.captions import vectorizers
+    from pipelines.model import build_model
+    from pipelines.trunk import TopOfNet, trunk_forward
+    cfg = resolve(name)
+    if cfg["kind"] == "captions":
+        assert cfg["encoder"] in ("tfidf", "minilm") and (cfg["encoder"] == "minilm" or vectorizers(cfg))
+        return
+    with torch.device("meta"):
+        net, _, mean, std = build_model({**cfg, "pretrained": "none"}, 18)
+        x = torch.empty(2, 3, cfg["img_size"], cfg["img_size"])
+        assert net.eval()(x).shape == (2, 18)
+        if cfg["train_from"] is not None:
+            top = TopOfNet(net, cfg["train_from"])
+            assert len(top.blocks) == len(net.backbone.blocks) - cfg["train_from"]
+            with torch.inference_mode():  # as the trunk cache runs it
+                assert top(trunk_forward(net, cfg["train_from"], x)).shape == (2, 18)
+    linears = [m for m in net.head.modules() if isinstance(m, torch.nn.Linear)]
+    widths = [m.out_features for m in linears]
+    assert linears[0].in_features == net.backbone.num_features
+    assert widths == ([*cfg["head_hidden"], 18] if cfg["head"] == "mlp" else [18])
+    assert type(net.backbone) is type(timm.create_model(cfg["backbone"], pretrained=False, num_classes=0))
+    assert len(mean) == len(std) == 3
 
 
 @pytest.mark.parametrize("backbone", ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2",
@@ -158,34 +185,51 @@ def test_train_writes_consistent_artifacts(demo_data, tmp_path):
 
 
 def test_single_fold_jobs_merge(demo_data, tmp_path):
-    folds_for(demo_data, tmp_path)
+    """Folds trained as separate jobs, in any order, give the single job's files bit for bit (CPU), and a job
+    with other settings is refused."""
+    from folds.split import write_folds
+    from pipelines.run import train_model
+    spec = load_spec("demo")
+    ds = load_dataset(spec, demo_data)
+    runs = {name: RunLayout.of(tmp_path / name, spec.name) for name in ("jobs", "one")}
+    for run in runs.values():
+        write_folds(run, ds, spec, 3, 0)
     for f in (2, 0, 1):  # separate jobs, any order
-        r = train(demo_data, tmp_path, "tiny", "epochs=1", f"folds={f}")
-        assert r.returncode == 0, r.stderr
-    d = tmp_path / "demo" / "models" / "tiny"
-    assert (d / "oof.csv").exists()
-    r = train(demo_data, tmp_path, "tiny", "epochs=2", "folds=0")
+        train_model(spec, ds, runs["jobs"], resolve("tiny", ["epochs=1", f"folds={f}"]), log=lambda *_: None)
+    train_model(spec, ds, runs["one"], resolve("tiny", ["epochs=1"]), log=lambda *_: None)
+    jobs, one = runs["jobs"].model("tiny"), runs["one"].model("tiny")
+    for name in ["oof.csv", *(f"test_fold{f}.csv" for f in range(3))]:
+        assert (jobs.dir / name).read_bytes() == (one.dir / name).read_bytes(), name
+    r = train(demo_data, tmp_path / "jobs", "tiny", "epochs=2", "folds=0")
     assert r.returncode != 0 and "epochs 1 -> 2" in r.stderr
 
 
-def kill_and_resume(demo_data, tmp_path, *overrides):
-    """Train, SIGKILL mid-fold, re-run: the fold resumes and completes with no epoch lost or repeated."""
+def checkpoint_epoch(state) -> int:
+    """The epochs a fold's checkpoint holds (0: none yet); it is renamed into place whole, so a read sees one."""
+    try:
+        return torch.load(state, weights_only=True)["epoch"]
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return 0
+
+
+def kill_and_resume(demo_data, tmp_path, *overrides, epochs=30):
+    """Train, SIGKILL mid-fold once the checkpoint holds 2 epochs (not after a fixed sleep: a fast GPU would finish
+    the fold first), re-run: the fold resumes and completes with no epoch lost or repeated."""
     folds_for(demo_data, tmp_path, k=2)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     args = [sys.executable, "-m", "pipelines", "train", "--comp", "demo", "--data", str(demo_data), "--runs",
-            str(tmp_path), "--model", "tiny", "epochs=30", "patience=100", *overrides]
+            str(tmp_path), "--model", "tiny", f"epochs={epochs}", "patience=1000", *overrides]
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     state = tmp_path / "demo" / "models" / "tiny" / "fold0" / "state.pt"
     deadline = time.time() + 120
-    while not state.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)  # a few epochs in, mid-fold
+    while checkpoint_epoch(state) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert state.exists()
-    assert not (tmp_path / "demo" / "models" / "tiny" / "fold0" / "done.json").exists()
-    epoch = torch.load(state, weights_only=True)["epoch"]
-    assert 0 < epoch < 30
+    assert not (tmp_path / "demo" / "models" / "tiny" / "fold0" / "done.json").exists(), \
+        f"fold 0 finished before it could be killed: raise epochs (now {epochs})"
+    epoch = checkpoint_epoch(state)
+    assert 2 <= epoch < epochs
     # What a kill during an atomic write leaves; planted so the clean-up is checked on every run, not by chance.
     (state.parent / ".state.pt.killed.tmp").write_bytes(b"half a checkpoint")
     r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -193,22 +237,29 @@ def kill_and_resume(demo_data, tmp_path, *overrides):
     assert "fold 0: resuming after epoch" in r.stdout
     d = tmp_path / "demo" / "models" / "tiny"
     hist = pd.read_csv(d / "fold0" / "history.csv")
-    assert hist.epoch.tolist() == list(range(1, 31))  # no epoch lost or repeated
+    assert hist.epoch.tolist() == list(range(1, epochs + 1))  # no epoch lost or repeated
     assert (d / "oof.csv").exists() and (d / "test_fold1.csv").exists() and (d / "meta.json").exists()
     assert not list(d.rglob("*.tmp"))
     return args, env, d
 
 
+def uninterrupted(demo_data, tmp_path, args, env):
+    """The same training command, run once without a kill, in another run folder: its model folder."""
+    other = tmp_path / "uninterrupted"
+    folds_for(demo_data, other, k=2)
+    runs = args.index("--runs")
+    r = subprocess.run([*args[:runs + 1], str(other), *args[runs + 2:]], cwd=ROOT, env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    return other / "demo" / "models" / "tiny"
+
+
 def test_killed_training_resumes(demo_data, tmp_path):
     args, env, d = kill_and_resume(demo_data, tmp_path, "device=cpu")
     # The resumed run computed exactly what an uninterrupted one computes (CPU: bit for bit).
-    other = tmp_path / "uninterrupted"
-    folds_for(demo_data, other, k=2)
-    r = subprocess.run(args[:-7] + ["--runs", str(other), "--model", "tiny", "epochs=30", "patience=100", "device=cpu"],
-                       cwd=ROOT, env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert (other / "demo" / "models" / "tiny" / "oof.csv").read_text() == (d / "oof.csv").read_text()
-    assert (other / "demo" / "models" / "tiny" / "test_fold0.csv").read_text() == (d / "test_fold0.csv").read_text()
+    other = uninterrupted(demo_data, tmp_path, args, env)
+    assert (other / "oof.csv").read_text() == (d / "oof.csv").read_text()
+    assert (other / "test_fold0.csv").read_text() == (d / "test_fold0.csv").read_text()
 
 
 def oof_of(demo_data, runs, *overrides):
@@ -303,21 +354,49 @@ def torchrun_trains(demo_data, tmp_path, nproc: int) -> None:
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(demo_data, tmp_path):
     torchrun_trains(demo_data, tmp_path, 2)
+    done = json.loads((tmp_path / "demo" / "models" / "tiny" / "fold0" / "done.json").read_text())
+    assert done["backend"] == "gloo" and done["device"] == "cpu"
 
 
 def test_frozen_trunk_mode_trains_top_and_saves_full_net(demo_data, tmp_path):
-    folds_for(demo_data, tmp_path, k=2)
-    r = train(demo_data, tmp_path, "tiny", "epochs=2", "train_from=2")
-    assert r.returncode == 0, r.stderr
-    d = tmp_path / "demo" / "models" / "tiny"
+    """train_from=2: the saved network is whole (inference runs from images), its trunk (stem and blocks 0-1) is
+    the starting network's to the bit (fp16), and every tensor of the trained top moved."""
     from safetensors.torch import load_file
 
+    from folds.split import write_folds
     from pipelines.model import build_model
-    saved = load_file(str(d / "fold0" / "best.safetensors"))
-    net, *_ = build_model(resolve("tiny"), 18)
-    assert set(saved) == set(net.state_dict())  # the whole network: what inference from images needs
-    assert len(list((tmp_path / "demo" / "cache").glob("trunk_*.npy"))) == 1
-    assert (d / "oof.csv").exists()
+    from pipelines.run import train_model
+    spec = load_spec("demo")
+    ds, run = load_dataset(spec, demo_data), RunLayout.of(tmp_path, spec.name)
+    write_folds(run, ds, spec, 2, 0)
+    cfg = resolve("tiny", ["epochs=2", "train_from=2"])
+    train_model(spec, ds, run, cfg, log=lambda *_: None)
+    saved = load_file(str(run.model("tiny").fold(0).best_weights))
+    torch.manual_seed(cfg["seed"])  # what training starts from (setup seeds, then builds)
+    start = {k: v.half() if v.is_floating_point() else v for k, v in build_model(cfg, 18)[0].state_dict().items()}
+    assert set(saved) == set(start)  # the whole network: what inference from images needs
+    trunk = [k for k in saved if k.startswith(("backbone.conv_stem", "backbone.bn1", "backbone.blocks.0.",
+                                                "backbone.blocks.1."))]
+    top = [k for k in saved if (k.startswith(("head.", "backbone.conv_head", "backbone.bn2"))
+                                or k.startswith("backbone.blocks.") and int(k.split(".")[2]) >= 2)
+           and saved[k].is_floating_point() and "running_var" not in k]
+    assert trunk and top and set(trunk).isdisjoint(top)
+    assert all(torch.equal(saved[k], start[k]) for k in trunk)
+    moved = [k for k in top if not torch.equal(saved[k], start[k])]
+    assert len(moved) == len(top), sorted(set(top) - set(moved))
+    assert len(list(run.cache.glob("trunk_*.npy"))) == 1 and run.model("tiny").oof.exists()
+    # The saved network alone, from images, reproduces the fold's validation predictions (EMA weights, flip TTA;
+    # the training run fed the top fp16 trunk features, hence the tolerance).
+    from pipelines.model import load_trained
+    net, mean, std = load_trained(cfg, 18, run.model("tiny").fold(0).best_weights)
+    images = np.load(build_cache(ds, run, 32))
+    oof = pd.read_csv(run.model("tiny").oof, dtype={"ImageID": str})
+    rows = np.nonzero(oof["fold"].to_numpy() == 0)[0]
+    x = (torch.from_numpy(images[rows]).permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) \
+        / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        prob = ((torch.sigmoid(net(x)) + torch.sigmoid(net(torch.flip(x, dims=[3])))) / 2).numpy()
+    assert np.abs(prob - oof[spec.tokens].to_numpy()[rows]).max() < 5e-3
 
 
 def test_bad_input_is_one_clear_line(tmp_path):
@@ -325,40 +404,99 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("overrides", [
-    ["loss=focal", "optimizer=sgd", "schedule=onecycle", "head=mlp", "head_hidden=[16]", "dropout=0.5"],
-    ["loss=asl", "optimizer=rmsprop", "lr=1e-3", "ema=false"],
-    ["loss=bce_pos_weight", "optimizer=adadelta", "lr=1.0", "schedule=none", "augment=strong"],
-    ["mode=frozen", "select_metric=mAP", "tta=false"],
-    ["layer_decay=0.8"],
-])
-def test_training_variants(demo_data, tmp_path, overrides):
-    from pipelines.run import train_model
-    folds_for(demo_data, tmp_path, k=2)
+VARIANTS = {  # overrides: (loss class, its settings, optimizer class, schedule)
+    "focal_sgd_onecycle_mlp": (["loss=focal", "optimizer=sgd", "schedule=onecycle", "warmup_epochs=1", "head=mlp",
+                                "head_hidden=[16]",
+                                "dropout=0.5"], "MeanASL", {"gamma_neg": 2, "gamma_pos": 2}, "SGD", "onecycle"),
+    "asl_rmsprop_no_ema": (["loss=asl", "optimizer=rmsprop", "lr=1e-3", "ema=false"], "MeanASL",
+                           {"gamma_neg": 4, "gamma_pos": 1}, "RMSprop", "cosine"),
+    "pos_weight_adadelta_constant": (["loss=bce_pos_weight", "optimizer=adadelta", "lr=1.0", "schedule=none",
+                                      "augment=strong"], "BCEWithLogitsLoss", {}, "Adadelta", "none"),
+    "frozen_map_no_tta": (["mode=frozen", "select_metric=mAP", "tta=false"], "BCEWithLogitsLoss", {}, "AdamW",
+                          "cosine"),
+    "layer_decay": (["layer_decay=0.8", "warmup_epochs=0"], "BCEWithLogitsLoss", {}, "AdamW", "cosine"),
+}
+
+
+@pytest.fixture(scope="module")
+def fold_data(demo_data, tmp_path_factory):
+    """FoldData of the tiny demo at 32 px: 60 train rows, 30 validation rows."""
+    from pipelines.train import FoldData
     spec = load_spec("demo")
     ds = load_dataset(spec, demo_data)
-    meta = train_model(spec, ds, RunLayout.of(tmp_path, spec.name), resolve("tiny", ["epochs=1", *overrides]),
-                       log=lambda *_: None)
-    assert meta.folds_done == [0, 1] and 0 <= meta.oof["micro_f1_at_0.5"] <= 1
-    oof = pd.read_csv(tmp_path / "demo" / "models" / "tiny" / "oof.csv")
-    assert np.isfinite(oof[spec.tokens].to_numpy()).all()
+    cache = build_cache(ds, RunLayout.of(tmp_path_factory.mktemp("variants"), spec.name), 32, workers=1)
+    y, rows = ds.targets().astype(np.float32), np.arange(90)
+    return FoldData(cache, rows[:60], y[:60], rows[60:], y[60:], len(ds.train) + np.arange(len(ds.test)),
+                    min_labels=1)
+
+
+def lr_curve(s, steps: int) -> list[float]:
+    """The head's learning rate before the first update and at each one, as the training loop steps the schedule."""
+    curve = [s.optimizer.param_groups[-1]["lr"]]
+    for step in range(steps):
+        s.step_schedule(step)
+        curve.append(s.optimizer.param_groups[-1]["lr"])
+        s.optimizer.step()
+    return curve
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_training_variants(fold_data, variant):
+    """What each setting builds is what was configured: the loss and its parameters, the optimizer, the learning
+    rate schedule, what trains (frozen: the head only), layer-decay's learning rate per parameter group; and one
+    epoch trains with it."""
+    from pipelines.distributed import Dist
+    from pipelines.train import setup, train_one_epoch
+    overrides, loss, loss_args, optimizer, schedule = VARIANTS[variant]
+    cfg = resolve("tiny", ["epochs=3", *overrides])
+    s = setup(cfg, fold_data, Dist())
+    asl = getattr(s.loss_fn, "asl", None)
+    assert type(s.loss_fn).__name__ == loss and all(getattr(asl, k) == v for k, v in loss_args.items())
+    if cfg["loss"] == "bce_pos_weight":  # label j: (rows without j) / (rows with j), by hand on the train rows
+        pos = fold_data.train_y.sum(0)
+        np.testing.assert_allclose(s.loss_fn.pos_weight.numpy(), (60 - pos) / np.maximum(pos, 1), rtol=1e-6)
+    assert type(s.optimizer).__name__ == optimizer and (s.ema is None) == (not cfg["ema"])
+    trained = {id(p) for g in s.optimizer.param_groups for p in g["params"]}
+    assert trained == {id(p) for p in (s.net.head if cfg["mode"] == "frozen" else s.net).parameters()}
+    curve = lr_curve(s, 3 * s.updates)
+    if schedule == "none":
+        assert curve == [cfg["lr"]] * len(curve)
+    elif schedule == "onecycle":
+        assert max(curve) == pytest.approx(cfg["lr"], rel=0.1) and curve[0] < cfg["lr"] / 10 > curve[-1]  # up, down
+    else:  # cosine after warm-up: never rising, down to about min_lr
+        peak = int(np.argmax(curve))
+        assert all(a >= b - 1e-12 for a, b in zip(curve[peak:], curve[peak + 1:])) and curve[-1] < curve[peak] / 5
+    if cfg["layer_decay"]:
+        scales = sorted({g["lr_scale"] for g in s.optimizer.param_groups})
+        assert scales[-1] == 1.0 and len(scales) > 2
+        np.testing.assert_allclose(scales, [0.8 ** k for k in range(len(scales) - 1, -1, -1)], rtol=1e-6)
+        assert all(g["lr"] == pytest.approx(curve[-1] * g["lr_scale"]) for g in s.optimizer.param_groups)
+    s = setup(cfg, fold_data, Dist())
+    row, step = train_one_epoch(s, 0, 0)
+    assert step == s.updates and np.isfinite(row["train_loss"])
 
 
 def test_changed_labels_make_trained_models_stale(demo_copy, tmp_path):
+    from helpers import settings
+    from pipelines.run import train_model
+    from submissions.submit import run_submit
+    spec = load_spec("demo")
     folds_for(demo_copy, tmp_path, k=2)
-    assert train(demo_copy, tmp_path, "tiny", "epochs=1").returncode == 0
+    run = RunLayout.of(tmp_path, spec.name)
+    train_model(spec, load_dataset(spec, demo_copy), run, resolve("tiny", ["epochs=1"]), log=lambda *_: None)
     train_csv = demo_copy / "train.csv"
     lines = train_csv.read_text().splitlines()
     first = lines[1].split(",", 2)
     lines[1] = ",".join([first[0], "18" if first[1] != "18" else "17", first[2]])  # relabel one row
     train_csv.write_text("\n".join(lines) + "\n")
-    r = train(demo_copy, tmp_path, "tiny", "epochs=1")
-    assert r.returncode == 2 and "training data changed" in r.stderr and "FORCE=1" in r.stderr
-    assert "done, skipped" not in r.stdout
-    r = cli("-m", "submissions", "submit", "--comp", "demo", "--data", str(demo_copy), "--runs", str(tmp_path))
-    assert r.returncode == 2 and "tiny: trained on other data" in r.stderr
-    r = train(demo_copy, tmp_path, "tiny", "epochs=1", "--force")
-    assert r.returncode == 0, r.stderr
+    ds, said = load_dataset(spec, demo_copy), []
+    with pytest.raises(UserError, match="training data changed.*FORCE=1"):
+        train_model(spec, ds, run, resolve("tiny", ["epochs=1"]), log=said.append)
+    assert not any("done, skipped" in line for line in said)
+    with pytest.raises(UserError, match="tiny: trained on other data"):
+        run_submit(spec, ds, run, settings(spec, method="fixed"), "test", log=lambda *_: None)
+    train_model(spec, ds, run, resolve("tiny", ["epochs=1"]), force=True, log=lambda *_: None)
+    run_submit(spec, ds, run, settings(spec, method="fixed"), "test", log=lambda *_: None)
 
 
 def test_replaced_image_rebuilds_the_cache(demo_copy, tmp_path):
@@ -442,9 +580,12 @@ def test_plan_from_bench_records_and_the_train_warning(demo_data, tmp_path, caps
                {"real_loop_images_per_s": 10.0, "config": {k: cfg[k] for k in SPEED_KEYS}})
     (tiny, captions, other), left, _ = make_plan(spec, ds, run, 3, ["tiny", "captions", "resnet50"], gpu,
                                                   ["batch_size=8", "device=cpu"])
-    n, t, epochs = len(ds.train), len(ds.test), cfg["epochs"]  # 3 folds, flip TTA, no refit
-    images = 3 * epochs * (n - n / 3) + (3 * (epochs * n / 3 + 2 * (n / 3 + t))) / 3
-    assert tiny.gpu_hours == pytest.approx(images / 10.0 / 3600) and tiny.folds_left == [0, 1, 2]
+    # By hand: 90 train and 24 test rows, 3 folds of 30, tiny's 2 epochs, flip TTA, no refit. Training sees
+    # 3 folds x 2 epochs x 60 rows = 360 images. Evaluation, at a third of a training image's cost: every epoch
+    # validates 30 rows (3 x 2 x 30 = 180), and each fold predicts its 30 validation + 24 test rows in 2 views
+    # (3 x 2 x 54 = 324): 504 / 3 = 168. 528 images at 10 img/s: 52.8 s.
+    assert (len(ds.train), len(ds.test), cfg["epochs"], cfg["tta"]) == (90, 24, 2, True)
+    assert tiny.gpu_hours == pytest.approx(52.8 / 3600) and tiny.folds_left == [0, 1, 2]
     assert captions.gpu_hours == 0 and "no bench record" in other.note
     stale, = make_plan(spec, ds, run, 3, ["tiny"], gpu, ["batch_size=8", "img_size=64"])[0]
     assert stale.images_per_s is None and "img_size" in stale.note
