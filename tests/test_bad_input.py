@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import settings
 
 from competition import load_dataset, load_spec
 from competition.artifacts import atomic_path, read_json, write_json, write_text
@@ -19,6 +18,8 @@ from pipelines.config import resolve
 from pipelines.run import train_model
 from submissions.blend import BLENDS, DEFAULT_BLENDS
 from submissions.submit import run_submit
+
+from helpers import settings
 
 QUIET = dict(log=lambda *_: None)
 

@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import settings
 
 from competition import load_dataset, load_spec
 from competition.layout import RunLayout
@@ -15,6 +14,8 @@ from folds.split import write_folds
 from pipelines.config import resolve
 from pipelines.run import train_model
 from submissions.submit import run_submit
+
+from helpers import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("competition", "folds", "pipelines", "submissions", "distill", "demo")

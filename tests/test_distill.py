@@ -75,9 +75,9 @@ def test_student_targets_come_only_from_out_of_fold_predictions(teacher_run, mon
     use = {"tiny-student": True, "captions": False}
     assert cost([student], use)[1] == pytest.approx(student.gpu_hours + teacher.gpu_hours)
     assert cost([student, teacher], use)[1] == pytest.approx(student.gpu_hours + teacher.gpu_hours)  # counted once
-    from helpers import settings
-
     from submissions.submit import run_submit
+
+    from helpers import settings
     path = run_submit(spec, ds, run, settings(spec, method="fixed", trials=5), "test", ["tiny-student", "captions"],
                       log=lambda *_: None).path
     sidecar = read_json(path.with_suffix(".json"))
@@ -98,7 +98,7 @@ def test_temperature_and_no_pseudo_labels(teacher_run, monkeypatch, temperature)
     run_distill(spec, ds, run, resolve("tiny", ["epochs=1"]), weight=WEIGHT, temperature=temperature, pseudo=False,
                 log=lambda *_: None)
     y, n = ds.targets().astype(float), len(ds.train)
-    for f, data in enumerate(seen[:K]):
+    for data in seen[:K]:
         assert (data.train_rows < n).all()  # no test row joined
         mark = oof_mark(fold[data.train_rows])[:, None]
         soft = 1 / (1 + np.exp(-np.log(mark / (1 - mark)) / temperature))  # by hand: sigmoid(logit / T)

@@ -5,13 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_pipelines import folds_for, kill_and_resume, torchrun_trains, uninterrupted
 
 from competition import load_dataset, load_spec
 from competition.layout import RunLayout
 from pipelines.cache import build_cache
 from pipelines.config import resolve
 from pipelines.distributed import Dist
+
+from test_pipelines import folds_for, kill_and_resume, torchrun_trains, uninterrupted
 
 pytestmark = pytest.mark.gpu
 

@@ -477,9 +477,10 @@ def test_training_variants(fold_data, variant):
 
 
 def test_changed_labels_make_trained_models_stale(demo_copy, tmp_path):
-    from helpers import settings
     from pipelines.run import train_model
     from submissions.submit import run_submit
+
+    from helpers import settings
     spec = load_spec("demo")
     folds_for(demo_copy, tmp_path, k=2)
     run = RunLayout.of(tmp_path, spec.name)

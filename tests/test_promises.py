@@ -13,10 +13,11 @@ from competition.errors import UserError
 from competition.layout import RunLayout
 from competition.metrics import decide
 from folds.split import write_folds
-from helpers import settings
 from pipelines.config import resolve
 from pipelines.run import train_model
 from submissions.submit import run_submit
+
+from helpers import settings
 
 QUIET = dict(log=lambda *_: None)
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import settings
 from sklearn.metrics import f1_score
 
 from competition import load_spec
@@ -20,6 +19,8 @@ from submissions.budget import select
 from submissions.members import Member
 from submissions.scoring import Scoring
 from submissions.validate import validate_frame
+
+from helpers import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
