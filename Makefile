@@ -23,7 +23,7 @@ distill_set = $(if $(TEACHER),--teacher $(TEACHER)) $(if $(BLEND),--blend $(BLEN
              $(if $(TEACHER_WEIGHT),--teacher-weight $(TEACHER_WEIGHT)) $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) \
              $(if $(filter 0 no false,$(PSEUDO)),--no-pseudo) $(if $(NAME),--name $(NAME))
 
-.PHONY: help setup lint test test-gpu test-all demo demo-data eda folds train distill pseudo thresholds submit report bench validate clean-demo lb lb-set plan \
+.PHONY: export predict help setup lint test test-gpu test-all demo demo-data eda folds train distill pseudo thresholds submit report bench validate clean-demo lb lb-set plan \
         bench-thresholds bench-captions bench-probe bench-recipe
 
 help:
@@ -39,6 +39,8 @@ help:
 	@echo "make pseudo               the blend's soft labels for the test rows -> $(RUNS)/<COMP>/pseudo/<NAME>/ (train with SET=pseudo=NAME)"
 	@echo "make thresholds           tune per-label thresholds alone (TRIALS=, METHOD=)"
 	@echo "make submit               blend + thresholds + budget -> $(RUNS)/<COMP>/submissions/*.csv"
+	@echo "make export               the submission's model as one folder -> $(RUNS)/<COMP>/bundles/<submission>/ (SUBMISSION=)"
+	@echo "make predict BUNDLE= DATA= a bundle's predictions for DATA's test.csv and images, from the bundle alone (OUT=)"
 	@echo "make report               plots of the blend and its members"
 	@echo "make lb                   the run log: every model and submission, best nested CV first"
 	@echo "make lb-set FILE= PUBLIC= record a submission's public leaderboard score in the run log"
@@ -115,6 +117,12 @@ thresholds: $(VENV)
 
 submit: $(VENV)
 	$(PY) -m submissions submit $(common) $(submit_set)
+
+export: $(VENV)
+	$(PY) -m bundle export $(common) $(if $(SUBMISSION),--submission $(SUBMISSION)) $(if $(IGNORE_BUDGET),--ignore-budget)
+
+predict: $(VENV)
+	$(PY) -m bundle predict --bundle $(BUNDLE) --data $(DATA) $(if $(OUT),--out $(OUT))
 
 report: $(VENV)
 	$(PY) -m submissions report $(common) $(submit_set)

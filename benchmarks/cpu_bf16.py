@@ -24,8 +24,8 @@ from competition.layout import RunLayout
 from folds.split import read_folds
 from pipelines.cache import build_cache
 from pipelines.data import DeviceBatches, DeviceNormalize, load_cache_rows
-from pipelines.model import load_trained
-from pipelines.train import cpu_has_bf16, predict
+from pipelines.model import cpu_has_bf16, load_trained
+from pipelines.train import predict
 
 
 def main():

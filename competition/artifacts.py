@@ -70,7 +70,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; artifacts are shared like any file
+        os.chmod(tmp, (0o777 if os.path.isdir(tmp) else 0o666) & ~UMASK)  # mkstemp makes 0600; shared like any file
         fsync_tree(Path(tmp))
         os.replace(tmp, path)
         fsync_path(path.parent)

@@ -11,6 +11,7 @@ runs/<COMP>/
   nested/                         nested-<members+settings key>.json: the fully nested estimate of post-processing
   pseudo/<NAME>/                  `make pseudo`: a blend's soft labels for the test rows (PseudoLayout)
   submissions/                    <COMP>-<time>-cv<score>.csv and its .json sidecar
+  bundles/<submission stem>/      `make export`: the submission's model, all `make predict` needs
   report/                         `make report` plots (report/cam/: Grad-CAM panels)
   bench/<MODEL>--<device>.json    `make bench` rates on one kind of machine, read by `make plan`
   log.csv                         a row per trained model and per submission; `make lb` prints it
@@ -199,6 +200,10 @@ class RunLayout:
     @property
     def submissions(self) -> Path:
         return self.root / "submissions"
+
+    @property
+    def bundles(self) -> Path:      # `make export`: bundles/<submission stem>/, what `make predict` reads
+        return self.root / "bundles"
 
     def submission(self, competition: str, stamp: str, score: float) -> Path:
         return self.submissions / f"{competition}-{stamp}-cv{score:.4f}.csv"

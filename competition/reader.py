@@ -362,6 +362,32 @@ def read_csv_layout(root: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]
     return parse_labels(train, spec, train_path), test
 
 
+def load_test(spec: Spec, root: str | Path, captions: bool) -> pd.DataFrame:
+    """The rows to predict alone (id, caption when `captions`), read and checked as `load_dataset` reads them:
+    what a model needs at inference, where no train.csv or labels exist. Images are checked when present."""
+    root = Path(root)
+    require_root(root, spec)
+    if spec.format == "voc":
+        ids, _ = read_voc_set(root / spec.labels_dir, spec, spec.voc_test_set)
+        test = pd.DataFrame({"id": [spec.label_file_image.format(i) for i in ids], "line": 0})
+    else:
+        path = root / spec.test_csv
+        columns = columns_of(spec, False)
+        if spec.caption_column and path.is_file():
+            header = [h.strip() for h in next(csv.reader(file_lines(decode_text(path))[:1]), [])]
+            if spec.caption_column not in header:
+                if captions:
+                    raise UserError(f"{path}: no {spec.caption_column} column, and the model's captions member "
+                                    "needs it")
+                columns = columns[:1]
+        test = tidy(read_records(path, spec.id_pattern, columns), spec)
+        check_ids(test, path)
+    image_root = root / spec.image_dir
+    if image_root.is_dir() and any(image_root.iterdir()):
+        check_images(Dataset(spec, root, test.iloc[:0], test, True))
+    return test.reset_index(drop=True)
+
+
 def load_dataset(spec: Spec, root: str | Path | None = None, check: bool = True) -> Dataset:
     root = Path(root or spec.data)
     require_root(root, spec)

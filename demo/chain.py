@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from bundle.export import export_bundle
+from bundle.predict import predict_bundle
 from competition import load_dataset, load_spec
 from competition.demo_data import generate
 from competition.layout import RunLayout
@@ -54,6 +56,11 @@ def run_demo(runs: Path, seed: int = 42) -> int:
     sub = run_submit(spec, ds, run, settings, "make demo", names=names)
     plots = (make_report(spec, sub.ensemble, sub.thresholds, run.report)
              + cam_panels(spec, ds, sub.ensemble, sub.thresholds, run.report_cam))
+    folder = export_bundle(spec, ds, run, sub.path)
+    predicted = predict_bundle(folder, run.demo_data)
+    same = predicted.read_text() == sub.path.read_text()
+    print(f"[{time.time() - t0:5.0f}s] bundle {folder.name}: its predictions {'equal' if same else 'DIFFER FROM'} "
+          "the submission")
     summarize(sub, run, len(plots), time.time() - t0)
     return 0
 

@@ -31,7 +31,7 @@ from pipelines.data import (
 )
 from pipelines.distributed import Dist
 from pipelines.losses import build_loss
-from pipelines.model import build_model, load_weights, save_weights
+from pipelines.model import build_model, inference_dtype, load_weights, save_weights
 from pipelines.result import FitResult
 from pipelines.trunk import TopOfNet, TrunkFeatures, trunk_cache
 
@@ -48,12 +48,6 @@ class FoldData:
     min_labels: int           # the spec's rule: validation decides as the fold score and submission will
 
 
-def cpu_has_bf16() -> bool:
-    """bf16 matrix units (AMX) or AVX512-BF16: there oneDNN runs bf16 convolutions natively."""
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-
-
 def device_setup(cfg: dict, dist: Dist):
     """(device, training autocast dtype, inference autocast dtype). On a CPU with native bf16, inference
     runs in bf16 (2.0x faster predictions here, benchmarks/cpu_bf16.py) but training stays fp32: its backward
@@ -65,7 +59,7 @@ def device_setup(cfg: dict, dist: Dist):
     amp_dtype = None
     if device.type == "cuda" and cfg["amp"]:
         amp_dtype = AMP_DTYPES[cfg["amp_dtype"]]()
-    infer_dtype = amp_dtype if device.type == "cuda" else torch.bfloat16 if cfg["amp"] and cpu_has_bf16() else None
+    infer_dtype = amp_dtype if device.type == "cuda" else inference_dtype(cfg, device)
     return device, amp_dtype, infer_dtype
 
 

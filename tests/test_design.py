@@ -18,7 +18,7 @@ from submissions.submit import run_submit
 from helpers import settings
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("competition", "folds", "pipelines", "submissions", "distill", "demo")
+PACKAGES = ("competition", "folds", "pipelines", "submissions", "distill", "bundle", "demo")
 QUIET = dict(log=lambda *_: None)
 
 
@@ -146,3 +146,18 @@ def test_early_stopping_decides_by_the_specs_rule(demo_data, tmp_path, monkeypat
     assert done["val"]["micro_f1"] == pytest.approx(rule0)
     # every epoch's selection score, by the same rule
     assert history["micro_f1"].tolist() == pytest.approx([rule0] * len(history))
+
+
+def test_prediction_loads_no_training_code():
+    """`make predict` imports the model builder, readers and captions model, never the training loop, the fold
+    orchestration, the folds or the blender's fitting (an offline notebook needs none of their packages)."""
+    import subprocess
+    import sys
+    code = ("import sys, bundle.predict; print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('pipelines', 'folds', 'submissions', 'distill', 'optuna', 'iterstrat', 'albumentations'))))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    loaded = set(r.stdout.split())
+    assert loaded <= {"pipelines", "pipelines.captions", "pipelines.model", "pipelines.text_encoder",
+                      "pipelines.weights", "pipelines.result", "pipelines.config", "submissions",
+                      "submissions.validate"}, loaded

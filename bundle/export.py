@@ -1,0 +1,150 @@
+"""`make export`: a submission's model as one self-contained folder that `make predict` runs on new images.
+
+runs/<COMP>/bundles/<submission stem>/
+  bundle.json       members (kind, config, weight files), blend (method, weights), thresholds, min-labels rule,
+                    label tokens, the submission format, the scores; format version
+  spec.yaml         the competition spec (how test.csv and the images are read)
+  members/<name>/   each member's inference weights, exactly those the budget counted (fold models or the refit,
+                    fp16 safetensors; captions: .npz arrays), a shared frozen part (a sentence encoder) once
+  blend.npz         a stacked blend's per-label logistic regressions (coefficients, intercepts, constants)
+  wheel/            the project's own wheel, for `pip install --no-deps` on an offline machine
+  manifest.json     sha256 and bytes of every file, total MB, versions, git commit (written last)
+Nothing is pickled: JSON, safetensors and npz.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bundle.manifest import FORMAT, verify, write_manifest
+from competition.artifacts import atomic_path, exclusive_lock, read_json, write_json
+from competition.errors import UserError
+from competition.layout import RunLayout
+from folds.split import read_folds
+from submissions.blend import PerLabel, StackBlend, fit_blends
+from submissions.members import Member, load_members
+from submissions.scoring import Scoring
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def latest_submission(run: RunLayout) -> Path:
+    subs = sorted(run.submissions.glob("*.csv"), key=lambda p: p.stat().st_mtime) if run.submissions.is_dir() else []
+    if not subs:
+        raise UserError(f"{run.submissions}: no submission to export; run `make submit` first")
+    return subs[-1]
+
+
+def member_files(m: Member, use_full: bool) -> tuple[list[Path], list[Path]]:
+    """(the weight files inference runs, shared parts) of a member: its refit or every fold model."""
+    fits = [m.meta.full["weights"]] if use_full else [m.meta.fold_weights(f) for f in range(m.meta.k)]
+    return [m.dir / w for w in fits], [m.dir / s for s in m.meta.shared_weights]
+
+
+def copy_member(m: Member, use_full: bool, out: Path) -> dict:
+    """Copy one member's inference files into `out`; its record for bundle.json."""
+    weights, shared = member_files(m, use_full)
+    (out / "members" / m.name).mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, path in enumerate(weights):
+        name = f"members/{m.name}/{'refit' if use_full else f'fold{i}'}{path.suffix}"
+        shutil.copyfile(path, out / name)
+        names.append(name)
+    shared_names = []
+    for path in shared:
+        name = f"members/{m.name}/{path.name}"
+        (shutil.copytree if path.is_dir() else shutil.copyfile)(path, out / name)
+        shared_names.append(name)
+    return {"name": m.name, "kind": m.meta.kind, "config": m.meta.config, "weights": names, "shared": shared_names,
+            "uses": "refit" if use_full else f"{m.meta.k} fold models"}
+
+
+def stack_arrays(blend: StackBlend) -> dict[str, np.ndarray]:
+    """A stacked blend's final per-label logistic regressions as arrays: what `apply` needs on new rows."""
+    if blend.learner != "stack" or not isinstance(blend.final, PerLabel):
+        raise UserError(f"blend {blend.learner!r} is not exportable (its trees or network have no array form "
+                        "here yet): submit with BLENDS=mean,weighted,weighted_logit,stack")
+    models = blend.final.models
+    width = max((m.coef_.shape[1] for m in models if not isinstance(m, float)), default=0)
+    coef = np.stack([np.zeros(width) if isinstance(m, float) else m.coef_[0] for m in models])
+    intercept = np.array([0.0 if isinstance(m, float) else m.intercept_[0] for m in models])
+    constant = np.array([m if isinstance(m, float) else np.nan for m in models])
+    return {"coef": coef, "intercept": intercept, "constant": constant}
+
+
+def refit_blend(spec, ds, run: RunLayout, members: list[Member], use_full: dict, side: dict):
+    """The submission's blend, fitted again on the same OOF rows (deterministic): its weights must be the
+    sidecar's, or the run changed since the submission."""
+    method = side["blend"]["method"]
+    sc = Scoring.of(spec, ds.targets(), read_folds(run.folds, list(ds.train["id"])))
+    fitted = fit_blends([m.oof for m in members], sc, (method,))[method]
+    weights = None if fitted.blend.weights is None else [float(w) for w in fitted.blend.weights]
+    if weights is not None and not np.allclose(weights, side["blend"]["weights"], atol=1e-9):
+        raise UserError(f"the {method} blend fitted again gives weights {weights}, the submission's were "
+                        f"{side['blend']['weights']}: its members changed since; run `make submit` again")
+    return method, weights, fitted.blend
+
+
+def export_bundle(spec, ds, run: RunLayout, submission: Path | None, ignore_budget: bool = False,
+                  log=print) -> Path:
+    """Write the bundle of `submission` (default: the latest) and return its folder."""
+    submission = Path(submission) if submission else latest_submission(run)
+    side = read_json(submission.with_suffix(".json"), "it is written by `make submit` beside its CSV")
+    names = [m["name"] for m in side["members"]]
+    use_full = {m["name"]: m["uses"] == "full-data refit" for m in side["members"]}
+    members = load_members(spec, ds, run, names, log=lambda *_: None)
+    method, weights, blend = refit_blend(spec, ds, run, members, use_full, side)
+    out = run.bundles / submission.stem
+    if out.is_dir():
+        try:
+            verify(out)
+            log(f"bundle: {out} exists and verifies; kept")
+            return out
+        except UserError as e:
+            log(f"bundle: {out} is broken ({e}); exporting it again")
+            shutil.rmtree(out)
+    with exclusive_lock(run.bundles / f".{submission.stem}.lock"), atomic_path(out) as tmp:
+        tmp.unlink()
+        tmp.mkdir()
+        records = [copy_member(m, use_full[m.name], tmp) for m in members]
+        shutil.copyfile(spec.source, tmp / "spec.yaml")
+        if method.startswith("stack"):
+            np.savez(tmp / "blend.npz", **stack_arrays(blend))
+        write_json(tmp / "bundle.json", {
+            "format": FORMAT, "competition": spec.name, "submission": submission.name, "tokens": spec.tokens,
+            "members": records, "blend": {"method": method, "weights": weights},
+            "thresholds": [side["thresholds"][t] for t in spec.tokens], "min_labels": spec.min_labels_per_image,
+            "metric": side["metric"], "scores": {"oof": side["oof_score"], "nested": side["nested_score"]}})
+        build_wheel(tmp / "wheel")
+        manifest = write_manifest(tmp, side)
+        check_budget(spec, manifest["total_mb"], side, ignore_budget)
+    log(f"bundle: {out} ({manifest['total_mb']:.1f} MB of model files, {len(manifest['files'])} files)")
+    return out
+
+
+def build_wheel(folder: Path) -> None:
+    """The project's own wheel, so an offline machine installs the code that made the bundle."""
+    folder.mkdir()
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(folder), str(ROOT)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"pip wheel failed: {r.stderr[-2000:]}")
+    for stray in ROOT.glob("build"):  # setuptools' scratch folder
+        shutil.rmtree(stray, ignore_errors=True)
+
+
+def check_budget(spec, total_mb: float, side: dict, ignore: bool) -> None:
+    """The budget is the bundle: its model files' bytes, measured, against the spec's limit."""
+    limit = spec.budget["model_mb"]
+    if limit is not None and total_mb > limit + 1e-9 and not ignore:
+        raise UserError(f"the bundle's model files weigh {total_mb:.1f} MB, over the {limit} MB budget "
+                        f"(the submission counted {side['size_mb']:.1f} MB); IGNORE_BUDGET=1 exports anyway")
+
+
+def bundle_json(folder: Path) -> dict:
+    return json.loads((Path(folder) / "bundle.json").read_text())
