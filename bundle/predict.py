@@ -25,7 +25,7 @@ from competition.images import load_resized
 from competition.metrics import decide
 from competition.reader import load_test
 from pipelines.captions import CaptionModel
-from pipelines.model import inference_dtype, load_trained
+from pipelines.model import forward_as_trained, inference_dtype, load_trained
 from submissions.validate import validate_frame
 
 BATCH = 64
@@ -56,7 +56,8 @@ def image_member(folder: Path, record: dict, test: pd.DataFrame, image_root: Pat
             views = (x, torch.flip(x, dims=[3])) if cfg["tta"] else (x,)
             autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
             with autocast:
-                prob = sum(torch.sigmoid(net(v).float()) for net in nets for v in views) / (len(nets) * len(views))
+                prob = sum(torch.sigmoid(forward_as_trained(net, cfg, v).float()) for net in nets for v in views)
+            prob = prob / (len(nets) * len(views))
             out.append(prob.cpu().numpy().astype(np.float64))
     return np.concatenate(out) if out else np.zeros((0, n_labels))
 

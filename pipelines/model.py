@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from competition.artifacts import atomic_path
+from competition.errors import UserError
 from pipelines.weights import load_pretrained
 
 
@@ -74,6 +75,45 @@ def build_model(cfg: dict, num_classes: int) -> tuple[MultiLabelNet, str, tuple,
     source = load_pretrained(model.backbone, cfg["backbone"], cfg["pretrained"], cfg["pretrained_file"])
     data_cfg = timm.data.resolve_data_config({}, model=model.backbone)
     return model, source, tuple(data_cfg["mean"]), tuple(data_cfg["std"])
+
+
+class TopOfNet(nn.Module):
+    """The stages from `start` on, plus the head; shares modules with `net`."""
+
+    def __init__(self, net, start: int):
+        super().__init__()
+        bb = net.backbone
+        needed = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")
+        if not all(hasattr(bb, n) for n in needed):
+            raise UserError(f"train_from needs a timm EfficientNet-family backbone, not {type(bb).__name__}; "
+                             "unset train_from for full fine-tuning")
+        if not 0 < start < len(bb.blocks):
+            raise UserError(f"train_from must be in 1..{len(bb.blocks) - 1} for this backbone")
+        self.blocks = nn.Sequential(*bb.blocks[start:])
+        self.conv_head, self.bn2, self.pool, self.head = bb.conv_head, bb.bn2, bb.global_pool, net.head
+
+    def forward(self, x):
+        return self.head(self.pool(self.bn2(self.conv_head(self.blocks(x)))))
+
+    def trainable(self) -> nn.Module:
+        return self
+
+
+@torch.inference_mode()  # not just no_grad: oneDNN then runs bf16 here ~1.4x faster (batch 64, 288 px)
+def trunk_forward(net, start: int, x):
+    bb = net.backbone
+    x = bb.bn1(bb.conv_stem(x))
+    for block in bb.blocks[:start]:
+        x = block(x)
+    return x
+
+
+def forward_as_trained(net: MultiLabelNet, cfg: dict, x: torch.Tensor) -> torch.Tensor:
+    """Logits as training computed its validation and test predictions: a trunk-cached model (train_from) runs
+    its trunk, rounds the features to fp16 as the trunk cache stores them, then its top. Call under no_grad."""
+    if cfg["train_from"] is None:
+        return net(x)
+    return TopOfNet(net, cfg["train_from"])(trunk_forward(net, cfg["train_from"], x).half().float())
 
 
 def cpu_has_bf16() -> bool:

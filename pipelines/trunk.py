@@ -15,45 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from competition.artifacts import atomic_array, build_once
-from competition.errors import UserError
 from competition.layout import RunLayout
 from pipelines.augment import stream_seed
 from pipelines.data import DeviceNormalize
-
-
-class TopOfNet(nn.Module):
-    """The stages from `start` on, plus the head; shares modules with `net`."""
-
-    def __init__(self, net, start: int):
-        super().__init__()
-        bb = net.backbone
-        needed = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")
-        if not all(hasattr(bb, n) for n in needed):
-            raise UserError(f"train_from needs a timm EfficientNet-family backbone, not {type(bb).__name__}; "
-                             "unset train_from for full fine-tuning")
-        if not 0 < start < len(bb.blocks):
-            raise UserError(f"train_from must be in 1..{len(bb.blocks) - 1} for this backbone")
-        self.blocks = nn.Sequential(*bb.blocks[start:])
-        self.conv_head, self.bn2, self.pool, self.head = bb.conv_head, bb.bn2, bb.global_pool, net.head
-
-    def forward(self, x):
-        return self.head(self.pool(self.bn2(self.conv_head(self.blocks(x)))))
-
-    def trainable(self) -> nn.Module:
-        return self
-
-
-@torch.inference_mode()  # not just no_grad: oneDNN then runs bf16 here ~1.4x faster (batch 64, 288 px)
-def trunk_forward(net, start: int, x):
-    bb = net.backbone
-    x = bb.bn1(bb.conv_stem(x))
-    for block in bb.blocks[:start]:
-        x = block(x)
-    return x
+from pipelines.model import TopOfNet, trunk_forward  # noqa: F401  (the split lives with the model)
 
 
 def trunk_cache(net, start: int, image_cache: Path, mean, std, device, infer_dtype=None, batch_size=64,
