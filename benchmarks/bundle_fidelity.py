@@ -1,0 +1,68 @@
+"""Fidelity of a bundle: `make predict`'s member probabilities against those its training run wrote, and its
+submission rows against `make submit`'s, on the same test.csv.
+
+    .venv/bin/python benchmarks/bundle_fidelity.py --runs runs --comp demo [--bundle runs/demo/bundles/<name>]
+
+Per member: the largest and the mean absolute difference between the bundle's probabilities (bundle.predict's
+own member functions, as `make predict` runs them) and the run's test probabilities of the same models (the
+fold files' mean, or the refit's). Then the rows whose labels differ between the bundle's predictions and the
+submission it was exported from. It fails if a member or the row count does not match.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bundle.predict import captions_member, image_member, predict_bundle
+from competition import load_spec
+from competition.layout import RunLayout
+from competition.reader import load_test
+
+
+def run_probs(run: RunLayout, record: dict, tokens) -> np.ndarray:
+    model = run.model(record["name"])
+    files = [model.test_full] if record["uses"] == "refit" else [model.test_fold(f)
+                                                                 for f in range(int(record["uses"].split()[0]))]
+    return np.mean([pd.read_csv(p)[tokens].to_numpy() for p in files], axis=0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--comp", default="demo")
+    ap.add_argument("--runs", default="runs")
+    ap.add_argument("--data", default=None, help="the run's data folder (default: the spec's)")
+    ap.add_argument("--bundle", default=None, help="default: the newest bundle of the run")
+    a = ap.parse_args()
+    run_spec = load_spec(a.comp)
+    run = RunLayout.of(a.runs, run_spec.name)
+    folder = Path(a.bundle) if a.bundle else max((p for p in run.bundles.iterdir() if p.is_dir()),
+                                                 key=lambda p: p.stat().st_mtime)
+    bundle = json.loads((folder / "bundle.json").read_text())
+    spec = load_spec(str(folder / "spec.yaml"))
+    data = Path(a.data or (run.demo_data if run_spec.name.startswith("demo") else run_spec.data))
+    test = load_test(spec, data, any(m["kind"] == "captions" for m in bundle["members"]))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for record in bundle["members"]:
+        mine = (image_member(folder, record, test, data / spec.image_dir, len(spec.tokens), device)
+                if record["kind"] == "image" else captions_member(folder, record, test))
+        theirs = run_probs(run, record, spec.tokens)
+        if mine.shape != theirs.shape:
+            raise SystemExit(f"FAILED: {record['name']}: {mine.shape} vs {theirs.shape}")
+        diff = np.abs(mine - theirs)
+        print(f"{record['name']:<32} ({record['uses']}): max |diff| {diff.max():.2e}, mean {diff.mean():.2e}")
+    out = predict_bundle(folder, data, folder / "predictions" / "fidelity.csv", log=lambda *_: None)
+    ours = pd.read_csv(out, dtype=str, keep_default_na=False)
+    submitted = pd.read_csv(run.submissions / bundle["submission"], dtype=str, keep_default_na=False)
+    if len(ours) != len(submitted):
+        raise SystemExit(f"FAILED: {len(ours)} predicted rows vs {len(submitted)} submitted")
+    same = (ours.to_numpy() == submitted.to_numpy()).all(axis=1)
+    print(f"rows whose labels differ from the submission: {int((~same).sum())} of {len(same)}")
+
+
+if __name__ == "__main__":
+    main()
