@@ -122,7 +122,7 @@ export: $(VENV)
 	$(PY) -m bundle export $(common) $(if $(SUBMISSION),--submission $(SUBMISSION)) $(if $(IGNORE_BUDGET),--ignore-budget)
 
 predict: $(VENV)
-	$(PY) -m bundle predict --bundle $(BUNDLE) --data $(DATA) $(if $(OUT),--out $(OUT))
+	$(PY) -m bundle predict $(if $(BUNDLE),--bundle $(BUNDLE)) $(data_arg) $(if $(OUT),--out $(OUT))
 
 report: $(VENV)
 	$(PY) -m submissions report $(common) $(submit_set)
