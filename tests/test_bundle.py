@@ -130,3 +130,15 @@ def test_make_predict_command_line(trained, demo_data, tmp_path, capsys):
     _, folder = submit_and_export(trained, ["captions"], ("mean",))
     assert main(["predict", "--bundle", str(folder), "--data", str(demo_data), "--out", str(tmp_path / "c.csv")]) == 0
     assert (tmp_path / "c.csv").exists() and "predictions:" in capsys.readouterr().out
+
+
+def test_a_single_distilled_student_bundle(trained, demo_data, tmp_path):
+    """The one-model submission: a student's refit alone, exported and predicted."""
+    from distill.student import run_distill
+    spec, ds, run = trained
+    run_distill(spec, ds, run, resolve("tiny", ["epochs=1"]), teacher=["tiny", "captions"], **QUIET)
+    folds_mb = sum(json.loads(run.model("tiny-student").meta.read_text())["weights_mb_per_fold"].values())
+    sub, folder = submit_and_export(trained, ["tiny-student"], ("mean",), model_mb=folds_mb * 0.6)
+    bundle = json.loads((folder / "bundle.json").read_text())
+    assert bundle["members"][0]["weights"] == ["members/tiny-student/refit.safetensors"]
+    assert predict_bundle(folder, demo_data, tmp_path / "p.csv", **QUIET).read_text() == sub.path.read_text()
