@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bundle.predict import captions_member, image_member, predict_bundle
+from bundle.predict import member_probs, predict_bundle
 from competition import load_spec
 from competition.layout import RunLayout
 from competition.reader import load_test
@@ -48,8 +48,7 @@ def main() -> None:
     test = load_test(spec, data, any(m["kind"] == "captions" for m in bundle["members"]))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for record in bundle["members"]:
-        mine = (image_member(folder, record, test, data / spec.image_dir, len(spec.tokens), device)
-                if record["kind"] == "image" else captions_member(folder, record, test))
+        mine = member_probs(folder, record, test, data, spec, device)
         theirs = run_probs(run, record, spec.tokens)
         if mine.shape != theirs.shape:
             raise SystemExit(f"FAILED: {record['name']}: {mine.shape} vs {theirs.shape}")

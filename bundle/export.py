@@ -13,7 +13,6 @@ Nothing is pickled: JSON, safetensors and npz.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -77,7 +76,7 @@ def stack_arrays(blend: StackBlend) -> dict[str, np.ndarray]:
     return {"coef": coef, "intercept": intercept, "constant": constant}
 
 
-def refit_blend(spec, ds, run: RunLayout, members: list[Member], use_full: dict, side: dict):
+def refit_blend(spec, ds, run: RunLayout, members: list[Member], side: dict):
     """The submission's blend, fitted again on the same OOF rows (deterministic): its weights must be the
     sidecar's, or the run changed since the submission."""
     method = side["blend"]["method"]
@@ -98,7 +97,7 @@ def export_bundle(spec, ds, run: RunLayout, submission: Path | None, ignore_budg
     names = [m["name"] for m in side["members"]]
     use_full = {m["name"]: m["uses"] == "full-data refit" for m in side["members"]}
     members = load_members(spec, ds, run, names, log=lambda *_: None)
-    method, weights, blend = refit_blend(spec, ds, run, members, use_full, side)
+    method, weights, blend = refit_blend(spec, ds, run, members, side)
     out = run.bundles / submission.stem
     if out.is_dir():
         try:
@@ -144,7 +143,3 @@ def check_budget(spec, total_mb: float, side: dict, ignore: bool) -> None:
     if limit is not None and total_mb > limit + 1e-9 and not ignore:
         raise UserError(f"the bundle's model files weigh {total_mb:.1f} MB, over the {limit} MB budget "
                         f"(the submission counted {side['size_mb']:.1f} MB); IGNORE_BUDGET=1 exports anyway")
-
-
-def bundle_json(folder: Path) -> dict:
-    return json.loads((Path(folder) / "bundle.json").read_text())

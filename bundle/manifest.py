@@ -1,11 +1,10 @@
 """manifest.json: what a bundle holds, so a changed, missing or foreign file is caught before any prediction."""
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
-from competition.artifacts import file_sha256, write_json
+from competition.artifacts import file_sha256, read_json, write_json
 from competition.errors import UserError
 
 FORMAT = 1  # bundle.json's layout; `make predict` refuses another
@@ -47,10 +46,7 @@ def verify(folder: Path) -> dict:
     path = folder / "manifest.json"
     if not path.is_file():
         raise UserError(f"{path}: not found; {folder} is not a bundle (`make export` writes one)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e}); export the bundle again") from None
+    manifest = read_json(path, "export the bundle again")
     if manifest.get("format") != FORMAT:
         raise UserError(f"{folder}: bundle format {manifest.get('format')!r}, this project reads format {FORMAT}: "
                         "export it again with this version, or install the wheel inside it")

@@ -19,22 +19,17 @@ from tqdm import tqdm
 
 from bundle.manifest import verify
 from competition import load_spec
-from competition.artifacts import atomic_path, file_sha256, write_json
+from competition.artifacts import atomic_path, file_sha256, read_json, write_json
 from competition.errors import UserError
 from competition.images import load_resized
 from competition.metrics import decide
+from competition.probs import logit, sigmoid, stack_features, weighted_mean
 from competition.reader import load_test
 from pipelines.captions import CaptionModel
 from pipelines.model import forward_as_trained, inference_dtype, load_trained
 from submissions.validate import validate_frame
 
 BATCH = 64
-EPS = 1e-6  # as submissions.blend clips probabilities before taking logits
-
-
-def logit(p):
-    p = np.clip(p, EPS, 1 - EPS)
-    return np.log(p / (1 - p))
 
 
 @torch.no_grad()
@@ -71,15 +66,12 @@ def captions_member(folder: Path, record: dict, test: pd.DataFrame) -> np.ndarra
 def apply_blend(folder: Path, blend: dict, probs: list[np.ndarray]) -> np.ndarray:
     """The submission's blend of the members' probabilities (submissions.blend, from arrays)."""
     method = blend["method"]
-    if method in ("mean", "weighted", "weighted_logit"):
-        w = np.ones(len(probs)) if blend["weights"] is None else np.asarray(blend["weights"], dtype=np.float64)
-        w = w / w.sum()
-        if method == "weighted_logit":
-            return 1 / (1 + np.exp(-np.tensordot(w, np.stack([logit(p) for p in probs]), 1)))
-        return np.tensordot(w, np.stack(probs), 1)
+    if method == "weighted_logit":
+        return sigmoid(weighted_mean([logit(p) for p in probs], blend["weights"]))
+    if method in ("mean", "weighted"):
+        return weighted_mean(probs, blend["weights"])
     arrays = np.load(folder / "blend.npz")
-    x = np.concatenate([logit(p) for p in probs], axis=1)
-    prob = 1 / (1 + np.exp(-(x @ arrays["coef"].T + arrays["intercept"])))
+    prob = sigmoid(stack_features(probs) @ arrays["coef"].T + arrays["intercept"])
     constant = ~np.isnan(arrays["constant"])
     prob[:, constant] = arrays["constant"][constant]
     return prob
@@ -88,9 +80,16 @@ def apply_blend(folder: Path, blend: dict, probs: list[np.ndarray]) -> np.ndarra
 def check_out(out: Path, bundle_sha: str) -> None:
     """Never overwrite another bundle's predictions (the sidecar beside a CSV names its bundle)."""
     side = out.with_suffix(".json")
-    if out.exists() and (not side.is_file() or json.loads(side.read_text()).get("bundle_sha256") != bundle_sha):
+    if out.exists() and (not side.is_file() or read_json(side).get("bundle_sha256") != bundle_sha):
         raise UserError(f"{out}: exists and holds predictions of another bundle (or of no bundle); "
                         "choose another OUT= or remove it")
+
+
+def member_probs(folder: Path, record: dict, test: pd.DataFrame, data: Path, spec, device) -> np.ndarray:
+    """One member's probabilities for the test rows, as `make predict` computes them."""
+    if record["kind"] == "image":
+        return image_member(folder, record, test, data / spec.image_dir, len(spec.tokens), device)
+    return captions_member(folder, record, test)
 
 
 def predict_bundle(folder: Path, data: Path, out: Path | None = None, log=print) -> Path:
@@ -107,8 +106,7 @@ def predict_bundle(folder: Path, data: Path, out: Path | None = None, log=print)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     probs = []
     for record in bundle["members"]:
-        probs.append(image_member(folder, record, test, data / spec.image_dir, len(spec.tokens), device)
-                     if record["kind"] == "image" else captions_member(folder, record, test))
+        probs.append(member_probs(folder, record, test, data, spec, device))
         log(f"predicted {record['name']} ({record['uses']})")
     prob = apply_blend(folder, bundle["blend"], probs)
     pred = decide(prob, np.asarray(bundle["thresholds"]), bundle["min_labels"])

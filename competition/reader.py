@@ -206,6 +206,21 @@ def parse_labels(frame: pd.DataFrame, spec: Spec, path: Path) -> pd.DataFrame:
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
+def per_label_files(folder: Path, spec: Spec, suffix: str, which: str = "") -> dict[str, Path]:
+    """token -> folder/<token><suffix>, one per label of the spec: a missing one, or one for a label the spec
+    lacks, is named (label_files: "<token>.txt"; voc: "<token>_<set>.txt")."""
+    files = {t: folder / f"{t}{suffix}" for t in spec.tokens}
+    missing = [p.name for p in files.values() if not p.is_file()]
+    if missing:
+        raise offenders_error(folder, f"label files{which} missing (one <token>{suffix} per label of the spec)",
+                              missing)
+    extra = sorted(p.name for p in folder.glob(f"*{suffix}") if p.name[:-len(suffix)] not in spec.labels)
+    if extra:
+        raise offenders_error(folder, f"files for labels the spec does not have (valid: {' '.join(spec.tokens)})",
+                              extra)
+    return files
+
+
 def read_label_files(root: Path, spec: Spec, test_ids) -> pd.DataFrame:
     """Train rows from one <token>.txt per label listing the images that carry it (format: label_files).
     Train images are every image in the image folder that test.csv does not list; an image no file lists
@@ -216,14 +231,7 @@ def read_label_files(root: Path, spec: Spec, test_ids) -> pd.DataFrame:
                         f"{spec.labels_dir!r})")
     if not image_root.is_dir():
         raise UserError(f"{image_root}: image folder not found; label_files data sets need their images")
-    files = {t: folder / f"{t}.txt" for t in spec.tokens}
-    missing = [p.name for p in files.values() if not p.is_file()]
-    if missing:
-        raise offenders_error(folder, "label files missing (one <token>.txt per label of the spec)", missing)
-    extra = sorted(p.name for p in folder.glob("*.txt") if p.stem not in spec.labels)
-    if extra:
-        raise offenders_error(folder, f"files for labels the spec does not have (valid: {' '.join(spec.tokens)})",
-                              extra)
+    files = per_label_files(folder, spec, ".txt")
     test = set(test_ids)
     ids = sorted((p.name for p in image_root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in test),
                  key=lambda n: (len(n), n))  # 2.jpg before 10.jpg
@@ -261,16 +269,7 @@ VOC_VALUES = {"1": True, "-1": False, "0": None}  # None: "difficult", the spec'
 def read_voc_set(folder: Path, spec: Spec, image_set: str) -> tuple[list[str], dict[str, set]]:
     """(ids in file order, id -> tokens) of one PASCAL VOC image set: one `<token>_<set>.txt` per label, each
     line `<id> <1|-1|0>`, every file listing the same ids. Offenders are named by file and line."""
-    files = {t: folder / f"{t}_{image_set}.txt" for t in spec.tokens}
-    missing = [p.name for p in files.values() if not p.is_file()]
-    if missing:
-        raise offenders_error(folder, f"label files of the {image_set!r} set missing (one <token>_{image_set}.txt "
-                                      "per label of the spec)", missing)
-    extra = sorted(p.name for p in folder.glob(f"*_{image_set}.txt") if p.name[:-len(f"_{image_set}.txt")]
-                   not in spec.labels)
-    if extra:
-        raise offenders_error(folder, f"files for labels the spec does not have (valid: {' '.join(spec.tokens)})",
-                              extra)
+    files = per_label_files(folder, spec, f"_{image_set}.txt", f" of the {image_set!r} set")
     order, carried, bad = None, {}, []
     for token, path in files.items():
         seen = {}
@@ -302,6 +301,14 @@ def read_voc_set(folder: Path, spec: Spec, image_set: str) -> tuple[list[str], d
     return order, carried
 
 
+def voc_frame(spec: Spec, voc_ids, carried: dict | None = None) -> pd.DataFrame:
+    """Rows of VOC ids, named by their image files; with `carried`, their labels in spec order."""
+    frame = pd.DataFrame({"id": [spec.label_file_image.format(i) for i in voc_ids], "line": 0})
+    if carried is not None:
+        frame["labels"] = [tuple(t for t in spec.tokens if t in carried.get(i, ())) for i in voc_ids]
+    return frame
+
+
 def read_voc(root: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train and test rows of the PASCAL VOC layout (format: voc). Ids are image file names
     (`label_file_image`: "{}.jpg" for JPEGImages/000005.jpg), as in the other layouts."""
@@ -314,10 +321,7 @@ def read_voc(root: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
     if both:
         raise offenders_error(folder, f"images in both the {spec.voc_train_set!r} and {spec.voc_test_set!r} sets "
                                       "(a label would leak)", both)
-    name = spec.label_file_image.format
-    train = pd.DataFrame({"id": [name(i) for i in train_ids], "line": 0,
-                          "labels": [tuple(t for t in spec.tokens if t in carried.get(i, ())) for i in train_ids]})
-    return train, pd.DataFrame({"id": [name(i) for i in test_ids], "line": 0})
+    return voc_frame(spec, train_ids, carried), voc_frame(spec, test_ids)
 
 
 def check_images(ds: Dataset) -> None:
@@ -346,11 +350,21 @@ def require_root(root: Path, spec: Spec) -> None:
                     f"(the {spec.name} spec's default is {spec.data})")
 
 
+def read_test_csv(root: Path, spec: Spec, columns: list[str]) -> pd.DataFrame:
+    path = root / spec.test_csv
+    test = tidy(read_records(path, spec.id_pattern, columns), spec)
+    check_ids(test, path)
+    return test
+
+
+def images_present(image_root: Path) -> bool:
+    return image_root.is_dir() and any(image_root.iterdir())
+
+
 def read_csv_layout(root: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train and test rows of train.csv/test.csv (format: csv), or of label files + test.csv (label_files)."""
     test_path = root / spec.test_csv
-    test = tidy(read_records(test_path, spec.id_pattern, columns_of(spec, False)), spec)
-    check_ids(test, test_path)
+    test = read_test_csv(root, spec, columns_of(spec, False))
     if spec.format == "label_files":
         return read_label_files(root, spec, test["id"]), test
     train_path = root / spec.train_csv
@@ -368,8 +382,7 @@ def load_test(spec: Spec, root: str | Path, captions: bool) -> pd.DataFrame:
     root = Path(root)
     require_root(root, spec)
     if spec.format == "voc":
-        ids, _ = read_voc_set(root / spec.labels_dir, spec, spec.voc_test_set)
-        test = pd.DataFrame({"id": [spec.label_file_image.format(i) for i in ids], "line": 0})
+        test = voc_frame(spec, read_voc_set(root / spec.labels_dir, spec, spec.voc_test_set)[0])
     else:
         path = root / spec.test_csv
         columns = columns_of(spec, False)
@@ -380,10 +393,8 @@ def load_test(spec: Spec, root: str | Path, captions: bool) -> pd.DataFrame:
                     raise UserError(f"{path}: no {spec.caption_column} column, and the model's captions member "
                                     "needs it")
                 columns = columns[:1]
-        test = tidy(read_records(path, spec.id_pattern, columns), spec)
-        check_ids(test, path)
-    image_root = root / spec.image_dir
-    if image_root.is_dir() and any(image_root.iterdir()):
+        test = read_test_csv(root, spec, columns)
+    if images_present(root / spec.image_dir):
         check_images(Dataset(spec, root, test.iloc[:0], test, True))
     return test.reset_index(drop=True)
 
@@ -392,8 +403,7 @@ def load_dataset(spec: Spec, root: str | Path | None = None, check: bool = True)
     root = Path(root or spec.data)
     require_root(root, spec)
     train, test = read_voc(root, spec) if spec.format == "voc" else read_csv_layout(root, spec)
-    image_root = root / spec.image_dir
-    has_images = image_root.is_dir() and any(image_root.iterdir())
+    has_images = images_present(root / spec.image_dir)
     ds = Dataset(spec, root, train.reset_index(drop=True), test.reset_index(drop=True), has_images)
     if check and has_images:
         check_images(ds)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from competition import UserError, load_dataset, load_spec
+from competition import load_dataset, load_spec
 from competition.layout import RunLayout
 from pipelines.config import available_configs, resolve
 from submissions.blend import BLENDS
@@ -25,14 +25,11 @@ def main(argv=None) -> int:
                     help="also train on the test rows with the teacher's probabilities (default: on)")
     ap.add_argument("--force", action="store_true", help="start the student over if its run is incompatible")
     a, overrides = ap.parse_known_args(argv)  # the rest are key=value config overrides
-    if not 0 <= a.teacher_weight <= 1:
-        raise UserError(f"TEACHER_WEIGHT={a.teacher_weight}; expected a share in [0, 1] of the teacher in the targets")
-    if not a.temperature > 0:
-        raise UserError(f"TEMPERATURE={a.temperature}; expected a number > 0 (1: the teacher's own probabilities)")
+    from distill.student import check_mix, run_distill
+    check_mix(a.teacher_weight, a.temperature)
     cfg = resolve(a.student, overrides)
     spec = load_spec(a.comp)
     ds = load_dataset(spec, a.data)
-    from distill.student import run_distill
     run_distill(spec, ds, RunLayout.of(a.runs, spec.name), cfg, a.teacher.split(",") if a.teacher else None,
                 a.blend, a.teacher_weight, a.temperature, a.pseudo, a.name, a.force)
     return 0

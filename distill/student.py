@@ -13,16 +13,22 @@ from submissions.members import complete, load_members
 from submissions.scoring import Scoring
 
 
+def check_mix(weight: float, temperature: float) -> None:
+    """TEACHER_WEIGHT and TEMPERATURE, checked by the command line before any work and by `run_distill`."""
+    if not 0 <= weight <= 1:
+        raise UserError(f"teacher weight {weight} (TEACHER_WEIGHT) must be in [0, 1] (0: labels only, 1: the "
+                        "teacher only)")
+    if not temperature > 0:
+        raise UserError(f"temperature {temperature} must be > 0 (TEMPERATURE; 1: the teacher's own probabilities)")
+
+
 def run_distill(spec, ds, run: RunLayout, cfg: dict, teacher: list[str] | None = None, blend: str | None = None,
                 weight: float = 0.5, temperature: float = 1.0, pseudo: bool = True, name: str | None = None,
                 force: bool = False, log=print) -> ModelMeta:
     """Distil the ensemble of `teacher` (default: every complete non-student model) into `cfg`'s network."""
     if cfg["kind"] != "image":
         raise UserError(f"a student must be an image model; {cfg['name']} is a {cfg['kind']} model")
-    if not 0 <= weight <= 1:
-        raise UserError(f"teacher weight {weight} must be in [0, 1] (0: labels only, 1: the teacher only)")
-    if temperature <= 0:
-        raise UserError(f"temperature {temperature} must be > 0")
+    check_mix(weight, temperature)
     name = name or f"{cfg['name']}-student"
     names = teacher_names(run, teacher, name)
     t = build_teacher(spec, ds, run, names, blend, log)

@@ -9,8 +9,9 @@ import numpy as np
 from competition.errors import UserError
 from competition.formats import ModelMeta
 from competition.layout import RunLayout
+from competition.probs import logit
 from pipelines.result import SoftTargets
-from submissions.blend import DEFAULT_BLENDS, logit
+from submissions.blend import DEFAULT_BLENDS
 from submissions.budget import Budget, gpu_hours_by_model
 from submissions.ensemble import build_ensemble
 from submissions.members import complete

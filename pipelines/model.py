@@ -122,15 +122,19 @@ def cpu_has_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+# amp_dtype's names are pipelines.config's CHOICES, checked there before any work.
+AMP_DTYPES = {"auto": lambda: torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
+              "bf16": lambda: torch.bfloat16, "fp16": lambda: torch.float16}
+
+
 def inference_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of predictions: bf16 on CUDA where supported (else fp16), bf16 on a CPU with native
-    bf16 (2.0x faster here, benchmarks/cpu_bf16.py), none otherwise or with amp off. Training's validation and
-    test predictions and `make predict` use this one rule."""
+    """The autocast dtype of predictions: on CUDA the config's amp_dtype (also training's; auto: bf16 where
+    supported, else fp16), bf16 on a CPU with native bf16 (2.0x faster here, benchmarks/cpu_bf16.py), none
+    otherwise or with amp off. Training's validation and test predictions and `make predict` use this rule."""
     if not cfg["amp"]:
         return None
     if device.type == "cuda":
-        auto = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["amp_dtype"], auto)
+        return AMP_DTYPES[cfg["amp_dtype"]]()
     return torch.bfloat16 if cpu_has_bf16() else None
 
 

@@ -56,20 +56,12 @@ def device_setup(cfg: dict, dist: Dist):
         raise UserError("device=cuda asked for, but torch sees no CUDA device")
     on_cuda = cfg["device"] == "cuda" or (cfg["device"] == "auto" and torch.cuda.is_available())
     device = torch.device(f"cuda:{dist.local_rank}" if on_cuda else "cpu")
-    amp_dtype = None
-    if device.type == "cuda" and cfg["amp"]:
-        amp_dtype = AMP_DTYPES[cfg["amp_dtype"]]()
-    infer_dtype = amp_dtype if device.type == "cuda" else inference_dtype(cfg, device)
-    return device, amp_dtype, infer_dtype
+    infer_dtype = inference_dtype(cfg, device)
+    return device, infer_dtype if device.type == "cuda" else None, infer_dtype
 
 
 def autocast(device, amp_dtype):
     return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-
-
-# The names of these tables are pipelines.config's CHOICES, checked there before any work.
-AMP_DTYPES = {"auto": lambda: torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
-              "bf16": lambda: torch.bfloat16, "fp16": lambda: torch.float16}
 
 
 def cosine_schedule(cfg, optimizer, updates_per_epoch):
@@ -86,6 +78,7 @@ def onecycle_schedule(cfg, optimizer, updates_per_epoch):
     return (lambda step: sched.step()), sched
 
 
+# The names are pipelines.config's CHOICES["schedule"], checked there before any work.
 SCHEDULES = {"cosine": cosine_schedule, "onecycle": onecycle_schedule,
              "none": lambda cfg, optimizer, updates: ((lambda step: None), None)}
 

@@ -24,15 +24,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 
 from competition.errors import UserError
+from competition.probs import logit, sigmoid, stack_features, weighted_mean
 from submissions.scoring import Scoring
 from submissions.thresholds import global_threshold, nested_score
-
-EPS = 1e-6
-
-
-def logit(p):
-    p = np.clip(p, EPS, 1 - EPS)
-    return np.log(p / (1 - p))
 
 
 def quick_score(sc: Scoring, prob) -> float:
@@ -51,13 +45,7 @@ def selection_score(sc: Scoring, prob) -> float:
 
 
 def mean_blend(oofs, tests, weights=None):
-    w = np.ones(len(oofs)) if weights is None else np.asarray(weights, dtype=np.float64)
-    w = w / w.sum()
-    return np.tensordot(w, np.stack(oofs), 1), np.tensordot(w, np.stack(tests), 1)
-
-
-def sigmoid(z):
-    return 1 / (1 + np.exp(-z))
+    return weighted_mean(oofs, weights), weighted_mean(tests, weights)
 
 
 def tune_weights(oofs, sc: Scoring, logits: bool, step=0.1) -> np.ndarray:
@@ -94,10 +82,6 @@ def tune_weights(oofs, sc: Scoring, logits: bool, step=0.1) -> np.ndarray:
                 if s > best:
                     best, w = s, trial
     return w
-
-
-def stack_features(probs):
-    return np.concatenate([logit(p) for p in probs], axis=1)
 
 
 class MeanBlend:

@@ -33,8 +33,7 @@ class Settings:
     storage: str | None = None  # Optuna storage URL of the submission's threshold study (None: SQLite in RUNS)
 
     def __post_init__(self):
-        if self.trials < 1:
-            raise UserError(f"TRIALS={self.trials}: the optuna search needs at least 1 trial")
+        th.check_trials(self.trials)
         if self.method is not None and self.method not in METHODS:
             raise UserError(f"threshold method {self.method!r}; valid: {', '.join(METHODS)}")
         object.__setattr__(self, "blends", check_blends(self.blends))

@@ -122,10 +122,14 @@ def exact_per_label(y, prob, min_labels: int, init=None, max_passes=10) -> np.nd
     return thr
 
 
-def optuna_per_label(sc: Scoring, prob, trials: int, seed: int, init=None, storage=None, study_name=None):
-    """TPE over one threshold per label, warm-started from `init`; resumes a stored study."""
+def check_trials(trials: int) -> None:
     if trials < 1:
         raise UserError(f"TRIALS={trials}: the optuna search needs at least 1 trial")
+
+
+def optuna_per_label(sc: Scoring, prob, trials: int, seed: int, init=None, storage=None, study_name=None):
+    """TPE over one threshold per label, warm-started from `init`; resumes a stored study."""
+    check_trials(trials)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     L = prob.shape[1]
     if isinstance(storage, str):

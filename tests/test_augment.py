@@ -89,6 +89,6 @@ def test_every_closed_choice_is_defined_once_and_implemented():
     from pipelines import augment, losses, model, train
     from pipelines.config import CHOICES
     tables = {"augment": augment.LEVELS, "loss": losses.LOSSES, "head": model.HEADS, "schedule": train.SCHEDULES,
-              "amp_dtype": train.AMP_DTYPES}
+              "amp_dtype": model.AMP_DTYPES}
     for key, table in tables.items():
         assert tuple(table) == CHOICES[key], key
