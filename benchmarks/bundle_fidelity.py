@@ -47,8 +47,7 @@ def main() -> None:
     data = Path(a.data or (run.demo_data if run_spec.name.startswith("demo") else run_spec.data))
     test = load_test(spec, data, any(m["kind"] == "captions" for m in bundle["members"]))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    for record in bundle["members"]:
-        mine = member_probs(folder, record, test, data, spec, device)
+    for record, mine in zip(bundle["members"], member_probs(folder, bundle["members"], test, data, spec, device)):
         theirs = run_probs(run, record, spec.tokens)
         if mine.shape != theirs.shape:
             raise SystemExit(f"FAILED: {record['name']}: {mine.shape} vs {theirs.shape}")

@@ -3,15 +3,14 @@
     .venv/bin/python benchmarks/predict_speed.py --bundle runs/<COMP>/bundles/<name> --data <folder> [--images N]
 
 `predict_bundle` end to end (manifest check, reading test.csv, decoding and resizing every image, every member,
-blend, thresholds, validation, the CSV), then the image members' networks alone on the same images already decoded
-to tensors (same batch size, dtype, memory format and TTA views). The ratio says what decoding, resizing and
-blending cost beside the networks; 10,000 test images (COMP5329's) are projected from the end-to-end rate.
-It fails under 100 images or when a timing is under a second.
+blend, thresholds, validation, the CSV), then its network step alone (`batch_probs`: every image network, a trunk
+that members share once) on the same images already decoded to tensors, in the same batches. The ratio says what
+decoding, resizing and blending cost beside the networks; 10,000 test images (COMP5329's) are projected from the
+end-to-end rate. It fails under 100 images or when a timing is under a second.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import shutil
 import time
@@ -20,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bundle.predict import BATCH, predict_bundle
+from bundle.predict import BATCH, batch_probs, load_nets, predict_bundle, views_of
 from competition import load_spec
 from competition.images import load_resized
 from competition.reader import load_test
-from pipelines.model import forward_as_trained, inference_dtype, load_trained
 
 
 def subset(data: Path, spec, n: int, out: Path) -> Path:
@@ -40,26 +38,19 @@ def subset(data: Path, spec, n: int, out: Path) -> Path:
 
 @torch.no_grad()
 def bare_forward_seconds(folder: Path, bundle: dict, spec, test, data: Path, device) -> float:
-    seconds = 0.0
-    for record in (m for m in bundle["members"] if m["kind"] == "image"):
-        cfg = record["config"]
-        nets = [load_trained(cfg, len(spec.tokens), folder / w) for w in record["weights"]]
-        mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in nets[0][1:])
-        images = np.stack([load_resized(data / spec.image_dir / i, cfg["img_size"]) for i in test["id"]])
-        x = ((torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std).to(device)
-        x = x.contiguous(memory_format=torch.channels_last)
-        dtype = inference_dtype(cfg, device)
-        t0 = time.perf_counter()
-        for net, _, _ in nets:
-            net = net.to(device).to(memory_format=torch.channels_last)
-            for start in range(0, len(x), BATCH):
-                batch = x[start:start + BATCH]
-                views = (batch, torch.flip(batch, dims=[3])) if cfg["tta"] else (batch,)
-                with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
-                    for v in views:
-                        torch.sigmoid(forward_as_trained(net, cfg, v).float())
-        seconds += time.perf_counter() - t0
-    return seconds
+    """`make predict`'s own network step (bundle.predict.batch_probs: every image network, a shared trunk once)
+    on the same images, decoded and normalised beforehand, in the same batches."""
+    records = [m for m in bundle["members"] if m["kind"] == "image"]
+    nets = load_nets(folder, records, len(spec.tokens), device)
+    decoded = {s: np.stack([load_resized(data / spec.image_dir / i, s) for i in test["id"]])
+               for s in {n.view_key[0] for n in nets}}
+    batches = [{n.view_key: views_of(decoded[n.view_key[0]][i:i + BATCH], n.view_key, device) for n in nets}
+               for i in range(0, len(test), BATCH)]
+    t0 = time.perf_counter()
+    for views in batches:
+        for total in batch_probs(nets, views, len(records), device):
+            total.cpu()
+    return time.perf_counter() - t0
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ captions models loaded from their arrays; the blend, thresholds and min-labels r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -26,35 +27,84 @@ from competition.metrics import decide
 from competition.probs import logit, sigmoid, stack_features, weighted_mean
 from competition.reader import load_test
 from pipelines.captions import CaptionModel
-from pipelines.model import forward_as_trained, inference_dtype, load_trained
+from pipelines.model import TopOfNet, inference_dtype, load_trained, trunk_digest, trunk_forward
 from submissions.validate import validate_frame
 
 BATCH = 64
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageNet:
+    """One network of an image member, ready to run: its top alone when its trunk is a shared frozen one."""
+    member: int                # index of its member among the bundle's image members
+    cfg: dict
+    net: torch.nn.Module
+    top: torch.nn.Module | None  # the stages after train_from and the head; None: the whole net runs
+    view_key: tuple            # input size, normalisation, TTA: networks with equal keys see the same tensors
+    trunk_key: str | None      # equal keys: identical frozen trunks, computed once per image and view
+    dtype: torch.dtype | None
+
+
+def load_nets(folder: Path, records: list[dict], n_labels: int, device: torch.device) -> list[ImageNet]:
+    nets = []
+    for i, record in enumerate(records):
+        cfg = record["config"]
+        dtype = inference_dtype(cfg, device)
+        for w in record["weights"]:
+            net, mean, std = load_trained(cfg, n_labels, folder / w)
+            net = net.to(device).to(memory_format=torch.channels_last)
+            view_key = (cfg["img_size"], tuple(mean), tuple(std), bool(cfg["tta"]))
+            start = cfg["train_from"]
+            trunk = None if start is None else trunk_digest(net, start, repr((view_key, start, str(dtype))))
+            nets.append(ImageNet(i, cfg, net, None if start is None else TopOfNet(net, start), view_key,
+                                 None if trunk is None else trunk.hexdigest(), dtype))
+    return nets
+
+
+def views_of(batch: np.ndarray, key: tuple, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The normalised channels_last input and, with TTA, its mirror image: as training predicted."""
+    _, mean, std, tta = key
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in (mean, std))
+    x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)
+    x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+    return (x, torch.flip(x, dims=[3])) if tta else (x,)
+
+
 @torch.no_grad()
-def image_member(folder: Path, record: dict, test: pd.DataFrame, image_root: Path, n_labels: int,
-                 device: torch.device) -> np.ndarray:
-    """Mean over the member's fold models (or its refit) of sigmoid outputs, flip TTA as it was trained."""
-    cfg = record["config"]
-    nets = [load_trained(cfg, n_labels, folder / w) for w in record["weights"]]
-    mean, std = (torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in nets[0][1:])
-    nets = [n.to(device).to(memory_format=torch.channels_last) for n, _, _ in nets]
-    dtype = inference_dtype(cfg, device)
-    paths, out = [image_root / i for i in test["id"]], []
-    show = sys.stderr.isatty()
+def batch_probs(nets: list[ImageNet], views: dict, n_members: int, device: torch.device) -> list[torch.Tensor]:
+    """Each member's sum of its networks' sigmoid outputs over their views; a shared trunk runs once per view."""
+    features: dict = {}
+    sums: list = [0.0] * n_members
+    for n in nets:
+        autocast = torch.autocast(device.type, dtype=n.dtype) if n.dtype else contextlib.nullcontext()
+        with autocast:
+            for v, x in enumerate(views[n.view_key]):
+                if n.top is None:
+                    logits = n.net(x)
+                else:
+                    if (n.trunk_key, v) not in features:  # rounded to fp16, as the trunk cache stores it
+                        features[n.trunk_key, v] = trunk_forward(n.net, n.cfg["train_from"], x).half().float()
+                    logits = n.top(features[n.trunk_key, v])
+                sums[n.member] = sums[n.member] + torch.sigmoid(logits.float())
+    return sums
+
+
+def image_members(folder: Path, records: list[dict], test: pd.DataFrame, image_root: Path, n_labels: int,
+                  device: torch.device) -> list[np.ndarray]:
+    """Each image member's mean over its networks (fold models or refit) and TTA views, in one pass over the
+    images: each decoded once per input size, each shared trunk computed once."""
+    nets = load_nets(folder, records, n_labels, device)
+    counts = [sum(2 if n.view_key[3] else 1 for n in nets if n.member == i) for i in range(len(records))]
+    sizes = sorted({n.view_key[0] for n in nets})
+    paths, out = [image_root / i for i in test["id"]], [[] for _ in records]
     with ThreadPoolExecutor(4) as pool:
-        for start in tqdm(range(0, len(paths), BATCH), desc=f"predict {record['name']}", disable=not show):
-            batch = np.stack(list(pool.map(lambda p: load_resized(p, cfg["img_size"]), paths[start:start + BATCH])))
-            x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)
-            x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-            views = (x, torch.flip(x, dims=[3])) if cfg["tta"] else (x,)
-            autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-            with autocast:
-                prob = sum(torch.sigmoid(forward_as_trained(net, cfg, v).float()) for net in nets for v in views)
-            prob = prob / (len(nets) * len(views))
-            out.append(prob.cpu().numpy().astype(np.float64))
-    return np.concatenate(out) if out else np.zeros((0, n_labels))
+        for start in tqdm(range(0, len(paths), BATCH), desc="predict images", disable=not sys.stderr.isatty()):
+            chunk = paths[start:start + BATCH]
+            decoded = {s: np.stack(list(pool.map(lambda p, s=s: load_resized(p, s), chunk))) for s in sizes}
+            views = {n.view_key: views_of(decoded[n.view_key[0]], n.view_key, device) for n in nets}
+            for i, total in enumerate(batch_probs(nets, views, len(records), device)):
+                out[i].append((total / counts[i]).cpu().numpy().astype(np.float64))
+    return [np.concatenate(o) if o else np.zeros((0, n_labels)) for o in out]
 
 
 def captions_member(folder: Path, record: dict, test: pd.DataFrame) -> np.ndarray:
@@ -85,11 +135,12 @@ def check_out(out: Path, bundle_sha: str) -> None:
                         "choose another OUT= or remove it")
 
 
-def member_probs(folder: Path, record: dict, test: pd.DataFrame, data: Path, spec, device) -> np.ndarray:
-    """One member's probabilities for the test rows, as `make predict` computes them."""
-    if record["kind"] == "image":
-        return image_member(folder, record, test, data / spec.image_dir, len(spec.tokens), device)
-    return captions_member(folder, record, test)
+def member_probs(folder: Path, records: list[dict], test: pd.DataFrame, data: Path, spec, device) -> list[np.ndarray]:
+    """The members' probabilities for the test rows, as `make predict` computes them (image members together)."""
+    images = [r for r in records if r["kind"] == "image"]
+    by_image = dict(zip((r["name"] for r in images),
+                        image_members(folder, images, test, data / spec.image_dir, len(spec.tokens), device)))
+    return [by_image[r["name"]] if r["kind"] == "image" else captions_member(folder, r, test) for r in records]
 
 
 def predict_bundle(folder: Path, data: Path, out: Path | None = None, log=print) -> Path:
@@ -104,10 +155,8 @@ def predict_bundle(folder: Path, data: Path, out: Path | None = None, log=print)
     captions = any(m["kind"] == "captions" for m in bundle["members"])
     test = load_test(spec, data, captions)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    probs = []
-    for record in bundle["members"]:
-        probs.append(member_probs(folder, record, test, data, spec, device))
-        log(f"predicted {record['name']} ({record['uses']})")
+    probs = member_probs(folder, bundle["members"], test, data, spec, device)
+    log("predicted " + ", ".join(f"{r['name']} ({r['uses']})" for r in bundle["members"]))
     prob = apply_blend(folder, bundle["blend"], probs)
     pred = decide(prob, np.asarray(bundle["thresholds"]), bundle["min_labels"])
     frame = pd.DataFrame({spec.id_column: list(test["id"]),

@@ -9,7 +9,6 @@ Supported: timm's EfficientNet family (efficientnet_*, tf_efficientnet_lite*, mo
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from competition.artifacts import atomic_array, build_once
 from competition.layout import RunLayout
 from pipelines.augment import stream_seed
 from pipelines.data import DeviceNormalize
-from pipelines.model import TopOfNet, trunk_forward  # noqa: F401  (the split lives with the model)
+from pipelines.model import TopOfNet, trunk_digest, trunk_forward  # noqa: F401  (the split lives with the model)
 
 
 def trunk_cache(net, start: int, image_cache: Path, mean, std, device, infer_dtype=None, batch_size=64,
@@ -29,10 +28,7 @@ def trunk_cache(net, start: int, image_cache: Path, mean, std, device, infer_dty
     """(N, 2, C, H, W) fp16: trunk output of each cached image and of its mirror image, computed under
     autocast to `infer_dtype` when given (bf16 on a CPU with AMX: 2x faster, benchmarks/cpu_bf16.py)."""
     # Keyed by the trunk's weights and the compute precision too: either changes the features.
-    digest = hashlib.sha1(str(infer_dtype).encode())
-    for block in [net.backbone.conv_stem, net.backbone.bn1, *net.backbone.blocks[:start]]:
-        for v in block.state_dict().values():
-            digest.update(v.detach().cpu().numpy().tobytes())
+    digest = trunk_digest(net, start, str(infer_dtype))
     arch = net.backbone.pretrained_cfg.get("architecture", "net")
     path = RunLayout.trunk_features(image_cache, arch, start, digest.hexdigest()[:10])
 

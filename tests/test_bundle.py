@@ -28,6 +28,8 @@ def trained(demo_data, tmp_path_factory):
     write_folds(run, ds, spec, 3, 0)
     train_model(spec, ds, run, resolve("tiny", ["epochs=2", "train_from=2", "fullfit=true"]), **QUIET)
     train_model(spec, ds, run, resolve("captions", ["min_df=1"]), **QUIET)
+    # Same seed, same random trunk, another loss: a second member that shares tiny's frozen trunk.
+    train_model(spec, ds, run, resolve("tiny", ["epochs=2", "train_from=2", "loss=asl"], name="tiny_asl"), **QUIET)
     return spec, ds, run
 
 
@@ -142,3 +144,17 @@ def test_a_single_distilled_student_bundle(trained, demo_data, tmp_path):
     bundle = json.loads((folder / "bundle.json").read_text())
     assert bundle["members"][0]["weights"] == ["members/tiny-student/refit.safetensors"]
     assert predict_bundle(folder, demo_data, tmp_path / "p.csv", **QUIET).read_text() == sub.path.read_text()
+
+
+def test_members_sharing_a_frozen_trunk_compute_it_once(trained, demo_data, tmp_path, monkeypatch):
+    """tiny and tiny_asl (3 fold models each) share one trunk: it runs once per batch and view, not 6 times, and
+    the CSV is still the submission's, byte for byte."""
+    import bundle.predict as predict
+    spec, ds, _ = trained
+    sub, folder = submit_and_export(trained, ["tiny", "tiny_asl", "captions"], ("weighted",))
+    calls = []
+    real = predict.trunk_forward
+    monkeypatch.setattr(predict, "trunk_forward", lambda net, start, x: calls.append(len(x)) or real(net, start, x))
+    assert predict_bundle(folder, demo_data, tmp_path / "p.csv", **QUIET).read_text() == sub.path.read_text()
+    batches = -(-len(ds.test) // predict.BATCH)
+    assert len(calls) == batches * 2 and sum(calls) == 2 * len(ds.test)  # two views (flip TTA) of each image
