@@ -6,10 +6,11 @@ runs/<COMP>/bundles/<submission stem>/
   spec.yaml         the competition spec (how test.csv and the images are read)
   members/<name>/   each member's inference weights, exactly those the budget counted (fold models or the refit,
                     fp16 safetensors; captions: .npz arrays), a shared frozen part (a sentence encoder) once
-  blend.npz         a stacked blend's per-label logistic regressions (coefficients, intercepts, constants)
+  blend.npz         a stacked blend's per-label logistic regressions (coefficients, intercepts, constants), or
+  blend.skops       its per-label gradient-boosted trees or its MLP (skops: builds only the types it is told to trust)
   wheel/            the project's own wheel, for `pip install --no-deps` on an offline machine
   manifest.json     sha256 and bytes of every file, total MB, versions, git commit (written last)
-Nothing is pickled: JSON, safetensors and npz.
+Nothing is pickled: JSON, safetensors, npz and skops.
 """
 from __future__ import annotations
 
@@ -65,15 +66,32 @@ def copy_member(m: Member, use_full: bool, out: Path) -> dict:
 
 def stack_arrays(blend: StackBlend) -> dict[str, np.ndarray]:
     """A stacked blend's final per-label logistic regressions as arrays: what `apply` needs on new rows."""
-    if blend.learner != "stack" or not isinstance(blend.final, PerLabel):
-        raise UserError(f"blend {blend.learner!r} is not exportable (its trees or network have no array form "
-                        "here yet): submit with BLENDS=mean,weighted,weighted_logit,stack")
     models = blend.final.models
     width = max((m.coef_.shape[1] for m in models if not isinstance(m, float)), default=0)
     coef = np.stack([np.zeros(width) if isinstance(m, float) else m.coef_[0] for m in models])
     intercept = np.array([0.0 if isinstance(m, float) else m.intercept_[0] for m in models])
     constant = np.array([m if isinstance(m, float) else np.nan for m in models])
     return {"coef": coef, "intercept": intercept, "constant": constant}
+
+
+def write_stacker(blend: StackBlend, folder: Path) -> str:
+    """The final second-level learner of a stacked blend, written without pickle: logistic regressions as arrays
+    (blend.npz); trees and the MLP, which arrays cannot hold, with skops (blend.skops), whose loader builds only
+    the types `bundle.predict.SKOPS_TRUSTED` names. Its file name."""
+    if blend.learner == "stack":
+        np.savez(folder / "blend.npz", **stack_arrays(blend))
+        return "blend.npz"
+    import skops.io
+    final = blend.final
+    if isinstance(final, PerLabel):
+        state = {"models": [None if isinstance(m, float) else m for m in final.models],
+                 "constant": np.array([m if isinstance(m, float) else np.nan for m in final.models])}
+    else:  # MultiOutputMLP: one network for every label, constants for labels with one class
+        constant = np.full(len(final.net.classes_), np.nan)
+        constant[list(final.constant)] = list(final.constant.values())
+        state = {"net": final.net, "constant": constant}
+    skops.io.dump(state, folder / "blend.skops")
+    return "blend.skops"
 
 
 def refit_blend(spec, ds, run: RunLayout, members: list[Member], side: dict):
@@ -112,11 +130,10 @@ def export_bundle(spec, ds, run: RunLayout, submission: Path | None, ignore_budg
         tmp.mkdir()
         records = [copy_member(m, use_full[m.name], tmp) for m in members]
         shutil.copyfile(spec.source, tmp / "spec.yaml")
-        if method.startswith("stack"):
-            np.savez(tmp / "blend.npz", **stack_arrays(blend))
+        stacker = write_stacker(blend, tmp) if method.startswith("stack") else None
         write_json(tmp / "bundle.json", {
             "format": FORMAT, "competition": spec.name, "submission": submission.name, "tokens": spec.tokens,
-            "members": records, "blend": {"method": method, "weights": weights},
+            "members": records, "blend": {"method": method, "weights": weights, "file": stacker},
             "thresholds": [side["thresholds"][t] for t in spec.tokens], "min_labels": spec.min_labels_per_image,
             "metric": side["metric"], "scores": {"oof": side["oof_score"], "nested": side["nested_score"]}})
         build_wheel(tmp / "wheel")

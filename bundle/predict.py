@@ -113,6 +113,33 @@ def captions_member(folder: Path, record: dict, test: pd.DataFrame) -> np.ndarra
     return np.mean([CaptionModel.load(folder / w, encoder).predict(texts) for w in record["weights"]], axis=0)
 
 
+# What blend.skops may build beyond skops' default-trusted scikit-learn and numpy types: the trees of
+# HistGradientBoostingClassifier and the optimizer an MLPClassifier keeps. Anything else in the file is refused.
+SKOPS_TRUSTED = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+                 "sklearn.neural_network._stochastic_optimizers.AdamOptimizer"]
+
+
+def stacker_probs(path: Path, x: np.ndarray) -> np.ndarray:
+    """A stacked blend's final learner on the stacked features `x` (submissions.blend's PerLabel/MultiOutputMLP
+    predict, from the bundle's files): per-label LR arrays (npz), or trees / an MLP (skops)."""
+    if path.suffix == ".npz":
+        arrays = np.load(path)
+        prob, constant = sigmoid(x @ arrays["coef"].T + arrays["intercept"]), arrays["constant"]
+    else:
+        import skops.io
+        untrusted = [t for t in skops.io.get_untrusted_types(file=path) if t not in SKOPS_TRUSTED]
+        if untrusted:
+            raise UserError(f"{path}: holds types this project does not build ({', '.join(untrusted)}); "
+                            "export the bundle again with this project's `make export`")
+        state = skops.io.load(path, trusted=SKOPS_TRUSTED)
+        prob = (state["net"].predict_proba(x) if "net" in state else
+                np.stack([np.zeros(len(x)) if m is None else m.predict_proba(x)[:, 1] for m in state["models"]],
+                         axis=1))
+        constant = state["constant"]
+    prob[:, ~np.isnan(constant)] = constant[~np.isnan(constant)]
+    return prob
+
+
 def apply_blend(folder: Path, blend: dict, probs: list[np.ndarray]) -> np.ndarray:
     """The submission's blend of the members' probabilities (submissions.blend, from arrays)."""
     method = blend["method"]
@@ -120,11 +147,7 @@ def apply_blend(folder: Path, blend: dict, probs: list[np.ndarray]) -> np.ndarra
         return sigmoid(weighted_mean([logit(p) for p in probs], blend["weights"]))
     if method in ("mean", "weighted"):
         return weighted_mean(probs, blend["weights"])
-    arrays = np.load(folder / "blend.npz")
-    prob = sigmoid(stack_features(probs) @ arrays["coef"].T + arrays["intercept"])
-    constant = ~np.isnan(arrays["constant"])
-    prob[:, constant] = arrays["constant"][constant]
-    return prob
+    return stacker_probs(folder / blend.get("file", "blend.npz"), stack_features(probs))
 
 
 def check_out(out: Path, bundle_sha: str) -> None:

@@ -42,6 +42,8 @@ def submit_and_export(trained, names, blends, **budget):
 
 @pytest.mark.parametrize("names, blends", [(["tiny", "captions"], ("weighted",)),
                                            (["tiny", "captions"], ("stack",)),
+                                           (["tiny", "captions"], ("stack_hgb",)),
+                                           (["tiny", "captions"], ("stack_mlp",)),
                                            (["captions"], ("mean",))])
 def test_predict_reproduces_the_submission(trained, demo_data, tmp_path, names, blends):
     """From the bundle alone, moved away from its run folder: the same CSV, byte for byte."""
@@ -158,3 +160,15 @@ def test_members_sharing_a_frozen_trunk_compute_it_once(trained, demo_data, tmp_
     assert predict_bundle(folder, demo_data, tmp_path / "p.csv", **QUIET).read_text() == sub.path.read_text()
     batches = -(-len(ds.test) // predict.BATCH)
     assert len(calls) == batches * 2 and sum(calls) == 2 * len(ds.test)  # two views (flip TTA) of each image
+
+
+def test_a_skops_stacker_builds_only_the_trusted_types(tmp_path):
+    """blend.skops is loaded with a fixed list of trusted types: a file holding another one is refused by name."""
+    import skops.io
+    from sklearn.neural_network._stochastic_optimizers import SGDOptimizer
+
+    from bundle.predict import stacker_probs
+    path = tmp_path / "blend.skops"
+    skops.io.dump({"net": SGDOptimizer([], 0.1), "constant": [0.0]}, path)
+    with pytest.raises(UserError, match=r"blend.skops: holds types .*SGDOptimizer"):
+        stacker_probs(path, [[0.0]])
