@@ -172,3 +172,28 @@ class BatchAugment:
         inside = ((rows >= y0[..., None, None]) & (rows < (y0 + hh)[..., None, None])
                   & (cols >= x0[..., None, None]) & (cols < (x0 + hw)[..., None, None]) & active[..., None, None])
         return x.masked_fill(inside.any(1, keepdim=True), 0)
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, mixup: float, cutmix: float, prob: float):
+    """Multi-label mixup / cutmix of a training batch (images, or cached trunk features: feature mixup), with
+    the targets mixed linearly by the same share: a mixed image holds both label sets, in part. timm's Mixup
+    assumes one-hot targets (it smooths and mixes class ids). With both set, each mixed batch draws one of the
+    two. The draws come from torch's CPU generator, which `start_epoch` seeds per epoch (a resume repeats them)."""
+    if (not mixup and not cutmix) or float(torch.rand(())) >= prob:
+        return x, y
+    use_cutmix = cutmix > 0 and (mixup == 0 or float(torch.rand(())) < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(len(x)).to(x.device)
+    if use_cutmix:
+        h, w = x.shape[-2:]
+        cut_h, cut_w = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
+        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        top, bottom = max(cy - cut_h // 2, 0), min(cy + (cut_h + 1) // 2, h)
+        left, right = max(cx - cut_w // 2, 0), min(cx + (cut_w + 1) // 2, w)
+        x = x.clone()
+        x[..., top:bottom, left:right] = x[perm][..., top:bottom, left:right]
+        lam = 1 - (bottom - top) * (right - left) / (h * w)  # the share of each image that is its own
+    else:
+        x = lam * x + (1 - lam) * x[perm]
+    return x, lam * y + (1 - lam) * y[perm]

@@ -19,8 +19,17 @@ DEFAULTS = {
     "mode": "finetune",         # finetune | frozen (only the head trains)
     "train_from": None,         # EfficientNet family: stages before this one stay frozen and are run
                                 # once (cached); only the rest trains. ~6x faster at 224 px on a CPU.
-    "head": "linear",           # linear | mlp
+    "head": "linear",           # linear | mlp | attention (ML-Decoder: label queries, cross-attention) |
+                                # pyramid (max-pooled 1x1, 2x2, 4x4 grids, concatenated)
     "head_hidden": [1024],      # mlp widths
+    "head_dim": 256,            # attention: query and embedding width
+    "head_heads": 8,            # attention: heads (divides head_dim)
+    "extra_stages": 0,          # EfficientNet family, linear/mlp heads: the average-pooled outputs of the last
+                                # this many blocks join the final pooled features (hypercolumns)
+    "mixup": 0.0,               # mixup alpha (Beta(a, a)); 0 off. Images, or cached trunk features (feature
+                                # mixup); the targets mix linearly, as multi-label targets must
+    "cutmix": 0.0,              # cutmix alpha; 0 off. With both set, each batch draws one of the two
+    "mix_prob": 1.0,            # the share of batches mixed
     "dropout": 0.0,
     "img_size": 224,
     "batch_size": 32,
@@ -87,7 +96,7 @@ CHOICES = {
     "kind": ("image", "captions"),
     "pretrained": ("none", "hub", "offline", "file"),
     "mode": ("finetune", "frozen"),
-    "head": ("linear", "mlp"),
+    "head": ("linear", "mlp", "attention", "pyramid"),
     "schedule": ("cosine", "onecycle", "none"),
     "loss": ("bce", "bce_pos_weight", "focal", "asl"),
     "select_metric": ("micro_f1", "mAP"),
@@ -109,6 +118,8 @@ RANGES = {
     "workers": (-1, None, True, None), "head_hidden": (1, None, True, None), "seed": (0, None, True, None),
     "ngram_max": (1, None, True, None), "min_df": (1, None, True, None), "C": (0, None, False, None),
     "pseudo_confidence": (0.5, 1, True, True), "layer_decay": (0, 1, False, True),
+    "head_dim": (1, None, True, None), "head_heads": (1, None, True, None), "extra_stages": (0, None, True, None),
+    "mixup": (0, None, True, None), "cutmix": (0, None, True, None), "mix_prob": (0, 1, True, True),
 }
 
 

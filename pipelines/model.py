@@ -12,6 +12,7 @@ from torch import nn
 
 from competition.artifacts import atomic_path
 from competition.errors import UserError
+from pipelines.config import DEFAULTS
 from pipelines.weights import load_pretrained
 
 
@@ -27,19 +28,106 @@ def mlp_head(in_features: int, num_classes: int, cfg: dict) -> nn.Module:
     return nn.Sequential(*layers, nn.Dropout(cfg["dropout"]), nn.Linear(width, num_classes))
 
 
-HEADS = {"linear": linear_head, "mlp": mlp_head}  # the names are pipelines.config's CHOICES["head"]
+def tokens_of(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) feature map or (B, N, C) ViT tokens -> (B, N, C)."""
+    return x.flatten(2).transpose(1, 2) if x.dim() == 4 else x
+
+
+class QueryHead(nn.Module):
+    """ML-Decoder's head (Ridnik et al., 2023) over the last feature map: one learned query per label attends to
+    every position (cross-attention only: ML-Decoder drops the decoder's self-attention), a feed-forward layer,
+    and a group fully-connected layer (each query's own linear map to its label's logit). Small objects need not
+    win a global average: a label's query can look at the few positions that hold it."""
+
+    def __init__(self, in_features: int, num_classes: int, cfg: dict):
+        super().__init__()
+        d = cfg["head_dim"]
+        self.embed = nn.Sequential(nn.Linear(in_features, d), nn.ReLU(inplace=True))
+        self.queries = nn.Parameter(torch.randn(num_classes, d) * 0.02)
+        self.attend = nn.MultiheadAttention(d, cfg["head_heads"], dropout=cfg["dropout"], batch_first=True)
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.ffn = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(inplace=True), nn.Dropout(cfg["dropout"]),
+                                 nn.Linear(2 * d, d))
+        self.group_weight = nn.Parameter(torch.randn(num_classes, d) * d ** -0.5)
+        self.group_bias = nn.Parameter(torch.zeros(num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        memory = self.embed(tokens_of(x))
+        q = self.queries.unsqueeze(0).expand(len(memory), -1, -1)
+        q = self.norm1(q + self.attend(q, memory, memory, need_weights=False)[0])
+        q = self.norm2(q + self.ffn(q))
+        return (q * self.group_weight).sum(-1) + self.group_bias
+
+
+class PyramidHead(nn.Module):
+    """Spatial pyramid pooling (He et al., 2014; for multi-label images J. A. Marais, Stellenbosch, 2017): the
+    last feature map max-pooled over 1x1, 2x2 and 4x4 grids, concatenated, then a linear layer. Where an object
+    lies survives the pooling, and a small one keeps its own cell."""
+
+    GRIDS = (1, 2, 4)
+
+    def __init__(self, in_features: int, num_classes: int, cfg: dict):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Dropout(cfg["dropout"]), nn.Linear(in_features * sum(g * g for g in self.GRIDS),
+                                                                      num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise UserError("head: pyramid needs a convolutional feature map; use head: attention for a ViT")
+        return self.fc(torch.cat([nn.functional.adaptive_max_pool2d(x, g).flatten(1) for g in self.GRIDS], 1))
+
+
+HEADS = {"linear": linear_head, "mlp": mlp_head, "attention": QueryHead, "pyramid": PyramidHead}  # CHOICES["head"]
+SPATIAL_HEADS = {"attention", "pyramid"}  # they take the unpooled feature map
 
 
 def build_head(in_features: int, num_classes: int, cfg: dict) -> nn.Module:
     return HEADS[cfg["head"]](in_features, num_classes, cfg)
 
 
+EFFICIENTNET_PARTS = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")
+
+
+def stage_widths(bb, extra: int) -> list[int]:
+    """Channels of the last `extra` block outputs (hypercolumns), for the EfficientNet family."""
+    if not extra:
+        return []
+    if not all(hasattr(bb, n) for n in EFFICIENTNET_PARTS):
+        raise UserError(f"extra_stages needs a timm EfficientNet-family backbone, not {type(bb).__name__}")
+    if extra > len(bb.blocks) - 1:
+        raise UserError(f"extra_stages must be at most {len(bb.blocks) - 1} for this backbone")
+    probe = torch.zeros(1, 3, 64, 64)
+    widths, x = [], bb.bn1(bb.conv_stem(probe))
+    with torch.no_grad():
+        for block in bb.blocks:
+            x = block(x)
+            widths.append(x.shape[1])
+    return widths[-extra:]
+
+
+def tail_features(blocks, conv_head, bn2, pool, extra: int, x: torch.Tensor) -> torch.Tensor:
+    """EfficientNet from `blocks` on: the pooled last features, and with `extra` the average-pooled outputs of the
+    last `extra` blocks beside them (hypercolumns; the first may be the input, a cached trunk's output)."""
+    outputs = [x]
+    for block in blocks:
+        outputs.append(block(outputs[-1]))
+    features = pool(bn2(conv_head(outputs[-1])))
+    if not extra:
+        return features
+    return torch.cat([features, *(o.float().mean((2, 3)).to(features.dtype) for o in outputs[-extra:])], 1)
+
+
 class MultiLabelNet(nn.Module):
     def __init__(self, cfg: dict, num_classes: int):
         super().__init__()
         self.frozen = cfg["mode"] == "frozen"
-        self.backbone = timm.create_model(cfg["backbone"], pretrained=False, num_classes=0)
-        self.head = build_head(self.backbone.num_features, num_classes, cfg)
+        self.extra = cfg["extra_stages"]
+        if self.extra and cfg["head"] in SPATIAL_HEADS:
+            raise UserError(f"extra_stages joins pooled features: use it with head linear or mlp, not {cfg['head']}")
+        pool = "" if cfg["head"] in SPATIAL_HEADS else "avg"
+        self.backbone = timm.create_model(cfg["backbone"], pretrained=False, num_classes=0, global_pool=pool)
+        width = self.backbone.num_features + sum(stage_widths(self.backbone, self.extra))
+        self.head = build_head(width, num_classes, cfg)
         if self.frozen:
             self.backbone.requires_grad_(False)
 
@@ -49,12 +137,18 @@ class MultiLabelNet(nn.Module):
             self.backbone.eval()
         return self
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.extra:
+            return self.backbone(x)
+        bb = self.backbone
+        return tail_features(bb.blocks, bb.conv_head, bb.bn2, bb.global_pool, self.extra, bb.bn1(bb.conv_stem(x)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.frozen:
             with torch.no_grad():
-                features = self.backbone(x)
+                features = self.features(x)
         else:
-            features = self.backbone(x)
+            features = self.features(x)
         return self.head(features)
 
     def trainable(self) -> nn.Module:
@@ -95,17 +189,20 @@ class TopOfNet(nn.Module):
     def __init__(self, net, start: int):
         super().__init__()
         bb = net.backbone
-        needed = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")
-        if not all(hasattr(bb, n) for n in needed):
+        if not all(hasattr(bb, n) for n in EFFICIENTNET_PARTS):
             raise UserError(f"train_from needs a timm EfficientNet-family backbone, not {type(bb).__name__}; "
                              "unset train_from for full fine-tuning")
         if not 0 < start < len(bb.blocks):
             raise UserError(f"train_from must be in 1..{len(bb.blocks) - 1} for this backbone")
         self.blocks = nn.Sequential(*bb.blocks[start:])
         self.conv_head, self.bn2, self.pool, self.head = bb.conv_head, bb.bn2, bb.global_pool, net.head
+        self.extra = net.extra
+        if self.extra > len(self.blocks) + 1:
+            raise UserError(f"extra_stages {self.extra} reaches into the cached trunk: at most "
+                            f"{len(self.blocks) + 1} with train_from {start}")
 
     def forward(self, x):
-        return self.head(self.pool(self.bn2(self.conv_head(self.blocks(x)))))
+        return self.head(tail_features(self.blocks, self.conv_head, self.bn2, self.pool, self.extra, x))
 
     def trainable(self) -> nn.Module:
         return self
@@ -179,6 +276,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
 def load_trained(cfg: dict, num_classes: int, weights: Path) -> tuple[MultiLabelNet, tuple, tuple]:
     """A trained network from its config and weight file, float32 and in eval mode, with the normalisation
     of its pretraining. No pretrained download or file: the saved weights replace them all."""
-    net, _, mean, std = build_model({**cfg, "pretrained": "none"}, num_classes)
+    # Keys new since the model was trained take their defaults, which reproduce the old networks.
+    net, _, mean, std = build_model({**DEFAULTS, **cfg, "pretrained": "none"}, num_classes)
     load_weights(net, weights)
     return net.float().eval(), mean, std

@@ -19,7 +19,7 @@ from competition import metrics
 from competition.artifacts import atomic_path
 from competition.errors import UserError
 from competition.layout import FitLayout
-from pipelines.augment import BatchAugment, eval_transform, stream_seed, train_transform
+from pipelines.augment import BatchAugment, eval_transform, mix_batch, stream_seed, train_transform
 from pipelines.data import (
     CachedImages,
     DeviceBatches,
@@ -254,7 +254,9 @@ def optimize(s: Setup, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def train_step(s: Setup, x, y) -> torch.Tensor:
     """One step on a batch as a batch source yields it (uint8 images or trunk features)."""
-    return optimize(s, s.to_input(x, train=True), y.to(s.device, non_blocking=True))
+    x, y = s.to_input(x, train=True), y.to(s.device, non_blocking=True)
+    x, y = mix_batch(x, y, s.cfg["mixup"], s.cfg["cutmix"], s.cfg["mix_prob"])
+    return optimize(s, x, y)
 
 
 def start_epoch(s: Setup, epoch: int) -> None:
