@@ -31,6 +31,7 @@ DEFAULTS = {
     "cutmix": 0.0,              # cutmix alpha; 0 off. With both set, each batch draws one of the two
     "mix_prob": 1.0,            # the share of batches mixed
     "dropout": 0.0,
+    "drop_path": 0.0,           # stochastic depth rate (timm drop_path_rate): regularises fine-tuned ViTs/ConvNeXts
     "img_size": 224,
     "batch_size": 32,
     "epochs": 10,
@@ -120,6 +121,7 @@ RANGES = {
     "pseudo_confidence": (0.5, 1, True, True), "layer_decay": (0, 1, False, True),
     "head_dim": (1, None, True, None), "head_heads": (1, None, True, None), "extra_stages": (0, None, True, None),
     "mixup": (0, None, True, None), "cutmix": (0, None, True, None), "mix_prob": (0, 1, True, True),
+    "drop_path": (0, 1, True, False),
 }
 
 

@@ -125,7 +125,8 @@ class MultiLabelNet(nn.Module):
         if self.extra and cfg["head"] in SPATIAL_HEADS:
             raise UserError(f"extra_stages joins pooled features: use it with head linear or mlp, not {cfg['head']}")
         pool = "" if cfg["head"] in SPATIAL_HEADS else "avg"
-        self.backbone = timm.create_model(cfg["backbone"], pretrained=False, num_classes=0, global_pool=pool)
+        extra = {"drop_path_rate": cfg["drop_path"]} if cfg["drop_path"] else {}  # not every timm model takes it
+        self.backbone = timm.create_model(cfg["backbone"], pretrained=False, num_classes=0, global_pool=pool, **extra)
         width = self.backbone.num_features + sum(stage_widths(self.backbone, self.extra))
         self.head = build_head(width, num_classes, cfg)
         if self.frozen:

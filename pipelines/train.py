@@ -72,9 +72,10 @@ def cosine_schedule(cfg, optimizer, updates_per_epoch):
 
 
 def onecycle_schedule(cfg, optimizer, updates_per_epoch):
-    pct = min(max(cfg["warmup_epochs"] / cfg["epochs"], 0.05), 0.5)
-    sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg["lr"],
-                                                total_steps=cfg["epochs"] * updates_per_epoch + 1, pct_start=pct)
+    # Both phases at least one step long: OneCycleLR divides by their lengths (a 1-epoch, 1-batch run broke it).
+    total = max(cfg["epochs"] * updates_per_epoch + 1, 4)
+    pct = min(max(cfg["warmup_epochs"] / cfg["epochs"], 0.05, 2 / total), 0.5)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg["lr"], total_steps=total, pct_start=pct)
     return (lambda step: sched.step()), sched
 
 

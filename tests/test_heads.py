@@ -130,3 +130,32 @@ def fold_data_heads(demo_data, tmp_path_factory):
     y, rows = ds.targets().astype(np.float32), np.arange(90)
     return FoldData(cache, rows[:60], y[:60], rows[60:], y[60:], len(ds.train) + np.arange(len(ds.test)),
                     min_labels=1)
+
+
+GPU_CONFIGS = ["convnext_small_384", "eva02_small_336", "vit_base_clip_224", "tresnet_m_ml_decoder"]
+
+
+@pytest.mark.parametrize("name", GPU_CONFIGS)
+def test_hub_configs_train_on_tiny_data(name, demo_data, tmp_path):
+    """Each config for GPU users as shipped (input size, head, layer decay, schedule, drop path, mixup), with
+    pretrained=none: one step on 4 images through `fit` (the loop `make train` runs), predictions for 2 + 2,
+    and the saved weights load strictly into the network the one builder makes for prediction."""
+    from safetensors.torch import load_file
+
+    from competition import load_dataset, load_spec
+    from competition.layout import FitLayout, RunLayout
+    from pipelines.cache import build_cache
+    from pipelines.model import load_trained
+    from pipelines.train import FoldData, fit
+    spec = load_spec("demo")
+    ds = load_dataset(spec, demo_data)
+    cfg = resolve(name, ["pretrained=none", "epochs=1", "batch_size=2", "max_train_batches=1", "workers=0"])
+    cache = build_cache(ds, RunLayout.of(tmp_path, spec.name), cfg["img_size"], workers=1)
+    y, test = ds.targets().astype(np.float32), len(ds.train) + np.arange(2)
+    data = FoldData(cache, np.arange(4), y[:4], np.arange(4, 6), y[4:6], test, min_labels=1)
+    result = fit(cfg, data, FitLayout(tmp_path / "fit"), name, log=lambda *_: None)
+    for prob in (result.val_prob, result.test_prob):
+        assert prob.shape == (2, len(spec.tokens)) and np.isfinite(prob).all() and (0 <= prob).all() <= 1
+    net, _, _ = load_trained(cfg, len(spec.tokens), result.weights)
+    saved = load_file(str(result.weights))
+    assert all(torch.equal(v.half(), saved[k]) for k, v in net.state_dict().items() if v.is_floating_point())

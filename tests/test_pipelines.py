@@ -104,8 +104,13 @@ def test_every_config_builds(name):
                 assert top(trunk_forward(net, cfg["train_from"], x)).shape == (2, 18)
     linears = [m for m in net.head.modules() if isinstance(m, torch.nn.Linear)]
     widths = [m.out_features for m in linears]
-    assert linears[0].in_features == net.backbone.num_features
-    assert widths == ([*cfg["head_hidden"], 18] if cfg["head"] == "mlp" else [18])
+    if cfg["head"] == "attention":  # embedding, then the label queries' group FC
+        assert linears[0].in_features == net.backbone.num_features and widths[0] == cfg["head_dim"]
+        assert net.head.queries.shape == net.head.group_weight.shape == (18, cfg["head_dim"])
+    else:
+        pooled = 21 if cfg["head"] == "pyramid" else 1
+        assert linears[0].in_features == net.backbone.num_features * pooled
+        assert widths == ([*cfg["head_hidden"], 18] if cfg["head"] == "mlp" else [18])
     assert type(net.backbone) is type(timm.create_model(cfg["backbone"], pretrained=False, num_classes=0))
     assert len(mean) == len(std) == 3
 
