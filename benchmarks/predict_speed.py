@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,9 +69,10 @@ def main() -> None:
     if len(test) < 100:
         raise SystemExit(f"FAILED: {len(test)} images; time at least 100")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    t0 = time.perf_counter()
-    predict_bundle(folder, data, Path("/tmp/predict_speed.csv"), log=lambda *_: None)
-    end_to_end = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:  # a fresh OUT each time: never another run's predictions
+        t0 = time.perf_counter()
+        predict_bundle(folder, data, Path(tmp) / "predictions.csv", log=lambda *_: None)
+        end_to_end = time.perf_counter() - t0
     bare = bare_forward_seconds(folder, bundle, spec, test, data, device)
     if min(end_to_end, bare) < 1.0:
         raise SystemExit(f"FAILED: timings {end_to_end:.2f} s / {bare:.2f} s are too short to mean anything")
