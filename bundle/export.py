@@ -60,8 +60,11 @@ def copy_member(m: Member, use_full: bool, out: Path) -> dict:
         name = f"members/{m.name}/{path.name}"
         (shutil.copytree if path.is_dir() else shutil.copyfile)(path, out / name)
         shared_names.append(name)
+    fits = [m.meta.full] if use_full else [m.meta.folds[f] for f in range(m.meta.k)]
     return {"name": m.name, "kind": m.meta.kind, "config": m.meta.config, "weights": names, "shared": shared_names,
-            "uses": "refit" if use_full else f"{m.meta.k} fold models"}
+            "uses": "refit" if use_full else f"{m.meta.k} fold models",
+            # per weight file: what computed its cached trunk features (fits before the record: eager)
+            "trunk_runtimes": [fit.get("trunk_runtime") or "eager" for fit in fits]}
 
 
 def stack_arrays(blend: StackBlend) -> dict[str, np.ndarray]:

@@ -27,7 +27,8 @@ from competition.metrics import decide
 from competition.probs import logit, sigmoid, stack_features, weighted_mean
 from competition.reader import load_test
 from pipelines.captions import CaptionModel
-from pipelines.model import TopOfNet, inference_dtype, load_trained, trunk_digest, trunk_forward
+from pipelines.model import TopOfNet, inference_dtype, load_trained, trunk_digest
+from pipelines.runtime import resolve_runtime, trunk_runner
 from submissions.validate import validate_frame
 
 BATCH = 64
@@ -41,23 +42,39 @@ class ImageNet:
     net: torch.nn.Module
     top: torch.nn.Module | None  # the stages after train_from and the head; None: the whole net runs
     view_key: tuple            # input size, normalisation, TTA: networks with equal keys see the same tensors
-    trunk_key: str | None      # equal keys: identical frozen trunks, computed once per image and view
+    trunk_key: str | None      # equal keys: identical frozen trunks in one runtime, computed once per image and view
+    trunk_run: object          # normalised images -> trunk output (pipelines.runtime.trunk_runner), shared by key
     dtype: torch.dtype | None
 
 
-def load_nets(folder: Path, records: list[dict], n_labels: int, device: torch.device) -> list[ImageNet]:
-    nets = []
+def predict_runtime(trained: str, device: torch.device, log) -> str:
+    """The runtime a trunk's features were computed with in training, where this machine has it."""
+    if trained == "onnx" and resolve_runtime("auto", device) != "onnx":
+        log("note: this member's trunk features were computed by ONNX Runtime in training; it runs eager here "
+            "(no onnxruntime, or CUDA): probabilities differ from the run's by float rounding")
+        return "eager"
+    return trained
+
+
+def load_nets(folder: Path, records: list[dict], n_labels: int, device: torch.device,
+              log=print) -> list[ImageNet]:
+    nets, runners = [], {}
     for i, record in enumerate(records):
-        cfg = record["config"]
+        cfg, start = record["config"], record["config"]["train_from"]
         dtype = inference_dtype(cfg, device)
-        for w in record["weights"]:
+        for w, trained in zip(record["weights"], record.get("trunk_runtimes", ["eager"] * len(record["weights"]))):
             net, mean, std = load_trained(cfg, n_labels, folder / w)
             net = net.to(device).to(memory_format=torch.channels_last)
             view_key = (cfg["img_size"], tuple(mean), tuple(std), bool(cfg["tta"]))
-            start = cfg["train_from"]
-            trunk = None if start is None else trunk_digest(net, start, repr((view_key, start, str(dtype))))
-            nets.append(ImageNet(i, cfg, net, None if start is None else TopOfNet(net, start), view_key,
-                                 None if trunk is None else trunk.hexdigest(), dtype))
+            key = run = None
+            if start is not None:
+                runtime = predict_runtime(trained, device, log)
+                key = trunk_digest(net, start, repr((view_key, start, str(dtype), runtime))).hexdigest()
+                if key not in runners:
+                    runners[key] = trunk_runner(net, start, cfg["img_size"], device, dtype, runtime)
+                run = runners[key]
+            nets.append(ImageNet(i, cfg, net, None if start is None else TopOfNet(net, start), view_key, key, run,
+                                 dtype))
     return nets
 
 
@@ -83,7 +100,7 @@ def batch_probs(nets: list[ImageNet], views: dict, n_members: int, device: torch
                     logits = n.net(x)
                 else:
                     if (n.trunk_key, v) not in features:  # rounded to fp16, as the trunk cache stores it
-                        features[n.trunk_key, v] = trunk_forward(n.net, n.cfg["train_from"], x).half().float()
+                        features[n.trunk_key, v] = n.trunk_run(x).half().float()
                     logits = n.top(features[n.trunk_key, v])
                 sums[n.member] = sums[n.member] + torch.sigmoid(logits.float())
     return sums

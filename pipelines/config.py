@@ -19,6 +19,8 @@ DEFAULTS = {
     "mode": "finetune",         # finetune | frozen (only the head trains)
     "train_from": None,         # EfficientNet family: stages before this one stay frozen and are run
                                 # once (cached); only the rest trains. ~6x faster at 224 px on a CPU.
+    "trunk_runtime": "auto",    # where that frozen trunk runs: auto (ONNX Runtime on a CPU where installed,
+                                # 2.8x eager bf16 for lite2; eager on CUDA) | eager | onnx (pipelines/runtime.py)
     "head": "linear",           # linear | mlp | attention (ML-Decoder: label queries, cross-attention) |
                                 # pyramid (max-pooled 1x1, 2x2, 4x4 grids, concatenated)
     "head_hidden": [1024],      # mlp widths
@@ -104,6 +106,7 @@ CHOICES = {
     "augment": ("none", "light", "strong"),
     "device": ("auto", "cpu", "cuda"),
     "amp_dtype": ("auto", "bf16", "fp16"),
+    "trunk_runtime": ("auto", "eager", "onnx"),
     "data_path": ("device", "loader"),
     "encoder": ("tfidf", "minilm"),
     "encoder_source": ("offline", "hub"),

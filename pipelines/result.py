@@ -21,6 +21,7 @@ class FitResult:
     gpu_hours: float = 0.0
     shared: list = dataclasses.field(default_factory=list)  # files or folders every fold's inference also needs
     backend: str = "none"   # torch.distributed backend under torchrun (nccl, gloo), "none" for one process
+    trunk_runtime: str | None = None  # eager | onnx: what computed a cached trunk's features (train_from)
 
 
 @dataclasses.dataclass

@@ -33,6 +33,7 @@ from pipelines.distributed import Dist
 from pipelines.losses import build_loss
 from pipelines.model import build_model, inference_dtype, load_weights, save_weights
 from pipelines.result import FitResult
+from pipelines.runtime import resolve_runtime
 from pipelines.trunk import TopOfNet, TrunkFeatures, trunk_cache
 
 
@@ -139,7 +140,8 @@ def loaders(cfg, device, dist: Dist, train_ds, val_ds, test_ds) -> tuple:
 def trunk_inputs(cfg, data: FoldData, net, mean, std, device, infer_dtype, channels_last, dist: Dist):
     """Batch sources over cached trunk features (train_from), and the module that trains on them."""
     top = TopOfNet(net, cfg["train_from"])
-    features = trunk_cache(net, cfg["train_from"], data.cache, mean, std, device, infer_dtype)
+    features = trunk_cache(net, cfg["train_from"], data.cache, mean, std, device, infer_dtype,
+                           runtime=resolve_runtime(cfg["trunk_runtime"], device))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
     def to_device(x, train=False):
@@ -364,10 +366,12 @@ def fit(cfg: dict, data: FoldData, out: FitLayout, label: str, dist: Dist | None
                 if has_val else np.zeros((0, data.train_y.shape[1])))
     test_prob = predict(s.evaluated, s.test_loader, s.to_input, s.device, s.infer_dtype, cfg["tta"])
     on_gpu = s.device.type == "cuda"
+    runtime = None if cfg["train_from"] is None else resolve_runtime(cfg["trunk_runtime"], s.device)
     return FitResult(val_prob, test_prob, p.best_epoch, p.history, out.best_weights, s.source,
                      sum(q.numel() for q in s.net.parameters()),
                      torch.cuda.get_device_name(s.device) if on_gpu else "cpu",
-                     (time.time() - t0) / 3600 * dist.world if on_gpu else 0.0, backend=dist.backend)
+                     (time.time() - t0) / 3600 * dist.world if on_gpu else 0.0, backend=dist.backend,
+                     trunk_runtime=runtime)
 
 
 def run_epoch(s: Setup, data: FoldData, out: FitLayout, p: Progress, label: str, log) -> Progress:

@@ -8,7 +8,6 @@ Supported: timm's EfficientNet family (efficientnet_*, tf_efficientnet_lite*, mo
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
@@ -21,31 +20,30 @@ from competition.layout import RunLayout
 from pipelines.augment import stream_seed
 from pipelines.data import DeviceNormalize
 from pipelines.model import TopOfNet, trunk_digest, trunk_forward  # noqa: F401  (the split lives with the model)
+from pipelines.runtime import runtime_salt, trunk_runner
 
 
 def trunk_cache(net, start: int, image_cache: Path, mean, std, device, infer_dtype=None, batch_size=64,
-                quiet=False) -> Path:
-    """(N, 2, C, H, W) fp16: trunk output of each cached image and of its mirror image, computed under
-    autocast to `infer_dtype` when given (bf16 on a CPU with AMX: 2x faster, benchmarks/cpu_bf16.py)."""
-    # Keyed by the trunk's weights and the compute precision too: either changes the features.
-    digest = trunk_digest(net, start, str(infer_dtype))
+                quiet=False, runtime: str = "eager") -> Path:
+    """(N, 2, C, H, W) fp16: trunk output of each cached image and of its mirror image, computed in `runtime`
+    (pipelines.runtime: ONNX Runtime on a CPU where installed, 2.8x eager bf16 there) or eager under autocast
+    to `infer_dtype` when given (bf16 on a CPU with AMX: 2x faster than fp32, benchmarks/cpu_bf16.py)."""
+    # Keyed by the trunk's weights and the compute that made the features: either changes them.
+    digest = trunk_digest(net, start, runtime_salt(runtime, infer_dtype))
     arch = net.backbone.pretrained_cfg.get("architecture", "net")
     path = RunLayout.trunk_features(image_cache, arch, start, digest.hexdigest()[:10])
 
     def build(path: Path) -> None:
         images = np.load(image_cache, mmap_mode="r")
-        trunk = net.to(device).eval()
+        run = trunk_runner(net.to(device).eval(), start, images.shape[1], device, infer_dtype, runtime)
         normalize = DeviceNormalize(mean, std, device, channels_last=True)
-        def amp():
-            return torch.autocast(device.type, dtype=infer_dtype) if infer_dtype else contextlib.nullcontext()
-        with amp():
-            probe = trunk_forward(trunk, start, normalize(torch.from_numpy(np.array(images[:1]))))
-        with atomic_array(path, np.float16, (len(images), 2, *probe.shape[1:])) as out, amp():
+        probe = run(normalize(torch.from_numpy(np.array(images[:1]))))
+        with atomic_array(path, np.float16, (len(images), 2, *probe.shape[1:])) as out:
             for i in tqdm(range(0, len(images), batch_size), desc=f"trunk features {path.stem}", disable=quiet,
                           mininterval=2 if sys.stderr.isatty() else 30):
                 x = normalize(torch.from_numpy(np.array(images[i:i + batch_size])))
-                out[i:i + len(x), 0] = trunk_forward(trunk, start, x).half().cpu().numpy()
-                out[i:i + len(x), 1] = trunk_forward(trunk, start, torch.flip(x, dims=[3])).half().cpu().numpy()
+                out[i:i + len(x), 0] = run(x).half().cpu().numpy()
+                out[i:i + len(x), 1] = run(torch.flip(x, dims=[3])).half().cpu().numpy()
     return build_once(path, build)
 
 

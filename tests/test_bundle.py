@@ -3,6 +3,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from bundle.export import export_bundle
 from bundle.predict import predict_bundle
@@ -12,6 +13,7 @@ from competition.layout import RunLayout
 from folds.split import write_folds
 from pipelines.config import resolve
 from pipelines.run import train_model
+from pipelines.runtime import resolve_runtime
 from submissions.submit import run_submit
 
 from helpers import settings
@@ -154,12 +156,19 @@ def test_members_sharing_a_frozen_trunk_compute_it_once(trained, demo_data, tmp_
     import bundle.predict as predict
     spec, ds, _ = trained
     sub, folder = submit_and_export(trained, ["tiny", "tiny_asl", "captions"], ("weighted",))
-    calls = []
-    real = predict.trunk_forward
-    monkeypatch.setattr(predict, "trunk_forward", lambda net, start, x: calls.append(len(x)) or real(net, start, x))
+    calls, built, real = [], [], predict.trunk_runner
+
+    def counting(*args):
+        run = real(*args)
+        built.append(args[-1])
+        return lambda x: calls.append(len(x)) or run(x)
+    monkeypatch.setattr(predict, "trunk_runner", counting)
     assert predict_bundle(folder, demo_data, tmp_path / "p.csv", **QUIET).read_text() == sub.path.read_text()
     batches = -(-len(ds.test) // predict.BATCH)
-    assert len(calls) == batches * 2 and sum(calls) == 2 * len(ds.test)  # two views (flip TTA) of each image
+    assert len(built) == 1 and len(calls) == batches * 2 and sum(calls) == 2 * len(ds.test)  # 2 views (flip TTA)
+    bundle = json.loads((folder / "bundle.json").read_text())
+    trained = {r for m in bundle["members"] if m["kind"] == "image" for r in m["trunk_runtimes"]}
+    assert trained == set(built) == {resolve_runtime("auto", torch.device("cpu"))}  # as its features were made
 
 
 def test_a_skops_stacker_builds_only_the_trusted_types(tmp_path):

@@ -159,3 +159,29 @@ def test_hub_configs_train_on_tiny_data(name, demo_data, tmp_path):
     net, _, _ = load_trained(cfg, len(spec.tokens), result.weights)
     saved = load_file(str(result.weights))
     assert all(torch.equal(v.half(), saved[k]) for k, v in net.state_dict().items() if v.is_floating_point())
+
+
+def test_onnx_runtime_trunk_matches_eager_and_keys_its_cache(demo_data, tmp_path):
+    """ONNX Runtime's trunk computes eager fp32's features (to float rounding), on images the trunk cache holds;
+    a cache made by one runtime is never read as the other's (a fit records which made its: test_bundle)."""
+    pytest.importorskip("onnxruntime")
+    from competition import load_dataset, load_spec
+    from competition.layout import RunLayout
+    from pipelines.cache import build_cache
+    from pipelines.runtime import resolve_runtime, trunk_runner
+    from pipelines.trunk import trunk_cache
+    cpu = torch.device("cpu")
+    assert resolve_runtime("auto", cpu) == "onnx" and resolve_runtime("eager", cpu) == "eager"
+    assert resolve_runtime("onnx", torch.device("cuda")) == "eager"  # no CUDA build of ONNX Runtime here
+    net, _, mean, std = build_model(resolve("tf_efficientnet_lite0", ["pretrained=none"]), 3)
+    x = torch.randn(3, 3, 64, 64)
+    eager = trunk_runner(net.eval(), 4, 64, cpu, None, "eager")(x)
+    onnx = trunk_runner(net, 4, 64, cpu, None, "onnx")(x)
+    torch.testing.assert_close(onnx, eager, rtol=1e-3, atol=1e-4)
+    spec = load_spec("demo")
+    ds = load_dataset(spec, demo_data)
+    images = build_cache(ds, RunLayout.of(tmp_path, spec.name), 32, workers=1)
+    paths = {r: trunk_cache(net, 4, images, mean, std, cpu, None, quiet=True, runtime=r) for r in ("eager", "onnx")}
+    assert paths["eager"] != paths["onnx"]
+    a, b = (np.load(p).astype(np.float32) for p in paths.values())
+    assert np.abs(a - b).max() < 1e-2 * max(np.abs(a).max(), 1.0)
