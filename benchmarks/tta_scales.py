@@ -5,43 +5,41 @@ scales is scored against the OOF at the training size alone.
     .venv/bin/python benchmarks/tta_scales.py --comp comp5329 --data <folder> --runs <RUNS> \
         --model tf_efficientnet_lite2_cpu --scales 1.0,1.15
 
-Networks are built, loaded and run by the code `make predict` uses (`load_trained`, `forward_as_trained` under
-`inference_dtype`), images decoded and resized by the trunk cache's function (`load_resized`) at
-round(img_size x scale). Self-check: the recomputed OOF at scale 1.0 must match the run's OOF file (max |diff|
-under 3e-2, the bf16 and fp16 rounding of a trunk-cached member), or it stops. Prints per scale: seconds and OOF
+Networks are built, loaded and run by the code `make predict` uses (`bundle.predict.load_nets`, `batch_probs`: a
+trunk in the runtime its features were trained on), images decoded and resized by the trunk cache's function
+(`load_resized`) at round(img_size x scale). Self-check: the recomputed OOF at scale 1.0 must match the run's OOF
+file (max |diff| under 1e-3), or it stops. Prints per scale: seconds and OOF
 mAP / micro-F1 at the best global threshold, alone and averaged with the scales before it.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bundle.predict import BATCH, batch_probs, load_nets, views_of
 from competition import load_dataset, load_spec, metrics
 from competition.formats import ModelMeta, read_probs
 from competition.images import load_resized
 from competition.layout import RunLayout
 from folds.split import read_folds
-from pipelines.model import forward_as_trained, inference_dtype, load_trained
 
 
-@torch.no_grad()
-def fold_probs(cfg, weights: Path, paths: list[Path], size: int, n_labels: int) -> np.ndarray:
-    net, mean, std = load_trained(cfg, n_labels, weights)
-    net = net.to(memory_format=torch.channels_last)
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (mean, std))
-    dtype = inference_dtype(cfg, torch.device("cpu"))
+def fold_probs(model_dir: Path, meta: ModelMeta, f: int, paths: list[Path], size: int, n_labels: int) -> np.ndarray:
+    """Fold f's network on `paths` at `size` px with flip TTA, through `make predict`'s own steps (load_nets,
+    views_of, batch_probs: the trunk in the runtime its features were trained on)."""
+    record = {"config": {**meta.config, "img_size": size}, "weights": [meta.fold_weights(f)],
+              "trunk_runtimes": [meta.folds[f].get("trunk_runtime") or "eager"]}
+    cpu = torch.device("cpu")
+    nets = load_nets(model_dir, [record], n_labels, cpu, log=lambda *_: None)
     out = []
-    for start in range(0, len(paths), 64):
-        x = torch.from_numpy(np.stack([load_resized(p, size) for p in paths[start:start + 64]]))
-        x = ((x.permute(0, 3, 1, 2).float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext():
-            prob = sum(torch.sigmoid(forward_as_trained(net, cfg, v).float()) for v in (x, torch.flip(x, dims=[3])))
-        out.append((prob / 2).numpy())
+    for start in range(0, len(paths), BATCH):
+        batch = np.stack([load_resized(p, size) for p in paths[start:start + BATCH]])
+        views = {n.view_key: views_of(batch, n.view_key, cpu) for n in nets}
+        out.append((batch_probs(nets, views, 1, cpu)[0] / 2).numpy())
     return np.concatenate(out)
 
 
@@ -71,10 +69,9 @@ def main() -> None:
         t0, prob = time.perf_counter(), np.zeros(y.shape)
         for f in range(meta.k):
             rows = np.nonzero(fold == f)[0]
-            prob[rows] = fold_probs(meta.config, model.dir / meta.fold_weights(f), [paths[r] for r in rows], size,
-                                    len(spec.tokens))
+            prob[rows] = fold_probs(model.dir, meta, f, [paths[r] for r in rows], size, len(spec.tokens))
         seconds = time.perf_counter() - t0
-        if scale == 1.0 and np.abs(prob - oof_file).max() > 3e-2:
+        if scale == 1.0 and np.abs(prob - oof_file).max() > 1e-3:
             raise SystemExit(f"FAILED: scale 1.0 differs from {model.oof} by {np.abs(prob - oof_file).max():.3f}")
         total = prob if total is None else total + prob
         mean, rule = total / (i + 1), spec.min_labels_per_image

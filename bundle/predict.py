@@ -114,10 +114,17 @@ def image_members(folder: Path, records: list[dict], test: pd.DataFrame, image_r
     counts = [sum(2 if n.view_key[3] else 1 for n in nets if n.member == i) for i in range(len(records))]
     sizes = sorted({n.view_key[0] for n in nets})
     paths, out = [image_root / i for i in test["id"]], [[] for _ in records]
-    with ThreadPoolExecutor(4) as pool:
-        for start in tqdm(range(0, len(paths), BATCH), desc="predict images", disable=not sys.stderr.isatty()):
-            chunk = paths[start:start + BATCH]
-            decoded = {s: np.stack(list(pool.map(lambda p, s=s: load_resized(p, s), chunk))) for s in sizes}
+    def decode(start: int) -> dict:
+        chunk = paths[start:start + BATCH]
+        return {s: np.stack(list(pool.map(lambda p, s=s: load_resized(p, s), chunk))) for s in sizes}
+    starts = list(range(0, len(paths), BATCH))
+    with ThreadPoolExecutor(4) as pool, ThreadPoolExecutor(1) as ahead:
+        # The next batch decodes while this one runs (JPEG decoding and ONNX Runtime both release the GIL).
+        pending = ahead.submit(decode, starts[0]) if starts else None
+        for i in tqdm(range(len(starts)), desc="predict images", disable=not sys.stderr.isatty()):
+            decoded = pending.result()
+            if i + 1 < len(starts):
+                pending = ahead.submit(decode, starts[i + 1])
             views = {n.view_key: views_of(decoded[n.view_key[0]], n.view_key, device) for n in nets}
             for i, total in enumerate(batch_probs(nets, views, len(records), device)):
                 out[i].append((total / counts[i]).cpu().numpy().astype(np.float64))
