@@ -41,3 +41,20 @@ def quirks(tmp_path) -> Path:
     shutil.copyfile(FIXTURES / "quirks_train.csv", tmp_path / "train.csv")
     shutil.copyfile(FIXTURES / "quirks_test.csv", tmp_path / "test.csv")
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def fold_data(demo_data, tmp_path_factory):
+    """FoldData of the tiny demo at 32 px: 60 train rows, 30 validation rows (training-loop tests)."""
+    import numpy as np
+
+    from competition import load_dataset, load_spec
+    from competition.layout import RunLayout
+    from pipelines.cache import build_cache
+    from pipelines.train import FoldData
+    spec = load_spec("demo")
+    ds = load_dataset(spec, demo_data)
+    cache = build_cache(ds, RunLayout.of(tmp_path_factory.mktemp("folddata"), spec.name), 32, workers=1)
+    y, rows = ds.targets().astype(np.float32), np.arange(90)
+    return FoldData(cache, rows[:60], y[:60], rows[60:], y[60:], len(ds.train) + np.arange(len(ds.test)),
+                    min_labels=1)

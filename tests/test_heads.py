@@ -104,32 +104,18 @@ def test_cutmix_targets_follow_the_pasted_area():
             assert float(my[i].sum()) == pytest.approx(1.0, abs=1e-6)
 
 
-def test_mixup_is_used_by_training_and_repeats_on_resume(fold_data_heads):
+def test_mixup_is_used_by_training_and_repeats_on_resume(fold_data):
     """Training with feature mixup on cached trunk features differs from training without, and two runs with the
     same seed are identical (the draws come from the per-epoch seeded generator)."""
     from pipelines.distributed import Dist
     from pipelines.train import setup, train_one_epoch
 
     def trained(*overrides):
-        s = setup(resolve("tiny", ["epochs=1", "train_from=2", "ema=false", *overrides]), fold_data_heads, Dist())
+        s = setup(resolve("tiny", ["epochs=1", "train_from=2", "ema=false", *overrides]), fold_data, Dist())
         train_one_epoch(s, 0, 0)
         return torch.cat([p.detach().flatten() for p in s.trained.parameters()])
     plain, mixed, again = trained(), trained("mixup=0.4", "cutmix=1.0"), trained("mixup=0.4", "cutmix=1.0")
     assert not torch.equal(plain, mixed) and torch.equal(mixed, again)
-
-
-@pytest.fixture(scope="module")
-def fold_data_heads(demo_data, tmp_path_factory):
-    from competition import load_dataset, load_spec
-    from competition.layout import RunLayout
-    from pipelines.cache import build_cache
-    from pipelines.train import FoldData
-    spec = load_spec("demo")
-    ds = load_dataset(spec, demo_data)
-    cache = build_cache(ds, RunLayout.of(tmp_path_factory.mktemp("heads"), spec.name), 32, workers=1)
-    y, rows = ds.targets().astype(np.float32), np.arange(90)
-    return FoldData(cache, rows[:60], y[:60], rows[60:], y[60:], len(ds.train) + np.arange(len(ds.test)),
-                    min_labels=1)
 
 
 GPU_CONFIGS = ["convnext_small_384", "eva02_small_336", "vit_base_clip_224", "tresnet_m_ml_decoder"]

@@ -423,18 +423,6 @@ VARIANTS = {  # overrides: (loss class, its settings, optimizer class, schedule)
 }
 
 
-@pytest.fixture(scope="module")
-def fold_data(demo_data, tmp_path_factory):
-    """FoldData of the tiny demo at 32 px: 60 train rows, 30 validation rows."""
-    from pipelines.train import FoldData
-    spec = load_spec("demo")
-    ds = load_dataset(spec, demo_data)
-    cache = build_cache(ds, RunLayout.of(tmp_path_factory.mktemp("variants"), spec.name), 32, workers=1)
-    y, rows = ds.targets().astype(np.float32), np.arange(90)
-    return FoldData(cache, rows[:60], y[:60], rows[60:], y[60:], len(ds.train) + np.arange(len(ds.test)),
-                    min_labels=1)
-
-
 def lr_curve(s, steps: int) -> list[float]:
     """The head's learning rate before the first update and at each one, as the training loop steps the schedule."""
     curve = [s.optimizer.param_groups[-1]["lr"]]
