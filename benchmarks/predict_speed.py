@@ -2,11 +2,15 @@
 
     .venv/bin/python benchmarks/predict_speed.py --bundle runs/<COMP>/bundles/<name> --data <folder> [--images N]
 
-`predict_bundle` end to end (manifest check, reading test.csv, decoding and resizing every image, every member,
-blend, thresholds, validation, the CSV), then its network step alone (`batch_probs`: every image network, a trunk
-that members share once) on the same images already decoded to tensors, in the same batches. The ratio says what
-decoding, resizing and blending cost beside the networks; 10,000 test images (COMP5329's) are projected from the
-end-to-end rate. It fails under 100 images or when a timing is under a second.
+`predict_bundle` end to end (manifest check, loading every member, reading test.csv, decoding and resizing every
+image, every member, blend, thresholds, validation, the CSV), then the members' forward passes alone on the same
+rows: the image networks through `make predict`'s own network step (`batch_probs`: a trunk that members share
+once) on images already decoded to tensors, in the same batches, and each captions member's models on the
+captions (a sentence encoder's embeddings once per member, as predict computes them). The ratio says what loading,
+decoding, resizing and blending cost beside the forward passes. `--images N` above the test rows adds train rows
+(image and caption, labels dropped: speed does not depend on whether the bundle saw an image), so a run can time
+close to COMP5329's 10,000 test images, which are projected from the end-to-end rate. It fails under 100 images
+or when a timing is under a second.
 """
 from __future__ import annotations
 
@@ -23,48 +27,75 @@ import torch
 from bundle.predict import BATCH, batch_probs, load_nets, predict_bundle, views_of
 from competition import load_spec
 from competition.images import load_resized
-from competition.reader import load_test
+from competition.reader import decode_text, file_lines, load_test, split_records
+from pipelines.captions import CaptionModel
 
 
 def subset(data: Path, spec, n: int, out: Path) -> Path:
-    """A copy of `data` whose test.csv keeps its first n rows (images linked, not copied)."""
-    lines = (data / spec.test_csv).read_text().splitlines()
+    """A copy of `data` whose test.csv holds n rows: its test rows first, then train rows with their labels
+    dropped (raw records copied as they are, quirks included); images linked, not copied."""
+    lines = file_lines(decode_text(data / spec.test_csv))
+    rows = ["\n".join(r) for _, r in split_records(data / spec.test_csv, lines, spec.id_pattern)]
+    if n > len(rows):
+        train = data / spec.train_csv
+        for _, record in split_records(train, file_lines(decode_text(train)), spec.id_pattern):
+            image, _labels, caption = "\n".join(record).split(",", 2)
+            rows.append(f"{image},{caption}")
+    if n > len(rows):
+        raise SystemExit(f"FAILED: {data} has {len(rows)} rows with images; asked for {n}")
     shutil.rmtree(out, ignore_errors=True)
     (out / spec.image_dir).mkdir(parents=True)
-    (out / spec.test_csv).write_text("\n".join(lines[:n + 1]) + "\n")
+    (out / spec.test_csv).write_text("\n".join([lines[0], *rows[:n]]) + "\n")
     for image in (data / spec.image_dir).iterdir():
         (out / spec.image_dir / image.name).symlink_to(image.resolve())
     return out
 
 
 @torch.no_grad()
-def bare_forward_seconds(folder: Path, bundle: dict, spec, test, data: Path, device) -> float:
+def image_forward_seconds(folder: Path, records: list[dict], spec, test, data: Path, device) -> float:
     """`make predict`'s own network step (bundle.predict.batch_probs: every image network, a shared trunk once)
     on the same images, decoded and normalised beforehand, in the same batches."""
-    records = [m for m in bundle["members"] if m["kind"] == "image"]
+    if not records:
+        return 0.0
     nets = load_nets(folder, records, len(spec.tokens), device)
     decoded = {s: np.stack([load_resized(data / spec.image_dir / i, s) for i in test["id"]])
                for s in {n.view_key[0] for n in nets}}
-    batches = [{n.view_key: views_of(decoded[n.view_key[0]][i:i + BATCH], n.view_key, device) for n in nets}
-               for i in range(0, len(test), BATCH)]
-    t0 = time.perf_counter()
-    for views in batches:
+    seconds = 0.0
+    for i in range(0, len(test), BATCH):  # tensors made batch by batch: 10,000 at once would not fit in memory
+        views = {n.view_key: views_of(decoded[n.view_key[0]][i:i + BATCH], n.view_key, device) for n in nets}
+        t0 = time.perf_counter()
         for total in batch_probs(nets, views, len(records), device):
             total.cpu()
-    return time.perf_counter() - t0
+        seconds += time.perf_counter() - t0
+    return seconds
+
+
+def captions_forward_seconds(folder: Path, records: list[dict], test) -> float:
+    """Each captions member's loaded models on the captions: features (TF-IDF, or the sentence encoder's
+    embeddings once per member, as bundle.predict.captions_member) and the linear layer."""
+    texts, seconds = test["caption"].to_numpy(), 0.0
+    for record in records:
+        encoder = folder / record["shared"][0] if record["shared"] else None
+        models = [CaptionModel.load(folder / w, encoder) for w in record["weights"]]
+        t0 = time.perf_counter()
+        x = None if models[0].vecs else models[0].features(texts)
+        for m in models:
+            m.predict(texts, x=x)
+        seconds += time.perf_counter() - t0
+    return seconds
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--data", required=True)
-    ap.add_argument("--images", type=int, default=None, help="the first N test rows (default: all)")
+    ap.add_argument("--images", type=int, default=None, help="N rows: test rows, then train rows (default: test rows)")
     a = ap.parse_args()
     folder, data = Path(a.bundle), Path(a.data)
     bundle = json.loads((folder / "bundle.json").read_text())
     spec = load_spec(str(folder / "spec.yaml"))
     if a.images:
-        data = subset(data, spec, a.images, Path("/tmp/predict_speed_data"))
+        data = subset(data, spec, a.images, Path(tempfile.gettempdir()) / "predict_speed_data")
     test = load_test(spec, data, any(m["kind"] == "captions" for m in bundle["members"]))
     if len(test) < 100:
         raise SystemExit(f"FAILED: {len(test)} images; time at least 100")
@@ -73,12 +104,16 @@ def main() -> None:
         t0 = time.perf_counter()
         predict_bundle(folder, data, Path(tmp) / "predictions.csv", log=lambda *_: None)
         end_to_end = time.perf_counter() - t0
-    bare = bare_forward_seconds(folder, bundle, spec, test, data, device)
+    images = image_forward_seconds(folder, [m for m in bundle["members"] if m["kind"] == "image"], spec, test,
+                                   data, device)
+    captions = captions_forward_seconds(folder, [m for m in bundle["members"] if m["kind"] == "captions"], test)
+    bare = images + captions
     if min(end_to_end, bare) < 1.0:
         raise SystemExit(f"FAILED: timings {end_to_end:.2f} s / {bare:.2f} s are too short to mean anything")
     rate = len(test) / end_to_end
     print(f"{len(test)} images on {device} ({torch.get_num_threads()} threads): make predict {end_to_end:.1f} s "
-          f"= {rate:.1f} img/s; the networks alone {bare:.1f} s = {len(test) / bare:.1f} img/s; ratio "
+          f"= {rate:.1f} img/s; the members' forward passes alone {bare:.1f} s (image networks {images:.1f}, "
+          f"captions {captions:.1f}) = {len(test) / bare:.1f} img/s; ratio "
           f"{bare / end_to_end:.2f}; 10,000 images: {10000 / rate / 60:.1f} min")
 
 

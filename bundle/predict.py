@@ -134,7 +134,10 @@ def image_members(folder: Path, records: list[dict], test: pd.DataFrame, image_r
 def captions_member(folder: Path, record: dict, test: pd.DataFrame) -> np.ndarray:
     encoder = folder / record["shared"][0] if record["shared"] else None
     texts = test["caption"].to_numpy()
-    return np.mean([CaptionModel.load(folder / w, encoder).predict(texts) for w in record["weights"]], axis=0)
+    models = [CaptionModel.load(folder / w, encoder) for w in record["weights"]]
+    # A sentence encoder is shared by the member's fold models: embed the captions once, not once per fold.
+    x = None if models[0].vecs else models[0].features(texts)
+    return np.mean([m.predict(texts, x=x) for m in models], axis=0)
 
 
 # What blend.skops may build beyond skops' default-trusted scikit-learn and numpy types: the trees of

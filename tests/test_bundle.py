@@ -181,3 +181,20 @@ def test_a_skops_stacker_builds_only_the_trusted_types(tmp_path):
     skops.io.dump({"net": SGDOptimizer([], 0.1), "constant": [0.0]}, path)
     with pytest.raises(UserError, match=r"blend.skops: holds types .*SGDOptimizer"):
         stacker_probs(path, [[0.0]])
+
+
+def test_a_sentence_encoder_member_embeds_the_captions_once(trained, demo_data, tmp_path, monkeypatch):
+    """captions_minilm's 3 fold models share one frozen encoder: predict embeds the test captions once, not once
+    per fold model, and the CSV is still the submission's."""
+    from pipelines import text_encoder
+    spec, ds, run = trained
+    train_model(spec, ds, run, resolve("captions_minilm"), **QUIET)
+    sub, folder = submit_and_export(trained, ["captions_minilm"], ("mean",))
+    calls, real = [], text_encoder.encode
+
+    def counting(encoder, texts, **kw):
+        calls.append(len(texts))
+        return real(encoder, texts, **kw)
+    monkeypatch.setattr(text_encoder, "encode", counting)
+    assert predict_bundle(folder, demo_data, tmp_path / "p.csv", **QUIET).read_text() == sub.path.read_text()
+    assert calls == [len(ds.test)]
