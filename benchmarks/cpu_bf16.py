@@ -23,8 +23,9 @@ from competition.formats import ModelMeta
 from competition.layout import RunLayout
 from folds.split import read_folds
 from pipelines.cache import build_cache
-from pipelines.data import DeviceBatches, DeviceNormalize, load_cache_rows
+from pipelines.data import DeviceBatches, load_cache_rows
 from pipelines.model import cpu_has_bf16, load_trained
+from pipelines.preprocess import DeviceNormalize
 from pipelines.train import predict
 
 

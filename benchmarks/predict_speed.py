@@ -62,7 +62,7 @@ def image_forward_seconds(folder: Path, records: list[dict], spec, test, data: P
                for s in {n.view_key[0] for n in nets}}
     seconds = 0.0
     for i in range(0, len(test), BATCH):  # tensors made batch by batch: 10,000 at once would not fit in memory
-        views = {n.view_key: views_of(decoded[n.view_key[0]][i:i + BATCH], n.view_key, device) for n in nets}
+        views = {key: views_of(decoded[key[0]][i:i + BATCH], key, device) for key in {n.view_key for n in nets}}
         t0 = time.perf_counter()
         for total in batch_probs(nets, views, len(records), device):
             total.cpu()

@@ -28,6 +28,7 @@ from competition.probs import logit, sigmoid, stack_features, weighted_mean
 from competition.reader import load_test
 from pipelines.captions import CaptionModel
 from pipelines.model import TopOfNet, inference_dtype, load_trained, trunk_digest
+from pipelines.preprocess import DeviceNormalize
 from pipelines.runtime import resolve_runtime, trunk_runner
 from submissions.validate import validate_frame
 
@@ -81,9 +82,7 @@ def load_nets(folder: Path, records: list[dict], n_labels: int, device: torch.de
 def views_of(batch: np.ndarray, key: tuple, device: torch.device) -> tuple[torch.Tensor, ...]:
     """The normalised channels_last input and, with TTA, its mirror image: as training predicted."""
     _, mean, std, tta = key
-    mean, std = (torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in (mean, std))
-    x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)
-    x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+    x = DeviceNormalize(mean, std, device, channels_last=True)(torch.from_numpy(batch))  # training's own step
     return (x, torch.flip(x, dims=[3])) if tta else (x,)
 
 
@@ -125,7 +124,7 @@ def image_members(folder: Path, records: list[dict], test: pd.DataFrame, image_r
             decoded = pending.result()
             if i + 1 < len(starts):
                 pending = ahead.submit(decode, starts[i + 1])
-            views = {n.view_key: views_of(decoded[n.view_key[0]], n.view_key, device) for n in nets}
+            views = {key: views_of(decoded[key[0]], key, device) for key in {n.view_key for n in nets}}
             for i, total in enumerate(batch_probs(nets, views, len(records), device)):
                 out[i].append((total / counts[i]).cpu().numpy().astype(np.float64))
     return [np.concatenate(o) if o else np.zeros((0, n_labels)) for o in out]

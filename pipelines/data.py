@@ -1,4 +1,4 @@
-"""Two ways to feed a model from the uint8 cache, and the on-device uint8 -> normalised float step.
+"""Two ways to feed a model from the uint8 cache (the uint8 -> normalised float step: pipelines.preprocess).
 
 - Loader path: a DataLoader over memory-mapped cache rows, albumentations per image in workers.
 - Device path (`DeviceBatches`): the cache rows live on the device (or in pinned host memory when
@@ -144,22 +144,3 @@ class DeviceBatches:
                 x = self.images.index_select(0, rows).pin_memory().to(self.device, non_blocking=True)
             y = self.targets.index_select(0, pick.to(self.device)) if self.targets is not None else torch.zeros(0)
             yield x, y
-
-
-class DeviceNormalize:
-    """uint8 NHWC batch -> (augmented) normalised float NCHW on the device, channels_last if asked."""
-
-    def __init__(self, mean, std, device, channels_last: bool, augment=None):
-        self.device = device
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
-        self.channels_last = channels_last
-        self.augment = augment  # BatchAugment on the device path, applied to training batches only
-
-    def __call__(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        if train and self.augment is not None:
-            x = self.augment(x)
-        x = (x - self.mean) / self.std
-        # channels_last: the permuted NHWC batch already has that layout; convnets run faster on it.
-        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)

@@ -23,7 +23,6 @@ from pipelines.augment import BatchAugment, eval_transform, mix_batch, stream_se
 from pipelines.data import (
     CachedImages,
     DeviceBatches,
-    DeviceNormalize,
     auto_workers,
     load_cache_rows,
     make_loader,
@@ -32,6 +31,7 @@ from pipelines.data import (
 from pipelines.distributed import Dist
 from pipelines.losses import build_loss
 from pipelines.model import build_model, inference_dtype, load_weights, save_weights
+from pipelines.preprocess import DeviceNormalize
 from pipelines.result import FitResult
 from pipelines.runtime import resolve_runtime
 from pipelines.trunk import TopOfNet, TrunkFeatures, trunk_cache

@@ -18,8 +18,8 @@ from tqdm import tqdm
 from competition.artifacts import atomic_array, build_once
 from competition.layout import RunLayout
 from pipelines.augment import stream_seed
-from pipelines.data import DeviceNormalize
 from pipelines.model import TopOfNet, trunk_digest, trunk_forward  # noqa: F401  (the split lives with the model)
+from pipelines.preprocess import DeviceNormalize
 from pipelines.runtime import runtime_salt, trunk_runner
 
 

@@ -20,6 +20,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 from competition.artifacts import atomic_path  # noqa: E402
 from competition.images import load_resized  # noqa: E402
 from pipelines.model import load_trained  # noqa: E402
+from pipelines.preprocess import DeviceNormalize  # noqa: E402
 from submissions.ensemble import Ensemble  # noqa: E402
 from submissions.members import Member  # noqa: E402
 from submissions.thresholds import threshold_vector  # noqa: E402
@@ -34,7 +35,7 @@ def fold_net(member: Member, fold: int, n_labels: int):
     """Fold `fold`'s network of an image member, in float32 and eval mode, with gradients everywhere."""
     net, mean, std = load_trained(member.meta.config, n_labels, member.dir / member.meta.fold_weights(fold))
     net.frozen = False  # a frozen backbone runs without gradients, which Grad-CAM needs
-    return net, member.meta.config["img_size"], np.array(mean), np.array(std)
+    return net, member.meta.config["img_size"], tuple(mean), tuple(std)
 
 
 def target_layer(net) -> torch.nn.Module:
@@ -44,7 +45,7 @@ def target_layer(net) -> torch.nn.Module:
 
 def label_maps(net, image: np.ndarray, mean, std, labels: list[int]) -> np.ndarray:
     """(labels, H, W) Grad-CAM maps in [0, 1] of each label's score for one uint8 HWC image."""
-    x = torch.from_numpy(((image / 255.0 - mean) / std).transpose(2, 0, 1)).float()[None]
+    x = DeviceNormalize(mean, std, torch.device("cpu"), channels_last=False)(torch.from_numpy(image[None]))
     with GradCAM(model=net, target_layers=[target_layer(net)]) as cam:
         return np.stack([cam(input_tensor=x, targets=[ClassifierOutputTarget(j)])[0] for j in labels])
 

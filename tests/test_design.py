@@ -159,5 +159,5 @@ def test_prediction_loads_no_training_code():
     assert r.returncode == 0, r.stderr
     loaded = set(r.stdout.split())
     assert loaded <= {"pipelines", "pipelines.captions", "pipelines.model", "pipelines.text_encoder",
-                      "pipelines.weights", "pipelines.result", "pipelines.config", "pipelines.runtime", "submissions",
-                      "submissions.validate"}, loaded
+                      "pipelines.weights", "pipelines.result", "pipelines.config", "pipelines.runtime",
+                      "pipelines.preprocess", "submissions", "submissions.validate"}, loaded
