@@ -24,7 +24,9 @@ step train MODEL=captions_minilm
 # The two image members enter the 100 MB budget as full-data refits (9.4 MB each instead of 47 MB of folds).
 step train MODEL=tf_efficientnet_lite2_cpu FULLFIT=1
 step train MODEL=tf_efficientnet_lite2_cpu_bce FULLFIT=1
-step submit MODELS=captions,captions_minilm,tf_efficientnet_lite2_cpu,tf_efficientnet_lite2_cpu_bce
+# Issue 21: the ASL member at 384 px with the attention head (its own trunk cache at 384 px, ~12 min here).
+step train MODEL=tf_efficientnet_lite2_cpu NAME=lite2_attn_384 FULLFIT=1 IMG=384 SET=head=attention
+step submit MODELS=captions,captions_minilm,tf_efficientnet_lite2_cpu,tf_efficientnet_lite2_cpu_bce,lite2_attn_384
 printf '%s\t%s\n' "total" "$(( $(date +%s) - start ))" >> "$times"
 column -t -s $'\t' "$times"
 sidecar=$(ls -t "$RUNS"/comp5329/submissions/*.json | head -n 1)
