@@ -45,7 +45,8 @@ def target_layer(net) -> torch.nn.Module:
 
 def label_maps(net, image: np.ndarray, mean, std, labels: list[int]) -> np.ndarray:
     """(labels, H, W) Grad-CAM maps in [0, 1] of each label's score for one uint8 HWC image."""
-    x = DeviceNormalize(mean, std, torch.device("cpu"), channels_last=False)(torch.from_numpy(image[None]))
+    batch = torch.tensor(image[None])  # a copy: a decoded image is a read-only array
+    x = DeviceNormalize(mean, std, torch.device("cpu"), channels_last=False)(batch)
     with GradCAM(model=net, target_layers=[target_layer(net)]) as cam:
         return np.stack([cam(input_tensor=x, targets=[ClassifierOutputTarget(j)])[0] for j in labels])
 
