@@ -24,11 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bundle.predict import BATCH, batch_probs, load_nets, predict_bundle, views_of
+from bundle.predict import BATCH, batch_probs, captions_models, captions_probs, load_nets, predict_bundle, views_of
 from competition import load_spec
 from competition.images import load_resized
 from competition.reader import decode_text, file_lines, load_test, split_records
-from pipelines.captions import CaptionModel
 
 
 def subset(data: Path, spec, n: int, out: Path) -> Path:
@@ -71,16 +70,13 @@ def image_forward_seconds(folder: Path, records: list[dict], spec, test, data: P
 
 
 def captions_forward_seconds(folder: Path, records: list[dict], test) -> float:
-    """Each captions member's loaded models on the captions: features (TF-IDF, or the sentence encoder's
-    embeddings once per member, as bundle.predict.captions_member) and the linear layer."""
+    """Each captions member's loaded models on the captions, through `make predict`'s own step
+    (bundle.predict.captions_probs: features, a sentence encoder's embeddings once per member, the linear layer)."""
     texts, seconds = test["caption"].to_numpy(), 0.0
     for record in records:
-        encoder = folder / record["shared"][0] if record["shared"] else None
-        models = [CaptionModel.load(folder / w, encoder) for w in record["weights"]]
+        models = captions_models(folder, record)
         t0 = time.perf_counter()
-        x = None if models[0].vecs else models[0].features(texts)
-        for m in models:
-            m.predict(texts, x=x)
+        captions_probs(models, texts)
         seconds += time.perf_counter() - t0
     return seconds
 

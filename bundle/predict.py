@@ -130,13 +130,21 @@ def image_members(folder: Path, records: list[dict], test: pd.DataFrame, image_r
     return [np.concatenate(o) if o else np.zeros((0, n_labels)) for o in out]
 
 
-def captions_member(folder: Path, record: dict, test: pd.DataFrame) -> np.ndarray:
+def captions_models(folder: Path, record: dict) -> list[CaptionModel]:
+    """A captions member's fold models (or refit), each finding the member's shared sentence encoder if any."""
     encoder = folder / record["shared"][0] if record["shared"] else None
-    texts = test["caption"].to_numpy()
-    models = [CaptionModel.load(folder / w, encoder) for w in record["weights"]]
-    # A sentence encoder is shared by the member's fold models: embed the captions once, not once per fold.
+    return [CaptionModel.load(folder / w, encoder) for w in record["weights"]]
+
+
+def captions_probs(models: list[CaptionModel], texts) -> np.ndarray:
+    """The mean of the models' probabilities. A sentence encoder is shared by the member's fold models: the
+    captions are embedded once, not once per fold."""
     x = None if models[0].vecs else models[0].features(texts)
     return np.mean([m.predict(texts, x=x) for m in models], axis=0)
+
+
+def captions_member(folder: Path, record: dict, test: pd.DataFrame) -> np.ndarray:
+    return captions_probs(captions_models(folder, record), test["caption"].to_numpy())
 
 
 # What blend.skops may build beyond skops' default-trusted scikit-learn and numpy types: the trees of
