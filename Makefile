@@ -40,7 +40,8 @@ help:
 	@echo "make thresholds           tune per-label thresholds alone (TRIALS=, METHOD=)"
 	@echo "make submit               blend + thresholds + budget -> $(RUNS)/<COMP>/submissions/*.csv"
 	@echo "make export               the submission's model as one folder -> $(RUNS)/<COMP>/bundles/<submission>/ (SUBMISSION=)"
-	@echo "make predict BUNDLE= DATA= a bundle's predictions for DATA's test.csv and images, from the bundle alone (OUT=)"
+	@echo "make predict BUNDLE= DATA= a bundle's predictions for DATA's test.csv and images, from the bundle alone"
+	@echo "                          (OUT=submission.csv, IMAGES=<test images folder>, DIGEST=<bundle digest>, MAX_PIXELS=)"
 	@echo "make report               plots of the blend and its members"
 	@echo "make lb                   the run log: every model and submission, best nested CV first"
 	@echo "make lb-set FILE= PUBLIC= record a submission's public leaderboard score in the run log"
@@ -48,7 +49,7 @@ help:
 	@echo "make plan                 GPU-hours per model from the bench records, and what fits the budget (MODELS= DEVICE=)"
 	@echo "make bench-thresholds     threshold searches and their nested CV at 30,000 x 18 (TRIALS=)"
 	@echo "make bench-captions DATA= captions member settings by 5-fold OOF score (after make folds)"
-	@echo "make bench-recipe DATA=   the README's CPU recipe for comp5329, every step timed, in an empty RUNS"
+	@echo "make bench-recipe DATA=   the CPU recipe for comp5329 (docs/recipes.md), every step timed, in an empty RUNS"
 	@echo "make bench-probe DATA=    frozen ImageNet features + logistic regression by input size (MODEL=)"
 	@echo "make clean-demo           remove $(RUNS)/demo (the generated competition and all trained on it)"
 	@echo "variables: COMP DATA K SEED RUNS MODEL EPOCHS FOLDS IMG BATCH LR FULLFIT WORKERS SET='key=value ...'"
@@ -122,7 +123,8 @@ export: $(VENV)
 	$(PY) -m bundle export $(common) $(if $(SUBMISSION),--submission $(SUBMISSION)) $(if $(IGNORE_BUDGET),--ignore-budget)
 
 predict: $(VENV)
-	$(PY) -m bundle predict $(if $(BUNDLE),--bundle $(BUNDLE)) $(data_arg) $(if $(OUT),--out $(OUT))
+	$(PY) -m bundle predict $(if $(BUNDLE),--bundle $(BUNDLE)) $(data_arg) $(if $(OUT),--out $(OUT)) \
+	  $(if $(IMAGES),--images $(IMAGES)) $(if $(DIGEST),--digest $(DIGEST)) $(if $(MAX_PIXELS),--max-pixels $(MAX_PIXELS))
 
 report: $(VENV)
 	$(PY) -m submissions report $(common) $(submit_set)

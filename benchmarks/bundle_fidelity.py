@@ -47,13 +47,14 @@ def main() -> None:
     data = Path(a.data or (run.demo_data if run_spec.name.startswith("demo") else run_spec.data))
     test = load_test(spec, data, any(m["kind"] == "captions" for m in bundle["members"]))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    for record, mine in zip(bundle["members"], member_probs(folder, bundle["members"], test, data, spec, device)):
+    probs = member_probs(folder, bundle["members"], test, data / spec.image_dir, spec, device)
+    for record, mine in zip(bundle["members"], probs):
         theirs = run_probs(run, record, spec.tokens)
         if mine.shape != theirs.shape:
             raise SystemExit(f"FAILED: {record['name']}: {mine.shape} vs {theirs.shape}")
         diff = np.abs(mine - theirs)
         print(f"{record['name']:<32} ({record['uses']}): max |diff| {diff.max():.2e}, mean {diff.mean():.2e}")
-    out = predict_bundle(folder, data, folder / "predictions" / "fidelity.csv", log=lambda *_: None)
+    out = predict_bundle(folder, data, run.predictions / f"fidelity-{folder.name}.csv", log=lambda *_: None)
     ours = pd.read_csv(out, dtype=str, keep_default_na=False)
     submitted = pd.read_csv(run.submissions / bundle["submission"], dtype=str, keep_default_na=False)
     if len(ours) != len(submitted):

@@ -1,7 +1,7 @@
 """Choose the captions member by 5-fold OOF micro-F1: TF-IDF settings, a frozen sentence encoder, label
 co-occurrence second stages, and a small neural bag-of-n-grams.
 
-    .venv/bin/python benchmarks/captions_sweep.py --data ../shared/datasets/comp5329-text --runs runs/text
+    .venv/bin/python benchmarks/captions_sweep.py --data data/comp5329-text --runs runs/text
 
 Needs `make folds` for the same data first. Every row fits the real `pipelines.captions.CaptionModel` (or, for
 the bag-of-n-grams, the small torch model below) fold by fold and prints OOF micro-F1 at 0.5, at the best

@@ -1,7 +1,7 @@
 """CPU inference in bf16 (what `amp: true` does on a CPU with AMX or AVX512-BF16): speed, and what it changes
 in a trained model's validation predictions.
 
-    .venv/bin/python benchmarks/cpu_bf16.py --comp comp5329 --data ../shared/datasets/comp5329-6k \
+    .venv/bin/python benchmarks/cpu_bf16.py --comp comp5329 --data data/comp5329-6k \
         --runs runs/6k --model tf_efficientnet_lite2_cpu --fold 0 --rows 600
 
 Loads fold `--fold` of a trained image model (its saved full network), and predicts `--rows` of that fold's

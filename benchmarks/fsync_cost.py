@@ -2,11 +2,11 @@
 `make submit`: the same `run_submit` users run, with and without fsync, its reusable artifacts (thresholds,
 fully nested estimate) removed before every run so each run does all the work.
 
-    make folds COMP=comp5329 DATA=../shared/datasets/comp5329-6k RUNS=runs/fsync
-    make train COMP=comp5329 DATA=../shared/datasets/comp5329-6k RUNS=runs/fsync MODEL=captions
-    make train COMP=comp5329 DATA=../shared/datasets/comp5329-6k RUNS=runs/fsync MODEL=captions \
+    make folds COMP=comp5329 DATA=data/comp5329-6k RUNS=runs/fsync
+    make train COMP=comp5329 DATA=data/comp5329-6k RUNS=runs/fsync MODEL=captions
+    make train COMP=comp5329 DATA=data/comp5329-6k RUNS=runs/fsync MODEL=captions \
         NAME=captions_c1 SET=C=1.0
-    .venv/bin/python benchmarks/fsync_cost.py --comp comp5329 --data ../shared/datasets/comp5329-6k --runs runs/fsync
+    .venv/bin/python benchmarks/fsync_cost.py --comp comp5329 --data data/comp5329-6k --runs runs/fsync
 
 Runs alternate (on, off, on, off, ...) so a drift of the machine hits both; it fails when the two runs'
 submissions differ (fsync must change nothing but timing) or when no fsync was counted.

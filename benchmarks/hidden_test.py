@@ -1,11 +1,11 @@
 """Unseen images, honestly scored: hold out labelled images of a COMP5329 layout as a hidden test, train on the
 rest, predict the hidden images with the exported bundle alone, and score its rows against their labels.
 
-    .venv/bin/python benchmarks/hidden_test.py split --data ../shared/datasets/comp5329-6k --out /tmp/hidden
-    benchmarks/recipe.sh /tmp/hidden/train runs/hidden               # or any recipe on that folder
-    make export COMP=comp5329 DATA=/tmp/hidden/train RUNS=runs/hidden
-    make predict BUNDLE=runs/hidden/comp5329/bundles/<name> DATA=/tmp/hidden/hidden OUT=/tmp/hidden/pred.csv
-    .venv/bin/python benchmarks/hidden_test.py score --out /tmp/hidden --pred /tmp/hidden/pred.csv
+    .venv/bin/python benchmarks/hidden_test.py split --data data/comp5329-6k --out runs/hidden-split
+    benchmarks/recipe.sh runs/hidden-split/train runs/hidden               # or any recipe on that folder
+    make export COMP=comp5329 DATA=runs/hidden-split/train RUNS=runs/hidden
+    make predict BUNDLE=runs/hidden/comp5329/bundles/<name> DATA=runs/hidden-split/hidden OUT=runs/hidden-split/pred.csv
+    .venv/bin/python benchmarks/hidden_test.py score --out runs/hidden-split --pred runs/hidden-split/pred.csv
 
 `split` draws --rows labelled records at random (--seed) and writes
   OUT/train/   train.csv (the other records, byte for byte), the original test.csv, data/ (links to their images

@@ -1,6 +1,6 @@
 """Frozen ImageNet features + per-label logistic regression, by input size: the baseline to beat.
 
-    .venv/bin/python benchmarks/linear_probe.py --data ../shared/datasets/comp5329-6k \
+    .venv/bin/python benchmarks/linear_probe.py --data data/comp5329-6k \
         --model tf_efficientnet_lite0 --sizes 96 128 224
 
 Fits on the first --train rows of train.csv, scores the next --val rows (a quick probe, not K-fold).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's CPU recipe for COMP5329, end to end in an empty RUNS folder, each make step timed.
+# The CPU recipe for COMP5329 (docs/recipes.md), end to end in an empty RUNS folder, each make step timed.
 #   benchmarks/recipe.sh DATA [RUNS]        (or: make bench-recipe DATA=... RUNS=...)
 # Writes RUNS/comp5329/recipe_times.tsv (step, seconds) and ends with the submission's fully nested score.
 set -euo pipefail

@@ -34,7 +34,7 @@ def fold_probs(model_dir: Path, meta: ModelMeta, f: int, paths: list[Path], size
     record = {"config": {**meta.config, "img_size": size}, "weights": [meta.fold_weights(f)],
               "trunk_runtimes": [meta.folds[f].get("trunk_runtime") or "eager"]}
     cpu = torch.device("cpu")
-    nets = load_nets(model_dir, [record], n_labels, cpu, log=lambda *_: None)
+    nets = load_nets(model_dir, [record], n_labels, cpu)
     out = []
     for start in range(0, len(paths), BATCH):
         batch = np.stack([load_resized(p, size) for p in paths[start:start + BATCH]])

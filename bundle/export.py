@@ -9,11 +9,14 @@ runs/<COMP>/bundles/<submission stem>/
   blend.npz         a stacked blend's per-label logistic regressions (coefficients, intercepts, constants), or
   blend.skops       its per-label gradient-boosted trees or its MLP (skops: builds only the types it is told to trust)
   wheel/            the project's own wheel, for `pip install --no-deps` on an offline machine
-  manifest.json     sha256 and bytes of every file, total MB, versions, git commit (written last)
-Nothing is pickled: JSON, safetensors, npz and skops.
+  manifest.json     sha256 and bytes of every file, total MB, versions, git commit
+  SHA256SUMS        every file's sha256 (coreutils format), manifest.json included; its own sha256 is the
+                    bundle's digest, printed by `make export` and checked by `make predict DIGEST=`
+Nothing is pickled: JSON, safetensors, npz and skops. Members the blend gives weight 0 are left out.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bundle.manifest import FORMAT, verify, write_manifest
+from bundle.manifest import FORMAT, SUMS, digest, write_manifest
 from competition.artifacts import atomic_path, exclusive_lock, read_json, write_json
 from competition.errors import UserError
 from competition.layout import RunLayout
@@ -110,24 +113,39 @@ def refit_blend(spec, ds, run: RunLayout, members: list[Member], side: dict):
     return method, weights, fitted.blend
 
 
+SIDECAR_KEYS = ("members", "blend", "thresholds", "metric", "oof_score", "nested_score", "size_mb")
+
+
+def read_sidecar(submission: Path) -> dict:
+    """The JSON `make submit` writes beside its CSV: what the bundle is made of."""
+    path = submission.with_suffix(".json")
+    side = read_json(path, "it is written by `make submit` beside its CSV")
+    if not isinstance(side, dict) or any(k not in side for k in SIDECAR_KEYS):
+        raise UserError(f"{path}: not the record `make submit` writes beside a submission (SUBMISSION= names a "
+                        "CSV under runs/<COMP>/submissions/, not a `make predict` output)")
+    return side
+
+
+def without_zero_weights(members: list[Member], weights: list[float] | None):
+    """A member the blend weighs 0 changes no probability: neither shipped nor counted nor run."""
+    if weights is None:
+        return members, weights
+    keep = [i for i, w in enumerate(weights) if w > 0]
+    return [members[i] for i in keep], [weights[i] for i in keep]
+
+
 def export_bundle(spec, ds, run: RunLayout, submission: Path | None, ignore_budget: bool = False,
                   log=print) -> Path:
-    """Write the bundle of `submission` (default: the latest) and return its folder."""
+    """Write the bundle of `submission` (default: the latest) and return its folder. A bundle of the same name
+    is replaced: it may hold another fit of the same submission's members."""
     submission = Path(submission) if submission else latest_submission(run)
-    side = read_json(submission.with_suffix(".json"), "it is written by `make submit` beside its CSV")
+    side = read_sidecar(submission)
     names = [m["name"] for m in side["members"]]
     use_full = {m["name"]: m["uses"] == "full-data refit" for m in side["members"]}
     members = load_members(spec, ds, run, names, log=lambda *_: None)
     method, weights, blend = refit_blend(spec, ds, run, members, side)
+    members, weights = without_zero_weights(members, weights)
     out = run.bundles / submission.stem
-    if out.is_dir():
-        try:
-            verify(out)
-            log(f"bundle: {out} exists and verifies; kept")
-            return out
-        except UserError as e:
-            log(f"bundle: {out} is broken ({e}); exporting it again")
-            shutil.rmtree(out)
     with exclusive_lock(run.bundles / f".{submission.stem}.lock"), atomic_path(out) as tmp:
         tmp.unlink()
         tmp.mkdir()
@@ -142,24 +160,44 @@ def export_bundle(spec, ds, run: RunLayout, submission: Path | None, ignore_budg
         build_wheel(tmp / "wheel")
         manifest = write_manifest(tmp, side)
         check_budget(spec, manifest["total_mb"], side, ignore_budget)
-    log(f"bundle: {out} ({manifest['total_mb']:.1f} MB of model files, {len(manifest['files'])} files)")
+        replaced = set_aside(out)
+    if replaced:
+        shutil.rmtree(replaced, ignore_errors=True)
+    log(f"bundle: {out} ({manifest['total_mb']:.1f} MB read by make predict, {len(manifest['files'])} files"
+        f"{', replaced the earlier export' if replaced else ''})")
+    log(f"bundle digest (sha256 of {SUMS}): {digest(out)}\n  check it anywhere: sha256sum {SUMS} (this digest), "
+        f"then sha256sum -c {SUMS}; make predict DIGEST=<digest> refuses any other bundle")
     return out
+
+
+def set_aside(out: Path) -> Path | None:
+    """Move an existing bundle out of the way, so the new one can be renamed in (a folder cannot be renamed over
+    a full one); the caller deletes it after the rename. A kill in between leaves the old one beside, unused."""
+    if not out.exists():
+        return None
+    aside = out.with_name(f".{out.name}.replaced")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(out, aside)
+    return aside
 
 
 def build_wheel(folder: Path) -> None:
     """The project's own wheel, so an offline machine installs the code that made the bundle."""
     folder.mkdir()
+    scratch = ROOT / "build"  # setuptools' scratch folder: removed only when this build made it
+    existed = scratch.exists()
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                         str(folder), str(ROOT)], capture_output=True, text=True)
+    if not existed:
+        shutil.rmtree(scratch, ignore_errors=True)
     if r.returncode != 0:
         raise RuntimeError(f"pip wheel failed: {r.stderr[-2000:]}")
-    for stray in ROOT.glob("build"):  # setuptools' scratch folder
-        shutil.rmtree(stray, ignore_errors=True)
 
 
 def check_budget(spec, total_mb: float, side: dict, ignore: bool) -> None:
     """The budget is the bundle: its model files' bytes, measured, against the spec's limit."""
     limit = spec.budget["model_mb"]
     if limit is not None and total_mb > limit + 1e-9 and not ignore:
-        raise UserError(f"the bundle's model files weigh {total_mb:.1f} MB, over the {limit} MB budget "
-                        f"(the submission counted {side['size_mb']:.1f} MB); IGNORE_BUDGET=1 exports anyway")
+        raise UserError(f"the bundle's model files (every file `make predict` reads: members, blend, settings) weigh "
+                        f"{total_mb:.1f} MB, over the {limit} MB budget (the submission counted "
+                        f"{side['size_mb']:.1f} MB of member weights); IGNORE_BUDGET=1 exports anyway")

@@ -1,4 +1,5 @@
-"""`make predict BUNDLE=<dir> DATA=<folder> [OUT=<csv>]`: a bundle's model on a test.csv and its images.
+"""`make predict BUNDLE=<dir> DATA=<folder> [OUT=<csv>] [IMAGES=<folder>] [DIGEST=<hex>]`: a bundle's model on a
+test.csv and its images.
 
 Reads only the bundle and the new data: no run folder, folds, OOF file or training loop. Images are decoded
 and resized by the function training cached them with, networks built and loaded by the one model builder,
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import hashlib
+import importlib.util
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,12 +21,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from bundle.manifest import verify
+from bundle.manifest import MANIFEST, digest, safe_name, verify
 from competition import load_spec
-from competition.artifacts import atomic_path, file_sha256, read_json, write_json
+from competition.artifacts import atomic_path, read_json, write_json
 from competition.errors import UserError
-from competition.images import load_resized
-from competition.metrics import decide
+from competition.formats import submission_frame
+from competition.images import MAX_PIXELS, load_resized
 from competition.probs import logit, sigmoid, stack_features, weighted_mean
 from competition.reader import load_test
 from pipelines.captions import CaptionModel
@@ -33,6 +36,15 @@ from pipelines.runtime import resolve_runtime, trunk_runner
 from submissions.validate import validate_frame
 
 BATCH = 64
+PROGRESS_S = 30  # seconds between progress lines where stderr is no terminal (a notebook's log)
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictOptions:
+    """Where the new data differs from the spec the bundle carries, and what the bundle must be."""
+    images: Path | None = None     # the test images' folder (default: the spec's image_dir under DATA)
+    digest: str | None = None      # the bundle's digest, as `make export` printed it: any other bundle is refused
+    max_pixels: int = MAX_PIXELS   # an image over this many pixels is refused before it is decoded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,17 +60,13 @@ class ImageNet:
     dtype: torch.dtype | None
 
 
-def predict_runtime(trained: str, device: torch.device, log) -> str:
-    """The runtime a trunk's features were computed with in training, where this machine has it."""
-    if trained == "onnx" and resolve_runtime("auto", device) != "onnx":
-        log("note: this member's trunk features were computed by ONNX Runtime in training; it runs eager here "
-            "(no onnxruntime, or CUDA): probabilities differ from the run's by float rounding")
-        return "eager"
-    return trained
+def predict_runtime(trained: str, device: torch.device) -> str:
+    """The runtime a trunk's features were computed with in training, where this machine has it (else eager:
+    `check_dependencies` said so once, before any work)."""
+    return "eager" if trained == "onnx" and resolve_runtime("auto", device) != "onnx" else trained
 
 
-def load_nets(folder: Path, records: list[dict], n_labels: int, device: torch.device,
-              log=print) -> list[ImageNet]:
+def load_nets(folder: Path, records: list[dict], n_labels: int, device: torch.device) -> list[ImageNet]:
     nets, runners = [], {}
     for i, record in enumerate(records):
         cfg, start = record["config"], record["config"]["train_from"]
@@ -69,7 +77,7 @@ def load_nets(folder: Path, records: list[dict], n_labels: int, device: torch.de
             view_key = (cfg["img_size"], tuple(mean), tuple(std), bool(cfg["tta"]))
             key = run = None
             if start is not None:
-                runtime = predict_runtime(trained, device, log)
+                runtime = predict_runtime(trained, device)
                 key = trunk_digest(net, start, repr((view_key, start, str(dtype), runtime))).hexdigest()
                 if key not in runners:
                     runners[key] = trunk_runner(net, start, cfg["img_size"], device, dtype, runtime)
@@ -105,28 +113,51 @@ def batch_probs(nets: list[ImageNet], views: dict, n_members: int, device: torch
     return sums
 
 
+def decoder(paths: list[Path], test: pd.DataFrame, where: str, max_pixels: int):
+    """load_resized for row `r`; an image that cannot be decoded (truncated, over the pixel limit) is one error
+    naming its file and row."""
+    def decode(r: int, size: int) -> np.ndarray:
+        try:
+            return load_resized(paths[r], size, max_pixels)
+        except Exception as e:  # PIL raises several types for a broken file
+            line = int(test["line"].iloc[r]) if "line" in test else 0
+            at = f"{where} line {line}" if line else f"{where} row {r + 1}"
+            raise UserError(f"{paths[r]}: cannot decode the image of {at} ({type(e).__name__}: {e})") from None
+    return decode
+
+
+def progress(total: int, desc: str):
+    """A bar on a terminal; elsewhere (a notebook's log) a line every PROGRESS_S seconds."""
+    tty = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, file=sys.stderr, mininterval=0.1 if tty else PROGRESS_S, ascii=not tty)
+
+
 def image_members(folder: Path, records: list[dict], test: pd.DataFrame, image_root: Path, n_labels: int,
-                  device: torch.device) -> list[np.ndarray]:
+                  device: torch.device, where: str = "test.csv", max_pixels: int = MAX_PIXELS) -> list[np.ndarray]:
     """Each image member's mean over its networks (fold models or refit) and TTA views, in one pass over the
     images: each decoded once per input size, each shared trunk computed once."""
+    if not records:
+        return []
     nets = load_nets(folder, records, n_labels, device)
     counts = [sum(2 if n.view_key[3] else 1 for n in nets if n.member == i) for i in range(len(records))]
     sizes = sorted({n.view_key[0] for n in nets})
-    paths, out = [image_root / i for i in test["id"]], [[] for _ in records]
+    decode_row = decoder([image_root / i for i in test["id"]], test, where, max_pixels)
+    out = [[] for _ in records]
     def decode(start: int) -> dict:
-        chunk = paths[start:start + BATCH]
-        return {s: np.stack(list(pool.map(lambda p, s=s: load_resized(p, s), chunk))) for s in sizes}
-    starts = list(range(0, len(paths), BATCH))
-    with ThreadPoolExecutor(4) as pool, ThreadPoolExecutor(1) as ahead:
+        rows = range(start, min(start + BATCH, len(test)))
+        return {s: np.stack(list(pool.map(lambda r, s=s: decode_row(r, s), rows))) for s in sizes}
+    starts = list(range(0, len(test), BATCH))
+    with ThreadPoolExecutor(4) as pool, ThreadPoolExecutor(1) as ahead, progress(len(test), "predict images") as bar:
         # The next batch decodes while this one runs (JPEG decoding and ONNX Runtime both release the GIL).
         pending = ahead.submit(decode, starts[0]) if starts else None
-        for i in tqdm(range(len(starts)), desc="predict images", disable=not sys.stderr.isatty()):
+        for b in range(len(starts)):
             decoded = pending.result()
-            if i + 1 < len(starts):
-                pending = ahead.submit(decode, starts[i + 1])
+            if b + 1 < len(starts):
+                pending = ahead.submit(decode, starts[b + 1])
             views = {key: views_of(decoded[key[0]], key, device) for key in {n.view_key for n in nets}}
             for i, total in enumerate(batch_probs(nets, views, len(records), device)):
                 out[i].append((total / counts[i]).cpu().numpy().astype(np.float64))
+            bar.update(min(BATCH, len(test) - starts[b]))
     return [np.concatenate(o) if o else np.zeros((0, n_labels)) for o in out]
 
 
@@ -184,46 +215,110 @@ def apply_blend(folder: Path, blend: dict, probs: list[np.ndarray]) -> np.ndarra
     return stacker_probs(folder / blend.get("file", "blend.npz"), stack_features(probs))
 
 
-def check_out(out: Path, bundle_sha: str) -> None:
-    """Never overwrite another bundle's predictions (the sidecar beside a CSV names its bundle)."""
-    side = out.with_suffix(".json")
-    if out.exists() and (not side.is_file() or read_json(side).get("bundle_sha256") != bundle_sha):
+def sidecar(out: Path) -> Path:
+    """The record beside a predictions CSV. OUT must end in .csv, so `<OUT>.json` can never be another OUT."""
+    return out.with_name(out.name + ".json")
+
+
+def plan_output(out: Path, folder: Path, bundle_digest: str) -> Path:
+    """Where the predictions go, checked before any work: a .csv outside the bundle, writable, and not another
+    bundle's predictions (the sidecar beside a CSV names its bundle)."""
+    out = Path(out).absolute()
+    if out.suffix.lower() != ".csv":
+        raise UserError(f"OUT={out}: predictions are a .csv file (its record is written beside it as {out.name}.json)")
+    if out.resolve().is_relative_to(folder.resolve()):
+        raise UserError(f"OUT={out}: inside the bundle {folder}; a bundle holds only what `make export` wrote "
+                        "(and is read-only on Kaggle): write the predictions elsewhere, e.g. OUT=submission.csv")
+    side = sidecar(out)
+    if out.exists() and (not side.is_file() or read_json(side, "remove it").get("bundle_digest") != bundle_digest):
         raise UserError(f"{out}: exists and holds predictions of another bundle (or of no bundle); "
                         "choose another OUT= or remove it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as e:
+        raise UserError(f"OUT={out}: cannot be written there ({e}); OUT= names a writable place, e.g. the working "
+                        "folder") from None
+    return out
 
 
-def member_probs(folder: Path, records: list[dict], test: pd.DataFrame, data: Path, spec, device) -> list[np.ndarray]:
+SKOPS_HINT = "pip install skops (its stacked blend is a skops file)"
+
+
+def read_bundle(folder: Path, manifest: dict) -> dict:
+    """bundle.json, checked: its format, and every file it names listed in the manifest."""
+    path = folder / "bundle.json"
+    if "bundle.json" not in manifest["files"]:
+        raise UserError(f"{path}: not listed in {MANIFEST}; export the bundle again (`make export`)")
+    bundle = read_json(path, "export the bundle again (`make export`)")
+    if not isinstance(bundle, dict) or bundle.get("format") != manifest["format"]:
+        raise UserError(f"{path}: format {bundle.get('format') if isinstance(bundle, dict) else None!r}, not "
+                        f"{manifest['format']}; export the bundle again (`make export`)")
+    try:
+        named = [n for m in bundle["members"] for n in (*m["weights"], *m["shared"])]
+        named += [bundle["blend"]["file"]] if bundle["blend"].get("file") else []
+        bundle["thresholds"], bundle["min_labels"], bundle["tokens"]  # noqa: B018 (present, or a KeyError)
+    except (KeyError, TypeError) as e:
+        raise UserError(f"{path}: malformed ({type(e).__name__}: {e}); export the bundle again") from None
+    for name in named:
+        safe_name(folder, name, path)
+        if name not in manifest["files"] and not any(f.startswith(name.rstrip("/") + "/") for f in manifest["files"]):
+            raise UserError(f"{path}: names {name}, which the bundle does not hold; export the bundle again")
+    return bundle
+
+
+def check_dependencies(bundle: dict, device: torch.device, log) -> None:
+    """What the members and the blend need, before any of them runs."""
+    if (bundle["blend"].get("file") or "").endswith(".skops") and importlib.util.find_spec("skops") is None:
+        raise UserError(f"this bundle's blend needs skops: {SKOPS_HINT}")
+    onnx = any(r == "onnx" for m in bundle["members"] if m["kind"] == "image" for r in m.get("trunk_runtimes", []))
+    if onnx and resolve_runtime("auto", device) != "onnx":
+        why = "on CUDA" if device.type != "cpu" else "onnxruntime and onnx are not both installed"
+        log(f"note: trunk features were computed by ONNX Runtime in training; they run eager here ({why}): "
+            "probabilities differ from the run's by float rounding (pip install onnxruntime onnx for the same)")
+
+
+def member_probs(folder: Path, records: list[dict], test: pd.DataFrame, image_root: Path, spec, device,
+                 max_pixels: int = MAX_PIXELS) -> list[np.ndarray]:
     """The members' probabilities for the test rows, as `make predict` computes them (image members together)."""
     images = [r for r in records if r["kind"] == "image"]
     by_image = dict(zip((r["name"] for r in images),
-                        image_members(folder, images, test, data / spec.image_dir, len(spec.tokens), device)))
+                        image_members(folder, images, test, image_root, len(spec.tokens), device, spec.test_csv,
+                                      max_pixels)))
     return [by_image[r["name"]] if r["kind"] == "image" else captions_member(folder, r, test) for r in records]
 
 
-def predict_bundle(folder: Path, data: Path, out: Path | None = None, log=print) -> Path:
-    """Predict `data`'s test rows with the bundle in `folder`; the validated submission's path."""
+def predict_bundle(folder: Path, data: Path, out: Path | None = None, options: PredictOptions = PredictOptions(),
+                   log=print) -> Path:
+    """Predict `data`'s test rows with the bundle in `folder`; the validated submission's path (default
+    submission.csv in the working folder)."""
     folder, data = Path(folder), Path(data)
-    verify(folder)
-    bundle = json.loads((folder / "bundle.json").read_text())
+    manifest = verify(folder, options.digest)
+    bundle, bundle_digest = read_bundle(folder, manifest), digest(folder)
     spec = load_spec(str(folder / "spec.yaml"))
-    out = Path(out) if out else folder / "predictions" / f"{data.resolve().name}.csv"
-    bundle_sha = file_sha256(folder / "manifest.json")
-    check_out(out, bundle_sha)
-    captions = any(m["kind"] == "captions" for m in bundle["members"])
-    test = load_test(spec, data, captions)
+    out = plan_output(Path(out) if out else Path("submission.csv"), folder, bundle_digest)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    probs = member_probs(folder, bundle["members"], test, data, spec, device)
+    check_dependencies(bundle, device, log)
+    kinds = {m["kind"] for m in bundle["members"]}
+    image_root = Path(options.images) if options.images else data / spec.image_dir
+    test = load_test(spec, data, "captions" in kinds, image_root if "image" in kinds else None, options.max_pixels)
+    probs = member_probs(folder, bundle["members"], test, image_root, spec, device, options.max_pixels)
     log("predicted " + ", ".join(f"{r['name']} ({r['uses']})" for r in bundle["members"]))
     prob = apply_blend(folder, bundle["blend"], probs)
-    pred = decide(prob, np.asarray(bundle["thresholds"]), bundle["min_labels"])
-    frame = pd.DataFrame({spec.id_column: list(test["id"]),
-                          spec.label_column: [spec.label_separator.join(t for t, p in zip(spec.tokens, row) if p)
-                                              for row in pred]})
+    if bundle["min_labels"] != spec.min_labels_per_image:
+        raise UserError(f"{folder}: bundle.json's min_labels {bundle['min_labels']} differs from its spec.yaml's "
+                        f"{spec.min_labels_per_image}; export the bundle again")
+    frame = submission_frame(spec, test["id"], prob, bundle["thresholds"])
     validate_frame(frame, spec, list(test["id"]), where=str(out))
+    text = frame.to_csv(index=False)
+    # The record first: a kill before the CSV's rename leaves a record naming this bundle, so the next run
+    # replaces the CSV instead of refusing it as another bundle's.
+    write_json(sidecar(out), {"bundle": str(folder.absolute()), "bundle_digest": bundle_digest,
+                              "data": str(data.absolute()), "images": str(image_root.absolute()), "rows": len(frame),
+                              "csv_sha256": hashlib.sha256(text.encode()).hexdigest(), "device": str(device)})
     with atomic_path(out) as tmp:
-        frame.to_csv(tmp, index=False)
-    write_json(out.with_suffix(".json"), {"bundle": str(folder), "bundle_sha256": bundle_sha,
-                                          "data": str(data), "rows": len(frame), "device": str(device)})
+        tmp.write_text(text)
     log(f"predictions: {out} ({len(frame)} rows, {bundle['blend']['method']} of "
-        f"{'+'.join(m['name'] for m in bundle['members'])})")
+        f"{'+'.join(m['name'] for m in bundle['members'])}); record beside it: {sidecar(out).name}")
     return out

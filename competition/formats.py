@@ -1,4 +1,5 @@
-"""Artifact formats shared by every stage: probability frames, weight sizes, and a model's meta.json.
+"""Artifact formats shared by every stage: probability frames, the submission's rows, weight sizes, and a model's
+meta.json.
 
 Training writes these and blending, distillation, Grad-CAM and prediction read them; they live on the ground
 floor so no reader reaches into the training orchestrator for a file format.
@@ -22,6 +23,15 @@ def prob_frame(ids, prob: np.ndarray, tokens, fold=None) -> pd.DataFrame:
         frame.insert(0, "fold", fold)
     frame.insert(0, "ImageID", list(ids))
     return frame
+
+
+def submission_frame(spec, ids, prob: np.ndarray, thresholds) -> pd.DataFrame:
+    """The submission's rows: thresholds and the min-labels rule applied, labels joined by the spec's separator.
+    `make submit` and `make predict` both write this frame, so their files cannot differ in form."""
+    from competition.metrics import decide
+    pred = decide(prob, np.asarray(thresholds), spec.min_labels_per_image)
+    labels = [spec.label_separator.join(t for t, p in zip(spec.tokens, row) if p) for row in pred]
+    return pd.DataFrame({spec.id_column: list(ids), spec.label_column: labels})
 
 
 def retrain_hint(path: Path) -> str:

@@ -7,15 +7,24 @@ import numpy as np
 from PIL import Image, ImageOps
 
 Image.MAX_IMAGE_PIXELS = None  # competition images are trusted; huge ones are still images
+# Where images are not trusted (`make predict` on new data), a decoded RGB copy of an image over this many pixels
+# would be 300 MB or more: refused by name instead (MAX_PIXELS= raises it).
+MAX_PIXELS = 100_000_000
 
 
-def header_problem(path: Path) -> str | None:
+class TooLarge(ValueError):
+    """An image over the pixel limit, refused from its header before decoding."""
+
+
+def header_problem(path: Path, max_pixels: int | None = None) -> str | None:
     """Cheap check (header only): why `path` is not a usable image, or None."""
     try:
         with Image.open(path) as im:
             w, h = im.size
         if w < 1 or h < 1:
             return f"empty image {w}x{h}"
+        if max_pixels is not None and w * h > max_pixels:
+            return too_large(w, h, max_pixels)
         return None
     except FileNotFoundError:
         return "missing file"
@@ -23,9 +32,16 @@ def header_problem(path: Path) -> str | None:
         return f"cannot read image: {type(e).__name__}: {e}"
 
 
-def load_resized(path: Path, size: int) -> np.ndarray:
-    """Decode and resize to size x size (aspect not kept: crops would cut objects out of multi-label scenes)."""
+def too_large(w: int, h: int, max_pixels: int) -> str:
+    return f"image of {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} (MAX_PIXELS= raises it)"
+
+
+def load_resized(path: Path, size: int, max_pixels: int | None = None) -> np.ndarray:
+    """Decode and resize to size x size (aspect not kept: crops would cut objects out of multi-label scenes).
+    With `max_pixels`, an image larger than that is refused (TooLarge) before it is decoded."""
     with Image.open(path) as im:
+        if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
+            raise TooLarge(too_large(*im.size, max_pixels))
         im.draft("RGB", (size, size))  # JPEG: decode at reduced scale, several times faster
         return np.asarray(rgb_image(im).resize((size, size), Image.BILINEAR))
 

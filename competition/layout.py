@@ -12,6 +12,7 @@ runs/<COMP>/
   pseudo/<NAME>/                  `make pseudo`: a blend's soft labels for the test rows (PseudoLayout)
   submissions/                    <COMP>-<time>-cv<score>.csv and its .json sidecar
   bundles/<submission stem>/      `make export`: the submission's model, all `make predict` needs
+  predictions/                    `make predict` outputs of the demo and the benchmarks (<name>.csv + .csv.json)
   report/                         `make report` plots (report/cam/: Grad-CAM panels)
   bench/<MODEL>--<device>.json    `make bench` rates on one kind of machine, read by `make plan`
   log.csv                         a row per trained model and per submission; `make lb` prints it
@@ -204,6 +205,10 @@ class RunLayout:
     @property
     def bundles(self) -> Path:      # `make export`: bundles/<submission stem>/, what `make predict` reads
         return self.root / "bundles"
+
+    @property
+    def predictions(self) -> Path:  # a bundle's predictions made here (never inside the bundle)
+        return self.root / "predictions"
 
     def submission(self, competition: str, stamp: str, score: float) -> Path:
         return self.submissions / f"{competition}-{stamp}-cv{score:.4f}.csv"

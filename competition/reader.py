@@ -326,13 +326,17 @@ def read_voc(root: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def check_images(ds: Dataset) -> None:
     """Every id needs a readable image header; full decoding is checked again when caching."""
-    frames = [("train", ds.train), ("test", ds.test)]
+    check_image_files(ds.image_root, [("train", ds.train), ("test", ds.test)])
+
+
+def check_image_files(image_root: Path, frames: list[tuple[str, pd.DataFrame]], max_pixels: int | None = None) -> None:
+    """Every row's image header readable (and within `max_pixels`), else one error listing every offender."""
     ids = [(name, i) for name, f in frames for i in f["id"]]
     with ThreadPoolExecutor(8) as pool:
-        problems = list(pool.map(lambda p: header_problem(ds.image_root / p[1]), ids))
+        problems = list(pool.map(lambda p: header_problem(image_root / p[1], max_pixels), ids))
     bad = [f"{name} id {i}: {why}" for (name, i), why in zip(ids, problems) if why]
     if bad:
-        raise offenders_error(ds.image_root, "images missing or unreadable", bad)
+        raise offenders_error(image_root, "images missing or unreadable", bad)
 
 
 # Specs whose data `make demo-data` generates: a fresh clone has none until then.
@@ -376,9 +380,11 @@ def read_csv_layout(root: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]
     return parse_labels(train, spec, train_path), test
 
 
-def load_test(spec: Spec, root: str | Path, captions: bool) -> pd.DataFrame:
+def load_test(spec: Spec, root: str | Path, captions: bool, image_root: Path | None = None,
+              max_pixels: int | None = None) -> pd.DataFrame:
     """The rows to predict alone (id, caption when `captions`), read and checked as `load_dataset` reads them:
-    what a model needs at inference, where no train.csv or labels exist. Images are checked when present."""
+    what a model needs at inference, where no train.csv or labels exist. Images are checked when present; with
+    `image_root` they are required there, each within `max_pixels`."""
     root = Path(root)
     require_root(root, spec)
     if spec.format == "voc":
@@ -394,7 +400,12 @@ def load_test(spec: Spec, root: str | Path, captions: bool) -> pd.DataFrame:
                                     "needs it")
                 columns = columns[:1]
         test = read_test_csv(root, spec, columns)
-    if images_present(root / spec.image_dir):
+    if image_root is not None:
+        if not images_present(image_root):
+            raise UserError(f"{image_root}: no image folder there, or it is empty; the model's image members need "
+                            f"the test images (IMAGES=<folder> says where they are)")
+        check_image_files(image_root, [(spec.test_csv, test)], max_pixels)
+    elif images_present(root / spec.image_dir):
         check_images(Dataset(spec, root, test.iloc[:0], test, True))
     return test.reset_index(drop=True)
 

@@ -59,7 +59,7 @@ def run_demo(runs: Path, seed: int = 42) -> int:
     plots = (make_report(spec, sub.ensemble, sub.thresholds, run.report)
              + cam_panels(spec, ds, sub.ensemble, sub.thresholds, run.report_cam))
     folder = export_bundle(spec, ds, run, sub.path)
-    predicted = predict_bundle(folder, run.demo_data)
+    predicted = predict_bundle(folder, run.demo_data, run.predictions / f"{folder.name}.csv")
     mine, theirs = (pd.read_csv(p, dtype=str, keep_default_na=False) for p in (predicted, sub.path))
     agree = int((mine.to_numpy() == theirs.to_numpy()).all(axis=1).sum())
     rest = "" if agree == len(theirs) else " (the rest: float rounding near a threshold)"

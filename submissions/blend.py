@@ -173,7 +173,7 @@ class StackBlend:
 
 BLENDS = ("mean", "weighted", "weighted_logit", *LEARNERS)
 # What `make submit` tries unless BLENDS= says otherwise: on comp5329-6k the tree and MLP second levels did
-# not beat these (README, "What did not help") and the trees cost minutes in the fully nested loop.
+# not beat these (docs/recipes.md, the table of what was tried) and the trees cost minutes in the fully nested loop.
 DEFAULT_BLENDS = ("mean", "weighted", "weighted_logit", "stack")
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-import pandas as pd
 
 from competition import metrics, runlog
 from competition.artifacts import exclusive_lock, read_json, write_csv, write_json
 from competition.errors import UserError
+from competition.formats import submission_frame
 from competition.layout import RunLayout
 from submissions import thresholds as th
 from submissions.ensemble import Ensemble, build_ensemble
@@ -110,12 +110,6 @@ def estimate_nested(run: RunLayout, ens: Ensemble, thresholds: dict, log=print) 
     return nested
 
 
-def submission_frame(spec, ds, test_prob, thresholds) -> pd.DataFrame:
-    pred = metrics.decide(test_prob, thresholds, spec.min_labels_per_image)
-    labels = [" ".join(t for t, p in zip(spec.tokens, row) if p) for row in pred]
-    return pd.DataFrame({spec.id_column: list(ds.test["id"]), spec.label_column: labels})
-
-
 @dataclasses.dataclass(frozen=True)
 class Submission:
     """What `make submit` wrote and from what: the CSV (its sidecar beside it), the ensemble, its thresholds
@@ -130,7 +124,7 @@ def run_submit(spec, ds, run: RunLayout, settings: Settings, command: str, names
     """Writes the submission and its sidecar."""
     ens, thresholds = run_thresholds(spec, ds, run, settings, names, log)
     nested = estimate_nested(run, ens, thresholds, log)
-    frame = submission_frame(spec, ds, ens.blend["test"], th.threshold_vector(thresholds, spec.tokens))
+    frame = submission_frame(spec, ds.test["id"], ens.blend["test"], th.threshold_vector(thresholds, spec.tokens))
     validate_frame(frame, spec, list(ds.test["id"]))
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = run.submission(spec.name, stamp, nested["score"])

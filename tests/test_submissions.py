@@ -503,3 +503,24 @@ def test_each_folds_test_rows_are_blended_from_that_folds_models_only(name):
             lr = LogisticRegression(C=1.0, max_iter=2000).fit(x[fold != f], y[fold != f, 0])
             test_x = stack_features([m.test_by_fold[f] for m in members])
             np.testing.assert_allclose(out["fold_tests"][f][:, 0], lr.predict_proba(test_x)[:, 1], atol=1e-9)
+
+
+def test_one_submission_frame_with_the_spec_separator():
+    """make submit and make predict write one frame (competition.formats.submission_frame): the spec's label
+    separator, its thresholds and min-labels rule; the validator reads it back."""
+    import dataclasses
+
+    import numpy as np
+
+    import bundle.predict
+    import submissions.submit
+    from competition import load_spec
+    from competition.formats import submission_frame
+    from submissions.validate import validate_frame
+    assert submissions.submit.submission_frame is bundle.predict.submission_frame is submission_frame
+    spec = dataclasses.replace(load_spec("demo"), label_separator=";")
+    prob = np.zeros((3, len(spec.tokens)))
+    prob[0, :2] = 0.9
+    frame = submission_frame(spec, ["a.jpg", "b.jpg", "c.jpg"], prob, [0.5] * len(spec.tokens))
+    assert frame[spec.label_column][0] == ";".join(spec.tokens[:2])
+    validate_frame(frame, spec, ["a.jpg", "b.jpg", "c.jpg"], where="x.csv")
