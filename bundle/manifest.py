@@ -111,14 +111,18 @@ def verify(folder: Path, want_digest: str | None = None) -> dict:
     listed = {name: f["sha256"] for name, f in manifest["files"].items()}
     if set(sums) != set(listed) | {MANIFEST} or any(sums[name] != sha for name, sha in listed.items()):
         raise UserError(f"{folder / SUMS}: does not match {MANIFEST}; {AGAIN}")
+    root = folder.resolve()
     for name, sha in sums.items():
         p = safe_name(folder, name, folder / SUMS)
-        if not p.is_file() or p.is_symlink():
+        if p.is_symlink() or not p.resolve().is_relative_to(root):
+            raise UserError(f"{p}: a link, or inside a linked folder; a bundle holds plain files: {AGAIN}")
+        if not p.is_file():
             raise UserError(f"{p}: missing from the bundle ({SUMS} lists it); {AGAIN}")
         if (name in listed and p.stat().st_size != manifest["files"][name]["bytes"]) or file_sha256(p) != sha:
             raise UserError(f"{p}: changed since export (sha256 differs from {SUMS}); {AGAIN}")
-    extra = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                   if (p.is_file() or p.is_symlink()) and p.relative_to(folder).as_posix() not in sums | {SUMS: ""})
+    known = set(sums) | {SUMS}
+    extra = sorted(name for name in (p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                                     if p.is_file() or p.is_symlink()) if name not in known)
     if extra:
         raise UserError(f"{folder}: {len(extra)} files the bundle's manifest does not list ({', '.join(extra[:5])}); "
                         f"a bundle holds only what `make export` wrote: move them out, or {AGAIN}")

@@ -255,12 +255,14 @@ def read_bundle(folder: Path, manifest: dict) -> dict:
     if not isinstance(bundle, dict) or bundle.get("format") != manifest["format"]:
         raise UserError(f"{path}: format {bundle.get('format') if isinstance(bundle, dict) else None!r}, not "
                         f"{manifest['format']}; export the bundle again (`make export`)")
+    absent = [k for k in ("members", "blend", "thresholds", "min_labels", "tokens") if k not in bundle]
     try:
         named = [n for m in bundle["members"] for n in (*m["weights"], *m["shared"])]
         named += [bundle["blend"]["file"]] if bundle["blend"].get("file") else []
-        bundle["thresholds"], bundle["min_labels"], bundle["tokens"]  # noqa: B018 (present, or a KeyError)
-    except (KeyError, TypeError) as e:
-        raise UserError(f"{path}: malformed ({type(e).__name__}: {e}); export the bundle again") from None
+    except (KeyError, TypeError, AttributeError) as e:
+        absent.append(f"{type(e).__name__}: {e}")
+    if absent:
+        raise UserError(f"{path}: malformed (no {', '.join(map(str, absent))}); export the bundle again")
     for name in named:
         safe_name(folder, name, path)
         if name not in manifest["files"] and not any(f.startswith(name.rstrip("/") + "/") for f in manifest["files"]):

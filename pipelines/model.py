@@ -117,6 +117,16 @@ def tail_features(blocks, conv_head, bn2, pool, extra: int, x: torch.Tensor) -> 
     return torch.cat([features, *(o.float().mean((2, 3)).to(features.dtype) for o in outputs[-extra:])], 1)
 
 
+def size_args(backbone: str, img_size: int) -> dict:
+    """timm's size argument for a model whose input size is fixed when it is built (ViT, EVA: patch grid and
+    position embeddings); convnets take any size and no such argument."""
+    try:
+        pretrained = timm.models.get_pretrained_cfg(backbone)
+    except (RuntimeError, ValueError, KeyError):  # a name timm has no pretrained config for
+        pretrained = None
+    return {"img_size": img_size} if getattr(pretrained, "fixed_input_size", False) else {}
+
+
 class MultiLabelNet(nn.Module):
     def __init__(self, cfg: dict, num_classes: int):
         super().__init__()
@@ -126,6 +136,7 @@ class MultiLabelNet(nn.Module):
             raise UserError(f"extra_stages joins pooled features: use it with head linear or mlp, not {cfg['head']}")
         pool = "" if cfg["head"] in SPATIAL_HEADS else "avg"
         extra = {"drop_path_rate": cfg["drop_path"]} if cfg["drop_path"] else {}  # not every timm model takes it
+        extra |= size_args(cfg["backbone"], cfg["img_size"])
         self.backbone = timm.create_model(cfg["backbone"], pretrained=False, num_classes=0, global_pool=pool, **extra)
         width = self.backbone.num_features + sum(stage_widths(self.backbone, self.extra))
         self.head = build_head(width, num_classes, cfg)
@@ -178,7 +189,8 @@ def round_to_saved(model: nn.Module) -> None:
 def build_model(cfg: dict, num_classes: int) -> tuple[MultiLabelNet, str, tuple, tuple]:
     """Model, where its weights came from, and the normalisation mean/std of its pretraining."""
     model = MultiLabelNet(cfg, num_classes)
-    source = load_pretrained(model.backbone, cfg["backbone"], cfg["pretrained"], cfg["pretrained_file"])
+    source = load_pretrained(model.backbone, cfg["backbone"], cfg["pretrained"], cfg["pretrained_file"],
+                             size_args(cfg["backbone"], cfg["img_size"]))
     round_to_saved(model)
     data_cfg = timm.data.resolve_data_config({}, model=model.backbone)
     return model, source, tuple(data_cfg["mean"]), tuple(data_cfg["std"])

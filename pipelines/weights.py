@@ -95,8 +95,11 @@ def load_into(backbone_module: torch.nn.Module, source: dict, what: str) -> None
         raise WeightsError(f"{what}: {probe} differs from the source after loading")
 
 
-def load_pretrained(backbone_module: torch.nn.Module, backbone: str, source: str, file: str | None) -> str:
-    """Fill a timm backbone (num_classes=0) from `source`: none | hub | offline | file. Returns a description."""
+def load_pretrained(backbone_module: torch.nn.Module, backbone: str, source: str, file: str | None,
+                    size: dict | None = None) -> str:
+    """Fill a timm backbone (num_classes=0) from `source`: none | hub | offline | file. Returns a description.
+    `size`: the input size a fixed-size model was built for; timm resamples its hub weights to it (position
+    embeddings), as the network itself was built."""
     if source == "none":
         return "random init"
     if source == "file":
@@ -111,7 +114,7 @@ def load_pretrained(backbone_module: torch.nn.Module, backbone: str, source: str
     if source == "hub":
         import timm
         try:
-            hub = timm.create_model(backbone, pretrained=True, num_classes=0)
+            hub = timm.create_model(backbone, pretrained=True, num_classes=0, **(size or {}))
         except Exception as e:
             raise WeightsError(f"pretrained weights for {backbone} from the timm hub could not be had "
                                f"({type(e).__name__}: {e}); offline: pretrained: offline "

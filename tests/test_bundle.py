@@ -337,6 +337,9 @@ def test_the_manifest_guards_every_file_and_the_digest_pins_the_bundle(trained, 
         manifest = json.loads((b / "manifest.json").read_text())
         manifest["files"]["../../../etc/hostname"] = {"sha256": "0" * 64, "bytes": 1}
         sign(b, manifest)
+    def linked(b):
+        (b / "members" / "tiny" / "fold0.safetensors").unlink()
+        (b / "members" / "tiny" / "fold0.safetensors").symlink_to(folder / "members" / "tiny" / "fold0.safetensors")
     def a_list(b):
         (b / "manifest.json").write_text("[1, 2]")
     def no_files(b):
@@ -357,6 +360,7 @@ def test_the_manifest_guards_every_file_and_the_digest_pins_the_bundle(trained, 
     cases = [(extra, "1 files the bundle's manifest does not list \\(notes.txt\\)"),
              (zero_thresholds_unlisted, "does not list \\(bundle.json\\)"),
              (outside, "names '../../../etc/hostname', a path outside the bundle"),
+             (linked, "fold0.safetensors: a link, or inside a linked folder"),
              (a_list, "not a bundle manifest \\(a JSON list\\)"), (no_files, "no `files` mapping"),
              (bundle_format, "bundle.json: format 7, not 2"),
              (missing_weights, "bundle.json: names members/tiny/fold9.safetensors, which the bundle does not hold")]

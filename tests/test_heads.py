@@ -171,3 +171,26 @@ def test_onnx_runtime_trunk_matches_eager_and_keys_its_cache(demo_data, tmp_path
     assert paths["eager"] != paths["onnx"]
     a, b = (np.load(p).astype(np.float32) for p in paths.values())
     assert np.abs(a - b).max() < 1e-2 * max(np.abs(a).max(), 1.0)
+
+
+def test_a_fixed_size_model_trains_and_predicts_at_another_size(demo_data, tmp_path):
+    """A ViT is built for its input size (patch grid, position embeddings): at 64 px instead of 224 timm must be
+    told, or its forward refuses the input. Trained one step, predicted, and rebuilt for prediction at 64 px."""
+    from competition import load_dataset, load_spec
+    from competition.layout import FitLayout, RunLayout
+    from pipelines.cache import build_cache
+    from pipelines.model import load_trained
+    from pipelines.train import FoldData, fit
+    spec = load_spec("demo")
+    ds = load_dataset(spec, demo_data)
+    cfg = resolve("vit_base_clip_224", ["backbone=vit_tiny_patch16_224", "img_size=64", "pretrained=none",
+                                        "epochs=1", "batch_size=2", "max_train_batches=1", "workers=0"])
+    cache = build_cache(ds, RunLayout.of(tmp_path, spec.name), 64, workers=1)
+    y, test = ds.targets().astype(np.float32), len(ds.train) + np.arange(2)
+    data = FoldData(cache, np.arange(4), y[:4], np.arange(4, 6), y[4:6], test, min_labels=1)
+    result = fit(cfg, data, FitLayout(tmp_path / "fit"), "vit", log=lambda *_: None)
+    assert result.test_prob.shape == (2, len(spec.tokens)) and np.isfinite(result.test_prob).all()
+    net, _, _ = load_trained(cfg, len(spec.tokens), result.weights)
+    assert net.backbone.patch_embed.img_size == (64, 64)
+    with torch.no_grad():
+        assert net.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, len(spec.tokens))
