@@ -6,8 +6,8 @@ runs/<COMP>/bundles/<submission stem>/
   spec.yaml         the competition spec (how test.csv and the images are read)
   members/<name>/   each member's inference weights, exactly those the budget counted (fold models or the refit,
                     fp16 safetensors; captions: .npz arrays), a shared frozen part (a sentence encoder) once
-  blend.npz         a stacked blend's per-label logistic regressions (coefficients, intercepts, constants), or
-  blend.skops       its per-label gradient-boosted trees or its MLP (skops: builds only the types it is told to trust)
+  blend.npz         a stacked blend's saved second level, copied from beside the submission (submissions.blend_file):
+  blend.skops       per-label logistic regressions as arrays, or its trees or MLP (skops, a trust list); no refit
   wheel/            the project's own wheel, for `pip install --no-deps` on an offline machine
   manifest.json     sha256 and bytes of every file, total MB, versions, git commit
   SHA256SUMS        every file's sha256 (coreutils format), manifest.json included; its own sha256 is the
@@ -22,16 +22,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from bundle.manifest import FORMAT, SUMS, digest, write_manifest
 from competition.artifacts import atomic_path, exclusive_lock, read_json, write_json
 from competition.errors import UserError
 from competition.layout import RunLayout
-from folds.split import read_folds
-from submissions.blend import PerLabel, StackBlend, fit_blends
+from submissions.blend_file import MEAN_METHODS
 from submissions.members import Member, load_members
-from submissions.scoring import Scoring
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,47 +66,26 @@ def copy_member(m: Member, use_full: bool, out: Path) -> dict:
             "trunk_runtimes": [fit.get("trunk_runtime") or "eager" for fit in fits]}
 
 
-def stack_arrays(blend: StackBlend) -> dict[str, np.ndarray]:
-    """A stacked blend's final per-label logistic regressions as arrays: what `apply` needs on new rows."""
-    models = blend.final.models
-    width = max((m.coef_.shape[1] for m in models if not isinstance(m, float)), default=0)
-    coef = np.stack([np.zeros(width) if isinstance(m, float) else m.coef_[0] for m in models])
-    intercept = np.array([0.0 if isinstance(m, float) else m.intercept_[0] for m in models])
-    constant = np.array([m if isinstance(m, float) else np.nan for m in models])
-    return {"coef": coef, "intercept": intercept, "constant": constant}
+def saved_blend(submission: Path, side: dict) -> Path | None:
+    """The blend's saved form `make submit` wrote beside the submission (a stacker's second level), or None."""
+    method, name = side["blend"]["method"], side["blend"].get("file")
+    if method in MEAN_METHODS:
+        return None
+    path = submission.with_name(name) if name else None
+    if path is None or not path.is_file():
+        raise UserError(f"{submission}: its {method} blend's saved second level "
+                        f"({path.name if path else 'none recorded: an older submission'}) is not beside it; "
+                        "run `make submit` again")
+    return path
 
 
-def write_stacker(blend: StackBlend, folder: Path) -> str:
-    """The final second-level learner of a stacked blend, written without pickle: logistic regressions as arrays
-    (blend.npz); trees and the MLP, which arrays cannot hold, with skops (blend.skops), whose loader builds only
-    the types `bundle.predict.SKOPS_TRUSTED` names. Its file name."""
-    if blend.learner == "stack":
-        np.savez(folder / "blend.npz", **stack_arrays(blend))
-        return "blend.npz"
-    import skops.io
-    final = blend.final
-    if isinstance(final, PerLabel):
-        state = {"models": [None if isinstance(m, float) else m for m in final.models],
-                 "constant": np.array([m if isinstance(m, float) else np.nan for m in final.models])}
-    else:  # MultiOutputMLP: one network for every label, constants for labels with one class
-        constant = np.full(len(final.net.classes_), np.nan)
-        constant[list(final.constant)] = list(final.constant.values())
-        state = {"net": final.net, "constant": constant}
-    skops.io.dump(state, folder / "blend.skops")
-    return "blend.skops"
-
-
-def refit_blend(spec, ds, run: RunLayout, members: list[Member], side: dict):
-    """The submission's blend, fitted again on the same OOF rows (deterministic): its weights must be the
-    sidecar's, or the run changed since the submission."""
-    method = side["blend"]["method"]
-    sc = Scoring.of(spec, ds.targets(), read_folds(run.folds, list(ds.train["id"])))
-    fitted = fit_blends([m.oof for m in members], sc, (method,))[method]
-    weights = None if fitted.blend.weights is None else [float(w) for w in fitted.blend.weights]
-    if weights is not None and not np.allclose(weights, side["blend"]["weights"], atol=1e-9):
-        raise UserError(f"the {method} blend fitted again gives weights {weights}, the submission's were "
-                        f"{side['blend']['weights']}: its members changed since; run `make submit` again")
-    return method, weights, fitted.blend
+def check_unchanged(members: list[Member], side: dict) -> None:
+    """The members as the submission used them: a member retrained since (another OOF) is another model."""
+    recorded = {m["name"]: m.get("oof_sha256") for m in side["members"]}
+    changed = [m.name for m in members if recorded.get(m.name) != m.oof_sha256]
+    if changed:
+        raise UserError(f"members changed since the submission was made (their OOF differs): {', '.join(changed)}; "
+                        "run `make submit` again")
 
 
 SIDECAR_KEYS = ("members", "blend", "thresholds", "metric", "oof_score", "nested_score", "size_mb")
@@ -143,18 +118,21 @@ def export_bundle(spec, ds, run: RunLayout, submission: Path | None, ignore_budg
     names = [m["name"] for m in side["members"]]
     use_full = {m["name"]: m["uses"] == "full-data refit" for m in side["members"]}
     members = load_members(spec, ds, run, names, log=lambda *_: None)
-    method, weights, blend = refit_blend(spec, ds, run, members, side)
-    members, weights = without_zero_weights(members, weights)
+    check_unchanged(members, side)
+    method, stacker = side["blend"]["method"], saved_blend(submission, side)
+    members, weights = without_zero_weights(members, side["blend"]["weights"])
     out = run.bundles / submission.stem
     with exclusive_lock(run.bundles / f".{submission.stem}.lock"), atomic_path(out) as tmp:
         tmp.unlink()
         tmp.mkdir()
         records = [copy_member(m, use_full[m.name], tmp) for m in members]
         shutil.copyfile(spec.source, tmp / "spec.yaml")
-        stacker = write_stacker(blend, tmp) if method.startswith("stack") else None
+        blend_file = f"blend{stacker.suffixes[-1]}" if stacker else None  # blend.npz or blend.skops
+        if stacker:
+            shutil.copyfile(stacker, tmp / blend_file)
         write_json(tmp / "bundle.json", {
             "format": FORMAT, "competition": spec.name, "submission": submission.name, "tokens": spec.tokens,
-            "members": records, "blend": {"method": method, "weights": weights, "file": stacker},
+            "members": records, "blend": {"method": method, "weights": weights, "file": blend_file},
             "thresholds": [side["thresholds"][t] for t in spec.tokens], "min_labels": spec.min_labels_per_image,
             "metric": side["metric"], "scores": {"oof": side["oof_score"], "nested": side["nested_score"]}})
         build_wheel(tmp / "wheel")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import importlib.util
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -27,12 +26,12 @@ from competition.artifacts import atomic_path, read_json, write_json
 from competition.errors import UserError
 from competition.formats import submission_frame
 from competition.images import MAX_PIXELS, load_resized
-from competition.probs import logit, sigmoid, stack_features, weighted_mean
 from competition.reader import load_test
 from pipelines.captions import CaptionModel
 from pipelines.model import TopOfNet, inference_dtype, load_trained, trunk_digest
 from pipelines.preprocess import DeviceNormalize
 from pipelines.runtime import resolve_runtime, trunk_runner
+from submissions.blend_file import apply_saved, require_reader
 from submissions.validate import validate_frame
 
 BATCH = 64
@@ -178,43 +177,6 @@ def captions_member(folder: Path, record: dict, test: pd.DataFrame) -> np.ndarra
     return captions_probs(captions_models(folder, record), test["caption"].to_numpy())
 
 
-# What blend.skops may build beyond skops' default-trusted scikit-learn and numpy types: the trees of
-# HistGradientBoostingClassifier and the optimizer an MLPClassifier keeps. Anything else in the file is refused.
-SKOPS_TRUSTED = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-                 "sklearn.neural_network._stochastic_optimizers.AdamOptimizer"]
-
-
-def stacker_probs(path: Path, x: np.ndarray) -> np.ndarray:
-    """A stacked blend's final learner on the stacked features `x` (submissions.blend's PerLabel/MultiOutputMLP
-    predict, from the bundle's files): per-label LR arrays (npz), or trees / an MLP (skops)."""
-    if path.suffix == ".npz":
-        arrays = np.load(path)
-        prob, constant = sigmoid(x @ arrays["coef"].T + arrays["intercept"]), arrays["constant"]
-    else:
-        import skops.io
-        untrusted = [t for t in skops.io.get_untrusted_types(file=path) if t not in SKOPS_TRUSTED]
-        if untrusted:
-            raise UserError(f"{path}: holds types this project does not build ({', '.join(untrusted)}); "
-                            "export the bundle again with this project's `make export`")
-        state = skops.io.load(path, trusted=SKOPS_TRUSTED)
-        prob = (state["net"].predict_proba(x) if "net" in state else
-                np.stack([np.zeros(len(x)) if m is None else m.predict_proba(x)[:, 1] for m in state["models"]],
-                         axis=1))
-        constant = state["constant"]
-    prob[:, ~np.isnan(constant)] = constant[~np.isnan(constant)]
-    return prob
-
-
-def apply_blend(folder: Path, blend: dict, probs: list[np.ndarray]) -> np.ndarray:
-    """The submission's blend of the members' probabilities (submissions.blend, from arrays)."""
-    method = blend["method"]
-    if method == "weighted_logit":
-        return sigmoid(weighted_mean([logit(p) for p in probs], blend["weights"]))
-    if method in ("mean", "weighted"):
-        return weighted_mean(probs, blend["weights"])
-    return stacker_probs(folder / blend.get("file", "blend.npz"), stack_features(probs))
-
-
 def sidecar(out: Path) -> Path:
     """The record beside a predictions CSV. OUT must end in .csv, so `<OUT>.json` can never be another OUT."""
     return out.with_name(out.name + ".json")
@@ -243,9 +205,6 @@ def plan_output(out: Path, folder: Path, bundle_digest: str) -> Path:
     return out
 
 
-SKOPS_HINT = "pip install skops (its stacked blend is a skops file)"
-
-
 def read_bundle(folder: Path, manifest: dict) -> dict:
     """bundle.json, checked: its format, and every file it names listed in the manifest."""
     path = folder / "bundle.json"
@@ -270,10 +229,10 @@ def read_bundle(folder: Path, manifest: dict) -> dict:
     return bundle
 
 
-def check_dependencies(bundle: dict, device: torch.device, log) -> None:
+def check_dependencies(folder: Path, bundle: dict, device: torch.device, log) -> None:
     """What the members and the blend need, before any of them runs."""
-    if (bundle["blend"].get("file") or "").endswith(".skops") and importlib.util.find_spec("skops") is None:
-        raise UserError(f"this bundle's blend needs skops: {SKOPS_HINT}")
+    file = bundle["blend"].get("file")
+    require_reader(folder / file if file else None)
     onnx = any(r == "onnx" for m in bundle["members"] if m["kind"] == "image" for r in m.get("trunk_runtimes", []))
     if onnx and resolve_runtime("auto", device) != "onnx":
         why = "on CUDA" if device.type != "cpu" else "onnxruntime and onnx are not both installed"
@@ -301,13 +260,14 @@ def predict_bundle(folder: Path, data: Path, out: Path | None = None, options: P
     spec = load_spec(str(folder / "spec.yaml"))
     out = plan_output(Path(out) if out else Path("submission.csv"), folder, bundle_digest)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    check_dependencies(bundle, device, log)
+    check_dependencies(folder, bundle, device, log)
     kinds = {m["kind"] for m in bundle["members"]}
     image_root = Path(options.images) if options.images else data / spec.image_dir
     test = load_test(spec, data, "captions" in kinds, image_root if "image" in kinds else None, options.max_pixels)
     probs = member_probs(folder, bundle["members"], test, image_root, spec, device, options.max_pixels)
     log("predicted " + ", ".join(f"{r['name']} ({r['uses']})" for r in bundle["members"]))
-    prob = apply_blend(folder, bundle["blend"], probs)
+    blend, file = bundle["blend"], bundle["blend"].get("file")
+    prob = apply_saved(blend["method"], blend["weights"], folder / file if file else None, probs)
     if bundle["min_labels"] != spec.min_labels_per_image:
         raise UserError(f"{folder}: bundle.json's min_labels {bundle['min_labels']} differs from its spec.yaml's "
                         f"{spec.min_labels_per_image}; export the bundle again")

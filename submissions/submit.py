@@ -16,6 +16,8 @@ from competition.errors import UserError
 from competition.formats import submission_frame
 from competition.layout import RunLayout
 from submissions import thresholds as th
+from submissions.blend import LEARNERS
+from submissions.blend_file import apply_saved, saved_path, write_saved
 from submissions.ensemble import Ensemble, build_ensemble
 from submissions.postprocess import Settings, fully_nested
 from submissions.validate import validate_frame
@@ -124,11 +126,15 @@ def run_submit(spec, ds, run: RunLayout, settings: Settings, command: str, names
     """Writes the submission and its sidecar."""
     ens, thresholds = run_thresholds(spec, ds, run, settings, names, log)
     nested = estimate_nested(run, ens, thresholds, log)
-    frame = submission_frame(spec, ds.test["id"], ens.blend["test"], th.threshold_vector(thresholds, spec.tokens))
-    validate_frame(frame, spec, list(ds.test["id"]))
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = run.submission(spec.name, stamp, nested["score"])
-    sidecar = sidecar_of(spec, ens, thresholds, nested, out.name, command, stamp)
+    # The blend's saved form first; the test rows are blended from it by the function `make predict` uses.
+    saved = write_saved(ens.blend["model"], saved_path(out, ens.blend_name)) if ens.blend_name in LEARNERS else None
+    tests = [m.test(ens.use_full.get(m.name, False)) for m in ens.members]
+    test_prob = apply_saved(ens.blend_name, ens.blend["weights"], saved, tests)
+    frame = submission_frame(spec, ds.test["id"], test_prob, th.threshold_vector(thresholds, spec.tokens))
+    validate_frame(frame, spec, list(ds.test["id"]))
+    sidecar = sidecar_of(spec, ens, thresholds, nested, out.name, command, stamp, saved)
     write_csv(out, frame, float_format=None)
     write_json(out.with_suffix(".json"), sidecar)
     runlog.append(run, "submit", out.name, members=" ".join(m.name for m in ens.members), metric=sidecar["metric"],
@@ -139,7 +145,8 @@ def run_submit(spec, ds, run: RunLayout, settings: Settings, command: str, names
     return Submission(out, ens, thresholds, nested)
 
 
-def sidecar_of(spec, ens: Ensemble, art: dict, nested: dict, name: str, command: str, stamp: str) -> dict:
+def sidecar_of(spec, ens: Ensemble, art: dict, nested: dict, name: str, command: str, stamp: str,
+               blend_file: Path | None) -> dict:
     """What went into a submission, beside it: members, blend, thresholds, scores, cost and budget."""
     sc, blend, thr = ens.scoring, ens.blend, th.threshold_vector(art, spec.tokens)
     size, hours = ens.cost()
@@ -150,6 +157,7 @@ def sidecar_of(spec, ens: Ensemble, art: dict, nested: dict, name: str, command:
                      "oof_score_global_thr": ens.member_scores[m.name], "oof_sha256": m.oof_sha256}
                     for m in ens.members],
         "blend": {"method": ens.blend_name, "weights": blend["weights"],
+                  "file": blend_file.name if blend_file else None,  # a stacker's saved second level, beside it
                   "oof_score_global_thr_chosen": blend["score"],
                   "oof_score_global_thr": {k: b["score"] for k, b in ens.blends.items()},
                   "selection_score": {k: b["select"] for k, b in ens.blends.items()}},

@@ -186,7 +186,7 @@ def test_a_skops_stacker_builds_only_the_trusted_types(tmp_path):
     import skops.io
     from sklearn.neural_network._stochastic_optimizers import SGDOptimizer
 
-    from bundle.predict import stacker_probs
+    from submissions.blend_file import stacker_probs
     path = tmp_path / "blend.skops"
     skops.io.dump({"net": SGDOptimizer([], 0.1), "constant": [0.0]}, path)
     with pytest.raises(UserError, match=r"blend.skops: holds types .*SGDOptimizer"):
@@ -404,22 +404,44 @@ def test_a_stale_bundle_of_the_same_name_is_exported_again(trained, demo_data, t
     assert predict_bundle(folder, demo_data, tmp_path / "p.csv", **QUIET).read_text() == sub.path.read_text()
 
 
-def test_a_member_weighted_zero_is_left_out(trained, demo_data, tmp_path, monkeypatch):
-    import bundle.export as export
+def test_a_member_weighted_zero_is_left_out(trained, demo_data, tmp_path):
     spec, ds, run = trained
     sub = run_submit(spec, ds, run, settings(spec, method="global", trials=2, blends=("weighted",)), "test",
                      ["tiny", "captions"], **QUIET)
-    real = export.refit_blend
-
-    def captions_at_zero(*args):
-        method, weights, blend = real(*args)
-        return method, [1.0, 0.0], blend
-    monkeypatch.setattr(export, "refit_blend", captions_at_zero)
+    side_path = sub.path.with_suffix(".json")
+    side = json.loads(side_path.read_text())
+    side["blend"]["weights"] = [1.0, 0.0]  # as the weight search leaves a member that adds nothing
+    side_path.write_text(json.dumps(side))
     folder = export_bundle(spec, ds, run, sub.path, **QUIET)
     bundle = json.loads((folder / "bundle.json").read_text())
     assert [m["name"] for m in bundle["members"]] == ["tiny"] and bundle["blend"]["weights"] == [1.0]
     assert not (folder / "members" / "captions").exists()
     assert predict_bundle(folder, demo_data, tmp_path / "p.csv", **QUIET).is_file()
+
+
+def test_export_copies_the_submissions_blend_and_refuses_changed_members(trained, demo_data, tmp_path):
+    """make submit writes a stacker's second level beside the submission; make export copies it (no refit);
+    a member whose OOF changed since, or a stacked submission without its saved blend, is refused."""
+    spec, ds, run = trained
+    sub, folder = submit_and_export(trained, ["tiny", "captions"], ("stack",))
+    side = json.loads(sub.path.with_suffix(".json").read_text())
+    beside = sub.path.with_name(side["blend"]["file"])
+    assert beside.name.endswith(".blend.npz") and beside.read_bytes() == (folder / "blend.npz").read_bytes()
+    beside.unlink()
+    with pytest.raises(UserError, match=r"stack blend's saved second level .* is not beside it"):
+        export_bundle(spec, ds, run, sub.path, **QUIET)
+    sub2, _ = submit_and_export(trained, ["tiny", "captions"], ("mean",))
+    oof = run.model("captions").oof
+    kept = oof.read_bytes()
+    import pandas as pd
+    frame = pd.read_csv(oof, dtype={"ImageID": str})
+    frame.iloc[0, -1] = 1 - frame.iloc[0, -1]  # as if retrained: another OOF
+    frame.to_csv(oof, index=False)
+    try:
+        with pytest.raises(UserError, match="members changed since the submission was made.*captions"):
+            export_bundle(spec, ds, run, sub2.path, **QUIET)
+    finally:
+        oof.write_bytes(kept)
 
 
 def test_a_submission_record_is_required_to_export(trained, demo_data, tmp_path):
@@ -473,7 +495,7 @@ def test_predict_runs_with_only_the_offline_packages(trained, demo_data, tmp_pat
     assert r.stdout.count("run eager here (onnxruntime and onnx are not both installed)") == int(onnx)
     _, stacked = submit_and_export(trained, ["tiny", "captions"], ("stack_hgb",))
     r = offline_predict(stacked, demo_data, tmp_path / "s.csv", tmp_path)
-    assert r.returncode == 2 and r.stderr.strip() == "error: this bundle's blend needs skops: pip install skops " \
+    assert r.returncode == 2 and r.stderr.strip() == "error: this blend needs skops: pip install skops " \
         "(its stacked blend is a skops file)"
     assert not (tmp_path / "s.csv").exists() and "predict images" not in r.stderr  # refused before any work
 

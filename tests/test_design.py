@@ -160,4 +160,4 @@ def test_prediction_loads_no_training_code():
     loaded = set(r.stdout.split())
     assert loaded <= {"pipelines", "pipelines.captions", "pipelines.model", "pipelines.text_encoder",
                       "pipelines.weights", "pipelines.result", "pipelines.config", "pipelines.runtime",
-                      "pipelines.preprocess", "submissions", "submissions.validate"}, loaded
+                      "pipelines.preprocess", "submissions", "submissions.validate", "submissions.blend_file"}, loaded
