@@ -104,8 +104,9 @@ def verify(folder: Path, want_digest: str | None = None) -> dict:
     if not (folder / SUMS).is_file():
         read_manifest(folder)  # an older format says so first
         raise UserError(f"{folder / SUMS}: not found; {AGAIN}")
-    if want_digest is not None and digest(folder) != want_digest.strip().lower():
-        raise UserError(f"{folder}: bundle digest {digest(folder)}, not the {want_digest.strip()} you gave (DIGEST=): "
+    have = digest(folder)
+    if want_digest is not None and have != want_digest.strip().lower():
+        raise UserError(f"{folder}: bundle digest {have}, not the {want_digest.strip()} you gave (DIGEST=): "
                         "this is another bundle, or it was changed")
     manifest, sums = read_manifest(folder), read_sums(folder / SUMS)
     listed = {name: f["sha256"] for name, f in manifest["files"].items()}

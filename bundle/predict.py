@@ -258,6 +258,9 @@ def predict_bundle(folder: Path, data: Path, out: Path | None = None, options: P
     manifest = verify(folder, options.digest)
     bundle, bundle_digest = read_bundle(folder, manifest), digest(folder)
     spec = load_spec(str(folder / "spec.yaml"))
+    if bundle["min_labels"] != spec.min_labels_per_image:
+        raise UserError(f"{folder}: bundle.json's min_labels {bundle['min_labels']} differs from its spec.yaml's "
+                        f"{spec.min_labels_per_image}; export the bundle again")
     out = plan_output(Path(out) if out else Path("submission.csv"), folder, bundle_digest)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_dependencies(folder, bundle, device, log)
@@ -268,9 +271,6 @@ def predict_bundle(folder: Path, data: Path, out: Path | None = None, options: P
     log("predicted " + ", ".join(f"{r['name']} ({r['uses']})" for r in bundle["members"]))
     blend, file = bundle["blend"], bundle["blend"].get("file")
     prob = apply_saved(blend["method"], blend["weights"], folder / file if file else None, probs)
-    if bundle["min_labels"] != spec.min_labels_per_image:
-        raise UserError(f"{folder}: bundle.json's min_labels {bundle['min_labels']} differs from its spec.yaml's "
-                        f"{spec.min_labels_per_image}; export the bundle again")
     frame = submission_frame(spec, test["id"], prob, bundle["thresholds"])
     validate_frame(frame, spec, list(test["id"]), where=str(out))
     text = frame.to_csv(index=False)

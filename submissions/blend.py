@@ -25,6 +25,7 @@ from sklearn.neural_network import MLPClassifier
 
 from competition.errors import UserError
 from competition.probs import logit, sigmoid, stack_features, weighted_mean
+from submissions.blend_file import MEAN_METHODS, apply_saved
 from submissions.scoring import Scoring
 from submissions.thresholds import global_threshold, nested_score
 
@@ -96,10 +97,8 @@ class MeanBlend:
         self.weights = (tune_weights(oofs, sc, self.logits) if self.tuned else np.ones(len(oofs)) / len(oofs))
         return self.apply(oofs)
 
-    def apply(self, probs, fold=None) -> np.ndarray:
-        if self.logits:
-            return sigmoid(mean_blend([logit(p) for p in probs], probs, self.weights)[0])
-        return mean_blend(probs, probs, self.weights)[0]
+    def apply(self, probs, fold=None) -> np.ndarray:  # the saved form's function: make predict blends the same
+        return apply_saved("weighted_logit" if self.logits else "weighted", self.weights, None, probs)
 
 
 class PerLabel:
@@ -171,7 +170,7 @@ class StackBlend:
         return (self.final if fold is None else self.by_fold[int(fold)]).predict(stack_features(probs))
 
 
-BLENDS = ("mean", "weighted", "weighted_logit", *LEARNERS)
+BLENDS = (*MEAN_METHODS, *LEARNERS)
 # What `make submit` tries unless BLENDS= says otherwise: on comp5329-6k the tree and MLP second levels did
 # not beat these (docs/recipes.md, the table of what was tried) and the trees cost minutes in the fully nested loop.
 DEFAULT_BLENDS = ("mean", "weighted", "weighted_logit", "stack")
@@ -185,7 +184,7 @@ def check_blends(names) -> tuple:
 
 
 def make_blend(name: str):
-    if name in ("mean", "weighted", "weighted_logit"):
+    if name in MEAN_METHODS:
         return MeanBlend(tuned=name != "mean", logits=name == "weighted_logit")
     return StackBlend(name)
 
