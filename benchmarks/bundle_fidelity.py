@@ -20,26 +20,24 @@ import torch
 
 from bundle.predict import member_probs, predict_bundle
 from competition import load_spec
+from competition.cli import Competition, competition_args
 from competition.layout import RunLayout
 from competition.reader import load_test
 
 
 def run_probs(run: RunLayout, record: dict, tokens) -> np.ndarray:
     model = run.model(record["name"])
-    files = [model.test_full] if record["uses"] == "refit" else [model.test_fold(f)
-                                                                 for f in range(int(record["uses"].split()[0]))]
+    files = [model.test_full] if record["refit"] else [model.test_fold(f) for f in range(len(record["weights"]))]
     return np.mean([pd.read_csv(p)[tokens].to_numpy() for p in files], axis=0)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--comp", default="demo")
-    ap.add_argument("--runs", default="runs")
-    ap.add_argument("--data", default=None, help="the run's data folder (default: the spec's)")
+    competition_args(ap)
     ap.add_argument("--bundle", default=None, help="default: the newest bundle of the run")
     a = ap.parse_args()
-    run_spec = load_spec(a.comp)
-    run = RunLayout.of(a.runs, run_spec.name)
+    comp = Competition.of(a)
+    run, run_spec = comp.run, comp.spec
     folder = Path(a.bundle) if a.bundle else max((p for p in run.bundles.iterdir() if p.is_dir()),
                                                  key=lambda p: p.stat().st_mtime)
     bundle = json.loads((folder / "bundle.json").read_text())

@@ -19,8 +19,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.multioutput import ClassifierChain
 
-from competition import load_dataset, load_spec
-from competition.layout import RunLayout
+from competition.cli import Competition, competition_args
 from folds.split import read_folds
 from pipelines import text_encoder
 from pipelines.captions import CaptionModel
@@ -93,13 +92,10 @@ def report(name, y, oof, fold, seconds):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--comp", default="comp5329")
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--runs", default="runs")
+    competition_args(ap, comp="comp5329")
     a = ap.parse_args()
-    spec = load_spec(a.comp)
-    ds = load_dataset(spec, a.data, check=False)
-    run = RunLayout.of(a.runs, spec.name)
+    comp = Competition.of(a)
+    ds, run = comp.dataset(check=False), comp.run
     fold = read_folds(run.folds, list(ds.train["id"]))
     texts, y = ds.train["caption"].to_numpy(), ds.targets()
     for name, overrides in TFIDF:

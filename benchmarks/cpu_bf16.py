@@ -18,41 +18,38 @@ import time
 import numpy as np
 import torch
 
-from competition import load_dataset, load_spec, metrics
+from competition import metrics
+from competition.cli import Competition, competition_args
 from competition.formats import ModelMeta
-from competition.layout import RunLayout
 from folds.split import read_folds
 from pipelines.cache import build_cache
 from pipelines.data import DeviceBatches, load_cache_rows
-from pipelines.model import cpu_has_bf16, load_trained
-from pipelines.preprocess import DeviceNormalize
+from pipelines.inference import fit_record, load_network
+from pipelines.model import cpu_has_bf16
 from pipelines.train import predict
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--comp", default="comp5329")
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--runs", default="runs")
+    competition_args(ap, comp="comp5329")
     ap.add_argument("--model", required=True)
     ap.add_argument("--fold", type=int, default=0)
     ap.add_argument("--rows", type=int, default=600)
     a = ap.parse_args()
     if not cpu_has_bf16():
         raise SystemExit("this CPU has no native bf16 (AMX or AVX512-BF16): amp stays off on it")
-    spec = load_spec(a.comp)
-    ds = load_dataset(spec, a.data, check=False)
-    run = RunLayout.of(a.runs, spec.name)
+    comp = Competition.of(a)
+    spec, ds, run = comp.spec, comp.dataset(check=False), comp.run
     model = run.model(a.model)
     meta = ModelMeta.read(model.meta)
-    cfg = {**meta.config, "train_from": None}
-    net, mean, std = load_trained(cfg, len(spec.tokens), model.dir / meta.fold_weights(a.fold))
-    net.to(memory_format=torch.channels_last)
+    # The whole network from images (a trunk-cached member's trunk included), as its record builds it.
+    record = fit_record(meta.folds[a.fold], f"{model.dir} fold {a.fold}")
+    net = load_network(record, model.dir / meta.fold_weights(a.fold), torch.device("cpu")).net
     fold = read_folds(run.folds, list(ds.train["id"]))
     rows = np.nonzero(fold == a.fold)[0][:a.rows]
     cpu = torch.device("cpu")
-    images = load_cache_rows(build_cache(ds, run, cfg["img_size"]), cpu)
-    to_input = DeviceNormalize(mean, std, cpu, channels_last=True)
+    images = load_cache_rows(build_cache(ds, run, record.net.img_size), cpu)
+    to_input = record.normalizer(cpu)
     y = ds.targets()[rows]
     out = {}
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):

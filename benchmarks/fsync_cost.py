@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 
-from competition import load_dataset, load_spec
+from competition.cli import Competition, competition_args
 from competition.layout import RunLayout
 from submissions.blend import DEFAULT_BLENDS
 from submissions.budget import Budget
@@ -49,14 +49,12 @@ def one_submit(spec, ds, run: RunLayout, trials: int, fsync: bool) -> tuple[floa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--comp", default="demo")
-    ap.add_argument("--data", default=None)
-    ap.add_argument("--runs", default="runs")
+    competition_args(ap)
     ap.add_argument("--trials", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
-    spec = load_spec(a.comp)
-    ds, run = load_dataset(spec, a.data, check=False), RunLayout.of(a.runs, spec.name)
+    comp = Competition.of(a)
+    spec, ds, run = comp.spec, comp.dataset(check=False), comp.run
     times = {True: [], False: []}
     outputs, counts = set(), set()
     for _ in range(a.repeats):

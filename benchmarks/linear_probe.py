@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from competition import load_dataset, load_spec, metrics
+from competition import metrics
+from competition.cli import Competition, competition_args
 from competition.images import load_resized
 from pipelines.config import resolve
 from pipelines.model import build_model
@@ -24,14 +25,13 @@ from submissions.thresholds import global_threshold
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--comp", default="comp5329")
-    ap.add_argument("--data", required=True)
+    competition_args(ap, runs=False, comp="comp5329")
     ap.add_argument("--model", default="tf_efficientnet_lite0")
     ap.add_argument("--sizes", type=int, nargs="+", default=[96, 128, 224])
     ap.add_argument("--train", type=int, default=1500)
     ap.add_argument("--val", type=int, default=600)
     a = ap.parse_args()
-    ds = load_dataset(load_spec(a.comp), a.data, check=False)
+    ds = Competition.of(a).dataset(check=False)
     y = ds.targets()[: a.train + a.val]
     paths = ds.image_paths(ds.train)[: a.train + a.val]
     for size in a.sizes:

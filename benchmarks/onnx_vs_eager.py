@@ -3,8 +3,9 @@
     .venv/bin/pip install onnxruntime onnx onnxscript      # not in requirements.txt: measured, not used (below)
     .venv/bin/python benchmarks/onnx_vs_eager.py --bundle runs/<COMP>/bundles/<name> --data <folder> [--seconds 20]
 
-The bundle's first image network, built and loaded as `make predict` builds it (`bundle.predict.load_nets`), runs
-whole (trunk and top) on one batch of --batch real test images, decoded and normalised as `make predict` does:
+The bundle's first image network, built and loaded as `make predict` builds it (`bundle.predict.load_nets`, from
+its inference record), runs whole (trunk and top, no TTA) on one batch of --batch real test images, decoded and
+normalised as `make predict` does:
   eager as make predict  the autocast dtype `make predict` picks here (bf16 on a CPU with AMX/AVX512-BF16)
   eager fp32             no autocast: what `make predict` runs on a CPU without native bf16
   onnxruntime fp32       the same network exported with torch.onnx (dynamic batch), CPU execution provider, all
@@ -24,11 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bundle.predict import load_nets, views_of
+from bundle.predict import load_nets
 from competition import load_spec
 from competition.images import load_resized
 from competition.reader import load_test
-from pipelines.model import forward_as_trained
 
 
 def rate(fn, batch: int, seconds: float) -> float:
@@ -60,15 +60,16 @@ def main() -> None:
     if not records:
         raise SystemExit("FAILED: the bundle has no image member")
     cpu = torch.device("cpu")
-    n = load_nets(a.bundle, records, len(spec.tokens), cpu)[0]
+    n = load_nets(a.bundle, records, len(spec.tokens), cpu)[0][1]
     ids = load_test(spec, a.data, False)["id"][:a.batch]
-    images = np.stack([load_resized(a.data / spec.image_dir / i, n.view_key[0]) for i in ids])
-    x = views_of(images, n.view_key, cpu)[0]
+    size = n.record.net.img_size
+    images = np.stack([load_resized(a.data / spec.image_dir / i, size) for i in ids])
+    x = n.record.normalizer(cpu)(torch.from_numpy(images))
 
     def eager(dtype):
         def run():
             with torch.no_grad(), torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext():
-                return torch.sigmoid(forward_as_trained(n.net, n.cfg, x).float())
+                return torch.sigmoid(n.net(x).float())
         return run
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "net.onnx"
@@ -83,13 +84,11 @@ def main() -> None:
 
         def onnx():
             return 1 / (1 + np.exp(-session.run(None, feed)[0]))
-        reference = eager(None)().numpy()
-        # The whole network as ONNX: a trunk-cached member's fp16 rounding of its features is left out here.
-        exact = torch.sigmoid(whole(x).float()).detach().numpy() if n.top is not None else reference
-        gap = float(np.abs(onnx() - exact).max())
+        # The whole network, eager and ONNX: a trunk-cached member's fp16 rounding of its features is left out.
+        gap = float(np.abs(onnx() - eager(None)().numpy()).max())
         if gap > 1e-3:
             raise SystemExit(f"FAILED: onnxruntime's probabilities differ from eager fp32's by {gap:.2e}")
-        print(f"{records[0]['name']} ({n.cfg['backbone']}, {n.view_key[0]} px), batch {a.batch}, "
+        print(f"{records[0]['name']} ({n.record.net.backbone}, {size} px), batch {a.batch}, "
               f"{torch.get_num_threads()} threads; onnxruntime {ort.__version__} vs eager fp32: max |diff| {gap:.1e}")
         for name, fn in (("eager as make predict", eager(n.dtype)), ("eager fp32", eager(None)),
                          ("onnxruntime fp32", onnx)):

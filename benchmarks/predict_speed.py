@@ -4,8 +4,8 @@
 
 `predict_bundle` end to end (manifest check, loading every member, reading test.csv, decoding and resizing every
 image, every member, blend, thresholds, validation, the CSV), then the members' forward passes alone on the same
-rows: the image networks through `make predict`'s own network step (`batch_probs`: a trunk that members share
-once) on images already decoded to tensors, in the same batches, and each captions member's models on the
+rows: the image networks through `make predict`'s own network step (`batch_probs`: normalisation, views, a trunk
+that members share once) on images decoded beforehand, in the same batches, and each captions member's models on the
 captions (a sentence encoder's embeddings once per member, as predict computes them). The ratio says what loading,
 decoding, resizing and blending cost beside the forward passes. `--images N` above the test rows adds train rows
 (image and caption, labels dropped: speed does not depend on whether the bundle saw an image), so a run can time
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bundle.predict import BATCH, batch_probs, captions_models, captions_probs, load_nets, predict_bundle, views_of
+from bundle.predict import BATCH, batch_probs, captions_models, captions_probs, load_nets, predict_bundle
 from competition import load_spec
 from competition.images import load_resized
 from competition.reader import decode_text, file_lines, load_test, split_records
@@ -53,18 +53,18 @@ def subset(data: Path, spec, n: int, out: Path) -> Path:
 @torch.no_grad()
 def image_forward_seconds(folder: Path, records: list[dict], spec, test, data: Path, device) -> float:
     """`make predict`'s own network step (bundle.predict.batch_probs: every image network, a shared trunk once)
-    on the same images, decoded and normalised beforehand, in the same batches."""
+    on the same images, decoded beforehand, in the same batches."""
     if not records:
         return 0.0
     nets = load_nets(folder, records, len(spec.tokens), device)
     decoded = {s: np.stack([load_resized(data / spec.image_dir / i, s) for i in test["id"]])
-               for s in {n.view_key[0] for n in nets}}
+               for s in {n.record.net.img_size for _, n in nets}}
     seconds = 0.0
-    for i in range(0, len(test), BATCH):  # tensors made batch by batch: 10,000 at once would not fit in memory
-        views = {key: views_of(decoded[key[0]][i:i + BATCH], key, device) for key in {n.view_key for n in nets}}
+    for i in range(0, len(test), BATCH):
+        batch = {size: images[i:i + BATCH] for size, images in decoded.items()}
         t0 = time.perf_counter()
-        for total in batch_probs(nets, views, len(records), device):
-            total.cpu()
+        for prob in batch_probs(nets, batch, len(records), device):
+            prob.cpu()
         seconds += time.perf_counter() - t0
     return seconds
 

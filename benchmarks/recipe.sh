@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The CPU recipe for COMP5329 (docs/recipes.md), end to end in an empty RUNS folder, each make step timed.
 #   benchmarks/recipe.sh DATA [RUNS]        (or: make bench-recipe DATA=... RUNS=...)
-# Writes RUNS/comp5329/recipe_times.tsv (step, seconds) and ends with the submission's fully nested score.
+# Writes RUNS/comp5329/recipe_times.tsv: per step wall seconds, peak memory of its process tree (anonymous and
+# file-backed: memory-mapped caches), the largest process's peak RSS, disk under RUNS/comp5329 after it
+# (benchmarks/usage.py); RUNS/comp5329/recipe_machine.txt: the commit, the machine and a calibration figure
+# (benchmarks/calibrate.py) so that times from two machines can be compared. Ends with the fully nested score.
 set -euo pipefail
 DATA=${1:?usage: benchmarks/recipe.sh DATA [RUNS]}
 RUNS=${2:-runs/recipe}
@@ -11,27 +14,46 @@ if [ -e "$RUNS/comp5329" ]; then
 fi
 mkdir -p "$RUNS/comp5329"
 times="$RUNS/comp5329/recipe_times.tsv"
+machine="$RUNS/comp5329/recipe_machine.txt"
 common=(COMP=comp5329 "DATA=$DATA" "RUNS=$RUNS")
+{
+    echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (modified)')"
+    echo "cores $(nproc), memory $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+    .venv/bin/python benchmarks/calibrate.py --data "$DATA"
+} > "$machine"
+cat "$machine"
 step() {
-    local t0; t0=$(date +%s)
-    make --no-print-directory "$@" "${common[@]}"
-    printf '%s\t%s\n' "make $*" "$(( $(date +%s) - t0 ))" >> "$times"
+    .venv/bin/python benchmarks/usage.py --tsv "$times" --step "make $*" --disk "$RUNS/comp5329" -- \
+        make --no-print-directory "$@" "${common[@]}"
 }
+# Scale: with many rows (the whole competition, 28,000) an epoch is 4.7x comp5329-6k's, so the image members train
+# 2 epochs instead of their configs' 5 (1.9x the samples seen at 6,000 rows), and the attention member reads the
+# 288 px trunk cache the other two share instead of its own at 384 px (38,000 images more through the trunk).
+rows=$(.venv/bin/python -c "import sys; from competition import load_dataset, load_spec
+print(len(load_dataset(load_spec('comp5329'), sys.argv[1], check=False).train))" "$DATA")
+if [ "$rows" -gt 12000 ]; then image=(EPOCHS=2); attn=288; else image=(); attn=384; fi
+echo "train rows $rows: image members ${image[*]:-at the epochs of their configs}, attention member at $attn px" | tee -a "$machine"
 start=$(date +%s)
 step folds
 step train MODEL=captions
 step train MODEL=captions_minilm
 # The two image members enter the 100 MB budget as full-data refits (9.4 MB each instead of 47 MB of folds).
-step train MODEL=tf_efficientnet_lite2_cpu FULLFIT=1
-step train MODEL=tf_efficientnet_lite2_cpu_bce FULLFIT=1
-# Issue 21: the ASL member at 384 px with the attention head (its own trunk cache at 384 px, ~12 min here).
-step train MODEL=tf_efficientnet_lite2_cpu NAME=lite2_attn_384 FULLFIT=1 IMG=384 SET=head=attention
-step submit MODELS=captions,captions_minilm,tf_efficientnet_lite2_cpu,tf_efficientnet_lite2_cpu_bce,lite2_attn_384
-printf '%s\t%s\n' "total" "$(( $(date +%s) - start ))" >> "$times"
+step train MODEL=tf_efficientnet_lite2_cpu FULLFIT=1 "${image[@]}"
+step train MODEL=tf_efficientnet_lite2_cpu_bce FULLFIT=1 "${image[@]}"
+# Issue 21: the ASL member with the attention head, at 384 px on 6,000 rows (its own trunk cache, ~12 min there).
+step train MODEL=tf_efficientnet_lite2_cpu NAME=lite2_attn_$attn FULLFIT=1 IMG=$attn SET=head=attention "${image[@]}"
+step submit MODELS=captions,captions_minilm,tf_efficientnet_lite2_cpu,tf_efficientnet_lite2_cpu_bce,lite2_attn_$attn
+# The submission's bundle on the same test.csv and images, from the bundle alone: its rows must be the submission's.
+sub=$(ls -t "$RUNS"/comp5329/submissions/*.csv | head -n 1)
+step export "SUBMISSION=$sub"
+step predict "BUNDLE=$RUNS/comp5329/bundles/$(basename "$sub" .csv)" "OUT=$RUNS/comp5329/predicted.csv"
+cmp "$sub" "$RUNS/comp5329/predicted.csv" && echo "make predict: the bundle's rows are the submission's ($sub)"
+step validate "FILE=$RUNS/comp5329/predicted.csv"
+printf 'total\t%s\t\t\t\t%s\n' "$(( $(date +%s) - start ))" "$(du -sm "$RUNS/comp5329" | cut -f1)" >> "$times"
 column -t -s $'\t' "$times"
-sidecar=$(ls -t "$RUNS"/comp5329/submissions/*.json | head -n 1)
-python3 - "$sidecar" <<'PY'
+python3 - "${sub%.csv}.json" "$RUNS/comp5329/bundles/$(basename "$sub" .csv)/manifest.json" <<'PY'
 import json, sys
-s = json.load(open(sys.argv[1]))
-print(f"{sys.argv[1]}: fully nested micro-F1 {s['nested_score']:.4f}, in-sample {s['oof_score']:.4f}")
+s, m = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+print(f"{sys.argv[1]}: fully nested micro-F1 {s['nested_score']:.4f}, in-sample {s['oof_score']:.4f}; "
+      f"bundle {m['total_mb']:.1f} MB read by make predict")
 PY

@@ -5,8 +5,9 @@ scales is scored against the OOF at the training size alone.
     .venv/bin/python benchmarks/tta_scales.py --comp comp5329 --data <folder> --runs <RUNS> \
         --model tf_efficientnet_lite2_cpu --scales 1.0,1.15
 
-Networks are built, loaded and run by the code `make predict` uses (`bundle.predict.load_nets`, `batch_probs`: a
-trunk in the runtime its features were trained on), images decoded and resized by the trunk cache's function
+Networks are built from their fits' inference records and run by the code `make predict` uses
+(`pipelines.inference.load_network`, `bundle.predict.batch_probs`: a trunk in the runtime its features were
+trained on), the record's input size replaced by each scale's, images decoded and resized by the trunk cache's function
 (`load_resized`) at round(img_size x scale). Self-check: the recomputed OOF at scale 1.0 must match the run's OOF
 file (max |diff| under 1e-3), or it stops. Prints per scale: seconds and OOF
 mAP / micro-F1 at the best global threshold, alone and averaged with the scales before it.
@@ -14,32 +15,33 @@ mAP / micro-F1 at the best global threshold, alone and averaged with the scales 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bundle.predict import BATCH, batch_probs, load_nets, views_of
-from competition import load_dataset, load_spec, metrics
+from bundle.predict import BATCH, batch_probs
+from competition import metrics
+from competition.cli import Competition, competition_args
 from competition.formats import ModelMeta, read_probs
 from competition.images import load_resized
-from competition.layout import RunLayout
 from folds.split import read_folds
+from pipelines.inference import fit_record, load_network
 
 
-def fold_probs(model_dir: Path, meta: ModelMeta, f: int, paths: list[Path], size: int, n_labels: int) -> np.ndarray:
-    """Fold f's network on `paths` at `size` px with flip TTA, through `make predict`'s own steps (load_nets,
-    views_of, batch_probs: the trunk in the runtime its features were trained on)."""
-    record = {"config": {**meta.config, "img_size": size}, "weights": [meta.fold_weights(f)],
-              "trunk_runtimes": [meta.folds[f].get("trunk_runtime") or "eager"]}
+def fold_probs(model_dir: Path, meta: ModelMeta, f: int, paths: list[Path], size: int) -> np.ndarray:
+    """Fold f's network on `paths` at `size` px, as its record predicts otherwise (flip TTA, the trunk in the
+    runtime its features were trained on), through `make predict`'s own step (batch_probs)."""
+    record = fit_record(meta.folds[f], f"{model_dir} fold {f}")
+    record = dataclasses.replace(record, net=dataclasses.replace(record.net, img_size=size))
     cpu = torch.device("cpu")
-    nets = load_nets(model_dir, [record], n_labels, cpu)
+    nets = [(0, load_network(record, model_dir / meta.fold_weights(f), cpu))]
     out = []
     for start in range(0, len(paths), BATCH):
         batch = np.stack([load_resized(p, size) for p in paths[start:start + BATCH]])
-        views = {n.view_key: views_of(batch, n.view_key, cpu) for n in nets}
-        out.append((batch_probs(nets, views, 1, cpu)[0] / 2).numpy())
+        out.append(batch_probs(nets, {size: batch}, 1, cpu)[0].numpy())
     return np.concatenate(out)
 
 
@@ -49,14 +51,12 @@ def best_global_f1(y, prob, min_labels: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--comp", default="comp5329")
-    ap.add_argument("--data", default=None)
-    ap.add_argument("--runs", default="runs")
+    competition_args(ap, comp="comp5329")
     ap.add_argument("--model", required=True)
     ap.add_argument("--scales", default="1.0,1.15")
     a = ap.parse_args()
-    spec = load_spec(a.comp)
-    ds, run = load_dataset(spec, a.data), RunLayout.of(a.runs, spec.name)
+    comp = Competition.of(a)
+    spec, ds, run = comp.spec, comp.dataset(), comp.run
     model = run.model(a.model)
     meta = ModelMeta.read(model.meta)
     ids = list(ds.train["id"])
@@ -69,7 +69,7 @@ def main() -> None:
         t0, prob = time.perf_counter(), np.zeros(y.shape)
         for f in range(meta.k):
             rows = np.nonzero(fold == f)[0]
-            prob[rows] = fold_probs(model.dir, meta, f, [paths[r] for r in rows], size, len(spec.tokens))
+            prob[rows] = fold_probs(model.dir, meta, f, [paths[r] for r in rows], size)
         seconds = time.perf_counter() - t0
         if scale == 1.0 and np.abs(prob - oof_file).max() > 1e-3:
             raise SystemExit(f"FAILED: scale 1.0 differs from {model.oof} by {np.abs(prob - oof_file).max():.3f}")

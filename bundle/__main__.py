@@ -5,18 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from competition import load_dataset, load_spec
+from competition.cli import Competition, competition_args
 from competition.errors import UserError
 from competition.images import MAX_PIXELS
-from competition.layout import RunLayout
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bundle", description=__doc__)
     ap.add_argument("cmd", choices=["export", "predict"])
-    ap.add_argument("--comp", default="demo")
-    ap.add_argument("--data", default=None, help="predict: the folder with test.csv and the images")
-    ap.add_argument("--runs", default="runs")
+    competition_args(ap)  # predict: --data is the folder with test.csv and the images
     ap.add_argument("--submission", default=None, help="export: the submission CSV (default: the latest)")
     ap.add_argument("--ignore-budget", action="store_true", help="export: write a bundle over the size budget")
     ap.add_argument("--bundle", default=None, help="predict: the bundle folder")
@@ -36,12 +33,12 @@ def main(argv=None) -> int:
         predict_bundle(a.bundle, a.data, a.out, options)
         return 0
     from bundle.export import export_bundle
-    spec = load_spec(a.comp)
-    run = RunLayout.of(a.runs, spec.name)
+    comp = Competition.of(a)
+    spec, run = comp.spec, comp.run
     if a.data is None and not Path(spec.data).is_dir() and run.root.is_dir():
         raise UserError(f"{spec.data}: not found, the {spec.name} spec's default data folder; the run {run.root} "
                         "exists: DATA= names the data it was trained on")
-    export_bundle(spec, load_dataset(spec, a.data, check=False), run, a.submission, a.ignore_budget)
+    export_bundle(spec, comp.dataset(check=False), run, a.submission, a.ignore_budget)
     return 0
 
 

@@ -1,8 +1,9 @@
 """`make export`: a submission's model as one self-contained folder that `make predict` runs on new images.
 
 runs/<COMP>/bundles/<submission stem>/
-  bundle.json       members (kind, config, weight files), blend (method, weights), thresholds, min-labels rule,
-                    label tokens, the submission format, the scores; format version
+  bundle.json       members (kind, weight files, refit or folds, each image network's inference record), blend
+                    (method, weights), thresholds, min-labels rule, label tokens, the submission format, the
+                    scores; format version
   spec.yaml         the competition spec (how test.csv and the images are read)
   members/<name>/   each member's inference weights, exactly those the budget counted (fold models or the refit,
                     fp16 safetensors; captions: .npz arrays), a shared frozen part (a sentence encoder) once
@@ -16,16 +17,19 @@ Nothing is pickled: JSON, safetensors, npz and skops. Members the blend gives we
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from bundle.manifest import FORMAT, SUMS, digest, write_manifest
 from competition.artifacts import atomic_path, exclusive_lock, read_json, write_json
 from competition.errors import UserError
 from competition.layout import RunLayout
+from pipelines.inference import fit_record
 from submissions.blend_file import MEAN_METHODS
 from submissions.members import Member, load_members
 
@@ -59,11 +63,12 @@ def copy_member(m: Member, use_full: bool, out: Path) -> dict:
         name = f"members/{m.name}/{path.name}"
         (shutil.copytree if path.is_dir() else shutil.copyfile)(path, out / name)
         shared_names.append(name)
-    fits = [m.meta.full] if use_full else [m.meta.folds[f] for f in range(m.meta.k)]
-    return {"name": m.name, "kind": m.meta.kind, "config": m.meta.config, "weights": names, "shared": shared_names,
-            "uses": "refit" if use_full else f"{m.meta.k} fold models",
-            # per weight file: what computed its cached trunk features (fits before the record: eager)
-            "trunk_runtimes": [fit.get("trunk_runtime") or "eager" for fit in fits]}
+    record = {"name": m.name, "kind": m.meta.kind, "weights": names, "shared": shared_names, "refit": use_full,
+              "uses": "refit" if use_full else f"{m.meta.k} fold models"}
+    if m.meta.kind == "image":  # per weight file, how it predicts: its fit's record, checked here
+        fits = {"refit": m.meta.full} if use_full else {f"fold {f}": m.meta.folds[f] for f in range(m.meta.k)}
+        record["inference"] = [fit_record(info, f"{m.dir} {fit}").to_json() for fit, info in fits.items()]
+    return record
 
 
 def saved_blend(submission: Path, side: dict) -> Path | None:
@@ -116,7 +121,10 @@ def export_bundle(spec, ds, run: RunLayout, submission: Path | None, ignore_budg
     submission = Path(submission) if submission else latest_submission(run)
     side = read_sidecar(submission)
     names = [m["name"] for m in side["members"]]
-    use_full = {m["name"]: m["uses"] == "full-data refit" for m in side["members"]}
+    if any(not isinstance(m.get("refit"), bool) for m in side["members"]):
+        raise UserError(f"{submission}: made before submissions recorded refit-or-folds per member; "
+                        "run `make submit` again")
+    use_full = {m["name"]: m["refit"] for m in side["members"]}
     members = load_members(spec, ds, run, names, log=lambda *_: None)
     check_unchanged(members, side)
     method, stacker = side["blend"]["method"], saved_blend(submission, side)
@@ -163,11 +171,13 @@ def build_wheel(folder: Path) -> None:
     """The project's own wheel, so an offline machine installs the code that made the bundle."""
     folder.mkdir()
     scratch = ROOT / "build"  # setuptools' scratch folder: removed only when this build made it
-    existed = scratch.exists()
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(folder), str(ROOT)], capture_output=True, text=True)
-    if not existed:
-        shutil.rmtree(scratch, ignore_errors=True)
+    # One build at a time per checkout: two exports at once would share (and one remove) that scratch folder.
+    with exclusive_lock(Path(tempfile.gettempdir()) / f"multilabel-wheel-{hashlib.sha1(bytes(ROOT)).hexdigest()[:12]}"):
+        existed = scratch.exists()
+        r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(folder), str(ROOT)], capture_output=True, text=True)
+        if not existed:
+            shutil.rmtree(scratch, ignore_errors=True)
     if r.returncode != 0:
         raise RuntimeError(f"pip wheel failed: {r.stderr[-2000:]}")
 

@@ -14,7 +14,8 @@ from pathlib import Path, PurePosixPath
 from competition.artifacts import file_sha256, read_json, write_json, write_text
 from competition.errors import UserError
 
-FORMAT = 2  # 2: the manifest lists every file, SHA256SUMS pins it; `make predict` refuses another
+FORMAT = 3  # 2: the manifest lists every file, SHA256SUMS pins it; 3: each image network carries its inference
+#   record (pipelines/inference.py). `make predict` refuses another format by name
 MANIFEST, SUMS = "manifest.json", "SHA256SUMS"
 CODE_DIR = "wheel/"  # the project's code, installed by pip; every other file is read by `make predict`: model bytes
 AGAIN = "export the bundle again (`make export`)"

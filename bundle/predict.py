@@ -7,7 +7,6 @@ captions models loaded from their arrays; the blend, thresholds and min-labels r
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import sys
@@ -28,9 +27,8 @@ from competition.formats import submission_frame
 from competition.images import MAX_PIXELS, load_resized
 from competition.reader import load_test
 from pipelines.captions import CaptionModel
-from pipelines.model import TopOfNet, inference_dtype, load_trained, trunk_digest
-from pipelines.preprocess import DeviceNormalize
-from pipelines.runtime import resolve_runtime, trunk_runner
+from pipelines.inference import InferenceRecord, Network, load_network, predict_images
+from pipelines.runtime import resolve_runtime
 from submissions.blend_file import apply_saved, require_reader
 from submissions.validate import validate_frame
 
@@ -46,70 +44,29 @@ class PredictOptions:
     max_pixels: int = MAX_PIXELS   # an image over this many pixels is refused before it is decoded
 
 
-@dataclasses.dataclass(frozen=True)
-class ImageNet:
-    """One network of an image member, ready to run: its top alone when its trunk is a shared frozen one."""
-    member: int                # index of its member among the bundle's image members
-    cfg: dict
-    net: torch.nn.Module
-    top: torch.nn.Module | None  # the stages after train_from and the head; None: the whole net runs
-    view_key: tuple            # input size, normalisation, TTA: networks with equal keys see the same tensors
-    trunk_key: str | None      # equal keys: identical frozen trunks in one runtime, computed once per image and view
-    trunk_run: object          # normalised images -> trunk output (pipelines.runtime.trunk_runner), shared by key
-    dtype: torch.dtype | None
-
-
-def predict_runtime(trained: str, device: torch.device) -> str:
-    """The runtime a trunk's features were computed with in training, where this machine has it (else eager:
-    `check_dependencies` said so once, before any work)."""
-    return "eager" if trained == "onnx" and resolve_runtime("auto", device) != "onnx" else trained
-
-
-def load_nets(folder: Path, records: list[dict], n_labels: int, device: torch.device) -> list[ImageNet]:
+def load_nets(folder: Path, records: list[dict], n_labels: int, device: torch.device) -> list[tuple[int, Network]]:
+    """(member index, network) for every weight file of the image members, each built from its inference record;
+    networks whose frozen trunks are identical share one runner."""
     nets, runners = [], {}
     for i, record in enumerate(records):
-        cfg, start = record["config"], record["config"]["train_from"]
-        dtype = inference_dtype(cfg, device)
-        for w, trained in zip(record["weights"], record.get("trunk_runtimes", ["eager"] * len(record["weights"]))):
-            net, mean, std = load_trained(cfg, n_labels, folder / w)
-            net = net.to(device).to(memory_format=torch.channels_last)
-            view_key = (cfg["img_size"], tuple(mean), tuple(std), bool(cfg["tta"]))
-            key = run = None
-            if start is not None:
-                runtime = predict_runtime(trained, device)
-                key = trunk_digest(net, start, repr((view_key, start, str(dtype), runtime))).hexdigest()
-                if key not in runners:
-                    runners[key] = trunk_runner(net, start, cfg["img_size"], device, dtype, runtime)
-                run = runners[key]
-            nets.append(ImageNet(i, cfg, net, None if start is None else TopOfNet(net, start), view_key, key, run,
-                                 dtype))
+        for w, inference in zip(record["weights"], record["inference"], strict=True):
+            rec = InferenceRecord.from_json(inference, f"{folder / 'bundle.json'}: {w}")
+            if rec.num_classes != n_labels:
+                raise UserError(f"{folder / 'bundle.json'}: {w} predicts {rec.num_classes} labels, the bundle has "
+                                f"{n_labels}; export the bundle again")
+            nets.append((i, load_network(rec, folder / w, device, runners)))
     return nets
 
 
-def views_of(batch: np.ndarray, key: tuple, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """The normalised channels_last input and, with TTA, its mirror image: as training predicted."""
-    _, mean, std, tta = key
-    x = DeviceNormalize(mean, std, device, channels_last=True)(torch.from_numpy(batch))  # training's own step
-    return (x, torch.flip(x, dims=[3])) if tta else (x,)
-
-
-@torch.no_grad()
-def batch_probs(nets: list[ImageNet], views: dict, n_members: int, device: torch.device) -> list[torch.Tensor]:
-    """Each member's sum of its networks' sigmoid outputs over their views; a shared trunk runs once per view."""
-    features: dict = {}
-    sums: list = [0.0] * n_members
-    for n in nets:
-        autocast = torch.autocast(device.type, dtype=n.dtype) if n.dtype else contextlib.nullcontext()
-        with autocast:
-            for v, x in enumerate(views[n.view_key]):
-                if n.top is None:
-                    logits = n.net(x)
-                else:
-                    if (n.trunk_key, v) not in features:  # rounded to fp16, as the trunk cache stores it
-                        features[n.trunk_key, v] = n.trunk_run(x).half().float()
-                    logits = n.top(features[n.trunk_key, v])
-                sums[n.member] = sums[n.member] + torch.sigmoid(logits.float())
-    return sums
+def batch_probs(nets: list[tuple[int, Network]], decoded: dict, n_members: int, device) -> list[torch.Tensor]:
+    """Each member's mean over its networks of `predict_images` (pipelines.inference: training's own rules) on
+    one batch decoded at every input size; normalised views and a shared trunk's features computed once."""
+    memo: dict = {}
+    sums, counts = [0.0] * n_members, [0] * n_members
+    for member, n in nets:
+        sums[member] = sums[member] + predict_images(n, decoded[n.record.net.img_size], device, memo)
+        counts[member] += 1
+    return [total / count for total, count in zip(sums, counts)]
 
 
 def decoder(paths: list[Path], test: pd.DataFrame, where: str, max_pixels: int):
@@ -138,8 +95,7 @@ def image_members(folder: Path, records: list[dict], test: pd.DataFrame, image_r
     if not records:
         return []
     nets = load_nets(folder, records, n_labels, device)
-    counts = [sum(2 if n.view_key[3] else 1 for n in nets if n.member == i) for i in range(len(records))]
-    sizes = sorted({n.view_key[0] for n in nets})
+    sizes = sorted({n.record.net.img_size for _, n in nets})
     decode_row = decoder([image_root / i for i in test["id"]], test, where, max_pixels)
     out = [[] for _ in records]
     def decode(start: int) -> dict:
@@ -153,9 +109,8 @@ def image_members(folder: Path, records: list[dict], test: pd.DataFrame, image_r
             decoded = pending.result()
             if b + 1 < len(starts):
                 pending = ahead.submit(decode, starts[b + 1])
-            views = {key: views_of(decoded[key[0]], key, device) for key in {n.view_key for n in nets}}
-            for i, total in enumerate(batch_probs(nets, views, len(records), device)):
-                out[i].append((total / counts[i]).cpu().numpy().astype(np.float64))
+            for i, prob in enumerate(batch_probs(nets, decoded, len(records), device)):
+                out[i].append(prob.cpu().numpy().astype(np.float64))
             bar.update(min(BATCH, len(test) - starts[b]))
     return [np.concatenate(o) if o else np.zeros((0, n_labels)) for o in out]
 
@@ -216,6 +171,8 @@ def read_bundle(folder: Path, manifest: dict) -> dict:
                         f"{manifest['format']}; export the bundle again (`make export`)")
     absent = [k for k in ("members", "blend", "thresholds", "min_labels", "tokens") if k not in bundle]
     try:
+        absent += [f"{m['name']}'s inference records" for m in bundle["members"]
+                   if m["kind"] == "image" and len(m.get("inference", [])) != len(m["weights"])]
         named = [n for m in bundle["members"] for n in (*m["weights"], *m["shared"])]
         named += [bundle["blend"]["file"]] if bundle["blend"].get("file") else []
     except (KeyError, TypeError, AttributeError) as e:
@@ -233,7 +190,8 @@ def check_dependencies(folder: Path, bundle: dict, device: torch.device, log) ->
     """What the members and the blend need, before any of them runs."""
     file = bundle["blend"].get("file")
     require_reader(folder / file if file else None)
-    onnx = any(r == "onnx" for m in bundle["members"] if m["kind"] == "image" for r in m.get("trunk_runtimes", []))
+    onnx = any(r.get("trunk_runtime") == "onnx" for m in bundle["members"] if m["kind"] == "image"
+               for r in m["inference"] if isinstance(r, dict))
     if onnx and resolve_runtime("auto", device) != "onnx":
         why = "on CUDA" if device.type != "cpu" else "onnxruntime and onnx are not both installed"
         log(f"note: trunk features were computed by ONNX Runtime in training; they run eager here ({why}): "

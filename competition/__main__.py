@@ -3,17 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from competition import load_dataset, load_spec
+from competition.cli import Competition, competition_args
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m competition", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("eda", "check"):
-        p = sub.add_parser(name)
-        p.add_argument("--comp", default="demo")
-        p.add_argument("--data", default=None)
-        p.add_argument("--runs", default="runs")
+        competition_args(sub.add_parser(name))
     sub.add_parser("demo-data", add_help=False)
     a, rest = ap.parse_known_args(argv)
     if a.cmd == "demo-data":
@@ -22,13 +19,12 @@ def main(argv=None) -> int:
         return 0
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
-    spec = load_spec(a.comp)
-    ds = load_dataset(spec, a.data)
+    comp = Competition.of(a)
+    ds = comp.dataset()
     from competition.eda import plot_all, summary_text
-    from competition.layout import RunLayout
     print(summary_text(ds))
     if a.cmd == "eda":
-        for path in plot_all(ds, RunLayout.of(a.runs, spec.name).eda):
+        for path in plot_all(ds, comp.run.eda):
             print(f"wrote {path}")
     return 0
 

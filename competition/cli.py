@@ -5,10 +5,44 @@ writing its own file, not through `atomic_path`): one line naming the path and t
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import sys
 
 from competition.artifacts import storage_error
 from competition.errors import UserError
+from competition.layout import RunLayout
+from competition.reader import Dataset, load_dataset
+from competition.spec import Spec, load_spec
+
+
+def competition_args(ap: argparse.ArgumentParser, runs: bool = True, comp: str = "demo") -> argparse.ArgumentParser:
+    """--comp, --data (and --runs): how every command names its competition, data and run folder."""
+    ap.add_argument("--comp", default=comp, help="a spec name (competition/<name>.yaml) or a path to a spec YAML")
+    ap.add_argument("--data", default=None, help="the competition's folder: train.csv, test.csv, the images "
+                                                  "(default: the spec's data)")
+    if runs:
+        ap.add_argument("--runs", default="runs", help="the run folder (default: runs)")
+    return ap
+
+
+@dataclasses.dataclass(frozen=True)
+class Competition:
+    """The spec, its data folder and its run folder, built once from a command line."""
+    spec: Spec
+    data: str | None
+    runs: str = "runs"
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Competition:
+        return cls(load_spec(args.comp), args.data, getattr(args, "runs", "runs"))
+
+    @property
+    def run(self) -> RunLayout:
+        return RunLayout.of(self.runs, self.spec.name)
+
+    def dataset(self, check: bool = True) -> Dataset:
+        return load_dataset(self.spec, self.data, check=check)
 
 
 def run(main) -> None:

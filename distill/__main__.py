@@ -3,17 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from competition import load_dataset, load_spec
-from competition.layout import RunLayout
+from competition.cli import Competition, competition_args
 from pipelines.config import available_configs, resolve
 from submissions.blend import BLENDS
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m distill", description=__doc__)
-    ap.add_argument("--comp", default="demo")
-    ap.add_argument("--data", default=None)
-    ap.add_argument("--runs", default="runs")
+    competition_args(ap)
     ap.add_argument("--student", required=True, help=f"one of {', '.join(available_configs())} or a YAML path")
     ap.add_argument("--name", default=None, help="the student's model name (default: <student>-student)")
     ap.add_argument("--teacher", default=None, help="comma list of members; default: every complete non-student model")
@@ -28,9 +25,8 @@ def main(argv=None) -> int:
     from distill.student import check_mix, run_distill
     check_mix(a.teacher_weight, a.temperature)
     cfg = resolve(a.student, overrides)
-    spec = load_spec(a.comp)
-    ds = load_dataset(spec, a.data)
-    run_distill(spec, ds, RunLayout.of(a.runs, spec.name), cfg, a.teacher.split(",") if a.teacher else None,
+    comp = Competition.of(a)
+    run_distill(comp.spec, comp.dataset(), comp.run, cfg, a.teacher.split(",") if a.teacher else None,
                 a.blend, a.teacher_weight, a.temperature, a.pseudo, a.name, a.force)
     return 0
 

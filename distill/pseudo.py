@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from competition import load_dataset, load_spec
 from competition.artifacts import write_csv, write_json
+from competition.cli import Competition, competition_args
 from competition.errors import UserError
 from competition.formats import prob_frame
 from competition.layout import RunLayout
@@ -41,17 +41,14 @@ def write_pseudo(spec, ds, run: RunLayout, names: list[str] | None = None, blend
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m distill.pseudo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--comp", default="demo")
-    ap.add_argument("--data", default=None)
-    ap.add_argument("--runs", default="runs")
+    competition_args(ap)
     ap.add_argument("--models", default=None, help="comma list; default: every complete model that is not a student")
     ap.add_argument("--blend", default=None, choices=BLENDS, help="default: the best OOF score")
     ap.add_argument("--name", default="blend", help="the artifact's name, for pseudo=NAME (default: blend)")
     a = ap.parse_args(argv)
-    spec = load_spec(a.comp)
-    ds = load_dataset(spec, a.data, check=False)
-    write_pseudo(spec, ds, RunLayout.of(a.runs, spec.name), a.models.split(",") if a.models else None, a.blend,
-                 a.name)
+    comp = Competition.of(a)
+    write_pseudo(comp.spec, comp.dataset(check=False), comp.run, a.models.split(",") if a.models else None,
+                 a.blend, a.name)
     return 0
 
 

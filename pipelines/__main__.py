@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from competition import UserError, load_dataset, load_spec
+from competition import UserError
+from competition.cli import Competition, competition_args
 from competition.layout import RunLayout
 from pipelines.config import available_configs, resolve
 
@@ -13,9 +14,7 @@ from pipelines.config import available_configs, resolve
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__)
     ap.add_argument("cmd", choices=["train", "bench", "plan"])
-    ap.add_argument("--comp", default="demo")
-    ap.add_argument("--data", default=None)
-    ap.add_argument("--runs", default="runs")
+    competition_args(ap)
     ap.add_argument("--model", default=None, help=f"one of {', '.join(available_configs())} or a YAML path")
     ap.add_argument("--models", default=None, help="plan: comma list (default: every model benched on the device)")
     ap.add_argument("--device", default=None, help="plan: the device of the bench records (default: this machine's)")
@@ -28,16 +27,16 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-too", action=argparse.BooleanOptionalAction, default=None,
                     help="bench: also time the in-memory step with the other compile setting (default: on CUDA)")
     a, overrides = ap.parse_known_args(argv)  # the rest are key=value config overrides
-    spec = load_spec(a.comp)
-    run = RunLayout.of(a.runs, spec.name)
+    comp = Competition.of(a)
+    spec, run = comp.spec, comp.run
     if a.cmd == "plan":
-        return plan(a, spec, run, overrides)
+        return plan(a, comp, overrides)
     if a.model is None:
         raise UserError(f"{a.cmd} needs --model (MODEL=)")
     cfg = resolve(a.model, overrides, a.name)
     if cfg["kind"] == "captions" and not spec.caption_column:
         raise UserError(f"{spec.name} has no caption column: a captions model cannot be trained for it")
-    ds = load_dataset(spec, a.data)
+    ds = comp.dataset()
     if a.cmd == "bench":
         from pipelines.bench import run_bench
         run_bench(spec, ds, run, cfg, steps=a.steps, n_images=a.images, compile_too=a.compile_too)
@@ -58,10 +57,10 @@ def folds_k(run: RunLayout, ds, default: int) -> int:
     return int(read_folds(run.folds, list(ds.train["id"])).max()) + 1
 
 
-def plan(a, spec, run: RunLayout, overrides) -> int:
+def plan(a, comp: Competition, overrides) -> int:
     from pipelines.bench import this_device
     from pipelines.plan import make_plan, print_plan
-    ds = load_dataset(spec, a.data, check=False)
+    spec, run, ds = comp.spec, comp.run, comp.dataset(check=False)
     device = a.device or this_device()
     estimates, left, spent = make_plan(spec, ds, run, folds_k(run, ds, a.k), a.models.split(",") if a.models else None,
                                        device, overrides)

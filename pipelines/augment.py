@@ -32,7 +32,7 @@ LEVELS = {
 
 
 def level_params(level: str) -> dict | None:
-    return LEVELS[level]  # pipelines.config checked the name against CHOICES["augment"]
+    return LEVELS[level]  # pipelines.config checked the name against this table (REGISTRIES)
 
 
 def train_transform(level: str, size: int):

@@ -22,7 +22,7 @@ from competition import metrics
 from competition.artifacts import atomic_path
 from competition.layout import FitLayout, ModelLayout, RunLayout
 from pipelines import text_encoder
-from pipelines.result import FitResult, SoftTargets
+from pipelines.result import FitResult, SoftTargets, training_rows
 
 
 def vectorizers(cfg: dict, vocab: dict | None = None) -> list[TfidfVectorizer]:
@@ -129,14 +129,9 @@ def fit_captions(cfg, ds, run: RunLayout, train_idx, val_idx, out: FitLayout, la
     folder, emb = encoder_inputs(cfg, ds, run, ModelLayout(out.dir.parent))
     n = len(texts)
     x_of = (lambda rows: None) if emb is None else (lambda rows: emb[rows])
-    fit_texts, fit_y, fit_rows = texts[train_idx], y[train_idx].astype(np.float64), train_idx
-    if targets is not None:  # soft targets (a distilled student), and pseudo-labelled test rows
-        fit_y = targets.train[train_idx]
-        if targets.test is not None:
-            rows, soft = targets.joining()
-            fit_texts, fit_y = np.concatenate([fit_texts, test_texts[rows]]), np.concatenate([fit_y, soft])
-            fit_rows = np.concatenate([train_idx, n + rows])
-    model = CaptionModel(cfg, folder).fit(fit_texts, fit_y, x=x_of(fit_rows))
+    fit_rows, fit_y = training_rows(train_idx, y, targets)  # a student's soft targets, pseudo-labelled test rows
+    fit_texts = np.concatenate([texts, test_texts])[fit_rows]
+    model = CaptionModel(cfg, folder).fit(fit_texts, fit_y.astype(np.float64), x=x_of(fit_rows))
     out.dir.mkdir(parents=True, exist_ok=True)
     weights = model.save(out.captions_model)
     val_prob = model.predict(texts[val_idx], x_of(val_idx)) if len(val_idx) else np.zeros((0, y.shape[1]))

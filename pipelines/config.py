@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 from competition.artifacts import read_yaml
@@ -99,18 +100,28 @@ CHOICES = {
     "kind": ("image", "captions"),
     "pretrained": ("none", "hub", "offline", "file"),
     "mode": ("finetune", "frozen"),
-    "head": ("linear", "mlp", "attention", "pyramid"),
-    "schedule": ("cosine", "onecycle", "none"),
-    "loss": ("bce", "bce_pos_weight", "focal", "asl"),
     "select_metric": ("micro_f1", "mAP"),
-    "augment": ("none", "light", "strong"),
     "device": ("auto", "cpu", "cuda"),
-    "amp_dtype": ("auto", "bf16", "fp16"),
     "trunk_runtime": ("auto", "eager", "onnx"),
     "data_path": ("device", "loader"),
     "encoder": ("tfidf", "minilm"),
     "encoder_source": ("offline", "hub"),
 }
+# Closed sets whose implementation is a table: the table's keys are the one list of names (as timm's model
+# registry), read when a value is checked (imported then: the tables live with torch, timm, albumentations).
+REGISTRIES = {"head": ("pipelines.model", "HEADS"), "loss": ("pipelines.losses", "LOSSES"),
+              "schedule": ("pipelines.train", "SCHEDULES"), "augment": ("pipelines.augment", "LEVELS"),
+              "amp_dtype": ("pipelines.model", "AMP_DTYPES")}
+
+
+def choices(key: str) -> tuple | None:
+    """The valid values of a closed key, or None for an open one."""
+    if key in REGISTRIES:
+        module, table = REGISTRIES[key]
+        return tuple(getattr(importlib.import_module(module), table))
+    return CHOICES.get(key)
+
+
 # Numeric ranges, checked with the types before any work: (lowest, highest, lowest included?, highest included?).
 # img_size: 32 px is the total stride of timm's convnets (5 halvings); smaller leaves no feature map.
 RANGES = {
@@ -185,8 +196,9 @@ def checked_value(key: str, value, where: str):
           isinstance(value, want))
     if not ok:
         raise UserError(f"{where}: {key}={value!r}; expected {TYPE_NAMES[want]}")
-    if key in CHOICES and value not in CHOICES[key]:
-        raise UserError(f"{where}: {key}={value!r}; valid: {', '.join(CHOICES[key])}")
+    valid = choices(key)
+    if valid is not None and value not in valid:
+        raise UserError(f"{where}: {key}={value!r}; valid: {', '.join(valid)}")
     value = float(value) if want is float else list(value) if want is list else value
     check_range(key, value, where)
     return value

@@ -39,14 +39,15 @@ class CachedImages(Dataset):
             self._array = np.load(self.path, mmap_mode="r")
         return self._array[self.rows[i]]
 
+    def target(self, i) -> torch.Tensor:
+        return torch.from_numpy(self.targets[i].astype(np.float32)) if self.targets is not None else torch.zeros(0)
+
     def __getitem__(self, i):
         image = self.image(i)
         if self.transform is not None:
             seed_transform(self.transform, stream_seed(self.seed, self.epoch, self.rows[i]))
             image = self.transform(image=image)["image"]
-        x = torch.from_numpy(np.require(image, requirements=["C", "W"]))  # memmap rows are read-only
-        y = torch.from_numpy(self.targets[i].astype(np.float32)) if self.targets is not None else torch.zeros(0)
-        return x, y
+        return torch.from_numpy(np.require(image, requirements=["C", "W"])), self.target(i)  # memmap: read-only
 
 
 class DecodedImages(CachedImages):

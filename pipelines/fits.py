@@ -89,8 +89,8 @@ def train_fold(cfg, spec, ds: Dataset, run: RunLayout, fold_of: np.ndarray, f: i
     write_json(fold.done, {
         "best_epoch": result.best_epoch, "seconds": round(seconds, 1), "hours": seconds / 3600,
         "gpu_hours": result.gpu_hours, "device": result.device, "backend": result.backend,
-        "trunk_runtime": result.trunk_runtime, **weights_record(result, model),
-        "weights_source": result.source, "params": result.params, "val": fold_scores})
+        "inference": result.inference, **weights_record(result, model), "weights_source": result.source,
+        "params": result.params, "val": fold_scores})
     log(f"{cfg['name']} fold {f}: micro-F1@0.5 {fold_scores['micro_f1']:.4f} mAP {fold_scores['mAP']:.4f} "
         f"best epoch {result.best_epoch}, {seconds:.0f}s")
 
@@ -113,7 +113,7 @@ def refit(cfg, spec, ds: Dataset, run: RunLayout, k: int, log, targets_for=None)
         seconds = time.time() - t0
         write_json(model.full.done, {"epochs": epochs, "seconds": round(seconds, 1), "hours": seconds / 3600,
                                      "gpu_hours": result.gpu_hours, "device": result.device,
-                                     "trunk_runtime": result.trunk_runtime, **weights_record(result, model),
+                                     "inference": result.inference, **weights_record(result, model),
                                      "params": result.params})
     return fit_once(model, None, label, log, train)
 

@@ -6,7 +6,7 @@ import numpy as np
 from competition.layout import FitLayout, RunLayout
 from pipelines.cache import build_cache
 from pipelines.distributed import Dist
-from pipelines.result import SoftTargets
+from pipelines.result import SoftTargets, training_rows
 from pipelines.train import FoldData, fit
 
 
@@ -15,12 +15,7 @@ def fit_images(cfg, ds, run: RunLayout, train_idx, val_idx, out: FitLayout, labe
     cache = build_cache(ds, run, cfg["img_size"])
     y = ds.targets()
     test_rows = len(ds.train) + np.arange(len(ds.test))  # the cache holds train rows, then test rows
-    train_rows, train_y = train_idx, y[train_idx]
-    if targets is not None:
-        train_y = targets.train[train_idx]
-        if targets.test is not None:
-            rows, soft = targets.joining()
-            train_rows, train_y = np.concatenate([train_idx, test_rows[rows]]), np.concatenate([train_y, soft])
+    train_rows, train_y = training_rows(train_idx, y, targets)
     data = FoldData(cache, train_rows, train_y.astype(np.float32), val_idx, y[val_idx], test_rows,
                     min_labels=ds.spec.min_labels_per_image)
     return fit(cfg, data, out, label, dist=Dist.from_env(), log=log)

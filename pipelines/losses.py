@@ -32,4 +32,4 @@ LOSSES = {
 
 
 def build_loss(name: str, train_targets: np.ndarray) -> nn.Module:
-    return LOSSES[name](train_targets)  # pipelines.config checked the name against CHOICES["loss"]
+    return LOSSES[name](train_targets)  # pipelines.config checked the name against this table (REGISTRIES)

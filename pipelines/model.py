@@ -2,6 +2,7 @@
 safetensors. Training, Grad-CAM and prediction all build and load networks here, so they cannot drift."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -12,20 +13,41 @@ from torch import nn
 
 from competition.artifacts import atomic_path
 from competition.errors import UserError
-from pipelines.config import DEFAULTS
 from pipelines.weights import load_pretrained
 
 
-def linear_head(in_features: int, num_classes: int, cfg: dict) -> nn.Module:
-    return nn.Sequential(nn.Dropout(cfg["dropout"]), nn.Linear(in_features, num_classes))
+@dataclasses.dataclass(frozen=True)
+class NetSpec:
+    """What the builder makes a network from: the architecture, nothing about training. Built from a run's
+    config at training and saved in each fit's inference record (pipelines.inference), so a trained network is
+    rebuilt from its own record, never from today's defaults."""
+    backbone: str
+    mode: str                  # finetune | frozen (the backbone's BatchNorm stays ImageNet's)
+    head: str
+    head_hidden: tuple         # mlp widths
+    head_dim: int
+    head_heads: int
+    extra_stages: int
+    dropout: float
+    drop_path: float
+    img_size: int              # the input size; fixed-size models (ViT) are built for it
+
+    @classmethod
+    def of(cls, cfg: dict) -> NetSpec:
+        return cls(**{f.name: tuple(cfg[f.name]) if f.name == "head_hidden" else cfg[f.name]
+                      for f in dataclasses.fields(cls)})
 
 
-def mlp_head(in_features: int, num_classes: int, cfg: dict) -> nn.Module:
+def linear_head(in_features: int, num_classes: int, spec: NetSpec) -> nn.Module:
+    return nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(in_features, num_classes))
+
+
+def mlp_head(in_features: int, num_classes: int, spec: NetSpec) -> nn.Module:
     layers, width = [], in_features
-    for hidden in cfg["head_hidden"]:
-        layers += [nn.Dropout(cfg["dropout"]), nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+    for hidden in spec.head_hidden:
+        layers += [nn.Dropout(spec.dropout), nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
         width = hidden
-    return nn.Sequential(*layers, nn.Dropout(cfg["dropout"]), nn.Linear(width, num_classes))
+    return nn.Sequential(*layers, nn.Dropout(spec.dropout), nn.Linear(width, num_classes))
 
 
 def tokens_of(x: torch.Tensor) -> torch.Tensor:
@@ -39,14 +61,14 @@ class QueryHead(nn.Module):
     and a group fully-connected layer (each query's own linear map to its label's logit). Small objects need not
     win a global average: a label's query can look at the few positions that hold it."""
 
-    def __init__(self, in_features: int, num_classes: int, cfg: dict):
+    def __init__(self, in_features: int, num_classes: int, spec: NetSpec):
         super().__init__()
-        d = cfg["head_dim"]
+        d = spec.head_dim
         self.embed = nn.Sequential(nn.Linear(in_features, d), nn.ReLU(inplace=True))
         self.queries = nn.Parameter(torch.randn(num_classes, d) * 0.02)
-        self.attend = nn.MultiheadAttention(d, cfg["head_heads"], dropout=cfg["dropout"], batch_first=True)
+        self.attend = nn.MultiheadAttention(d, spec.head_heads, dropout=spec.dropout, batch_first=True)
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.ffn = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(inplace=True), nn.Dropout(cfg["dropout"]),
+        self.ffn = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(inplace=True), nn.Dropout(spec.dropout),
                                  nn.Linear(2 * d, d))
         self.group_weight = nn.Parameter(torch.randn(num_classes, d) * d ** -0.5)
         self.group_bias = nn.Parameter(torch.zeros(num_classes))
@@ -66,9 +88,9 @@ class PyramidHead(nn.Module):
 
     GRIDS = (1, 2, 4)
 
-    def __init__(self, in_features: int, num_classes: int, cfg: dict):
+    def __init__(self, in_features: int, num_classes: int, spec: NetSpec):
         super().__init__()
-        self.fc = nn.Sequential(nn.Dropout(cfg["dropout"]), nn.Linear(in_features * sum(g * g for g in self.GRIDS),
+        self.fc = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(in_features * sum(g * g for g in self.GRIDS),
                                                                       num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,12 +99,13 @@ class PyramidHead(nn.Module):
         return self.fc(torch.cat([nn.functional.adaptive_max_pool2d(x, g).flatten(1) for g in self.GRIDS], 1))
 
 
-HEADS = {"linear": linear_head, "mlp": mlp_head, "attention": QueryHead, "pyramid": PyramidHead}  # CHOICES["head"]
+# The one list of head names (pipelines.config.REGISTRIES checks `head` against it).
+HEADS = {"linear": linear_head, "mlp": mlp_head, "attention": QueryHead, "pyramid": PyramidHead}
 SPATIAL_HEADS = {"attention", "pyramid"}  # they take the unpooled feature map
 
 
-def build_head(in_features: int, num_classes: int, cfg: dict) -> nn.Module:
-    return HEADS[cfg["head"]](in_features, num_classes, cfg)
+def build_head(in_features: int, num_classes: int, spec: NetSpec) -> nn.Module:
+    return HEADS[spec.head](in_features, num_classes, spec)
 
 
 EFFICIENTNET_PARTS = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")
@@ -128,18 +151,18 @@ def size_args(backbone: str, img_size: int) -> dict:
 
 
 class MultiLabelNet(nn.Module):
-    def __init__(self, cfg: dict, num_classes: int):
+    def __init__(self, spec: NetSpec, num_classes: int):
         super().__init__()
-        self.frozen = cfg["mode"] == "frozen"
-        self.extra = cfg["extra_stages"]
-        if self.extra and cfg["head"] in SPATIAL_HEADS:
-            raise UserError(f"extra_stages joins pooled features: use it with head linear or mlp, not {cfg['head']}")
-        pool = "" if cfg["head"] in SPATIAL_HEADS else "avg"
-        extra = {"drop_path_rate": cfg["drop_path"]} if cfg["drop_path"] else {}  # not every timm model takes it
-        extra |= size_args(cfg["backbone"], cfg["img_size"])
-        self.backbone = timm.create_model(cfg["backbone"], pretrained=False, num_classes=0, global_pool=pool, **extra)
+        self.frozen = spec.mode == "frozen"
+        self.extra = spec.extra_stages
+        if self.extra and spec.head in SPATIAL_HEADS:
+            raise UserError(f"extra_stages joins pooled features: use it with head linear or mlp, not {spec.head}")
+        pool = "" if spec.head in SPATIAL_HEADS else "avg"
+        extra = {"drop_path_rate": spec.drop_path} if spec.drop_path else {}  # not every timm model takes it
+        extra |= size_args(spec.backbone, spec.img_size)
+        self.backbone = timm.create_model(spec.backbone, pretrained=False, num_classes=0, global_pool=pool, **extra)
         width = self.backbone.num_features + sum(stage_widths(self.backbone, self.extra))
-        self.head = build_head(width, num_classes, cfg)
+        self.head = build_head(width, num_classes, spec)
         if self.frozen:
             self.backbone.requires_grad_(False)
 
@@ -187,13 +210,15 @@ def round_to_saved(model: nn.Module) -> None:
 
 
 def build_model(cfg: dict, num_classes: int) -> tuple[MultiLabelNet, str, tuple, tuple]:
-    """Model, where its weights came from, and the normalisation mean/std of its pretraining."""
-    model = MultiLabelNet(cfg, num_classes)
-    source = load_pretrained(model.backbone, cfg["backbone"], cfg["pretrained"], cfg["pretrained_file"],
-                             size_args(cfg["backbone"], cfg["img_size"]))
+    """A network to train from a run's config: model, where its weights came from, and the normalisation
+    mean/std of its pretraining (what its inference record then carries)."""
+    spec = NetSpec.of(cfg)
+    model = MultiLabelNet(spec, num_classes)
+    source = load_pretrained(model.backbone, spec.backbone, cfg["pretrained"], cfg["pretrained_file"],
+                             size_args(spec.backbone, spec.img_size))
     round_to_saved(model)
     data_cfg = timm.data.resolve_data_config({}, model=model.backbone)
-    return model, source, tuple(data_cfg["mean"]), tuple(data_cfg["std"])
+    return model, source, tuple(float(v) for v in data_cfg["mean"]), tuple(float(v) for v in data_cfg["std"])
 
 
 class TopOfNet(nn.Module):
@@ -243,33 +268,25 @@ def trunk_forward(net, start: int, x):
     return x
 
 
-def forward_as_trained(net: MultiLabelNet, cfg: dict, x: torch.Tensor) -> torch.Tensor:
-    """Logits as training computed its validation and test predictions: a trunk-cached model (train_from) runs
-    its trunk, rounds the features to fp16 as the trunk cache stores them, then its top. Call under no_grad."""
-    if cfg["train_from"] is None:
-        return net(x)
-    return TopOfNet(net, cfg["train_from"])(trunk_forward(net, cfg["train_from"], x).half().float())
-
-
 def cpu_has_bf16() -> bool:
     """bf16 matrix units (AMX) or AVX512-BF16: there oneDNN runs bf16 convolutions natively."""
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
-# amp_dtype's names are pipelines.config's CHOICES, checked there before any work.
+# The one list of amp_dtype names (pipelines.config.REGISTRIES), checked before any work.
 AMP_DTYPES = {"auto": lambda: torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
               "bf16": lambda: torch.bfloat16, "fp16": lambda: torch.float16}
 
 
-def inference_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of predictions: on CUDA the config's amp_dtype (also training's; auto: bf16 where
-    supported, else fp16), bf16 on a CPU with native bf16 (2.0x faster here, benchmarks/cpu_bf16.py), none
-    otherwise or with amp off. Training's validation and test predictions and `make predict` use this rule."""
-    if not cfg["amp"]:
+def inference_dtype(amp: bool, amp_dtype: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of predictions: on CUDA amp_dtype (also training's; auto: bf16 where supported, else
+    fp16), bf16 on a CPU with native bf16 (2.0x faster here, benchmarks/cpu_bf16.py), none otherwise or with
+    amp off. Training's predictions and every reader of an inference record use this rule."""
+    if not amp:
         return None
     if device.type == "cuda":
-        return AMP_DTYPES[cfg["amp_dtype"]]()
+        return AMP_DTYPES[amp_dtype]()
     return torch.bfloat16 if cpu_has_bf16() else None
 
 
@@ -284,12 +301,3 @@ def load_weights(model: nn.Module, path: Path) -> None:
     state = load_file(str(path))
     ref = model.state_dict()
     model.load_state_dict({k: v.to(ref[k].dtype) for k, v in state.items()}, strict=True)
-
-
-def load_trained(cfg: dict, num_classes: int, weights: Path) -> tuple[MultiLabelNet, tuple, tuple]:
-    """A trained network from its config and weight file, float32 and in eval mode, with the normalisation
-    of its pretraining. No pretrained download or file: the saved weights replace them all."""
-    # Keys new since the model was trained take their defaults, which reproduce the old networks.
-    net, _, mean, std = build_model({**DEFAULTS, **cfg, "pretrained": "none"}, num_classes)
-    load_weights(net, weights)
-    return net.float().eval(), mean, std

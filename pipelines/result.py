@@ -21,7 +21,7 @@ class FitResult:
     gpu_hours: float = 0.0
     shared: list = dataclasses.field(default_factory=list)  # files or folders every fold's inference also needs
     backend: str = "none"   # torch.distributed backend under torchrun (nccl, gloo), "none" for one process
-    trunk_runtime: str | None = None  # eager | onnx: what computed a cached trunk's features (train_from)
+    inference: dict | None = None  # an image network's inference record (pipelines.inference), None for captions
 
 
 @dataclasses.dataclass
@@ -37,3 +37,16 @@ class SoftTargets:
         """(test.csv positions, their targets) of the pseudo-labelled rows that join training."""
         rows = np.arange(len(self.test)) if self.test_rows is None else np.asarray(self.test_rows)
         return rows, self.test[rows]
+
+
+def training_rows(train_idx: np.ndarray, y: np.ndarray, targets: SoftTargets | None) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, targets) a fit learns, rows numbered train rows first, then test rows (as the image cache and the
+    caption embeddings hold them): its train rows with their labels, or with a student's soft targets and
+    the pseudo-labelled test rows that join them."""
+    if targets is None:
+        return train_idx, y[train_idx]
+    rows, fit_y = train_idx, targets.train[train_idx]
+    if targets.test is not None:
+        joining, soft = targets.joining()
+        rows, fit_y = np.concatenate([train_idx, len(y) + joining]), np.concatenate([fit_y, soft])
+    return rows, fit_y

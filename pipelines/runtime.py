@@ -3,8 +3,8 @@
 On the 2-core CPU, EfficientNet-Lite2's whole network at 288 px (batch 64) ran 91.5 img/s in ONNX Runtime
 (fp32) against 32.7 for eager PyTorch under bf16 autocast and 19.1 in fp32 (benchmarks/onnx_vs_eager.py).
 Training's trunk cache and `make predict` choose by the same rule and a fit records what its features came
-from (done.json `trunk_runtime`), so a bundle predicts with the runtime its member trained on. Only frozen
-trunks: what trains needs autograd, and ONNX Runtime's CUDA build is not installed (CUDA runs eager).
+from (its inference record, pipelines/inference.py), so a bundle predicts with the runtime its member trained
+on. Only frozen trunks: what trains needs autograd, and ONNX Runtime's CUDA build is not installed (CUDA runs eager).
 """
 from __future__ import annotations
 

@@ -29,12 +29,12 @@ from pipelines.data import (
     set_loader_epoch,
 )
 from pipelines.distributed import Dist
+from pipelines.inference import InferenceRecord, mean_sigmoid, views
 from pipelines.losses import build_loss
-from pipelines.model import build_model, inference_dtype, load_weights, save_weights
+from pipelines.model import TopOfNet, build_model, inference_dtype, load_weights, save_weights
 from pipelines.preprocess import DeviceNormalize
 from pipelines.result import FitResult
-from pipelines.runtime import resolve_runtime
-from pipelines.trunk import TopOfNet, TrunkFeatures, trunk_cache
+from pipelines.trunk import TrunkFeatures, trunk_cache
 
 
 @dataclasses.dataclass
@@ -57,7 +57,7 @@ def device_setup(cfg: dict, dist: Dist):
         raise UserError("device=cuda asked for, but torch sees no CUDA device")
     on_cuda = cfg["device"] == "cuda" or (cfg["device"] == "auto" and torch.cuda.is_available())
     device = torch.device(f"cuda:{dist.local_rank}" if on_cuda else "cpu")
-    infer_dtype = inference_dtype(cfg, device)
+    infer_dtype = inference_dtype(cfg["amp"], cfg["amp_dtype"], device)
     return device, infer_dtype if device.type == "cuda" else None, infer_dtype
 
 
@@ -80,7 +80,7 @@ def onecycle_schedule(cfg, optimizer, updates_per_epoch):
     return (lambda step: sched.step()), sched
 
 
-# The names are pipelines.config's CHOICES["schedule"], checked there before any work.
+# The one list of schedule names (pipelines.config.REGISTRIES checks `schedule` against it).
 SCHEDULES = {"cosine": cosine_schedule, "onecycle": onecycle_schedule,
              "none": lambda cfg, optimizer, updates: ((lambda step: None), None)}
 
@@ -92,18 +92,10 @@ def make_schedule(cfg, optimizer, updates_per_epoch):
 
 @torch.no_grad()
 def predict(module, loader, to_input, device, amp_dtype, tta: bool) -> np.ndarray:
-    """Sigmoid probabilities of `module` over a loader, optionally averaged with the mirror view."""
+    """Sigmoid probabilities of `module` over a loader, optionally averaged with the mirror view: the inference
+    record's rules (pipelines.inference), which `make predict` applies to decoded images."""
     module.eval()
-    out = []
-    for x, _ in loader:
-        x = to_input(x)
-        # Trunk features arrive as (batch, 2 views, C, H, W): the mirror view is precomputed.
-        views = (x[:, 0], x[:, 1]) if x.dim() == 5 else (x, torch.flip(x, dims=[3]))
-        with autocast(device, amp_dtype):
-            prob = torch.sigmoid(module(views[0]).float())
-            if tta:
-                prob = (prob + torch.sigmoid(module(views[1]).float())) / 2
-        out.append(prob.cpu().numpy())
+    out = [mean_sigmoid(module, views(to_input(x), tta), device, amp_dtype).cpu().numpy() for x, _ in loader]
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -137,11 +129,10 @@ def loaders(cfg, device, dist: Dist, train_ds, val_ds, test_ds) -> tuple:
             make_loader(val_ds, bs * 2, False, workers, device), make_loader(test_ds, bs * 2, False, workers, device))
 
 
-def trunk_inputs(cfg, data: FoldData, net, mean, std, device, infer_dtype, channels_last, dist: Dist):
+def trunk_inputs(cfg, data: FoldData, net, record: InferenceRecord, device, channels_last, dist: Dist):
     """Batch sources over cached trunk features (train_from), and the module that trains on them."""
     top = TopOfNet(net, cfg["train_from"])
-    features = trunk_cache(net, cfg["train_from"], data.cache, mean, std, device, infer_dtype,
-                           runtime=resolve_runtime(cfg["trunk_runtime"], device))
+    features = trunk_cache(net, record, data.cache, device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
     def to_device(x, train=False):
@@ -189,6 +180,7 @@ class Setup:
     device: torch.device
     amp_dtype: torch.dtype | None    # training steps' autocast
     infer_dtype: torch.dtype | None  # predictions' autocast
+    record: InferenceRecord       # how the saved network predicts (written into the fit's done.json)
     net: torch.nn.Module          # the whole network: what is saved and what inference needs
     trained: torch.nn.Module      # what the optimizer updates: the net, or its top on cached trunk features
     step_module: torch.nn.Module  # `trained` as the train step calls it: compiled and/or DDP-wrapped
@@ -211,6 +203,7 @@ def setup(cfg: dict, data: FoldData, dist: Dist) -> Setup:
     torch.manual_seed(cfg["seed"])
     device, amp_dtype, infer_dtype = device_setup(cfg, dist)
     net, source, mean, std = build_model(cfg, data.train_y.shape[1])
+    record = InferenceRecord.of(cfg, data.train_y.shape[1], mean, std, device)
     channels_last = cfg["channels_last"]
     net.to(device)
     if channels_last:
@@ -221,7 +214,7 @@ def setup(cfg: dict, data: FoldData, dist: Dist) -> Setup:
             cfg, data, mean, std, device, channels_last, dist)
     else:
         train_loader, val_loader, test_loader, to_input, trained = trunk_inputs(
-            cfg, data, net, mean, std, device, infer_dtype, channels_last, dist)
+            cfg, data, net, record, device, channels_last, dist)
     updates = len(train_loader) if cfg["max_train_batches"] is None else min(len(train_loader),
                                                                               cfg["max_train_batches"])
     if cfg["layer_decay"] is not None and (trained is not net or cfg["mode"] == "frozen"):
@@ -232,7 +225,8 @@ def setup(cfg: dict, data: FoldData, dist: Dist) -> Setup:
     step_schedule, sched_state = make_schedule(cfg, optimizer, updates)
     ema = ModelEmaV3(trained, decay=cfg["ema_decay"], use_warmup=True) if cfg["ema"] else None
     return Setup(
-        cfg=cfg, dist=dist, device=device, amp_dtype=amp_dtype, infer_dtype=infer_dtype, net=net, trained=trained,
+        cfg=cfg, dist=dist, device=device, amp_dtype=amp_dtype, infer_dtype=infer_dtype, record=record, net=net,
+        trained=trained,
         step_module=dist.wrap(torch.compile(trained) if cfg["compile"] else trained),
         evaluated=ema.module if ema is not None else trained, source=source, to_input=to_input,
         train_loader=train_loader, val_loader=val_loader, test_loader=test_loader, updates=updates,
@@ -362,16 +356,15 @@ def fit(cfg: dict, data: FoldData, out: FitLayout, label: str, dist: Dist | None
     while p.epoch < cfg["epochs"] and not (p.history and has_val and p.epoch - p.best_epoch >= cfg["patience"]):
         p = run_epoch(s, data, out, p, label, log)
     restore_best(s.net, s.trained, s.evaluated, out.best_weights)
-    val_prob = (predict(s.evaluated, s.val_loader, s.to_input, s.device, s.infer_dtype, cfg["tta"])
+    val_prob = (predict(s.evaluated, s.val_loader, s.to_input, s.device, s.infer_dtype, s.record.tta)
                 if has_val else np.zeros((0, data.train_y.shape[1])))
-    test_prob = predict(s.evaluated, s.test_loader, s.to_input, s.device, s.infer_dtype, cfg["tta"])
+    test_prob = predict(s.evaluated, s.test_loader, s.to_input, s.device, s.infer_dtype, s.record.tta)
     on_gpu = s.device.type == "cuda"
-    runtime = None if cfg["train_from"] is None else resolve_runtime(cfg["trunk_runtime"], s.device)
     return FitResult(val_prob, test_prob, p.best_epoch, p.history, out.best_weights, s.source,
                      sum(q.numel() for q in s.net.parameters()),
                      torch.cuda.get_device_name(s.device) if on_gpu else "cpu",
                      (time.time() - t0) / 3600 * dist.world if on_gpu else 0.0, backend=dist.backend,
-                     trunk_runtime=runtime)
+                     inference=s.record.to_json())
 
 
 def run_epoch(s: Setup, data: FoldData, out: FitLayout, p: Progress, label: str, log) -> Progress:

@@ -18,54 +18,48 @@ from tqdm import tqdm
 from competition.artifacts import atomic_array, build_once
 from competition.layout import RunLayout
 from pipelines.augment import stream_seed
-from pipelines.model import TopOfNet, trunk_digest, trunk_forward  # noqa: F401  (the split lives with the model)
-from pipelines.preprocess import DeviceNormalize
+from pipelines.data import CachedImages
+from pipelines.inference import FEATURE_DTYPE, InferenceRecord, views
+from pipelines.model import trunk_digest
 from pipelines.runtime import runtime_salt, trunk_runner
 
 
-def trunk_cache(net, start: int, image_cache: Path, mean, std, device, infer_dtype=None, batch_size=64,
-                quiet=False, runtime: str = "eager") -> Path:
-    """(N, 2, C, H, W) fp16: trunk output of each cached image and of its mirror image, computed in `runtime`
-    (pipelines.runtime: ONNX Runtime on a CPU where installed, 2.8x eager bf16 there) or eager under autocast
-    to `infer_dtype` when given (bf16 on a CPU with AMX: 2x faster than fp32, benchmarks/cpu_bf16.py)."""
+def trunk_cache(net, record: InferenceRecord, image_cache: Path, device, batch_size=64, quiet=False) -> Path:
+    """(N, 2, C, H, W) fp16: the trunk output (before `record.train_from`) of each cached image and of its mirror
+    image, computed in the record's runtime (pipelines.runtime: ONNX Runtime on a CPU where installed, 2.8x eager
+    bf16 there) or eager under its autocast dtype (bf16 on a CPU with AMX: 2x fp32, benchmarks/cpu_bf16.py)."""
+    start, dtype, runtime = record.train_from, record.dtype(device), record.trunk_runtime
     # Keyed by the trunk's weights and the compute that made the features: either changes them.
-    digest = trunk_digest(net, start, runtime_salt(runtime, infer_dtype))
+    digest = trunk_digest(net, start, runtime_salt(runtime, dtype))
     arch = net.backbone.pretrained_cfg.get("architecture", "net")
     path = RunLayout.trunk_features(image_cache, arch, start, digest.hexdigest()[:10])
 
     def build(path: Path) -> None:
         images = np.load(image_cache, mmap_mode="r")
-        run = trunk_runner(net.to(device).eval(), start, images.shape[1], device, infer_dtype, runtime)
-        normalize = DeviceNormalize(mean, std, device, channels_last=True)
+        assert images.shape[1] == record.net.img_size, f"{image_cache} holds {images.shape[1]} px images"
+        run = trunk_runner(net.to(device).eval(), start, record.net.img_size, device, dtype, runtime)
+        normalize = record.normalizer(device)
         probe = run(normalize(torch.from_numpy(np.array(images[:1]))))
-        with atomic_array(path, np.float16, (len(images), 2, *probe.shape[1:])) as out:
+        dtype_np = torch.empty(0, dtype=FEATURE_DTYPE).numpy().dtype
+        with atomic_array(path, dtype_np, (len(images), 2, *probe.shape[1:])) as out:
             for i in tqdm(range(0, len(images), batch_size), desc=f"trunk features {path.stem}", disable=quiet,
                           mininterval=2 if sys.stderr.isatty() else 30):
                 x = normalize(torch.from_numpy(np.array(images[i:i + batch_size])))
-                out[i:i + len(x), 0] = run(x).half().cpu().numpy()
-                out[i:i + len(x), 1] = run(torch.flip(x, dims=[3])).half().cpu().numpy()
+                for v, view in enumerate(views(x, tta=True)):  # both views: the flip also augments training
+                    out[i:i + len(x), v] = run(view).to(FEATURE_DTYPE).cpu().numpy()
     return build_once(path, build)
 
 
-class TrunkFeatures(torch.utils.data.Dataset):
-    """Training: one of the two views, drawn from (seed, epoch, row) (the flip augmentation). Eval: both (flip TTA)."""
+class TrunkFeatures(CachedImages):
+    """Rows of the trunk cache. Training: one of the two views, drawn from (seed, epoch, row) (the flip
+    augmentation). Eval: both (flip TTA)."""
 
     def __init__(self, path, rows, targets=None, train=False, seed=0):
-        self.path, self.rows, self.targets, self.train = str(path), np.asarray(rows), targets, train
-        self.seed, self.epoch = seed, 0
-        self._array = None
-
-    def __len__(self):
-        return len(self.rows)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().__init__(path, rows, targets, seed=seed)
+        self.train = train
 
     def __getitem__(self, i):
-        if self._array is None:
-            self._array = np.load(self.path, mmap_mode="r")
-        views = self._array[self.rows[i]]
+        views = self.image(i)
         # Not a per-worker RNG: each worker would repeat the others' flips, and a resume would not reproduce them.
         x = views[stream_seed(self.seed, self.epoch, self.rows[i]) % 2] if self.train else views
-        y = torch.from_numpy(self.targets[i].astype(np.float32)) if self.targets is not None else torch.zeros(0)
-        return torch.from_numpy(np.array(x, dtype=np.float32)), y
+        return torch.from_numpy(np.array(x, dtype=np.float32)), self.target(i)

@@ -8,7 +8,7 @@ import sys
 
 import pandas as pd
 
-from competition import load_dataset, load_spec
+from competition.cli import Competition, competition_args
 from competition.layout import RunLayout
 from submissions.blend import BLENDS, DEFAULT_BLENDS
 from submissions.scoring import METHODS
@@ -17,9 +17,7 @@ from submissions.scoring import METHODS
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m submissions", description=__doc__)
     ap.add_argument("cmd", choices=["thresholds", "submit", "report", "lb", "lb-set"])
-    ap.add_argument("--comp", default="demo")
-    ap.add_argument("--data", default=None)
-    ap.add_argument("--runs", default="runs")
+    competition_args(ap)
     ap.add_argument("--models", default=None, help="comma list; default: every complete model")
     ap.add_argument("--method", default=None, choices=METHODS, help="threshold method; default: the best nested score")
     ap.add_argument("--trials", type=int, default=200)
@@ -35,16 +33,16 @@ def main(argv=None) -> int:
     ap.add_argument("--file", default=None, help="lb-set: the submission (its name or path)")
     ap.add_argument("--public", type=float, default=None, help="lb-set: its public leaderboard score")
     a = ap.parse_args(argv)
-    spec = load_spec(a.comp)
+    comp = Competition.of(a)
+    spec, run = comp.spec, comp.run
     if a.cmd in ("lb", "lb-set"):
-        return leaderboard(a, RunLayout.of(a.runs, spec.name))
+        return leaderboard(a, run)
     from submissions.budget import Budget
     from submissions.postprocess import Settings
     from submissions.submit import run_submit, run_thresholds
     settings = Settings(Budget.of(spec, a.budget_mb, a.budget_gpu_hours, a.ignore_budget), a.method, a.trials,
                         a.seed, tuple(a.blends.split(",")) if a.blends else DEFAULT_BLENDS, a.storage)
-    ds = load_dataset(spec, a.data, check=False)
-    run = RunLayout.of(a.runs, spec.name)
+    ds = comp.dataset(check=False)
     names = a.models.split(",") if a.models else None
     if a.cmd == "submit":
         command = "python -m submissions " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))

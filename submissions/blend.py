@@ -137,8 +137,13 @@ class MultiOutputMLP:
         return prob
 
 
+# Newton's method with a Cholesky solve: the second level has few features (members x labels) and many rows.
+# On 22,400 rows x 36 features (the two captions members at 28,000 rows, benchmarks/stack_solvers.py) it fitted
+# 18 labels in 0.8 s against lbfgs's 10.7 s, and lbfgs stopped up to 1.6% above the optimum it reached; the
+# fully nested estimate fits the second level ~31 times.
+STACK_SOLVER = "newton-cholesky"
 LEARNERS = {
-    "stack": lambda: PerLabel(lambda: LogisticRegression(C=1.0, max_iter=2000)),
+    "stack": lambda: PerLabel(lambda: LogisticRegression(C=1.0, max_iter=2000, solver=STACK_SOLVER)),
     "stack_hgb": lambda: PerLabel(lambda: HistGradientBoostingClassifier(
         max_iter=150, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=40, l2_regularization=1.0,
         early_stopping=False, random_state=0)),

@@ -19,8 +19,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 
 from competition.artifacts import atomic_path  # noqa: E402
 from competition.images import load_resized  # noqa: E402
-from pipelines.model import load_trained  # noqa: E402
-from pipelines.preprocess import DeviceNormalize  # noqa: E402
+from pipelines.inference import fit_record, load_network  # noqa: E402
 from submissions.ensemble import Ensemble  # noqa: E402
 from submissions.members import Member  # noqa: E402
 from submissions.thresholds import threshold_vector  # noqa: E402
@@ -31,11 +30,13 @@ def best_image_member(ens: Ensemble) -> Member | None:
     return max(images, key=lambda m: ens.member_scores[m.name]) if images else None
 
 
-def fold_net(member: Member, fold: int, n_labels: int):
-    """Fold `fold`'s network of an image member, in float32 and eval mode, with gradients everywhere."""
-    net, mean, std = load_trained(member.meta.config, n_labels, member.dir / member.meta.fold_weights(fold))
+def fold_net(member: Member, fold: int):
+    """Fold `fold`'s network of an image member, built from its inference record, float32, eval mode, with
+    gradients everywhere; and the record (input size, normalisation)."""
+    record = fit_record(member.meta.folds[fold], f"{member.dir} fold {fold}")
+    net = load_network(record, member.dir / member.meta.fold_weights(fold), torch.device("cpu")).net
     net.frozen = False  # a frozen backbone runs without gradients, which Grad-CAM needs
-    return net, member.meta.config["img_size"], tuple(mean), tuple(std)
+    return net, record
 
 
 def target_layer(net) -> torch.nn.Module:
@@ -43,10 +44,10 @@ def target_layer(net) -> torch.nn.Module:
     return net.backbone.get_submodule(net.backbone.feature_info[-1]["module"])
 
 
-def label_maps(net, image: np.ndarray, mean, std, labels: list[int]) -> np.ndarray:
+def label_maps(net, image: np.ndarray, record, labels: list[int]) -> np.ndarray:
     """(labels, H, W) Grad-CAM maps in [0, 1] of each label's score for one uint8 HWC image."""
     batch = torch.tensor(image[None])  # a copy: a decoded image is a read-only array
-    x = DeviceNormalize(mean, std, torch.device("cpu"), channels_last=False)(batch)
+    x = record.normalizer(torch.device("cpu"), channels_last=False)(batch)
     with GradCAM(model=net, target_layers=[target_layer(net)]) as cam:
         return np.stack([cam(input_tensor=x, targets=[ClassifierOutputTarget(j)])[0] for j in labels])
 
@@ -72,10 +73,10 @@ def cam_panels(spec, ds, ens: Ensemble, thresholds: dict, out: Path, per_label: 
         for col, r in enumerate(rows):
             fold = int(sc.fold[r])
             if fold not in nets:
-                nets[fold] = fold_net(member, fold, len(spec.tokens))
-            net, size, mean, std = nets[fold]
-            image = load_resized(ds.image_root / ids[r], size)
-            heat = label_maps(net, image, mean, std, [j])[0]
+                nets[fold] = fold_net(member, fold)
+            net, record = nets[fold]
+            image = load_resized(ds.image_root / ids[r], record.net.img_size)
+            heat = label_maps(net, image, record, [j])[0]
             true = " ".join(spec.labels[t] for t, v in zip(spec.tokens, sc.y[r]) if v)
             said = " ".join(spec.labels[t] for t, v in zip(spec.tokens, pred[r]) if v)
             axes[0, col].imshow(image)

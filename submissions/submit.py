@@ -152,7 +152,8 @@ def sidecar_of(spec, ens: Ensemble, art: dict, nested: dict, name: str, command:
     size, hours = ens.cost()
     return {
         "submission": name, "command": command, "competition": spec.name, "metric": sc.metric,
-        "members": [{"name": m.name, "uses": "full-data refit" if ens.use_full[m.name] else f"{m.meta.k} fold models",
+        "members": [{"name": m.name, "refit": ens.use_full[m.name],
+                     "uses": "full-data refit" if ens.use_full[m.name] else f"{m.meta.k} fold models",
                      "size_mb": round(m.size_mb(ens.use_full[m.name]), 3), "gpu_hours": m.gpu_hours,
                      "oof_score_global_thr": ens.member_scores[m.name], "oof_sha256": m.oof_sha256}
                     for m in ens.members],

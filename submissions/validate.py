@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from competition import load_dataset, load_spec
 from competition.artifacts import read_csv
+from competition.cli import Competition, competition_args
 from competition.errors import UserError, offenders_error
 from competition.reader import ID_LIKE, decode_text, file_lines
 
@@ -81,12 +81,11 @@ def raw_ids(path: Path) -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m submissions.validate", description=__doc__)
     ap.add_argument("file")
-    ap.add_argument("--comp", default="demo")
-    ap.add_argument("--data", default=None)
-    a = ap.parse_args(argv)
-    spec = load_spec(a.comp)
+    a = competition_args(ap, runs=False).parse_args(argv)
+    comp = Competition.of(a)
+    spec = comp.spec
     if spec.format == "voc":  # plain "<id> <1|-1|0>" lines: the reader's ids are the files' own
-        test_ids = list(load_dataset(spec, a.data, check=False).test["id"])
+        test_ids = list(comp.dataset(check=False).test["id"])
     else:
         test_ids = raw_ids(Path(a.data or spec.data) / spec.test_csv)
     try:

@@ -107,7 +107,7 @@ def test_a_changed_or_missing_bundle_file_is_named(trained, demo_data, tmp_path)
     assert not (tmp_path / "p.csv").exists()
     manifest = json.loads((folder / "manifest.json").read_text())
     (broken / "manifest.json").write_text(json.dumps(manifest | {"format": 99}))
-    with pytest.raises(UserError, match="bundle format 99, this project reads format 2"):
+    with pytest.raises(UserError, match="bundle format 99, this project reads format 3"):
         predict_bundle(broken, demo_data, tmp_path / "p.csv", **QUIET)
 
 
@@ -164,20 +164,21 @@ def test_members_sharing_a_frozen_trunk_compute_it_once(trained, demo_data, tmp_
     """tiny and tiny_asl (3 fold models each) share one trunk: it runs once per batch and view, not 6 times, and
     the CSV is still the submission's, byte for byte."""
     import bundle.predict as predict
+    import pipelines.inference as inference
     spec, ds, _ = trained
     sub, folder = submit_and_export(trained, ["tiny", "tiny_asl", "captions"], ("mean",))
-    calls, built, real = [], [], predict.trunk_runner
+    calls, built, real = [], [], inference.trunk_runner
 
     def counting(*args):
         run = real(*args)
         built.append(args[-1])
         return lambda x: calls.append(len(x)) or run(x)
-    monkeypatch.setattr(predict, "trunk_runner", counting)
+    monkeypatch.setattr(inference, "trunk_runner", counting)
     assert predict_bundle(folder, demo_data, tmp_path / "p.csv", **QUIET).read_text() == sub.path.read_text()
     batches = -(-len(ds.test) // predict.BATCH)
     assert len(built) == 1 and len(calls) == batches * 2 and sum(calls) == 2 * len(ds.test)  # 2 views (flip TTA)
     bundle = json.loads((folder / "bundle.json").read_text())
-    trained = {r for m in bundle["members"] if m["kind"] == "image" for r in m["trunk_runtimes"]}
+    trained = {r["trunk_runtime"] for m in bundle["members"] if m["kind"] == "image" for r in m["inference"]}
     assert trained == set(built) == {resolve_runtime("auto", torch.device("cpu"))}  # as its features were made
 
 
@@ -343,7 +344,7 @@ def test_the_manifest_guards_every_file_and_the_digest_pins_the_bundle(trained, 
     def a_list(b):
         (b / "manifest.json").write_text("[1, 2]")
     def no_files(b):
-        (b / "manifest.json").write_text('{"format": 2}')
+        (b / "manifest.json").write_text('{"format": 3}')
     def bundle_format(b):
         bundle = json.loads((b / "bundle.json").read_text())
         (b / "bundle.json").write_text(json.dumps(bundle | {"format": 7}))
@@ -351,6 +352,16 @@ def test_the_manifest_guards_every_file_and_the_digest_pins_the_bundle(trained, 
     def missing_weights(b):
         bundle = json.loads((b / "bundle.json").read_text())
         bundle["members"][0]["weights"][0] = "members/tiny/fold9.safetensors"
+        (b / "bundle.json").write_text(json.dumps(bundle))
+        rehash(b)
+    def old_record(b):  # an inference record of another format: nothing is filled in from today's defaults
+        bundle = json.loads((b / "bundle.json").read_text())
+        bundle["members"][0]["inference"][1]["format"] = 0
+        (b / "bundle.json").write_text(json.dumps(bundle))
+        rehash(b)
+    def short_record(b):
+        bundle = json.loads((b / "bundle.json").read_text())
+        del bundle["members"][0]["inference"][0]["net"]["head_dim"]
         (b / "bundle.json").write_text(json.dumps(bundle))
         rehash(b)
     def edited_wheel(b):
@@ -362,8 +373,10 @@ def test_the_manifest_guards_every_file_and_the_digest_pins_the_bundle(trained, 
              (outside, "names '../../../etc/hostname', a path outside the bundle"),
              (linked, "fold0.safetensors: a link, or inside a linked folder"),
              (a_list, "not a bundle manifest \\(a JSON list\\)"), (no_files, "no `files` mapping"),
-             (bundle_format, "bundle.json: format 7, not 2"),
-             (missing_weights, "bundle.json: names members/tiny/fold9.safetensors, which the bundle does not hold")]
+             (bundle_format, "bundle.json: format 7, not 3"),
+             (missing_weights, "bundle.json: names members/tiny/fold9.safetensors, which the bundle does not hold"),
+             (old_record, "members/tiny/fold1.safetensors: inference record of format 0, not 1"),
+             (short_record, "members/tiny/fold0.safetensors: malformed inference record")]
     for edit, problem in cases:
         with pytest.raises(UserError, match=problem):
             predict_bundle(broken(edit), demo_data, tmp_path / "p.csv", **QUIET)
@@ -444,6 +457,31 @@ def test_export_copies_the_submissions_blend_and_refuses_changed_members(trained
         oof.write_bytes(kept)
 
 
+def test_export_refuses_fits_and_submissions_from_before_their_records(trained, tmp_path):
+    """A fit whose done.json has no inference record (trained before them), or a submission whose members do not
+    say refit-or-folds as a bool, is one error naming it: never rebuilt from today's defaults or display text."""
+    spec, ds, run = trained
+    sub = run_submit(spec, ds, run, settings(spec, method="global", trials=2, blends=("mean",)), "test", ["tiny"],
+                     **QUIET)
+    meta_path = run.model("tiny").meta  # the fits' records as meta.json gathers them from their done.json
+    kept = meta_path.read_bytes()
+    meta = json.loads(kept)
+    for fit in [*meta["folds"].values(), meta["full"]]:  # whichever the budget chose
+        del fit["inference"]
+    meta_path.write_text(json.dumps(meta))
+    try:
+        with pytest.raises(UserError, match=r"tiny (fold 0|refit): inference record of format None, not 1 \(no rec"):
+            export_bundle(spec, ds, run, sub.path, **QUIET)
+    finally:
+        meta_path.write_bytes(kept)
+    side_path = sub.path.with_suffix(".json")
+    side = json.loads(side_path.read_text())
+    side["members"][0].pop("refit")
+    side_path.write_text(json.dumps(side))
+    with pytest.raises(UserError, match="recorded refit-or-folds per member; run `make submit` again"):
+        export_bundle(spec, ds, run, sub.path, **QUIET)
+
+
 def test_a_submission_record_is_required_to_export(trained, demo_data, tmp_path):
     spec, ds, run = trained
     _, folder = submit_and_export(trained, ["tiny"], ("mean",))
@@ -490,8 +528,8 @@ def test_predict_runs_with_only_the_offline_packages(trained, demo_data, tmp_pat
     assert r.returncode == 0, r.stderr[-3000:]
     ours, theirs = (p.read_text().splitlines() for p in (tmp_path / "p.csv", sub.path))
     assert [line.split(",")[0] for line in ours] == [line.split(",")[0] for line in theirs]
-    onnx = any(rt == "onnx" for m in json.loads((folder / "bundle.json").read_text())["members"]
-               for rt in m.get("trunk_runtimes", []))
+    onnx = any(r["trunk_runtime"] == "onnx" for m in json.loads((folder / "bundle.json").read_text())["members"]
+               for r in m.get("inference", []))
     assert r.stdout.count("run eager here (onnxruntime and onnx are not both installed)") == int(onnx)
     _, stacked = submit_and_export(trained, ["tiny", "captions"], ("stack_hgb",))
     r = offline_predict(stacked, demo_data, tmp_path / "s.csv", tmp_path)
@@ -506,3 +544,31 @@ def test_export_without_data_names_the_missing_data_not_a_demo_step(trained, tmp
     monkeypatch.chdir(tmp_path)  # the demo spec's default data folder (runs/demo/data) is not here
     with pytest.raises(UserError, match=r"runs/demo/data: not found.*the run .* exists: DATA= names the data"):
         main(["export", "--comp", "demo", "--runs", str(run.root.parent)])
+
+
+def test_a_semicolon_separator_runs_through_submit_export_and_predict(demo_data, tmp_path):
+    """A spec whose labels are joined by ';' in train.csv and in the submission: `make submit`'s CSV and `make
+    predict`'s from the exported bundle are the same file (one writer, one validator, the spec's separator)."""
+    import re
+    data = tmp_path / "data"
+    shutil.copytree(demo_data, data)
+    train = data / "train.csv"
+    record = re.compile(r"^(\d+\.jpg),([0-9 ]+),", re.M)
+    train.write_text(record.sub(lambda m: f"{m[1]},{m[2].replace(' ', ';')},", train.read_text()))
+    assert ";" in train.read_text()
+    yaml_path = tmp_path / "semicolon.yaml"
+    text = open(load_spec("demo").source).read()
+    yaml_path.write_text(text.replace("label_separator: ' '", "label_separator: ';'"))
+    spec = load_spec(str(yaml_path))
+    assert spec.label_separator == ";"
+    ds, run = load_dataset(spec, data), RunLayout.of(tmp_path / "runs", spec.name)
+    write_folds(run, ds, spec, 2, 0)
+    train_model(spec, ds, run, resolve("tiny", ["epochs=1", "train_from=2"]), **QUIET)
+    train_model(spec, ds, run, resolve("captions", ["min_df=1"]), **QUIET)
+    sub = run_submit(spec, ds, run, settings(spec, method="global", trials=2, blends=("weighted",)), "test",
+                     ["tiny", "captions"], **QUIET)
+    folder = export_bundle(spec, ds, run, sub.path, **QUIET)
+    out = predict_bundle(folder, data, tmp_path / "p.csv", **QUIET)
+    rows = sub.path.read_text().splitlines()
+    assert out.read_text() == sub.path.read_text() and any(";" in r for r in rows[1:])
+    assert all(" " not in r.split(",")[1] for r in rows[1:])

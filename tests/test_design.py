@@ -158,6 +158,7 @@ def test_prediction_loads_no_training_code():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     loaded = set(r.stdout.split())
-    assert loaded <= {"pipelines", "pipelines.captions", "pipelines.model", "pipelines.text_encoder",
-                      "pipelines.weights", "pipelines.result", "pipelines.config", "pipelines.runtime",
-                      "pipelines.preprocess", "submissions", "submissions.validate", "submissions.blend_file"}, loaded
+    assert loaded <= {"pipelines", "pipelines.captions", "pipelines.inference", "pipelines.model",
+                      "pipelines.text_encoder", "pipelines.weights", "pipelines.result", "pipelines.config",
+                      "pipelines.runtime", "pipelines.preprocess", "submissions", "submissions.validate",
+                      "submissions.blend_file"}, loaded

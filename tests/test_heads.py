@@ -5,9 +5,10 @@ import torch
 
 from pipelines.augment import mix_batch
 from pipelines.config import resolve
-from pipelines.model import PyramidHead, QueryHead, TopOfNet, build_model, trunk_forward
+from pipelines.model import NetSpec, PyramidHead, QueryHead, TopOfNet, build_model, trunk_forward
 
-CFG = {"head_dim": 16, "head_heads": 4, "dropout": 0.0}
+CFG = NetSpec(backbone="resnet18", mode="finetune", head="attention", head_hidden=(), head_dim=16, head_heads=4,
+              extra_stages=0, dropout=0.0, drop_path=0.0, img_size=32)
 
 
 def test_attention_head_reads_every_position_without_order():
@@ -131,7 +132,7 @@ def test_hub_configs_train_on_tiny_data(name, demo_data, tmp_path):
     from competition import load_dataset, load_spec
     from competition.layout import FitLayout, RunLayout
     from pipelines.cache import build_cache
-    from pipelines.model import load_trained
+    from pipelines.inference import InferenceRecord, load_network
     from pipelines.train import FoldData, fit
     spec = load_spec("demo")
     ds = load_dataset(spec, demo_data)
@@ -142,7 +143,7 @@ def test_hub_configs_train_on_tiny_data(name, demo_data, tmp_path):
     result = fit(cfg, data, FitLayout(tmp_path / "fit"), name, log=lambda *_: None)
     for prob in (result.val_prob, result.test_prob):
         assert prob.shape == (2, len(spec.tokens)) and np.isfinite(prob).all() and (0 <= prob).all() <= 1
-    net, _, _ = load_trained(cfg, len(spec.tokens), result.weights)
+    net = load_network(InferenceRecord.from_json(result.inference, name), result.weights, torch.device("cpu")).net
     saved = load_file(str(result.weights))
     assert all(torch.equal(v.half(), saved[k]) for k, v in net.state_dict().items() if v.is_floating_point())
 
@@ -154,12 +155,14 @@ def test_onnx_runtime_trunk_matches_eager_and_keys_its_cache(demo_data, tmp_path
     from competition import load_dataset, load_spec
     from competition.layout import RunLayout
     from pipelines.cache import build_cache
+    from pipelines.inference import InferenceRecord
     from pipelines.runtime import resolve_runtime, trunk_runner
     from pipelines.trunk import trunk_cache
     cpu = torch.device("cpu")
     assert resolve_runtime("auto", cpu) == "onnx" and resolve_runtime("eager", cpu) == "eager"
     assert resolve_runtime("onnx", torch.device("cuda")) == "eager"  # no CUDA build of ONNX Runtime here
-    net, _, mean, std = build_model(resolve("tf_efficientnet_lite0", ["pretrained=none"]), 3)
+    cfg = resolve("tf_efficientnet_lite0", ["pretrained=none", "img_size=32", "train_from=4", "amp=false"])  # fp32 both
+    net, _, mean, std = build_model(cfg, 3)
     x = torch.randn(3, 3, 64, 64)
     eager = trunk_runner(net.eval(), 4, 64, cpu, None, "eager")(x)
     onnx = trunk_runner(net, 4, 64, cpu, None, "onnx")(x)
@@ -167,7 +170,8 @@ def test_onnx_runtime_trunk_matches_eager_and_keys_its_cache(demo_data, tmp_path
     spec = load_spec("demo")
     ds = load_dataset(spec, demo_data)
     images = build_cache(ds, RunLayout.of(tmp_path, spec.name), 32, workers=1)
-    paths = {r: trunk_cache(net, 4, images, mean, std, cpu, None, quiet=True, runtime=r) for r in ("eager", "onnx")}
+    records = {r: InferenceRecord.of({**cfg, "trunk_runtime": r}, 3, mean, std, cpu) for r in ("eager", "onnx")}
+    paths = {r: trunk_cache(net, record, images, cpu, quiet=True) for r, record in records.items()}
     assert paths["eager"] != paths["onnx"]
     a, b = (np.load(p).astype(np.float32) for p in paths.values())
     assert np.abs(a - b).max() < 1e-2 * max(np.abs(a).max(), 1.0)
@@ -179,7 +183,7 @@ def test_a_fixed_size_model_trains_and_predicts_at_another_size(demo_data, tmp_p
     from competition import load_dataset, load_spec
     from competition.layout import FitLayout, RunLayout
     from pipelines.cache import build_cache
-    from pipelines.model import load_trained
+    from pipelines.inference import InferenceRecord, load_network
     from pipelines.train import FoldData, fit
     spec = load_spec("demo")
     ds = load_dataset(spec, demo_data)
@@ -190,7 +194,9 @@ def test_a_fixed_size_model_trains_and_predicts_at_another_size(demo_data, tmp_p
     data = FoldData(cache, np.arange(4), y[:4], np.arange(4, 6), y[4:6], test, min_labels=1)
     result = fit(cfg, data, FitLayout(tmp_path / "fit"), "vit", log=lambda *_: None)
     assert result.test_prob.shape == (2, len(spec.tokens)) and np.isfinite(result.test_prob).all()
-    net, _, _ = load_trained(cfg, len(spec.tokens), result.weights)
+    record = InferenceRecord.from_json(result.inference, "vit")
+    assert record.net.img_size == 64
+    net = load_network(record, result.weights, torch.device("cpu")).net
     assert net.backbone.patch_embed.img_size == (64, 64)
     with torch.no_grad():
         assert net.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, len(spec.tokens))

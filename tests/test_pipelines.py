@@ -87,8 +87,7 @@ def test_every_config_builds(name):
     """Every shipped config builds as configured, on the meta device (no memory, no weights): its backbone, its
     head's widths, its input size through the whole network, and the trunk/top split of `train_from`."""
     from pipelines.captions import vectorizers
-    from pipelines.model import build_model
-    from pipelines.trunk import TopOfNet, trunk_forward
+    from pipelines.model import TopOfNet, build_model, trunk_forward
     cfg = resolve(name)
     if cfg["kind"] == "captions":
         assert cfg["encoder"] in ("tfidf", "minilm") and (cfg["encoder"] == "minilm" or vectorizers(cfg))
@@ -363,6 +362,28 @@ def test_ddp_two_processes_on_cpu(demo_data, tmp_path):
     assert done["backend"] == "gloo" and done["device"] == "cpu"
 
 
+@pytest.mark.slow
+def test_torchrun_two_nodes_on_localhost(demo_data, tmp_path):
+    """`torchrun --nnodes=2`, one process per node, both nodes on this machine (gloo over localhost): one fold
+    trained across them, as two machines sharing the run folder would (docs/training.md)."""
+    import socket
+    folds_for(demo_data, tmp_path, k=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+            "--master_addr=127.0.0.1", f"--master_port={port}"]
+    train = ["-m", "pipelines", "train", "--comp", "demo", "--data", str(demo_data), "--runs", str(tmp_path),
+             "--model", "tiny", "epochs=1", "folds=0"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([*node, f"--node_rank={r}", *train], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    done = json.loads((tmp_path / "demo" / "models" / "tiny" / "fold0" / "done.json").read_text())
+    assert done["backend"] == "gloo" and done["device"] == "cpu"
+
+
 def test_frozen_trunk_mode_trains_top_and_saves_full_net(demo_data, tmp_path):
     """train_from=2: the saved network is whole (inference runs from images), its trunk (stem and blocks 0-1) is
     the starting network's to the bit (fp16), and every tensor of the trained top moved."""
@@ -392,8 +413,10 @@ def test_frozen_trunk_mode_trains_top_and_saves_full_net(demo_data, tmp_path):
     assert len(list(run.cache.glob("trunk_*.npy"))) == 1 and run.model("tiny").oof.exists()
     # The saved network alone, from images, reproduces the fold's validation predictions (EMA weights, flip TTA;
     # the training run fed the top fp16 trunk features, hence the tolerance).
-    from pipelines.model import load_trained
-    net, mean, std = load_trained(cfg, 18, run.model("tiny").fold(0).best_weights)
+    from pipelines.inference import fit_record, load_network
+    record = fit_record(json.loads(run.model("tiny").fold(0).done.read_text()), "fold 0")
+    net = load_network(record, run.model("tiny").fold(0).best_weights, torch.device("cpu")).net
+    mean, std = record.mean, record.std
     images = np.load(build_cache(ds, run, 32))
     oof = pd.read_csv(run.model("tiny").oof, dtype={"ImageID": str})
     rows = np.nonzero(oof["fold"].to_numpy() == 0)[0]

@@ -127,8 +127,8 @@ def test_grad_cam_explains_each_image_with_the_fold_model_that_never_saw_it(trai
     fold_of_net, loaded, calls = {}, [], []
     real_net, real_load, real_maps = cam.fold_net, cam.load_resized, cam.label_maps
 
-    def net(member, fold, n):
-        out = real_net(member, fold, n)
+    def net(member, fold):
+        out = real_net(member, fold)
         fold_of_net[id(out[0])] = fold
         return out
 

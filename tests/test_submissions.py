@@ -412,11 +412,12 @@ def test_grad_cam_panels_one_per_label_and_maps_differ_between_labels(demo_data,
     assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
     member = best_image_member(ens)
     assert member.name == "tiny"
-    net, size, mean, std = fold_net(member, 0, len(spec.tokens))
+    net, record = fold_net(member, 0)
+    mean, std = np.array(record.mean), np.array(record.std)
     image = load_resized(ds.image_root / ds.train["id"][0], 128)  # 4 x 4 last-stage maps, not the 1 x 1 of 32 px
     x = torch.from_numpy(((image / 255.0 - mean) / std).transpose(2, 0, 1)).float()[None]
     top = torch.argsort(net(x)[0], descending=True)[:2].tolist()  # labels it sees evidence for (Grad-CAM's ReLU)
-    maps = label_maps(net, image, mean, std, top)
+    maps = label_maps(net, image, record, top)
     assert maps.shape == (2, 128, 128) and np.isfinite(maps).all() and maps.max() > 0
     assert np.abs(maps[0] - maps[1]).max() > 1e-3  # each label's own map, not one map for every label
 
@@ -481,7 +482,7 @@ def test_each_folds_test_rows_are_blended_from_that_folds_models_only(name):
     only, through fold f's own second level for a stack (fitted without fold f's rows)."""
     from sklearn.linear_model import LogisticRegression
 
-    from submissions.blend import blend_all, stack_features
+    from submissions.blend import STACK_SOLVER, blend_all, stack_features
     rng = np.random.default_rng(11)
     y = (rng.random((150, 4)) < 0.3).astype(np.uint8)
     fold = np.arange(150) % 3
@@ -500,7 +501,7 @@ def test_each_folds_test_rows_are_blended_from_that_folds_models_only(name):
     if name == "stack":
         x = stack_features([m.oof for m in members])
         for f in range(3):  # fold f's learner is the one fitted on the other folds' rows
-            lr = LogisticRegression(C=1.0, max_iter=2000).fit(x[fold != f], y[fold != f, 0])
+            lr = LogisticRegression(C=1.0, max_iter=2000, solver=STACK_SOLVER).fit(x[fold != f], y[fold != f, 0])
             test_x = stack_features([m.test_by_fold[f] for m in members])
             np.testing.assert_allclose(out["fold_tests"][f][:, 0], lr.predict_proba(test_x)[:, 1], atol=1e-9)
 
