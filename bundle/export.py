@@ -2,9 +2,9 @@
 
 runs/<COMP>/bundles/<submission stem>/
   bundle.json       members (kind, weight files, refit or folds, each image network's inference record), blend
-                    (method, weights), thresholds, min-labels rule, label tokens, the submission format, the
-                    scores; format version
-  spec.yaml         the competition spec (how test.csv and the images are read)
+                    (method, weights), thresholds in the order of the label tokens, the tokens, the submission,
+                    the scores; format version
+  spec.yaml         the competition spec (how test.csv and the images are read; the min-labels rule)
   members/<name>/   each member's inference weights, exactly those the budget counted (fold models or the refit,
                     fp16 safetensors; captions: .npz arrays), a shared frozen part (a sentence encoder) once
   blend.npz         a stacked blend's saved second level, copied from beside the submission (submissions.blend_file):
@@ -141,7 +141,7 @@ def export_bundle(spec, ds, run: RunLayout, submission: Path | None, ignore_budg
         write_json(tmp / "bundle.json", {
             "format": FORMAT, "competition": spec.name, "submission": submission.name, "tokens": spec.tokens,
             "members": records, "blend": {"method": method, "weights": weights, "file": blend_file},
-            "thresholds": [side["thresholds"][t] for t in spec.tokens], "min_labels": spec.min_labels_per_image,
+            "thresholds": [side["thresholds"][t] for t in spec.tokens],
             "metric": side["metric"], "scores": {"oof": side["oof_score"], "nested": side["nested_score"]}})
         build_wheel(tmp / "wheel")
         manifest = write_manifest(tmp, side)

@@ -169,7 +169,7 @@ def read_bundle(folder: Path, manifest: dict) -> dict:
     if not isinstance(bundle, dict) or bundle.get("format") != manifest["format"]:
         raise UserError(f"{path}: format {bundle.get('format') if isinstance(bundle, dict) else None!r}, not "
                         f"{manifest['format']}; export the bundle again (`make export`)")
-    absent = [k for k in ("members", "blend", "thresholds", "min_labels", "tokens") if k not in bundle]
+    absent = [k for k in ("members", "blend", "thresholds", "tokens") if k not in bundle]
     try:
         absent += [f"{m['name']}'s inference records" for m in bundle["members"]
                    if m["kind"] == "image" and len(m.get("inference", [])) != len(m["weights"])]
@@ -216,9 +216,8 @@ def predict_bundle(folder: Path, data: Path, out: Path | None = None, options: P
     manifest = verify(folder, options.digest)
     bundle, bundle_digest = read_bundle(folder, manifest), digest(folder)
     spec = load_spec(str(folder / "spec.yaml"))
-    if bundle["min_labels"] != spec.min_labels_per_image:
-        raise UserError(f"{folder}: bundle.json's min_labels {bundle['min_labels']} differs from its spec.yaml's "
-                        f"{spec.min_labels_per_image}; export the bundle again")
+    if bundle["tokens"] != spec.tokens:
+        raise UserError(f"{folder}: bundle.json's label tokens differ from its spec.yaml's; export the bundle again")
     out = plan_output(Path(out) if out else Path("submission.csv"), folder, bundle_digest)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_dependencies(folder, bundle, device, log)

@@ -352,6 +352,31 @@ def test_shared_storage_url_and_other_machines_trials(trained, tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: optuna storage 'nosuchdb://x/y'")
 
 
+def test_two_threshold_workers_share_one_study(trained, tmp_path):
+    """Two machines tuning one study: two `make thresholds` at once, each with its own copy of the run folder,
+    one STORAGE= (SQLite here; PostgreSQL across machines). Both finish, their trials land in the one study,
+    none is failed by the other (the shared storage's heartbeat, not a local lock, tells dead from alive)."""
+    import shutil
+
+    import optuna
+    runs, data = trained
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    copies = [runs, tmp_path / "machine_b"]
+    shutil.copytree(runs, copies[1])
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "submissions", "thresholds", "--comp", "demo", "--data", str(data),
+                               "--runs", str(r), "--models", "captions", "--method", "optuna", "--trials", "6",
+                               "--seed", "12", "--storage", url], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in copies]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    arts = [json.loads(max((r / "demo" / "thresholds").glob("thresholds-*.json"),
+                           key=lambda p: p.stat().st_mtime).read_text()) for r in copies]
+    assert arts[0]["optuna_study"] == arts[1]["optuna_study"]
+    states = [t.state for t in optuna.load_study(study_name=arts[0]["optuna_study"], storage=url).trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) >= 6 and optuna.trial.TrialState.FAIL not in states
+
+
 def test_run_log_rows_leaderboard_and_public_scores(demo_data, tmp_path, capsys):
     from competition import load_dataset, runlog
     from competition.layout import RunLayout
