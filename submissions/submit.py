@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import time
 import warnings
 from pathlib import Path
 
@@ -36,12 +37,21 @@ def optuna_storage(run: RunLayout, url: str | None):
     A shared one gets a heartbeat, so a trial whose process died on any machine is failed and retried."""
     if url is None:
         return f"sqlite:///{run.optuna_db.resolve()}", None
-    try:
-        with warnings.catch_warnings():  # the heartbeat is marked experimental; it is what shared studies need
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return url, optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
-    except Exception as e:  # a bad URL, an unreachable server or a missing driver: the user's to fix
-        raise UserError(f"optuna storage {url!r}: {type(e).__name__}: {e}") from None
+    from sqlalchemy.exc import IntegrityError, OperationalError
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():  # the heartbeat is marked experimental; it is what shared studies need
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return url, optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        except (OperationalError, IntegrityError) as e:
+            # Two machines starting on a new database race to create its tables and schema version ("already
+            # exists", a duplicate version row): the second finds them on a retry (seen with two workers on one
+            # new SQLite file). A server that stays unreachable fails after the third try.
+            if attempt == 2:
+                raise UserError(f"optuna storage {url!r}: {type(e).__name__} (3 tries): {e}") from None
+            time.sleep(1 + attempt)
+        except Exception as e:  # a bad URL, an unreachable server or a missing driver: the user's to fix
+            raise UserError(f"optuna storage {url!r}: {type(e).__name__}: {e}") from None
 
 
 def tune_thresholds(run: RunLayout, ens: Ensemble, tokens, log=print) -> dict:
