@@ -27,8 +27,7 @@ from competition.formats import submission_frame
 from competition.images import MAX_PIXELS, load_resized
 from competition.reader import load_test
 from pipelines.captions import CaptionModel
-from pipelines.inference import InferenceRecord, Network, load_network, predict_images
-from pipelines.runtime import resolve_runtime
+from pipelines.inference import InferenceRecord, Network, available_runtime, load_network, predict_images
 from submissions.blend_file import apply_saved, require_reader
 from submissions.validate import validate_frame
 
@@ -192,7 +191,7 @@ def check_dependencies(folder: Path, bundle: dict, device: torch.device, log) ->
     require_reader(folder / file if file else None)
     onnx = any(r.get("trunk_runtime") == "onnx" for m in bundle["members"] if m["kind"] == "image"
                for r in m["inference"] if isinstance(r, dict))
-    if onnx and resolve_runtime("auto", device) != "onnx":
+    if onnx and available_runtime("onnx", device) != "onnx":  # the rule load_network follows
         why = "on CUDA" if device.type != "cpu" else "onnxruntime and onnx are not both installed"
         log(f"note: trunk features were computed by ONNX Runtime in training; they run eager here ({why}): "
             "probabilities differ from the run's by float rounding (pip install onnxruntime onnx for the same)")
