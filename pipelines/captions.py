@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from competition import metrics
 from competition.artifacts import atomic_path
 from competition.layout import FitLayout, ModelLayout, RunLayout
-from pipelines import text_encoder
+from pipelines import caption_tuning, text_encoder
 from pipelines.result import FitResult, SoftTargets, training_rows
 
 
@@ -58,17 +58,31 @@ class CaptionModel:
     def __init__(self, cfg: dict, encoder_dir: Path | None = None):
         self.cfg, self.encoder_dir = cfg, encoder_dir
         self.vecs = vectorizers(cfg) if cfg["encoder"] == "tfidf" else []
-        self.coef = self.intercept = None
+        self.coef = self.intercept = self.top = None
+        self.history: list[dict] = []  # a tuned model's epochs
+
+    @property
+    def tuned(self) -> int:
+        """How many of the encoder's top layers this model fine-tunes (0: frozen embeddings + LR)."""
+        return self.cfg.get("tune_layers", 0) if self.cfg["encoder"] != "tfidf" else 0
 
     def features(self, texts, fit: bool = False):
+        if self.tuned:
+            shape = caption_tuning.EncoderShape.of(self.encoder_dir)
+            return caption_tuning.TokenStates(*caption_tuning.encode_states(self.encoder_dir, texts,
+                                                                            shape.layers - self.tuned))
         if self.cfg["encoder"] != "tfidf":
             return text_encoder.encode(self.encoder_dir, texts)
         return sp.hstack([v.fit_transform(texts) if fit else v.transform(texts) for v in self.vecs]).tocsr()
 
-    def fit(self, texts, y: np.ndarray, x=None) -> CaptionModel:
+    def fit(self, texts, y: np.ndarray, x=None, seed: int = 0, log=None) -> CaptionModel:
         """`y`: 0/1 labels or soft targets in [0, 1]. `x`: the texts' features when already computed (cached
-        sentence embeddings); TF-IDF is always fitted on `texts`."""
+        sentence embeddings or token states); TF-IDF is always fitted on `texts`."""
         x = self.features(texts, fit=True) if x is None or self.vecs else x
+        if self.tuned:
+            self.top = caption_tuning.pretrained_top(self.encoder_dir, self.tuned, y.shape[1])
+            self.history = caption_tuning.train(self.top, x, y, self.cfg, seed, log)
+            return self
         solver = "liblinear" if sp.issparse(x) else "lbfgs"
         # Threads only for lbfgs: liblinear keeps global state, and concurrent fits corrupt each other's
         # coefficients or the heap (scikit-learn#31883; here a munmap_chunk() abort on comp5329-6k).
@@ -79,13 +93,17 @@ class CaptionModel:
         return self
 
     def predict(self, texts=None, x=None) -> np.ndarray:
+        if self.tuned:
+            return caption_tuning.predict(self.top, self.features(texts) if x is None else x).astype(np.float64)
         logits = (self.features(texts) if x is None else x) @ self.coef.T + self.intercept
         return 1.0 / (1.0 + np.exp(-np.asarray(logits)))
 
     def save(self, path: Path) -> Path:
         """One .npz of plain arrays (terms as unicode arrays): the whole model but a sentence encoder, which
         lives in `encoder_dir`, loadable without pickle."""
-        arrays = {"coef": self.coef, "intercept": self.intercept, "config": np.array(json.dumps(self.cfg))}
+        arrays = {"config": np.array(json.dumps(self.cfg))}
+        arrays.update(caption_tuning.state_arrays(self.top) if self.tuned else
+                      {"coef": self.coef, "intercept": self.intercept})
         for vec, kind in zip(self.vecs, ("words", "chars")):
             terms = sorted(vec.vocabulary_, key=vec.vocabulary_.get)
             arrays[kind], arrays[f"idf_{kind}"] = np.array(terms), vec.idf_
@@ -108,16 +126,30 @@ class CaptionModel:
             model.vecs = vectorizers(cfg, vocab)
             for vec, kind in zip(model.vecs, ("words", "chars")):
                 vec.idf_ = arrays[f"idf_{kind}"]
-        model.coef, model.intercept = arrays["coef"], arrays["intercept"]
+        if model.tuned:
+            model.top = caption_tuning.from_arrays(arrays, caption_tuning.EncoderShape.of(model.encoder_dir),
+                                                   model.tuned, len(arrays["top.head.bias"]))
+        else:
+            model.coef, model.intercept = arrays["coef"], arrays["intercept"]
         return model
+
+    @property
+    def params(self) -> int:
+        if self.tuned:
+            return sum(p.numel() for p in self.top.parameters())
+        return int(self.coef.size + self.intercept.size)
 
 
 def encoder_inputs(cfg, ds, run: RunLayout, model_dir: ModelLayout):
-    """(encoder folder, embeddings of train rows then test rows) for a sentence encoder; (None, None) for TF-IDF."""
+    """(encoder folder, features of train rows then test rows) for a sentence encoder: its embeddings, or for a
+    `tune_layers` model the token states below the tuned layers; (None, None) for TF-IDF."""
     if cfg["encoder"] == "tfidf":
         return None, None
     folder = text_encoder.save_encoder(cfg["encoder"], cfg["encoder_source"], model_dir.encoder)
     texts = list(ds.train["caption"]) + list(ds.test["caption"])
+    if cfg["tune_layers"]:
+        below = caption_tuning.EncoderShape.of(folder).layers - cfg["tune_layers"]
+        return folder, caption_tuning.cached_states(folder, texts, below, run.cache)
     return folder, text_encoder.cached_embeddings(folder, texts, run.cache)
 
 
@@ -128,21 +160,29 @@ def fit_captions(cfg, ds, run: RunLayout, train_idx, val_idx, out: FitLayout, la
     y = ds.targets()
     folder, emb = encoder_inputs(cfg, ds, run, ModelLayout(out.dir.parent))
     n = len(texts)
-    x_of = (lambda rows: None) if emb is None else (lambda rows: emb[rows])
+    x_of = (lambda rows: None) if emb is None else (lambda rows: emb.take(rows) if cfg["tune_layers"] else emb[rows])
     fit_rows, fit_y = training_rows(train_idx, y, targets)  # a student's soft targets, pseudo-labelled test rows
     fit_texts = np.concatenate([texts, test_texts])[fit_rows]
-    model = CaptionModel(cfg, folder).fit(fit_texts, fit_y.astype(np.float64), x=x_of(fit_rows))
+    def epoch_line(r: dict) -> None:
+        log(f"{label}: epoch {r['epoch']} train_loss {r['train_loss']:.4g}")
+    model = CaptionModel(cfg, folder).fit(fit_texts, fit_y.astype(np.float64), x=x_of(fit_rows), seed=cfg["seed"],
+                                          log=epoch_line)
     out.dir.mkdir(parents=True, exist_ok=True)
     weights = model.save(out.captions_model)
     val_prob = model.predict(texts[val_idx], x_of(val_idx)) if len(val_idx) else np.zeros((0, y.shape[1]))
     test_prob = model.predict(test_texts, x_of(n + np.arange(len(test_texts))))
     rule = ds.spec.min_labels_per_image  # decide as the fold score and the submission will
-    row = {"epoch": 1, "train_micro_f1": metrics.f1(y[train_idx], metrics.decide(
+    epochs = model.history[-1]["epoch"] if model.tuned else 1  # the scores are the last epoch's
+    row = {"epoch": epochs, "train_micro_f1": metrics.f1(y[train_idx], metrics.decide(
         model.predict(texts[train_idx], x_of(train_idx)), 0.5, rule))}
     if len(val_idx):
         row["micro_f1"] = metrics.f1(y[val_idx], metrics.decide(val_prob, 0.5, rule))
     log(f"{label}: " + " ".join(f"{k} {v:.4g}" for k, v in row.items()))
+    if model.tuned:
+        history = [*model.history[:-1], {**model.history[-1], **row}]
+        return FitResult(val_prob, test_prob, epochs, history, weights,
+                         f"{cfg['encoder']} with its top {model.tuned} layers fine-tuned + linear", model.params,
+                         shared=[folder])
     described = "tf-idf" if folder is None else f"{cfg['encoder']} sentence embeddings"
-    return FitResult(val_prob, test_prob, 1, [row], weights, f"{described} + logistic regression",
-                     int(model.coef.size + model.intercept.size),
+    return FitResult(val_prob, test_prob, 1, [row], weights, f"{described} + logistic regression", model.params,
                      shared=[] if folder is None else [folder])

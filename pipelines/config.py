@@ -78,6 +78,12 @@ DEFAULTS = {
     "char_ngrams": False,
     "min_df": 2,
     "C": 4.0,
+    "tune_layers": 0,           # > 0: the encoder's top this many layers fine-tuned per fold on cached token
+                                # states below them (pipelines/caption_tuning.py) + a linear layer; 0: frozen + LR
+    "tune_epochs": 4,
+    "tune_lr": 1.0e-4,          # the tuned layers' peak lr (AdamW, warm-up then linear decay)
+    "tune_head_lr": 3.0e-3,     # the linear layer's
+    "tune_batch": 32,
 }
 
 
@@ -85,7 +91,8 @@ DEFAULTS = {
 EXECUTION_KEYS = {"folds", "workers", "fullfit", "compile", "device"}
 
 # Keys that one kind of model reads; a YAML or override setting one for the other kind is a mistake.
-CAPTION_KEYS = {"encoder", "encoder_source", "ngram_max", "char_ngrams", "min_df", "C"}
+CAPTION_KEYS = {"encoder", "encoder_source", "ngram_max", "char_ngrams", "min_df", "C", "tune_layers", "tune_epochs",
+                "tune_lr", "tune_head_lr", "tune_batch"}
 SHARED_KEYS = {"kind", "folds", "fullfit", "seed", "pseudo", "pseudo_confidence"}
 IMAGE_KEYS = set(DEFAULTS) - CAPTION_KEYS - SHARED_KEYS
 KIND_KEYS = {"image": IMAGE_KEYS, "captions": CAPTION_KEYS}
@@ -135,7 +142,8 @@ RANGES = {
     "pseudo_confidence": (0.5, 1, True, True), "layer_decay": (0, 1, False, True),
     "head_dim": (1, None, True, None), "head_heads": (1, None, True, None), "extra_stages": (0, None, True, None),
     "mixup": (0, None, True, None), "cutmix": (0, None, True, None), "mix_prob": (0, 1, True, True),
-    "drop_path": (0, 1, True, False),
+    "drop_path": (0, 1, True, False), "tune_layers": (0, None, True, None), "tune_epochs": (1, None, True, None),
+    "tune_lr": (0, None, False, None), "tune_head_lr": (0, None, False, None), "tune_batch": (1, None, True, None),
 }
 
 
@@ -253,6 +261,9 @@ def resolve(model: str, overrides: list[str] | dict | None = None, name: str | N
     check_kind(cfg, pairs, "overrides")
     if cfg["train_from"] is not None and cfg["mode"] == "frozen":
         raise UserError("train_from and mode: frozen exclude each other")
+    if cfg["kind"] == "captions" and cfg["tune_layers"] and cfg["encoder"] == "tfidf":
+        raise UserError(f"tune_layers={cfg['tune_layers']} fine-tunes a sentence encoder's top layers; TF-IDF has "
+                        "none: set encoder=minilm or tune_layers=0")
     if cfg["min_lr"] > cfg["lr"]:
         raise UserError(f"min_lr={cfg['min_lr']} is above lr={cfg['lr']}; the schedule decays from lr to min_lr")
     return cfg

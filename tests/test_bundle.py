@@ -211,6 +211,23 @@ def test_a_sentence_encoder_member_embeds_the_captions_once(trained, demo_data, 
     assert calls == [len(ds.test)]
 
 
+def test_a_tuned_encoder_member_predicts_the_submission(trained, demo_data, tmp_path, monkeypatch):
+    """captions_minilm_tuned beside an image member: predict runs the shared encoder's lower layers once for the
+    member's fold models and each fold's own top layers from their fp16 arrays; the CSV is the submission's."""
+    from pipelines import caption_tuning
+    spec, ds, run = trained
+    train_model(spec, ds, run, resolve("captions_minilm_tuned", ["tune_epochs=1"]), **QUIET)
+    sub, folder = submit_and_export(trained, ["captions_minilm_tuned", "tiny"], ("mean",))
+    calls, real = [], caption_tuning.encode_states
+
+    def counting(encoder, texts, below, **kw):
+        calls.append((len(texts), below))
+        return real(encoder, texts, below, **kw)
+    monkeypatch.setattr(caption_tuning, "encode_states", counting)
+    assert predict_bundle(folder, demo_data, tmp_path / "p.csv", **QUIET).read_text() == sub.path.read_text()
+    assert calls == [(len(ds.test), 4)]
+
+
 # The bundle's trust: the budget counts every byte predict reads, the manifest guards every file, one digest pins
 # it, OUT= cannot destroy anything, image errors are errors.
 

@@ -1,0 +1,224 @@
+"""The sentence encoder's last layers fine-tuned per fold, on cached token states (`tune_layers: k`).
+
+The image members train their last stages on a frozen trunk's cached features; this does the same for the
+captions: the encoder's lower layers run once over every caption (`token_states`, fp16, memory-mapped, shared by
+every fold), and each fit trains copies of the top `k` transformer layers, mean pooling and a linear layer per
+label on those states. A fit's weights are plain arrays (the k layers and the head, fp16 in its .npz), and at
+inference the shared encoder's lower layers make the same states. The layers are written here in torch from the
+encoder's own weights, so that a bundle's predictions do not depend on the transformers version: a test checks
+that they reproduce the encoder's own sentence embeddings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch import nn
+
+from competition.artifacts import atomic_array, build_once
+from competition.errors import UserError
+from pipelines import text_encoder
+
+# A BERT layer's weights in the encoder's safetensors, by the name this module gives them.
+WEIGHTS = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+           "attn_out": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
+           "ffn_in": "intermediate.dense", "ffn_out": "output.dense", "ffn_norm": "output.LayerNorm"}
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderShape:
+    layers: int
+    width: int
+    heads: int
+    ffn: int
+    eps: float
+
+    @classmethod
+    def of(cls, folder: Path) -> EncoderShape:
+        import json
+        c = json.loads((Path(folder) / "config.json").read_text())
+        return cls(c["num_hidden_layers"], c["hidden_size"], c["num_attention_heads"], c["intermediate_size"],
+                   c["layer_norm_eps"])
+
+
+class Block(nn.Module):
+    """One post-norm BERT encoder layer (self-attention, GELU feed-forward), as the encoder computes it."""
+
+    def __init__(self, s: EncoderShape, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = s.heads, dropout
+        self.query, self.key, self.value, self.attn_out = (nn.Linear(s.width, s.width) for _ in range(4))
+        self.attn_norm, self.ffn_norm = nn.LayerNorm(s.width, eps=s.eps), nn.LayerNorm(s.width, eps=s.eps)
+        self.ffn_in, self.ffn_out = nn.Linear(s.width, s.ffn), nn.Linear(s.ffn, s.width)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        def split(z):
+            return z.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+        p = self.dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)),
+                                           attn_mask=keep[:, None, None, :], dropout_p=p)
+        x = self.attn_norm(x + F.dropout(self.attn_out(a.transpose(1, 2).reshape(b, t, d)), p, self.training))
+        return self.ffn_norm(x + F.dropout(self.ffn_out(F.gelu(self.ffn_in(x))), p, self.training))
+
+
+class TopNet(nn.Module):
+    """The encoder's top layers, masked mean pooling (the sentence encoder's own), and one logit per label."""
+
+    def __init__(self, s: EncoderShape, k: int, n_labels: int, dropout: float = 0.1):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(s, dropout) for _ in range(k))
+        self.head = nn.Linear(s.width, n_labels)
+
+    def pooled(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, keep)
+        w = keep.unsqueeze(-1).to(x.dtype)
+        return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pooled(x, keep))
+
+
+def pretrained_top(folder: Path, k: int, n_labels: int) -> TopNet:
+    """A TopNet whose layers start as the encoder's last k, in fp32."""
+    s = EncoderShape.of(folder)
+    if k > s.layers:
+        raise UserError(f"tune_layers={k}: the encoder in {folder} has {s.layers} layers")
+    net = TopNet(s, k, n_labels)
+    with safe_open(str(Path(folder) / "model.safetensors"), "pt") as f:
+        prefix = "encoder.layer." if any(key.startswith("encoder.layer.") for key in f.keys()) else "layer."
+        for i, block in enumerate(net.blocks):
+            layer = s.layers - k + i
+            for mine, theirs in WEIGHTS.items():
+                for part in ("weight", "bias"):
+                    getattr(getattr(block, mine), part).data.copy_(
+                        f.get_tensor(f"{prefix}{layer}.{theirs}.{part}").float())
+    return net
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenStates:
+    """Token states after the encoder's lower layers: (captions, tokens, width) fp16 and each caption's token
+    count; `rows` picks captions without copying the states."""
+    states: np.ndarray
+    lengths: np.ndarray
+    rows: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.lengths) if self.rows is None else len(self.rows)
+
+    def take(self, rows) -> TokenStates:
+        rows = np.asarray(rows)
+        return TokenStates(self.states, self.lengths, rows if self.rows is None else self.rows[rows])
+
+    def batch(self, at: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(states as float32, the mask of real tokens) of positions `at`, cut to their longest caption."""
+        rows = at if self.rows is None else self.rows[at]
+        order = np.argsort(rows)  # a memory map reads faster in file order
+        rows, back = rows[order], np.argsort(order)
+        t = int(self.lengths[rows].max())
+        x = torch.from_numpy(np.ascontiguousarray(self.states[rows, :t])).float()[back]
+        keep = torch.arange(t)[None, :] < torch.from_numpy(self.lengths[rows].astype(np.int64))[back, None]
+        return x, keep
+
+
+def encode_states(folder: Path, texts, below: int, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Token states after the encoder's first `below` layers (fp16, padded to the longest caption) and token
+    counts: what every fit of a `tune_layers` model reads."""
+    model = text_encoder.load(folder)
+    # The tokenizer's own call (stable across sentence-transformers versions), as the encoder's encode() runs it.
+    tok = model[0].tokenizer([str(t).strip() for t in texts], padding=True, truncation=True,
+                             max_length=model.max_seq_length, return_tensors="pt")
+    mask = tok["attention_mask"].bool()
+    lengths = mask.sum(1).numpy().astype(np.int32)
+    out = np.zeros((len(lengths), mask.shape[1], EncoderShape.of(folder).width), np.float16)
+    bert = model[0].auto_model
+    with torch.inference_mode():
+        for start in range(0, len(lengths), batch_size):
+            part = slice(start, start + batch_size)
+            t = int(lengths[part].max())
+            inputs = {k: v[part, :t] for k, v in tok.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+            hidden = bert(**inputs, output_hidden_states=True).hidden_states[below]
+            out[part, :t] = hidden.numpy().astype(np.float16)
+    return out, lengths
+
+
+def cached_states(folder: Path, texts, below: int, cache_dir: Path) -> TokenStates:
+    """encode_states() once per (saved encoder, texts, layer), memory-mapped: shared by every fold and model."""
+    digest = hashlib.sha1((Path(folder) / "model.safetensors").read_bytes() + f"below{below}".encode())
+    for t in texts:
+        digest.update(t.encode() + b"\0")
+    stem = Path(cache_dir) / f"tokens_{digest.hexdigest()[:12]}"
+
+    def build(path: Path) -> None:
+        states, lengths = encode_states(folder, texts, below)
+        with atomic_array(stem.with_suffix(".lengths.npy"), np.int32, lengths.shape) as out:
+            out[:] = lengths
+        with atomic_array(path, np.float16, states.shape) as out:
+            out[:] = states
+    path = build_once(stem.with_suffix(".npy"), build)  # the states last: their file means both are whole
+    return TokenStates(np.load(path, mmap_mode="r"), np.load(stem.with_suffix(".lengths.npy")))
+
+
+def predict(net: TopNet, x: TokenStates, batch_size: int = 256) -> np.ndarray:
+    net.eval()
+    order = np.argsort(x.lengths if x.rows is None else x.lengths[x.rows], kind="stable")  # similar lengths batch
+    out = np.zeros((len(x), net.head.out_features), np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            at = order[start:start + batch_size]
+            out[at] = torch.sigmoid(net(*x.batch(at))).numpy()
+    return out
+
+
+def train(net: TopNet, x: TokenStates, y: np.ndarray, cfg: dict, seed: int, log=None) -> list[dict]:
+    """AdamW, linear warm-up over the first 6% of steps then linear decay (BERT's fine-tuning schedule), binary
+    cross-entropy against `y` (0/1 or soft targets); one row per epoch."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    head = list(net.head.parameters())
+    opt = torch.optim.AdamW([{"params": list(net.blocks.parameters()), "lr": cfg["tune_lr"]},
+                             {"params": head, "lr": cfg["tune_head_lr"]}], weight_decay=0.01)
+    steps = cfg["tune_epochs"] * math.ceil(len(x) / cfg["tune_batch"])
+    warm = max(1, int(0.06 * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm + 1))))
+    target = torch.from_numpy(np.asarray(y, np.float32))
+    rows = []
+    for epoch in range(1, cfg["tune_epochs"] + 1):
+        net.train()
+        total = 0.0
+        for at in torch.randperm(len(x), generator=g).split(cfg["tune_batch"]):
+            at = at.numpy()
+            loss = F.binary_cross_entropy_with_logits(net(*x.batch(at)), target[at])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(at)
+        rows.append({"epoch": epoch, "train_loss": total / len(x)})
+        if log:
+            log(rows[-1])
+    with torch.no_grad():  # the weights as saved (fp16): the fold's predictions are then the bundle's
+        for p in net.parameters():
+            p.copy_(p.half().float())
+    return rows
+
+
+def state_arrays(net: TopNet) -> dict[str, np.ndarray]:
+    """The fit's weights as fp16 arrays (what a bundle ships; the model computes in fp32 from them)."""
+    return {f"top.{k}": v.detach().numpy().astype(np.float16) for k, v in net.state_dict().items()}
+
+
+def from_arrays(arrays, s: EncoderShape, k: int, n_labels: int) -> TopNet:
+    net = TopNet(s, k, n_labels)
+    net.load_state_dict({k.removeprefix("top."): torch.from_numpy(arrays[k].astype(np.float32))
+                         for k in arrays if k.startswith("top.")})
+    return net.eval()
