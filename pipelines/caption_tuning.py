@@ -86,12 +86,15 @@ class TopNet(nn.Module):
         return self.head(self.pooled(x, keep))
 
 
-def pretrained_top(folder: Path, k: int, n_labels: int) -> TopNet:
-    """A TopNet whose layers start as the encoder's last k, in fp32."""
+def pretrained_top(folder: Path, k: int, n_labels: int, seed: int = 0) -> TopNet:
+    """A TopNet whose layers start as the encoder's last k, in fp32, and whose head starts from `seed` alone
+    (not from whatever drew from torch's global generator before in the process)."""
     s = EncoderShape.of(folder)
     if k > s.layers:
         raise UserError(f"tune_layers={k}: the encoder in {folder} has {s.layers} layers")
-    net = TopNet(s, k, n_labels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = TopNet(s, k, n_labels)
     with safe_open(str(Path(folder) / "model.safetensors"), "pt") as f:
         prefix = "encoder.layer." if any(key.startswith("encoder.layer.") for key in f.keys()) else "layer."
         for i, block in enumerate(net.blocks):

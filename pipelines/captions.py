@@ -80,7 +80,7 @@ class CaptionModel:
         sentence embeddings or token states); TF-IDF is always fitted on `texts`."""
         x = self.features(texts, fit=True) if x is None or self.vecs else x
         if self.tuned:
-            self.top = caption_tuning.pretrained_top(self.encoder_dir, self.tuned, y.shape[1])
+            self.top = caption_tuning.pretrained_top(self.encoder_dir, self.tuned, y.shape[1], seed)
             self.history = caption_tuning.train(self.top, x, y, self.cfg, seed, log)
             return self
         solver = "liblinear" if sp.issparse(x) else "lbfgs"
