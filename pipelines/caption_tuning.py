@@ -132,40 +132,50 @@ class TokenStates:
         return x, keep
 
 
-def encode_states(folder: Path, texts, below: int, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """Token states after the encoder's first `below` layers (fp16, padded to the longest caption) and token
-    counts: what every fit of a `tune_layers` model reads."""
-    model = text_encoder.load(folder)
-    # The tokenizer's own call (stable across sentence-transformers versions), as the encoder's encode() runs it.
-    tok = model[0].tokenizer([str(t).strip() for t in texts], padding=True, truncation=True,
-                             max_length=model.max_seq_length, return_tensors="pt")
-    mask = tok["attention_mask"].bool()
-    lengths = mask.sum(1).numpy().astype(np.int32)
-    out = np.zeros((len(lengths), mask.shape[1], EncoderShape.of(folder).width), np.float16)
+def tokenize(model, texts) -> dict:
+    """The tokenizer's own call (stable across sentence-transformers versions), as the encoder's encode() runs it."""
+    return model[0].tokenizer([str(t).strip() for t in texts], padding=True, truncation=True,
+                              max_length=model.max_seq_length, return_tensors="pt")
+
+
+def fill_states(model, tok: dict, below: int, out: np.ndarray, batch_size: int = 128) -> None:
+    """Token states after the encoder's first `below` layers into `out` (captions, longest, width), batch by
+    batch: `out` may be the cache's memory map, so the states are never all in memory at once."""
+    lengths = tok["attention_mask"].sum(1).numpy()
     bert = model[0].auto_model
     with torch.inference_mode():
         for start in range(0, len(lengths), batch_size):
             part = slice(start, start + batch_size)
             t = int(lengths[part].max())
             inputs = {k: v[part, :t] for k, v in tok.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-            hidden = bert(**inputs, output_hidden_states=True).hidden_states[below]
-            out[part, :t] = hidden.numpy().astype(np.float16)
-    return out, lengths
+            out[part, :t] = bert(**inputs, output_hidden_states=True).hidden_states[below].numpy()
+
+
+def encode_states(folder: Path, texts, below: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token states after the encoder's first `below` layers (fp16, padded to the longest caption) and token
+    counts: what every fit of a `tune_layers` model reads."""
+    model = text_encoder.load(folder)
+    tok = tokenize(model, texts)
+    out = np.zeros((*tok["input_ids"].shape, EncoderShape.of(folder).width), np.float16)
+    fill_states(model, tok, below, out)
+    return out, tok["attention_mask"].sum(1).numpy().astype(np.int32)
 
 
 def cached_states(folder: Path, texts, below: int, cache_dir: Path) -> TokenStates:
-    """encode_states() once per (saved encoder, texts, layer), memory-mapped: shared by every fold and model."""
+    """The states of encode_states() once per (saved encoder, texts, layer), written straight into a memory map
+    (at 38,000 captions they are 2.4 GB in fp16): shared by every fold and model."""
     digest = hashlib.sha1((Path(folder) / "model.safetensors").read_bytes() + f"below{below}".encode())
     for t in texts:
         digest.update(t.encode() + b"\0")
     stem = Path(cache_dir) / f"tokens_{digest.hexdigest()[:12]}"
 
     def build(path: Path) -> None:
-        states, lengths = encode_states(folder, texts, below)
-        with atomic_array(stem.with_suffix(".lengths.npy"), np.int32, lengths.shape) as out:
-            out[:] = lengths
-        with atomic_array(path, np.float16, states.shape) as out:
-            out[:] = states
+        model = text_encoder.load(folder)
+        tok = tokenize(model, texts)
+        with atomic_array(stem.with_suffix(".lengths.npy"), np.int32, (len(texts),)) as out:
+            out[:] = tok["attention_mask"].sum(1).numpy()
+        with atomic_array(path, np.float16, (*tok["input_ids"].shape, EncoderShape.of(folder).width)) as out:
+            fill_states(model, tok, below, out)
     path = build_once(stem.with_suffix(".npy"), build)  # the states last: their file means both are whole
     return TokenStates(np.load(path, mmap_mode="r"), np.load(stem.with_suffix(".lengths.npy")))
 
