@@ -149,7 +149,8 @@ def test_early_stopping_decides_by_the_specs_rule(demo_data, tmp_path, monkeypat
 
 
 def test_prediction_loads_no_training_code():
-    """`make predict` imports the model builder, readers and captions model, never the training loop, the fold
+    """`make predict` imports the model builder, readers and captions models (a tuned one's layers live with their
+    per-fold fit in pipelines.caption_tuning, on torch alone), never the image training loop, the fold
     orchestration, the folds or the blender's fitting (an offline notebook needs none of their packages)."""
     import subprocess
     import sys
@@ -158,7 +159,7 @@ def test_prediction_loads_no_training_code():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     loaded = set(r.stdout.split())
-    assert loaded <= {"pipelines", "pipelines.captions", "pipelines.inference", "pipelines.model",
-                      "pipelines.text_encoder", "pipelines.weights", "pipelines.result", "pipelines.config",
-                      "pipelines.runtime", "pipelines.preprocess", "submissions", "submissions.validate",
-                      "submissions.blend_file"}, loaded
+    assert loaded <= {"pipelines", "pipelines.captions", "pipelines.caption_tuning", "pipelines.inference",
+                      "pipelines.model", "pipelines.text_encoder", "pipelines.weights", "pipelines.result",
+                      "pipelines.config", "pipelines.runtime", "pipelines.preprocess", "submissions",
+                      "submissions.validate", "submissions.blend_file"}, loaded
