@@ -106,6 +106,11 @@ def pretrained_top(folder: Path, k: int, n_labels: int, seed: int = 0) -> TopNet
     return net
 
 
+def layers_below(folder: Path, k: int) -> int:
+    """How many of the encoder's layers run below its top k: the layer whose states are cached."""
+    return EncoderShape.of(folder).layers - k
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenStates:
     """Token states after the encoder's lower layers: (captions, tokens, width) fp16 and each caption's token
@@ -117,7 +122,7 @@ class TokenStates:
     def __len__(self) -> int:
         return len(self.lengths) if self.rows is None else len(self.rows)
 
-    def take(self, rows) -> TokenStates:
+    def __getitem__(self, rows) -> TokenStates:  # indexed like the frozen members' embedding arrays
         rows = np.asarray(rows)
         return TokenStates(self.states, self.lengths, rows if self.rows is None else self.rows[rows])
 

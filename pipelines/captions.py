@@ -68,9 +68,8 @@ class CaptionModel:
 
     def features(self, texts, fit: bool = False):
         if self.tuned:
-            shape = caption_tuning.EncoderShape.of(self.encoder_dir)
-            return caption_tuning.TokenStates(*caption_tuning.encode_states(self.encoder_dir, texts,
-                                                                            shape.layers - self.tuned))
+            below = caption_tuning.layers_below(self.encoder_dir, self.tuned)
+            return caption_tuning.TokenStates(*caption_tuning.encode_states(self.encoder_dir, texts, below))
         if self.cfg["encoder"] != "tfidf":
             return text_encoder.encode(self.encoder_dir, texts)
         return sp.hstack([v.fit_transform(texts) if fit else v.transform(texts) for v in self.vecs]).tocsr()
@@ -148,7 +147,7 @@ def encoder_inputs(cfg, ds, run: RunLayout, model_dir: ModelLayout):
     folder = text_encoder.save_encoder(cfg["encoder"], cfg["encoder_source"], model_dir.encoder)
     texts = list(ds.train["caption"]) + list(ds.test["caption"])
     if cfg["tune_layers"]:
-        below = caption_tuning.EncoderShape.of(folder).layers - cfg["tune_layers"]
+        below = caption_tuning.layers_below(folder, cfg["tune_layers"])
         return folder, caption_tuning.cached_states(folder, texts, below, run.cache)
     return folder, text_encoder.cached_embeddings(folder, texts, run.cache)
 
@@ -160,7 +159,7 @@ def fit_captions(cfg, ds, run: RunLayout, train_idx, val_idx, out: FitLayout, la
     y = ds.targets()
     folder, emb = encoder_inputs(cfg, ds, run, ModelLayout(out.dir.parent))
     n = len(texts)
-    x_of = (lambda rows: None) if emb is None else (lambda rows: emb.take(rows) if cfg["tune_layers"] else emb[rows])
+    x_of = (lambda rows: None) if emb is None else (lambda rows: emb[rows])
     fit_rows, fit_y = training_rows(train_idx, y, targets)  # a student's soft targets, pseudo-labelled test rows
     fit_texts = np.concatenate([texts, test_texts])[fit_rows]
     def epoch_line(r: dict) -> None:
