@@ -19,7 +19,13 @@ echo $((gib * 1024 * 1024 * 1024)) > "$cg/$limit"
 sync; echo 3 > /proc/sys/vm/drop_caches
 start=$(date +%s)
 rc=0; (echo $BASHPID > "$cg/cgroup.procs"; exec "$@") || rc=$?
-hits=$( [ -f "$cg/memory.failcnt" ] && cat "$cg/memory.failcnt" || awk '/^max / {print $2}' "$cg/memory.events")
+# v1: failcnt and oom_kill of memory.oom_control; v2: memory.events. Reaching the cap while page cache is reclaimed
+# is not a failure; an OOM kill is.
+if [ -f "$cg/memory.failcnt" ]; then
+    hits=$(cat "$cg/memory.failcnt"); kills=$(awk '/^oom_kill / {print $2}' "$cg/memory.oom_control")
+else
+    hits=$(awk '/^max / {print $2}' "$cg/memory.events"); kills=$(awk '/^oom_kill / {print $2}' "$cg/memory.events")
+fi
 echo "memcap: ${gib} GiB cap, $(( $(date +%s) - start )) s, exit $rc, cgroup peak $(( $(cat "$cg/$peak") / 1048576 )) MB" \
-     "(allocations + page cache), times at the cap: $hits"
+     "(allocations + page cache), times at the cap: $hits, OOM kills: ${kills:-unknown}"
 exit $rc

@@ -29,7 +29,8 @@ step() {
 # The image members are lite2's last stage with the attention head on a cached trunk, with ASL and with BCE (its
 # twin, on the same trunk cache; issue 30: on comp5329-6k the BCE twin took the ASL member's place in every outer
 # fold's blend, fully nested 0.8490 -> 0.8528); the 288 px linear-head members are no longer trained (on 6k they
-# added 0.0004 for 30 minutes: docs/recipes.md). They enter the 100 MB budget as full-data refits (11 MB each).
+# added 0.0004 for 30 minutes: docs/recipes.md). They enter the 100 MB budget as full-data
+# refits (11 MB each) or, where the budget has room, as their folds (28k: the BCE twin's 3 folds, 32.9 MB).
 # Scale: with many rows (the whole competition, 28,000) an epoch is 4.7x comp5329-6k's, so
 # - the image members train 2 epochs instead of their configs' 5 (1.9x the samples seen at 6,000 rows);
 # - every member gets K=3 folds instead of 5: 3 fold fits + a refit see 84,000 rows an epoch instead of 140,000,
