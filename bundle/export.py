@@ -6,7 +6,9 @@ runs/<COMP>/bundles/<submission stem>/
                     the scores; format version
   spec.yaml         the competition spec (how test.csv and the images are read; the min-labels rule)
   members/<name>/   each member's inference weights, exactly those the budget counted (fold models or the refit,
-                    fp16 safetensors; captions: .npz arrays), a shared frozen part (a sentence encoder) once
+                    fp16 safetensors; captions: .npz arrays)
+  shared/<sha256>/  the frozen parts members need beside their fits (a sentence encoder), once per content: two
+                    captions members with the same encoder share one copy, and the budget counts it once
   blend.npz         a stacked blend's saved second level, copied from beside the submission (submissions.blend_file):
   blend.skops       per-label logistic regressions as arrays, or its trees or MLP (skops, a trust list); no refit
   wheel/            the project's own wheel, for `pip install --no-deps` on an offline machine
@@ -31,7 +33,7 @@ from competition.errors import UserError
 from competition.layout import RunLayout
 from pipelines.inference import fit_record
 from submissions.blend_file import MEAN_METHODS
-from submissions.members import Member, load_members
+from submissions.members import Member, load_members, part_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,9 +61,11 @@ def copy_member(m: Member, use_full: bool, out: Path) -> dict:
         shutil.copyfile(path, out / name)
         names.append(name)
     shared_names = []
-    for path in shared:
-        name = f"members/{m.name}/{path.name}"
-        (shutil.copytree if path.is_dir() else shutil.copyfile)(path, out / name)
+    for path in shared:  # named by content alone: members with the same encoder bytes name the same one copy
+        name = f"shared/{part_sha256(path)[:16]}{'' if path.is_dir() else path.suffix}"
+        if not (out / name).exists():
+            (out / "shared").mkdir(exist_ok=True)
+            (shutil.copytree if path.is_dir() else shutil.copyfile)(path, out / name)
         shared_names.append(name)
     record = {"name": m.name, "kind": m.meta.kind, "weights": names, "shared": shared_names, "refit": use_full,
               "uses": "refit" if use_full else f"{m.meta.k} fold models"}

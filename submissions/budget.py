@@ -56,8 +56,11 @@ def gpu_hours_by_model(members) -> dict[str, float]:
 
 
 def cost(members, use_full: dict) -> tuple[float, float]:
-    """(MB needed at inference, GPU-hours spent)."""
-    return sum(m.size_mb(use_full[m.name]) for m in members), sum(gpu_hours_by_model(members).values())
+    """(MB needed at inference, GPU-hours spent). A shared part two members hold in the same bytes (one sentence
+    encoder under two captions members) is one file in the bundle, so it counts once."""
+    own = sum(m.size_mb(use_full[m.name]) - sum(m.shared.values()) for m in members)
+    shared = {sha: mb for m in members for sha, mb in m.shared.items()}
+    return own + sum(shared.values()), sum(gpu_hours_by_model(members).values())
 
 
 def within(size, hours, max_mb, max_hours) -> bool:

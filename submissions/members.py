@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ class Member:
     full_mb: float | None
     gpu_hours: float
     oof_sha256: str
+    # The frozen parts it needs once beside its fits (a sentence encoder), by content: sha256 -> MB. folds_mb and
+    # full_mb count them; members whose parts are the same bytes ship and count them once (submissions.budget).
+    shared: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def test(self, use_full: bool) -> np.ndarray:
         return self.test_full if use_full else self.test_folds
@@ -51,11 +55,22 @@ def load_member(model: ModelLayout, ds: Dataset, tokens) -> Member:
     oof = read_probs(model.oof, train_ids, tokens)
     test_by_fold = np.stack([read_probs(model.test_fold(f), test_ids, tokens) for f in range(meta.k)])
     test_full = read_probs(model.test_full, test_ids, tokens) if meta.full else None
-    shared_mb = sum(weights_mb(model.dir / p) for p in meta.shared_weights)  # once for every fold
+    shared = {part_sha256(model.dir / p): weights_mb(model.dir / p) for p in meta.shared_weights}
+    shared_mb = sum(shared.values())  # once for every fold
     folds_mb = sum(weights_mb(model.dir / meta.fold_weights(f)) for f in range(meta.k)) + shared_mb
     full_mb = weights_mb(model.dir / meta.full["weights"]) + shared_mb if meta.full else None
     return Member(model.name, model.dir, meta, oof, test_by_fold.mean(0), test_by_fold, test_full, folds_mb, full_mb,
-                  float(meta.gpu_hours), file_sha256(model.oof))
+                  float(meta.gpu_hours), file_sha256(model.oof), shared)
+
+
+def part_sha256(path: Path) -> str:
+    """sha256 of a shared part, a file or a folder (its files' names and bytes): equal digests, equal bytes."""
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        digest.update(f"{p.relative_to(path).as_posix()}\0{file_sha256(p)}\0".encode())
+    return digest.hexdigest()
 
 
 def complete(model: ModelLayout) -> bool:

@@ -103,7 +103,7 @@ def nested_key(ens: Ensemble) -> str:
     h = hashlib.sha256(ens.settings.key(ens.scoring).encode())
     h.update(np.asarray(ens.scoring.fold).tobytes())
     for m in ens.candidates:
-        h.update(f"|{m.name}|{m.oof_sha256}|{m.folds_mb:.6f}|{m.full_mb}|{m.gpu_hours:.6f}".encode())
+        h.update(f"|{m.name}|{m.oof_sha256}|{m.folds_mb:.6f}|{m.full_mb}|{m.gpu_hours:.6f}|{sorted(m.shared)}".encode())
     return h.hexdigest()[:16]
 
 

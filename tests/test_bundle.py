@@ -228,6 +228,24 @@ def test_a_tuned_encoder_member_predicts_the_submission(trained, demo_data, tmp_
     assert calls == [(len(ds.test), 4)]
 
 
+def test_two_members_on_one_encoder_ship_it_once(trained, demo_data, tmp_path):
+    """captions_minilm and captions_minilm_tuned save the same encoder bytes: the bundle holds one copy (shared/),
+    both members name it, the submission's size counts it once, and predict reproduces the submission."""
+    spec, ds, run = trained
+    train_model(spec, ds, run, resolve("captions_minilm"), **QUIET)
+    train_model(spec, ds, run, resolve("captions_minilm_tuned", ["tune_epochs=1"]), **QUIET)
+    sub, folder = submit_and_export(trained, ["captions_minilm", "captions_minilm_tuned"], ("mean",))
+    bundle = json.loads((folder / "bundle.json").read_text())
+    files = json.loads((folder / "manifest.json").read_text())["files"]
+    encoders = [name for name in files if name.endswith("model.safetensors")]
+    assert len(encoders) == 1 and encoders[0].startswith("shared/")
+    assert [m["shared"] for m in bundle["members"]] == [[encoders[0].rsplit("/", 1)[0]]] * 2
+    side = json.loads(sub.path.with_suffix(".json").read_text())
+    encoder_mb = sum(f["bytes"] for name, f in files.items() if name.startswith("shared/")) / 2**20
+    assert side["size_mb"] == pytest.approx(sum(m["size_mb"] for m in side["members"]) - encoder_mb, abs=0.05)
+    assert predict_bundle(folder, demo_data, tmp_path / "p.csv", **QUIET).read_text() == sub.path.read_text()
+
+
 # The bundle's trust: the budget counts every byte predict reads, the manifest guards every file, one digest pins
 # it, OUT= cannot destroy anything, image errors are errors.
 

@@ -15,7 +15,7 @@ from competition.formats import ModelMeta
 from competition.metrics import decide, fast_micro_f1
 from submissions import thresholds as th
 from submissions.blend import DEFAULT_BLENDS, quick_score, tune_weights
-from submissions.budget import select
+from submissions.budget import cost, select
 from submissions.members import Member
 from submissions.scoring import Scoring
 from submissions.validate import validate_frame
@@ -114,9 +114,10 @@ def test_weighted_blend_never_below_best_member():
     assert quick_score(micro(y), blended) >= quick_score(micro(y), good) - 1e-12
 
 
-def member(name, oof, mb, hours, full_mb=None, sha="x"):
+def member(name, oof, mb, hours, full_mb=None, sha="x", shared=None):
     meta = ModelMeta(name, "image", {}, "", None, 5, [], {}, [], {}, [], 0.0, None, 0.0, hours, None)
-    return Member(name, Path(name), meta, oof, oof, oof[None], oof if full_mb else None, mb, full_mb, hours, sha)
+    return Member(name, Path(name), meta, oof, oof, oof[None], oof if full_mb else None, mb, full_mb, hours, sha,
+                  shared or {})
 
 
 def test_budget_selector_drops_the_right_member():
@@ -134,6 +135,19 @@ def test_budget_selector_drops_the_right_member():
     assert any("dropped weak" in n for n in notes) and any("big enters as its full-data refit" in n for n in notes)
     with pytest.raises(UserError, match="no member fits"):
         select(members, micro(y), max_mb=10, max_hours=None)
+
+
+def test_a_part_two_members_share_counts_once():
+    """Two captions members on the same encoder bytes (43 MB each, standalone) ship it once: the budget counts
+    it once, so both fit in 100 MB; another encoder (other bytes) counts again and does not fit."""
+    y, good = synthetic(seed=7)
+    a = member("tuned", good, 43 + 33, 0, shared={"enc": 43})
+    b = member("fusion", good[::-1].copy(), 43 + 11, 0, shared={"enc": 43})
+    other = member("other", good[::-1].copy(), 43 + 11, 0, shared={"enc2": 43})
+    assert cost([a, b], {"tuned": False, "fusion": False}) == (pytest.approx(87), 0)
+    assert cost([a, other], {"tuned": False, "other": False}) == (pytest.approx(130), 0)
+    chosen, _, notes = select([a, b], micro(y), max_mb=100, max_hours=None)
+    assert [m.name for m in chosen] == ["tuned", "fusion"] and notes == []
 
 
 def frame(rows):
