@@ -5,11 +5,14 @@ The BCE twin's trainable top (tf_efficientnet_lite2's last stage, conv_head, the
 pipelines.model from the member's own config.yaml) reads the member's cached trunk features, and the caption's
 frozen MiniLM sentence embedding (the captions_minilm cache) enters its attention head twice: as one more memory
 token beside the image positions, and as a shift of every label query (zero at the start, so training starts from
-the image head). `--tokens` adds the caption's word states (the tuned member's token-state cache) as memory
-tokens too. Same folds, loss, AdamW, warm-up + cosine schedule, EMA, flip views and best-epoch selection (micro-F1
-@0.5 on the held-out fold) as the member. This is a probe, not the member: it writes OOF probabilities only (no
-test rows, no refit, no bundle), then prints the fully nested micro-F1 of the given members with and without it,
-from `submissions.postprocess.fully_nested` (the code `make submit` runs; the size budget off).
+the image head). `--tokens` adds the caption's word states (the tuned member's token-state cache) as memory tokens
+too. Same folds, loss, AdamW, schedule (`pipelines.train.make_schedule`), EMA, flip views
+(`pipelines.inference.views`, `mean_sigmoid`) and best-epoch selection (micro-F1 @0.5 on the held-out fold, the
+spec's min-labels rule) as the member; unlike the member, which trains in fp32 on a CPU, it trains under bf16
+autocast (an epoch 26 s against the member's 40 s on an AMX CPU, `docs/recipes.md`). This is a probe, not the
+member: it writes OOF probabilities only (no test rows, no refit, no bundle), then prints the fully nested micro-F1
+of the given members with and without it, from `submissions.postprocess.fully_nested` (the code `make submit` runs;
+the size budget off).
 
     .venv/bin/python benchmarks/fusion_probe.py --runs runs/recipe6k --data data/comp5329-6k \
         --image-member lite2_bce_attn_384 --members captions_minilm_tuned,lite2_bce_attn_384 --out fusion_oof.npy
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 import time
 from pathlib import Path
@@ -37,7 +39,9 @@ from competition import load_dataset, load_spec, metrics  # noqa: E402
 from competition.layout import RunLayout  # noqa: E402
 from folds.split import read_folds  # noqa: E402
 from pipelines.cache import cache_file  # noqa: E402
+from pipelines.inference import mean_sigmoid, views  # noqa: E402
 from pipelines.model import TopOfNet, build_model, tail_features, tokens_of  # noqa: E402
+from pipelines.train import make_schedule  # noqa: E402
 from submissions.blend import DEFAULT_BLENDS  # noqa: E402
 from submissions.budget import Budget  # noqa: E402
 from submissions.members import load_members  # noqa: E402
@@ -53,6 +57,7 @@ class Inputs:
     lengths: np.ndarray | None
     y: np.ndarray
     folds: np.ndarray
+    min_labels: int        # the spec's rule: decide as the fold score and the submission will
 
 
 class Fused(nn.Module):
@@ -80,21 +85,28 @@ class Fused(nn.Module):
         return (q * h.group_weight).sum(-1) + h.group_bias
 
 
-def batch(d: Inputs, rows, views):
-    x = torch.from_numpy(d.feats[rows, views].astype(np.float32)).contiguous(memory_format=torch.channels_last)
+def captions(d: Inputs, rows):
+    """The caption inputs of `rows`: sentence embeddings, and with --tokens word states and their padding mask."""
     if d.words is None:
-        return x, d.emb[rows], None, None
+        return d.emb[rows], None, None
     n = int(d.lengths[rows].max())
     pad = torch.from_numpy(np.arange(n)[None] >= d.lengths[rows][:, None])
-    return x, d.emb[rows], torch.from_numpy(d.words[rows, :n].astype(np.float32)), pad
+    return d.emb[rows], torch.from_numpy(d.words[rows, :n].astype(np.float32)), pad
+
+
+def image(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(x.astype(np.float32)).contiguous(memory_format=torch.channels_last)
 
 
 def predict(model, d: Inputs, rows) -> np.ndarray:
+    """Both cached views of each row, averaged as the member's predictions are."""
     out = []
-    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
-        for i in range(0, len(rows), 64):
-            r = rows[i:i + 64]
-            out.append(sum(torch.sigmoid(model(*batch(d, r, np.full(len(r), v))).float()) for v in (0, 1)).numpy() / 2)
+    for i in range(0, len(rows), 64):
+        r = rows[i:i + 64]
+        caps = captions(d, r)
+        out.append(mean_sigmoid(lambda x, caps=caps: model(x.contiguous(memory_format=torch.channels_last), *caps),
+                                views(torch.from_numpy(d.feats[r].astype(np.float32)), True),
+                                torch.device("cpu"), torch.bfloat16).numpy())
     return np.concatenate(out)
 
 
@@ -106,25 +118,24 @@ def fit_fold(cfg: dict, d: Inputs, k: int, seed: int) -> tuple[np.ndarray, np.nd
     ema = ModelEmaV3(model, decay=cfg["ema_decay"], use_warmup=True)
     train, held = np.nonzero(d.folds != k)[0], np.nonzero(d.folds == k)[0]
     steps = len(train) // cfg["batch_size"]
-    total, warm = steps * cfg["epochs"], max(1, int(cfg["warmup_epochs"] * steps))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else
-                                              0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+    step_schedule, _ = make_schedule(cfg, opt, steps)
     rng, best = np.random.default_rng(seed + k), (-1.0, None, 0)
     for epoch in range(1, cfg["epochs"] + 1):
         start, order = time.time(), rng.permutation(train)
         for b in range(steps):
+            step = (epoch - 1) * steps + b
             rows = np.sort(order[b * cfg["batch_size"]:(b + 1) * cfg["batch_size"]])
+            step_schedule(step)
             with torch.autocast("cpu", torch.bfloat16):
-                logits = model(*batch(d, rows, rng.integers(0, 2, len(rows))))
+                logits = model(image(d.feats[rows, rng.integers(0, 2, len(rows))]), *captions(d, rows))
             loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), torch.from_numpy(d.y[rows]))
             opt.zero_grad()
             loss.backward()
             opt.step()
-            sched.step()
-            ema.update(model, step=(epoch - 1) * steps + b + 1)
+            ema.update(model, step=step + 1)
         prob = predict(ema.module.eval(), d, held)
-        f1 = metrics.f1(d.y[held], metrics.decide(prob, 0.5, 1))
+        f1 = metrics.f1(d.y[held], metrics.decide(prob, 0.5, d.min_labels))
         print(f"fold {k} epoch {epoch}: micro-F1@0.5 {f1:.4f} mAP {metrics.mean_average_precision(d.y[held], prob):.4f}"
               f" ({time.time() - start:.0f} s)", flush=True)
         if f1 > best[0]:
@@ -146,7 +157,8 @@ def load_inputs(run: RunLayout, ds, image_member: str, tokens: bool) -> tuple[di
     lengths = np.load(words[0].with_suffix("").with_suffix(".lengths.npy"))[:n] if tokens else None
     return cfg, Inputs(np.ascontiguousarray(np.load(trunk[0], mmap_mode="r")[:n]),
                        torch.from_numpy(np.load(sentences[0])[:n].astype(np.float32)), w, lengths,
-                       ds.targets().astype(np.float32), read_folds(run.folds, list(ds.train["id"])))
+                       ds.targets().astype(np.float32), read_folds(run.folds, list(ds.train["id"])),
+                       ds.spec.min_labels_per_image)
 
 
 def main() -> None:
@@ -170,7 +182,7 @@ def main() -> None:
         oof[held] = prob
         print(f"fold {k}: best epoch {epoch}", flush=True)
     np.save(a.out, oof)
-    print(f"probe OOF: micro-F1@0.5 {metrics.f1(d.y, metrics.decide(oof, 0.5, 1)):.4f} "
+    print(f"probe OOF: micro-F1@0.5 {metrics.f1(d.y, metrics.decide(oof, 0.5, d.min_labels)):.4f} "
           f"mAP {metrics.mean_average_precision(d.y, oof):.4f} -> {a.out}")
     members = load_members(spec, ds, run, a.members.split(","), log=lambda *_: None)
     def as_member(name, p):  # sizes and test rows are the last member's: the budget is off here
