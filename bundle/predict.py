@@ -26,6 +26,7 @@ from competition.errors import UserError
 from competition.formats import submission_frame
 from competition.images import MAX_PIXELS, load_resized
 from competition.reader import load_test
+from pipelines import text_encoder
 from pipelines.captions import CaptionModel
 from pipelines.inference import InferenceRecord, Network, available_runtime, load_network, predict_images
 from submissions.blend_file import apply_saved, require_reader
@@ -57,15 +58,34 @@ def load_nets(folder: Path, records: list[dict], n_labels: int, device: torch.de
     return nets
 
 
-def batch_probs(nets: list[tuple[int, Network]], decoded: dict, n_members: int, device) -> list[torch.Tensor]:
+def batch_probs(nets: list[tuple[int, Network]], decoded: dict, n_members: int, device,
+                captions: dict | None = None) -> list[torch.Tensor]:
     """Each member's mean over its networks of `predict_images` (pipelines.inference: training's own rules) on
-    one batch decoded at every input size; normalised views and a shared trunk's features computed once."""
+    one batch decoded at every input size; normalised views and a shared trunk's features computed once.
+    `captions`: member index -> the batch's caption embeddings, for the members that read them."""
     memo: dict = {}
     sums, counts = [0.0] * n_members, [0] * n_members
     for member, n in nets:
-        sums[member] = sums[member] + predict_images(n, decoded[n.record.net.img_size], device, memo)
+        sums[member] = sums[member] + predict_images(n, decoded[n.record.net.img_size], device, memo,
+                                                     (captions or {}).get(member))
         counts[member] += 1
     return [total / count for total, count in zip(sums, counts)]
+
+
+def caption_inputs(folder: Path, records: list[dict], nets: list[tuple[int, Network]],
+                   test: pd.DataFrame) -> dict[int, np.ndarray]:
+    """member index -> its test captions' sentence embeddings, for the image members with a caption input, by the
+    encoder each ships (shared/): an encoder embeds the captions once, however many members read it."""
+    by_encoder, out = {}, {}
+    for i in sorted({i for i, n in nets if n.record.net.caption_input != "none"}):
+        if len(records[i]["shared"]) != 1:
+            raise UserError(f"{folder / 'bundle.json'}: {records[i]['name']} reads captions but names "
+                            f"{len(records[i]['shared'])} shared parts, not its one encoder; export the bundle again")
+        encoder = folder / records[i]["shared"][0]
+        if encoder not in by_encoder:
+            by_encoder[encoder] = text_encoder.encode(encoder, test["caption"].to_numpy())
+        out[i] = by_encoder[encoder]
+    return out
 
 
 def decoder(paths: list[Path], test: pd.DataFrame, where: str, max_pixels: int):
@@ -94,6 +114,7 @@ def image_members(folder: Path, records: list[dict], test: pd.DataFrame, image_r
     if not records:
         return []
     nets = load_nets(folder, records, n_labels, device)
+    captions = caption_inputs(folder, records, nets, test)
     sizes = sorted({n.record.net.img_size for _, n in nets})
     decode_row = decoder([image_root / i for i in test["id"]], test, where, max_pixels)
     out = [[] for _ in records]
@@ -108,7 +129,9 @@ def image_members(folder: Path, records: list[dict], test: pd.DataFrame, image_r
             decoded = pending.result()
             if b + 1 < len(starts):
                 pending = ahead.submit(decode, starts[b + 1])
-            for i, prob in enumerate(batch_probs(nets, decoded, len(records), device)):
+            rows = slice(starts[b], starts[b] + BATCH)
+            for i, prob in enumerate(batch_probs(nets, decoded, len(records), device,
+                                                 {m: torch.from_numpy(e[rows]) for m, e in captions.items()})):
                 out[i].append(prob.cpu().numpy().astype(np.float64))
             bar.update(min(BATCH, len(test) - starts[b]))
     return [np.concatenate(o) if o else np.zeros((0, n_labels)) for o in out]
@@ -185,6 +208,13 @@ def read_bundle(folder: Path, manifest: dict) -> dict:
     return bundle
 
 
+def reads_captions(member: dict) -> bool:
+    """A captions member, or an image member whose networks have a caption input (bundle.json's record)."""
+    nets = [r.get("net") for r in member.get("inference", []) if isinstance(r, dict)]
+    return member["kind"] == "captions" or any(isinstance(n, dict) and n.get("caption_input", "none") != "none"
+                                               for n in nets)
+
+
 def check_dependencies(folder: Path, bundle: dict, device: torch.device, log) -> None:
     """What the members and the blend need, before any of them runs."""
     file = bundle["blend"].get("file")
@@ -222,7 +252,8 @@ def predict_bundle(folder: Path, data: Path, out: Path | None = None, options: P
     check_dependencies(folder, bundle, device, log)
     kinds = {m["kind"] for m in bundle["members"]}
     image_root = Path(options.images) if options.images else data / spec.image_dir
-    test = load_test(spec, data, "captions" in kinds, image_root if "image" in kinds else None, options.max_pixels)
+    test = load_test(spec, data, any(map(reads_captions, bundle["members"])), image_root if "image" in kinds else None,
+                     options.max_pixels)
     probs = member_probs(folder, bundle["members"], test, image_root, spec, device, options.max_pixels)
     log("predicted " + ", ".join(f"{r['name']} ({r['uses']})" for r in bundle["members"]))
     blend, file = bundle["blend"], bundle["blend"].get("file")

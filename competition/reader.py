@@ -131,10 +131,12 @@ class Dataset:
         return self._identity["images"]
 
     def fingerprint(self, kind: str) -> str:
-        """What a model of `kind` (image | captions) learns from: ids, labels, test ids and its inputs."""
+        """What a model of `kind` (image | captions | image+captions: an image member that reads the captions too)
+        learns from: ids, labels, test ids and its inputs."""
         if kind not in self._identity:
+            parts = kind.split("+")
             inputs = ("".join("\n--captions--\n".join(f["caption"]) for f in (self.train, self.test))
-                      if kind == "captions" else f"\n--images--{self.images_key}")
+                      if "captions" in parts else "") + (f"\n--images--{self.images_key}" if "image" in parts else "")
             self._identity[kind] = identity.fingerprint(self.train, self.test, inputs)
         return self._identity[kind]
 
@@ -396,8 +398,8 @@ def load_test(spec: Spec, root: str | Path, captions: bool, image_root: Path | N
             header = [h.strip() for h in next(csv.reader(file_lines(decode_text(path))[:1]), [])]
             if spec.caption_column not in header:
                 if captions:
-                    raise UserError(f"{path}: no {spec.caption_column} column, and the model's captions member "
-                                    "needs it")
+                    raise UserError(f"{path}: no {spec.caption_column} column, and the model reads captions (a "
+                                    "captions member, or an image member with a caption input)")
                 columns = columns[:1]
         test = read_test_csv(root, spec, columns)
     if image_root is not None:

@@ -8,7 +8,7 @@ import os
 from competition import UserError
 from competition.cli import Competition, competition_args
 from competition.layout import RunLayout
-from pipelines.config import available_configs, resolve
+from pipelines.config import available_configs, data_kind, resolve
 
 
 def main(argv=None) -> int:
@@ -34,8 +34,8 @@ def main(argv=None) -> int:
     if a.model is None:
         raise UserError(f"{a.cmd} needs --model (MODEL=)")
     cfg = resolve(a.model, overrides, a.name)
-    if cfg["kind"] == "captions" and not spec.caption_column:
-        raise UserError(f"{spec.name} has no caption column: a captions model cannot be trained for it")
+    if "captions" in data_kind(cfg) and not spec.caption_column:
+        raise UserError(f"{spec.name} has no caption column: a model that reads captions cannot be trained for it")
     ds = comp.dataset()
     if a.cmd == "bench":
         from pipelines.bench import run_bench

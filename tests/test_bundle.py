@@ -118,7 +118,7 @@ def test_bad_new_data_is_one_clear_error(trained, demo_data, tmp_path):
     shutil.copytree(demo_data, data)
     lines = (data / "test.csv").read_text().splitlines()
     (data / "test.csv").write_text("ImageID\n" + "".join(f"{line.split(',')[0]}\n" for line in lines[1:]))
-    with pytest.raises(UserError, match="test.csv: no Caption column, and the model's captions member needs it"):
+    with pytest.raises(UserError, match="test.csv: no Caption column, and the model reads captions"):
         predict_bundle(folder, data, tmp_path / "p.csv", **QUIET)
     (data / "test.csv").write_text("\n".join(lines) + "\n")
     (data / "data" / lines[1].split(",")[0]).unlink()
@@ -244,6 +244,35 @@ def test_two_members_on_one_encoder_ship_it_once(trained, demo_data, tmp_path):
     encoder_mb = sum(f["bytes"] for name, f in files.items() if name.startswith("shared/")) / 2**20
     assert side["size_mb"] == pytest.approx(sum(m["size_mb"] for m in side["members"]) - encoder_mb, abs=0.05)
     assert predict_bundle(folder, demo_data, tmp_path / "p.csv", **QUIET).read_text() == sub.path.read_text()
+
+
+def test_an_image_member_that_reads_captions_ships_its_encoder_once(trained, demo_data, tmp_path):
+    """An image member with a caption input (early fusion) beside the tuned captions member: the bundle holds their
+    one encoder, predict embeds the test captions with it and reproduces the submission, the member's
+    probabilities are the run's test probabilities, and they change with the captions (the head reads them)."""
+    import numpy as np
+    import pandas as pd
+
+    from bundle.predict import member_probs
+    from competition.reader import load_test
+    spec, ds, run = trained
+    fused = resolve("tiny", ["epochs=2", "train_from=2", "head=attention", "caption_input=minilm"], name="tiny_fused")
+    train_model(spec, ds, run, fused, **QUIET)
+    train_model(spec, ds, run, resolve("captions_minilm_tuned", ["tune_epochs=1"]), **QUIET)
+    sub, folder = submit_and_export(trained, ["tiny_fused", "captions_minilm_tuned"], ("mean",))
+    files = json.loads((folder / "manifest.json").read_text())["files"]
+    encoders = [name for name in files if name.endswith("model.safetensors")]
+    members = json.loads((folder / "bundle.json").read_text())["members"]
+    assert len(encoders) == 1 and [m["shared"] for m in members] == [[encoders[0].rsplit("/", 1)[0]]] * 2
+    assert predict_bundle(folder, demo_data, tmp_path / "p.csv", **QUIET).read_text() == sub.path.read_text()
+    model = run.model("tiny_fused")
+    trained_test = np.mean([pd.read_csv(model.test_fold(f))[spec.tokens].to_numpy() for f in range(3)], axis=0)
+    test = load_test(spec, demo_data, True, demo_data / spec.image_dir)
+    probs = member_probs(folder, members[:1], test, demo_data / spec.image_dir, spec, torch.device("cpu"))[0]
+    assert np.abs(probs - trained_test).max() < 2e-6  # the CSV's rounding
+    other = test.assign(caption=test["caption"].to_numpy()[::-1])
+    assert np.abs(member_probs(folder, members[:1], other, demo_data / spec.image_dir, spec,
+                               torch.device("cpu"))[0] - probs).max() > 1e-3
 
 
 # The bundle's trust: the budget counts every byte predict reads, the manifest guards every file, one digest pins
@@ -410,7 +439,7 @@ def test_the_manifest_guards_every_file_and_the_digest_pins_the_bundle(trained, 
              (a_list, "not a bundle manifest \\(a JSON list\\)"), (no_files, "no `files` mapping"),
              (bundle_format, "bundle.json: format 7, not 3"),
              (missing_weights, "bundle.json: names members/tiny/fold9.safetensors, which the bundle does not hold"),
-             (old_record, "members/tiny/fold1.safetensors: inference record of format 0, not 1"),
+             (old_record, "members/tiny/fold1.safetensors: inference record of format 0, not 2"),
              (short_record, "members/tiny/fold0.safetensors: malformed inference record")]
     for edit, problem in cases:
         with pytest.raises(UserError, match=problem):
@@ -505,7 +534,7 @@ def test_export_refuses_fits_and_submissions_from_before_their_records(trained, 
         del fit["inference"]
     meta_path.write_text(json.dumps(meta))
     try:
-        with pytest.raises(UserError, match=r"tiny (fold 0|refit): inference record of format None, not 1 \(no rec"):
+        with pytest.raises(UserError, match=r"tiny (fold 0|refit): inference record of format None, not 2 \(no rec"):
             export_bundle(spec, ds, run, sub.path, **QUIET)
     finally:
         meta_path.write_bytes(kept)

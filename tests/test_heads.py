@@ -8,7 +8,7 @@ from pipelines.config import resolve
 from pipelines.model import NetSpec, PyramidHead, QueryHead, TopOfNet, build_model, trunk_forward
 
 CFG = NetSpec(backbone="resnet18", mode="finetune", head="attention", head_hidden=(), head_dim=16, head_heads=4,
-              extra_stages=0, dropout=0.0, drop_path=0.0, img_size=32)
+              extra_stages=0, dropout=0.0, drop_path=0.0, img_size=32, caption_input="none")
 
 
 def test_attention_head_reads_every_position_without_order():
@@ -72,6 +72,31 @@ def test_bad_head_settings_are_refused():
         TopOfNet(net, 5)
     with pytest.raises(UserError, match="head="):
         resolve("tiny", ["head=transformer"])
+    fused = ["train_from=2", "head=attention", "caption_input=minilm"]
+    resolve("tiny", fused)
+    for other, needs in (("head=linear", "head=attention"), ("train_from=None", "train_from"),
+                         ("mixup=0.2", "mixup=0 and cutmix=0")):
+        with pytest.raises(UserError, match=f"caption_input=minilm needs {needs}"):
+            resolve("tiny", [*fused, other])
+    with pytest.raises(UserError, match="caption_input='bert'; valid: none, minilm"):
+        resolve("tiny", [*fused[:2], "caption_input=bert"])
+
+
+def test_a_caption_input_starts_as_a_memory_token_and_shifts_nothing():
+    """The caption joins the attention head as one more memory token, and its query shift starts at zero: the
+    head's logits change with the caption (through the token) and need it; a head without the input refuses one."""
+    from pipelines.model import NetSpec, QueryHead
+    cfg = resolve("tiny", ["train_from=2", "head=attention", "caption_input=minilm", "head_dim=32", "head_heads=4"])
+    torch.manual_seed(0)
+    head = QueryHead(16, 5, NetSpec.of(cfg)).eval()
+    assert not head.caption_shift[1].weight.any() and head.caption_memory[1].in_features == 384
+    x, captions = torch.randn(2, 16, 3, 3), torch.randn(2, 384)
+    out = head(x, captions)
+    assert out.shape == (2, 5) and not torch.allclose(out, head(x, captions.flip(0)))
+    with pytest.raises(TypeError, match="reads the captions"):
+        head(x)
+    plain = QueryHead(16, 5, NetSpec.of({**cfg, "caption_input": "none"}))
+    assert plain.caption_memory is None and plain(x).shape == (2, 5)
 
 
 def test_mixup_mixes_targets_by_the_inputs_share():

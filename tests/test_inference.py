@@ -22,7 +22,7 @@ def test_a_record_round_trips_through_json_and_refuses_what_it_is_not():
     plain = InferenceRecord.of(resolve("tiny"), 18, (0.5,) * 3, (0.25,) * 3, CPU)
     assert plain.train_from is None and plain.trunk_runtime is None and plain.feature_dtype is None
     data = record.to_json()
-    with pytest.raises(UserError, match="fold 2: inference record of format 0, not 1; train the model again"):
+    with pytest.raises(UserError, match="fold 2: inference record of format 0, not 2; train the model again"):
         InferenceRecord.from_json({**data, "format": 0}, "fold 2")
     with pytest.raises(UserError, match="no record: trained before inference records"):
         fit_record({"best_epoch": 1}, "fold 0")
@@ -30,24 +30,45 @@ def test_a_record_round_trips_through_json_and_refuses_what_it_is_not():
         InferenceRecord.from_json({**data, "img_size": 64}, "fold 0")  # a key it does not have
     with pytest.raises(UserError, match="malformed inference record"):
         InferenceRecord.from_json({**data, "net": {k: v for k, v in data["net"].items() if k != "dropout"}}, "f")
+    # Format 1 predates caption inputs: its networks had none. Format 2 must say.
+    old = {**data, "format": 1, "net": {k: v for k, v in data["net"].items() if k != "caption_input"}}
+    assert InferenceRecord.from_json(old, "f") == record and record.net.caption_input == "none"
+    with pytest.raises(UserError, match="malformed inference record"):
+        InferenceRecord.from_json({**old, "format": 2}, "f")
 
 
-def test_training_and_the_record_predict_the_same(demo_data, tmp_path):
+@pytest.mark.parametrize("captions", [False, True])
+def test_training_and_the_record_predict_the_same(demo_data, tmp_path, captions):
     """A fold's OOF (training's predict over cached trunk features, flip TTA) equals what its record predicts
-    from the decoded images (pipelines.inference.predict_images, which `make predict` runs), to float rounding."""
+    from the decoded images (pipelines.inference.predict_images, which `make predict` runs), to float rounding;
+    with a caption input, from the images and the captions' embeddings, which it reads (other captions, other
+    probabilities)."""
     from folds.split import write_folds
+    from pipelines import text_encoder
     from pipelines.cache import build_cache
     from pipelines.run import train_model
     spec = load_spec("demo")
     ds, run = load_dataset(spec, demo_data), RunLayout.of(tmp_path, spec.name)
     write_folds(run, ds, spec, 2, 0)
-    train_model(spec, ds, run, resolve("tiny", ["epochs=1", "train_from=2"]), log=lambda *_: None)
+    fused = ["head=attention", "caption_input=minilm"] if captions else []
+    train_model(spec, ds, run, resolve("tiny", ["epochs=1", "train_from=2", *fused]), log=lambda *_: None)
     fold = run.model("tiny").fold(0)
     record = fit_record(json.loads(fold.done.read_text()), "fold 0")
     assert record.train_from == 2 and record.tta and record.net.img_size == 32
+    assert record.net.caption_input == ("minilm" if captions else "none")
     net = load_network(record, fold.best_weights, CPU)
     oof = __import__("pandas").read_csv(run.model("tiny").oof, dtype={"ImageID": str})
     rows = np.nonzero(oof["fold"].to_numpy() == 0)[0]
     images = np.load(build_cache(ds, run, record.net.img_size))[rows]
-    prob = np.concatenate([predict_images(net, images[i:i + 16], CPU).numpy() for i in range(0, len(rows), 16)])
+    emb = (torch.from_numpy(text_encoder.encode(run.model("tiny").encoder, ds.train["caption"])[rows])
+           if captions else None)
+
+    def predict(emb):
+        return np.concatenate([predict_images(net, images[i:i + 32], CPU, None, None if emb is None else emb[i:i + 32])
+                               .numpy() for i in range(0, len(rows), 32)])
+    prob = predict(emb)
     assert np.abs(prob - oof[spec.tokens].to_numpy()[rows]).max() < 1e-5
+    if captions:
+        assert np.abs(predict(emb.flip(0)) - prob).max() > 1e-3
+        with pytest.raises(ValueError, match="captions missing"):
+            predict(None)

@@ -95,12 +95,13 @@ def test_every_config_builds(name):
     with torch.device("meta"):
         net, _, mean, std = build_model({**cfg, "pretrained": "none"}, 18)
         x = torch.empty(2, 3, cfg["img_size"], cfg["img_size"])
-        assert net.eval()(x).shape == (2, 18)
+        captions = [torch.empty(2, 384)] if cfg["caption_input"] != "none" else []  # MiniLM's sentence embedding
+        assert net.eval()(x, *captions).shape == (2, 18)
         if cfg["train_from"] is not None:
             top = TopOfNet(net, cfg["train_from"])
             assert len(top.blocks) == len(net.backbone.blocks) - cfg["train_from"]
             with torch.inference_mode():  # as the trunk cache runs it
-                assert top(trunk_forward(net, cfg["train_from"], x)).shape == (2, 18)
+                assert top(trunk_forward(net, cfg["train_from"], x), *captions).shape == (2, 18)
     linears = [m for m in net.head.modules() if isinstance(m, torch.nn.Linear)]
     widths = [m.out_features for m in linears]
     if cfg["head"] == "attention":  # embedding, then the label queries' group FC
@@ -337,6 +338,24 @@ def test_sentence_encoder_captions_member_saves_and_counts_its_encoder(demo_data
     assert member.full_mb == pytest.approx((d.dir / meta["full"]["weights"]).stat().st_size / 2**20
                                            + meta["shared_mb"], abs=1e-3)
     assert not list(d.dir.glob(".encoder.*.tmp"))
+
+
+def test_a_caption_input_makes_the_captions_part_of_the_data(demo_copy):
+    """An image member with a caption input learns from the captions too: a changed caption changes its data
+    fingerprint (a resume or a blend refuses it), not a plain image member's."""
+    from pipelines.config import data_kind
+    spec = load_spec("demo")
+    kinds = ("image", "captions", "image+captions")
+    before = {k: load_dataset(spec, demo_copy).fingerprint(k) for k in kinds}
+    train_csv = demo_copy / "train.csv"
+    lines = train_csv.read_text().splitlines()
+    lines[1] = ",".join(lines[1].split(",", 2)[:2] + ["a caption nobody wrote"])
+    train_csv.write_text("\n".join(lines) + "\n")
+    after = {k: load_dataset(spec, demo_copy).fingerprint(k) for k in kinds}
+    assert len(set(before.values())) == 3 and after["image"] == before["image"]
+    assert after["captions"] != before["captions"] and after["image+captions"] != before["image+captions"]
+    assert data_kind(resolve("tiny", ["train_from=2", "head=attention", "caption_input=minilm"])) == "image+captions"
+    assert data_kind(resolve("tiny")) == "image" and data_kind(resolve("captions")) == "captions"
 
 
 def test_captions_refused_without_caption_column(tmp_path):
