@@ -66,7 +66,8 @@ class QueryHead(nn.Module):
     With a caption input (early fusion), the caption's sentence embedding is one more memory token beside the
     image positions, and shifts every label query (a layer initialised to zero: training starts from the image
     head): "a man riding" can steer the queries toward a two-wheeled shape. On comp5329-6k the fused member was
-    the best single model, OOF micro-F1 0.8483 against 0.8150 for the same head without it (docs/recipes.md)."""
+    the best single model, OOF micro-F1 0.8451 against 0.8150 for the same head without it, but did not lift the
+    fully nested blend of the separate members (docs/recipes.md, round three)."""
 
     def __init__(self, in_features: int, num_classes: int, spec: NetSpec):
         super().__init__()
