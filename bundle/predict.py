@@ -208,11 +208,12 @@ def read_bundle(folder: Path, manifest: dict) -> dict:
     return bundle
 
 
-def reads_captions(member: dict) -> bool:
-    """A captions member, or an image member whose networks have a caption input (bundle.json's record)."""
-    nets = [r.get("net") for r in member.get("inference", []) if isinstance(r, dict)]
-    return member["kind"] == "captions" or any(isinstance(n, dict) and n.get("caption_input", "none") != "none"
-                                               for n in nets)
+def reads_captions(folder: Path, member: dict) -> bool:
+    """A captions member, or an image member whose networks have a caption input (by their inference records, read
+    as `load_nets` reads them)."""
+    return member["kind"] == "captions" or any(
+        InferenceRecord.from_json(r, f"{folder / 'bundle.json'}: {w}").net.caption_input != "none"
+        for w, r in zip(member["weights"], member.get("inference", [])))
 
 
 def check_dependencies(folder: Path, bundle: dict, device: torch.device, log) -> None:
@@ -252,8 +253,8 @@ def predict_bundle(folder: Path, data: Path, out: Path | None = None, options: P
     check_dependencies(folder, bundle, device, log)
     kinds = {m["kind"] for m in bundle["members"]}
     image_root = Path(options.images) if options.images else data / spec.image_dir
-    test = load_test(spec, data, any(map(reads_captions, bundle["members"])), image_root if "image" in kinds else None,
-                     options.max_pixels)
+    captions = any(reads_captions(folder, m) for m in bundle["members"])
+    test = load_test(spec, data, captions, image_root if "image" in kinds else None, options.max_pixels)
     probs = member_probs(folder, bundle["members"], test, image_root, spec, device, options.max_pixels)
     log("predicted " + ", ".join(f"{r['name']} ({r['uses']})" for r in bundle["members"]))
     blend, file = bundle["blend"], bundle["blend"].get("file")

@@ -91,9 +91,10 @@ class QueryHead(nn.Module):
     def forward(self, x: torch.Tensor, captions: torch.Tensor | None = None) -> torch.Tensor:
         memory = self.embed(tokens_of(x))
         q = self.queries.unsqueeze(0).expand(len(memory), -1, -1)
+        if (captions is None) != (self.caption_memory is None):  # training's and every predictor's one check
+            raise TypeError("this head reads the captions' embeddings (caption_input); none were given"
+                            if captions is None else "this head has no caption input; captions were given")
         if self.caption_memory is not None:
-            if captions is None:
-                raise TypeError("this head reads the captions' embeddings (caption_input); none were given")
             memory = torch.cat([memory, self.caption_memory(captions).to(memory.dtype)[:, None]], 1)
             q = q + self.caption_shift(captions).to(q.dtype)[:, None]
         q = self.norm1(q + self.attend(q, memory, memory, need_weights=False)[0])

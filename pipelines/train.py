@@ -141,9 +141,7 @@ def trunk_inputs(cfg, data: FoldData, net, record: InferenceRecord, device, chan
             return (to_device(x[0]), *(c.to(device, non_blocking=True) for c in x[1:]))
         x = x.to(device, non_blocking=True)
         return x if x.dim() == 5 else x.contiguous(memory_format=fmt)
-    caps = data.captions
-    if (cfg["caption_input"] != "none") != (caps is not None):
-        raise ValueError(f"caption_input {cfg['caption_input']}: caption embeddings {'not ' * (caps is None)}given")
+    caps = data.captions  # the head refuses a batch with or without them against its caption input
     train_ds = TrunkFeatures(features, data.train_rows, data.train_y, train=True, seed=cfg["seed"], captions=caps)
     return (*loaders(cfg, device, dist, train_ds, TrunkFeatures(features, data.val_rows, captions=caps),
                      TrunkFeatures(features, data.test_rows, captions=caps)), to_device, top)

@@ -19,6 +19,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 
 from competition.artifacts import atomic_path  # noqa: E402
 from competition.images import load_resized  # noqa: E402
+from pipelines.config import data_kind  # noqa: E402
 from pipelines.inference import fit_record, load_network  # noqa: E402
 from submissions.ensemble import Ensemble  # noqa: E402
 from submissions.members import Member  # noqa: E402
@@ -27,7 +28,7 @@ from submissions.thresholds import threshold_vector  # noqa: E402
 
 def best_image_member(ens: Ensemble) -> Member | None:
     """The best member that sees the image alone: a caption input's maps would also depend on the caption."""
-    images = [m for m in ens.members if m.meta.kind == "image" and m.meta.config.get("caption_input", "none") == "none"]
+    images = [m for m in ens.members if data_kind(m.meta.config) == "image"]
     return max(images, key=lambda m: ens.member_scores[m.name]) if images else None
 
 

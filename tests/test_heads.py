@@ -97,6 +97,8 @@ def test_a_caption_input_starts_as_a_memory_token_and_shifts_nothing():
         head(x)
     plain = QueryHead(16, 5, NetSpec.of({**cfg, "caption_input": "none"}))
     assert plain.caption_memory is None and plain(x).shape == (2, 5)
+    with pytest.raises(TypeError, match="no caption input"):
+        plain(x, captions)
 
 
 def test_mixup_mixes_targets_by_the_inputs_share():
