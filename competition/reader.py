@@ -64,26 +64,40 @@ def record_start(id_pattern: str) -> re.Pattern:
     return re.compile(rf'^\s*"?\s*(?:{id_pattern})\s*"?\s*(?:,|$)', re.IGNORECASE)
 
 
+def continues(parts: list[str], line: str) -> bool:
+    """Whether `line` can be part of the record whose lines are `parts`: a blank line, or any line while the
+    record's quoted last field is still open (it started with a quote after a comma and nothing since ended with
+    one). A CSV field spans lines only inside quotes: any other line is a row of its own, never caption text."""
+    if not line.strip():
+        return True
+    return bool(re.search(r',\s*"', parts[0])) and not "\n".join(parts).rstrip().endswith('"')
+
+
 def split_records(path: Path, lines: list[str], id_pattern: str) -> list[tuple[int, list[str]]]:
-    """(line number, lines) per record. Continuation lines belong to the caption before them, unless they
-    look like a record of their own: those are listed, never glued into a caption."""
+    """(line number, lines) per record. Continuation lines belong to the open quoted caption before them; a line
+    that cannot continue one (the record before it is closed) or that looks like a record of its own is listed,
+    never glued into a caption: a scorer counts it as a row."""
     starts = record_start(id_pattern)
     records: list[tuple[int, list[str]]] = []
-    stray, unplaced = [], []
+    stray, unplaced, loose = [], [], []
     for number, line in enumerate(lines[1:], start=2):
         if starts.match(line):
             records.append((number, [line]))
         elif ID_LIKE.match(line):
             unplaced.append(f"line {number}: {line[:80]!r}")
-        elif records:
+        elif records and continues(records[-1][1], line):
             records[-1][1].append(line)
-        elif line.strip():
-            stray.append(f"line {number}: {line[:80]!r}")
+        elif not records:
+            if line.strip():
+                stray.append(f"line {number}: {line[:80]!r}")
+        else:
+            loose.append(f"line {number}: {line[:80]!r}")
     if stray:
         raise offenders_error(path, "lines before the first record that do not start with an id", stray)
-    if unplaced:
-        raise offenders_error(path, f"lines that look like records but whose id does not match the spec's "
-                                    f"id_pattern {id_pattern!r} (fix the id, or the spec)", unplaced)
+    if unplaced or loose:
+        raise offenders_error(path, f"lines that are neither a record whose id matches the spec's id_pattern "
+                                    f"{id_pattern!r} nor the continuation of an open quoted caption (fix the id "
+                                    "or the quotes, or the spec)", unplaced + loose)
     return records
 
 

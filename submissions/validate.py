@@ -10,7 +10,7 @@ import pandas as pd
 from competition.artifacts import read_csv
 from competition.cli import Competition, competition_args
 from competition.errors import UserError, offenders_error
-from competition.reader import ID_LIKE, decode_text, file_lines
+from competition.reader import ID_LIKE, continues, decode_text, file_lines
 
 
 def validate_frame(frame: pd.DataFrame, spec, test_ids, where="submission") -> None:
@@ -70,12 +70,18 @@ def validate_file(path, spec, test_ids) -> None:
 
 
 def raw_ids(path: Path) -> list[str]:
-    """The test file's ids by a plain scan of its lines, independent of the tolerant reader: every line
-    whose first field looks like an id. A row the reader glued into a caption is still counted here."""
+    """The test file's ids by a plain scan of its lines, independent of the spec's id pattern: every line that
+    is not blank and does not continue an open quoted caption is a row, as a scorer counts rows. A row the
+    tolerant reader would glue into a caption is still counted here."""
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    lines = file_lines(decode_text(path))[1:]
-    return [line.split(",", 1)[0].strip().strip('"').strip() for line in lines if ID_LIKE.match(line)]
+    rows: list[list[str]] = []
+    for line in file_lines(decode_text(path))[1:]:
+        if line.strip() and (ID_LIKE.match(line) or not (rows and continues(rows[-1], line))):
+            rows.append([line])
+        elif rows:
+            rows[-1].append(line)
+    return [row[0].split(",", 1)[0].strip().strip('"').strip() for row in rows]
 
 
 def main(argv=None) -> int:

@@ -222,9 +222,26 @@ def test_record_ids_any_case_and_spacing(tmp_path):
 
 def test_line_that_looks_like_a_record_is_never_glued_into_a_caption(tmp_path):
     data = captions_only(tmp_path, ["0.jpg,1,a man", "1.jpg,2,a bike"],
-                         ["30000.jpg,a cat", "5,a horse", "30001.jpg,a caption that goes on", "over two lines"])
-    with pytest.raises(UserError, match=r"(?s)test.csv: 1 lines that look like records.*line 3: '5,a horse'"):
+                         ["30000.jpg,a cat", "5,a horse", '30001.jpg,"a quoted caption that goes on', "",
+                          'over two lines"', "30002.jpg,an unquoted caption", "cannot go on"])
+    with pytest.raises(UserError, match=r"(?s)test.csv: 2 lines that are neither a record.*nor the continuation "
+                                        r"of an open quoted caption.*line 3: '5,a horse'.*line 8: 'cannot go on'"):
         load_dataset(spec(), data)
+
+
+def test_a_row_whose_id_has_a_space_is_an_error_not_caption_text(tmp_path):
+    """`30005 .jpg,"A people..."` after a closed caption: a scorer counts it as a row, so the reader may not glue
+    it onto the caption before it (it did: 19 predictions for 20 rows, and make validate said valid)."""
+    from submissions.validate import raw_ids
+    rows = ['30004.jpg,"A man on a horse."', '30005 .jpg,"A people on a bus."', '30006.jpg,"Two dogs."']
+    data = captions_only(tmp_path, ["0.jpg,1,a man"], rows)
+    with pytest.raises(UserError, match=r"""(?s)test.csv: 1 lines that are neither.*line 3: '30005 .jpg,"A people"""):
+        load_dataset(spec(), data)
+    assert raw_ids(data / "test.csv") == ["30004.jpg", "30005 .jpg", "30006.jpg"]  # make validate counts 3 rows
+    ok = captions_only(tmp_path, ["0.jpg,1,a man"], ['30004.jpg,"A store', "", "", 'full of jeans."', "",
+                                                      '30006.jpg,"A sign that reads "stop"."'])
+    assert load_dataset(spec(), ok).test.caption.tolist() == ["A store\n\n\nfull of jeans.", 'A sign that reads "stop".']
+    assert raw_ids(ok / "test.csv") == ["30004.jpg", "30006.jpg"]
 
 
 def test_files_without_records_fail_at_load(tmp_path):
