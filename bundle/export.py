@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 from bundle.manifest import FORMAT, SUMS, digest, write_manifest
+from bundle.record import BlendRecord, BundleRecord, MemberRecord, Scores
 from competition.artifacts import atomic_path, exclusive_lock, read_json, write_json
 from competition.errors import UserError
 from competition.layout import RunLayout
@@ -51,7 +52,7 @@ def member_files(m: Member, use_full: bool) -> tuple[list[Path], list[Path]]:
     return [m.dir / w for w in fits], [m.dir / s for s in m.meta.shared_weights]
 
 
-def copy_member(m: Member, use_full: bool, out: Path) -> dict:
+def copy_member(m: Member, use_full: bool, out: Path) -> MemberRecord:
     """Copy one member's inference files into `out`; its record for bundle.json."""
     weights, shared = member_files(m, use_full)
     (out / "members" / m.name).mkdir(parents=True, exist_ok=True)
@@ -67,12 +68,12 @@ def copy_member(m: Member, use_full: bool, out: Path) -> dict:
             (out / "shared").mkdir(exist_ok=True)
             (shutil.copytree if path.is_dir() else shutil.copyfile)(path, out / name)
         shared_names.append(name)
-    record = {"name": m.name, "kind": m.meta.kind, "weights": names, "shared": shared_names, "refit": use_full,
-              "uses": "refit" if use_full else f"{m.meta.k} fold models"}
+    inference = ()
     if m.meta.kind == "image":  # per weight file, how it predicts: its fit's record, checked here
         fits = {"refit": m.meta.full} if use_full else {f"fold {f}": m.meta.folds[f] for f in range(m.meta.k)}
-        record["inference"] = [fit_record(info, f"{m.dir} {fit}").to_json() for fit, info in fits.items()]
-    return record
+        inference = tuple(fit_record(info, f"{m.dir} {fit}") for fit, info in fits.items())
+    return MemberRecord(m.name, m.meta.kind, tuple(names), tuple(shared_names), use_full,
+                        "refit" if use_full else f"{m.meta.k} fold models", inference)
 
 
 def saved_blend(submission: Path, side: dict) -> Path | None:
@@ -142,11 +143,12 @@ def export_bundle(spec, ds, run: RunLayout, submission: Path | None, ignore_budg
         blend_file = f"blend{stacker.suffixes[-1]}" if stacker else None  # blend.npz or blend.skops
         if stacker:
             shutil.copyfile(stacker, tmp / blend_file)
-        write_json(tmp / "bundle.json", {
-            "format": FORMAT, "competition": spec.name, "submission": submission.name, "tokens": spec.tokens,
-            "members": records, "blend": {"method": method, "weights": weights, "file": blend_file},
-            "thresholds": [side["thresholds"][t] for t in spec.tokens],
-            "metric": side["metric"], "scores": {"oof": side["oof_score"], "nested": side["nested_score"]}})
+        record = BundleRecord(FORMAT, spec.name, submission.name, tuple(spec.tokens), tuple(records),
+                              BlendRecord(method, None if weights is None else tuple(weights), blend_file),
+                              tuple(side["thresholds"][t] for t in spec.tokens), side["metric"],
+                              Scores(side["oof_score"], side["nested_score"]))
+        # Read back as make predict reads it: an export never ships a record that predict would refuse.
+        write_json(tmp / "bundle.json", BundleRecord.from_json(record.to_json(), str(tmp / "bundle.json")).to_json())
         build_wheel(tmp / "wheel")
         manifest = write_manifest(tmp, side)
         check_budget(spec, manifest["total_mb"], side, ignore_budget)
@@ -171,15 +173,21 @@ def set_aside(out: Path) -> Path | None:
     return aside
 
 
+# Every file of the wheel is dated 1980-01-01 (zip's first date), so the same code builds the same bytes and two
+# exports of one submission have one digest (wheel honours SOURCE_DATE_EPOCH; entries are written sorted).
+WHEEL_EPOCH = 315532800
+
+
 def build_wheel(folder: Path) -> None:
-    """The project's own wheel, so an offline machine installs the code that made the bundle."""
+    """The project's own wheel, reproducible, so an offline machine installs the code that made the bundle."""
     folder.mkdir()
     scratch = ROOT / "build"  # setuptools' scratch folder: removed only when this build made it
     # One build at a time per checkout: two exports at once would share (and one remove) that scratch folder.
     with exclusive_lock(Path(tempfile.gettempdir()) / f"multilabel-wheel-{hashlib.sha1(bytes(ROOT)).hexdigest()[:12]}"):
         existed = scratch.exists()
         r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                            str(folder), str(ROOT)], capture_output=True, text=True)
+                            str(folder), str(ROOT)], capture_output=True, text=True,
+                           env={**os.environ, "SOURCE_DATE_EPOCH": str(WHEEL_EPOCH)})
         if not existed:
             shutil.rmtree(scratch, ignore_errors=True)
     if r.returncode != 0:

@@ -7,11 +7,14 @@ hex string, checked before anything in the bundle is installed or run, pins ever
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import re
 import subprocess
 from pathlib import Path, PurePosixPath
 
-from competition.artifacts import file_sha256, read_json, write_json, write_text
+from competition.artifacts import file_sha256, write_json, write_text
 from competition.errors import UserError
 
 FORMAT = 3  # 2: the manifest lists every file, SHA256SUMS pins it; 3: each image network carries its inference
@@ -62,13 +65,17 @@ def digest(folder: Path) -> str:
     return file_sha256(Path(folder) / SUMS)
 
 
-def read_sums(path: Path) -> dict[str, str]:
-    sums = {}
-    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+def read_sums(path: Path, text: str) -> dict[str, str]:
+    """SHA256SUMS as `sha256sum -c` reads it; a file listed twice is refused (coreutils checks every line, so a
+    second line with another hash fails there while a dict would keep only the last)."""
+    sums, first = {}, {}
+    for n, line in enumerate(text.splitlines(), 1):
         m = SUM_LINE.fullmatch(line)
         if not m:
             raise UserError(f"{path}: line {n} is not `<sha256>  <file>` ({line[:80]!r}); {AGAIN}")
-        sums[m[2]] = m[1]
+        if m[2] in sums:
+            raise UserError(f"{path}: line {n} lists {m[2]} again (first on line {first[m[2]]}); {AGAIN}")
+        sums[m[2]], first[m[2]] = m[1], n
     return sums
 
 
@@ -80,9 +87,12 @@ def safe_name(folder: Path, name: str, where: Path) -> Path:
     return folder / pure
 
 
-def read_manifest(folder: Path) -> dict:
+def parse_manifest(folder: Path, raw: bytes) -> dict:
     path = folder / MANIFEST
-    manifest = read_json(path, AGAIN)
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}); {AGAIN}") from None
     if not isinstance(manifest, dict):
         raise UserError(f"{path}: not a bundle manifest (a JSON {type(manifest).__name__}); {AGAIN}")
     if manifest.get("format") != FORMAT:
@@ -96,22 +106,46 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
-def verify(folder: Path, want_digest: str | None = None) -> dict:
-    """The manifest, after checking the whole bundle: the digest (when given), SHA256SUMS against the manifest,
-    every listed file's bytes, and no file that is not listed; else one UserError naming what is wrong."""
+@dataclasses.dataclass(frozen=True)
+class Verified:
+    """A checked bundle: its manifest, its digest, and where its model files are read from (with `copy_to`, a
+    private copy written from the very bytes that were hashed, so what is loaded is what was verified)."""
+    manifest: dict
+    digest: str
+    root: Path
+
+
+def read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; {AGAIN}") from None
+    except (IsADirectoryError, PermissionError) as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror}); {AGAIN}") from None
+
+
+def verify(folder: Path, want_digest: str | None = None, copy_to: Path | None = None) -> Verified:
+    """Check the whole bundle: the digest (when given), SHA256SUMS against the manifest, every listed file's
+    bytes, and no file that is not listed; else one UserError naming what is wrong. Each file is read once: its
+    hash and (with `copy_to`) the private copy that `make predict` loads come from the same bytes, so a file
+    replaced during a run cannot change the output."""
     folder = Path(folder)
     if not (folder / MANIFEST).is_file():
         raise UserError(f"{folder / MANIFEST}: not found; {folder} is not a bundle (`make export` writes one)")
     if not (folder / SUMS).is_file():
-        read_manifest(folder)  # an older format says so first
+        parse_manifest(folder, read_file(folder / MANIFEST))  # an older format says so first
         raise UserError(f"{folder / SUMS}: not found; {AGAIN}")
-    have = digest(folder)
+    sums_raw = read_file(folder / SUMS)
+    have = hashlib.sha256(sums_raw).hexdigest()
     if want_digest is not None and have != want_digest.strip().lower():
         raise UserError(f"{folder}: bundle digest {have}, not the {want_digest.strip()} you gave (DIGEST=): "
                         "this is another bundle, or it was changed")
-    manifest, sums = read_manifest(folder), read_sums(folder / SUMS)
+    sums = read_sums(folder / SUMS, sums_raw.decode(errors="replace"))
+    manifest_raw = read_file(folder / MANIFEST)
+    manifest = parse_manifest(folder, manifest_raw)
     listed = {name: f["sha256"] for name, f in manifest["files"].items()}
-    if set(sums) != set(listed) | {MANIFEST} or any(sums[name] != sha for name, sha in listed.items()):
+    if (set(sums) != set(listed) | {MANIFEST} or any(sums[name] != sha for name, sha in listed.items())
+            or hashlib.sha256(manifest_raw).hexdigest() != sums[MANIFEST]):
         raise UserError(f"{folder / SUMS}: does not match {MANIFEST}; {AGAIN}")
     root = folder.resolve()
     for name, sha in sums.items():
@@ -120,12 +154,16 @@ def verify(folder: Path, want_digest: str | None = None) -> dict:
             raise UserError(f"{p}: a link, or inside a linked folder; a bundle holds plain files: {AGAIN}")
         if not p.is_file():
             raise UserError(f"{p}: missing from the bundle ({SUMS} lists it); {AGAIN}")
-        if (name in listed and p.stat().st_size != manifest["files"][name]["bytes"]) or file_sha256(p) != sha:
+        raw = manifest_raw if name == MANIFEST else read_file(p)
+        if (name in listed and len(raw) != manifest["files"][name]["bytes"]) or hashlib.sha256(raw).hexdigest() != sha:
             raise UserError(f"{p}: changed since export (sha256 differs from {SUMS}); {AGAIN}")
+        if copy_to is not None and not name.startswith(CODE_DIR):  # the wheel is for pip, never loaded here
+            (Path(copy_to) / name).parent.mkdir(parents=True, exist_ok=True)
+            (Path(copy_to) / name).write_bytes(raw)
     known = set(sums) | {SUMS}
     extra = sorted(name for name in (p.relative_to(folder).as_posix() for p in folder.rglob("*")
                                      if p.is_file() or p.is_symlink()) if name not in known)
     if extra:
         raise UserError(f"{folder}: {len(extra)} files the bundle's manifest does not list ({', '.join(extra[:5])}); "
                         f"a bundle holds only what `make export` wrote: move them out, or {AGAIN}")
-    return manifest
+    return Verified(manifest, have, Path(copy_to) if copy_to is not None else folder)

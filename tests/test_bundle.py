@@ -187,11 +187,11 @@ def test_a_skops_stacker_builds_only_the_trusted_types(tmp_path):
     import skops.io
     from sklearn.neural_network._stochastic_optimizers import SGDOptimizer
 
-    from submissions.blend_file import stacker_probs
+    from submissions.blend_file import load_stacker
     path = tmp_path / "blend.skops"
     skops.io.dump({"net": SGDOptimizer([], 0.1), "constant": [0.0]}, path)
     with pytest.raises(UserError, match=r"blend.skops: holds types .*SGDOptimizer"):
-        stacker_probs(path, [[0.0]])
+        load_stacker(path)
 
 
 def test_a_sentence_encoder_member_embeds_the_captions_once(trained, demo_data, tmp_path, monkeypatch):
@@ -253,7 +253,7 @@ def test_an_image_member_that_reads_captions_ships_its_encoder_once(trained, dem
     import numpy as np
     import pandas as pd
 
-    from bundle.predict import member_probs
+    from bundle.predict import member_probs, read_record
     from competition.reader import load_test
     spec, ds, run = trained
     fused = resolve("tiny", ["epochs=2", "train_from=2", "head=attention", "caption_input=minilm"], name="tiny_fused")
@@ -268,10 +268,11 @@ def test_an_image_member_that_reads_captions_ships_its_encoder_once(trained, dem
     model = run.model("tiny_fused")
     trained_test = np.mean([pd.read_csv(model.test_fold(f))[spec.tokens].to_numpy() for f in range(3)], axis=0)
     test = load_test(spec, demo_data, True, demo_data / spec.image_dir)
-    probs = member_probs(folder, members[:1], test, demo_data / spec.image_dir, spec, torch.device("cpu"))[0]
+    record = read_record(folder)
+    probs = member_probs(folder, record, test, demo_data / spec.image_dir, torch.device("cpu"))[0]
     assert np.abs(probs - trained_test).max() < 2e-6  # the CSV's rounding
     other = test.assign(caption=test["caption"].to_numpy()[::-1])
-    assert np.abs(member_probs(folder, members[:1], other, demo_data / spec.image_dir, spec,
+    assert np.abs(member_probs(folder, record, other, demo_data / spec.image_dir,
                                torch.device("cpu"))[0] - probs).max() > 1e-3
 
 

@@ -240,7 +240,8 @@ def test_a_row_whose_id_has_a_space_is_an_error_not_caption_text(tmp_path):
     assert raw_ids(data / "test.csv") == ["30004.jpg", "30005 .jpg", "30006.jpg"]  # make validate counts 3 rows
     ok = captions_only(tmp_path, ["0.jpg,1,a man"], ['30004.jpg,"A store', "", "", 'full of jeans."', "",
                                                       '30006.jpg,"A sign that reads "stop"."'])
-    assert load_dataset(spec(), ok).test.caption.tolist() == ["A store\n\n\nfull of jeans.", 'A sign that reads "stop".']
+    captions = load_dataset(spec(), ok).test.caption.tolist()
+    assert captions == ["A store\n\n\nfull of jeans.", 'A sign that reads "stop".']
     assert raw_ids(ok / "test.csv") == ["30004.jpg", "30006.jpg"]
 
 
