@@ -11,23 +11,23 @@ submission it was exported from. It fails if a member or the row count does not 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from bundle.predict import member_probs, predict_bundle
+from bundle.predict import member_probs, predict_bundle, read_record
+from bundle.record import MemberRecord
 from competition import load_spec
 from competition.cli import Competition, competition_args
 from competition.layout import RunLayout
 from competition.reader import load_test
 
 
-def run_probs(run: RunLayout, record: dict, tokens) -> np.ndarray:
-    model = run.model(record["name"])
-    files = [model.test_full] if record["refit"] else [model.test_fold(f) for f in range(len(record["weights"]))]
+def run_probs(run: RunLayout, member: MemberRecord, tokens) -> np.ndarray:
+    model = run.model(member.name)
+    files = [model.test_full] if member.refit else [model.test_fold(f) for f in range(len(member.weights))]
     return np.mean([pd.read_csv(p)[tokens].to_numpy() for p in files], axis=0)
 
 
@@ -40,21 +40,21 @@ def main() -> None:
     run, run_spec = comp.run, comp.spec
     folder = Path(a.bundle) if a.bundle else max((p for p in run.bundles.iterdir() if p.is_dir()),
                                                  key=lambda p: p.stat().st_mtime)
-    bundle = json.loads((folder / "bundle.json").read_text())
+    bundle = read_record(folder)
     spec = load_spec(str(folder / "spec.yaml"))
     data = Path(a.data or (run.demo_data if run_spec.name.startswith("demo") else run_spec.data))
-    test = load_test(spec, data, any(m["kind"] == "captions" for m in bundle["members"]))
+    test = load_test(spec, data, any(m.reads_captions for m in bundle.members))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    probs = member_probs(folder, bundle["members"], test, data / spec.image_dir, spec, device)
-    for record, mine in zip(bundle["members"], probs):
+    probs = member_probs(folder, bundle, test, data / spec.image_dir, device)
+    for record, mine in zip(bundle.members, probs):
         theirs = run_probs(run, record, spec.tokens)
         if mine.shape != theirs.shape:
-            raise SystemExit(f"FAILED: {record['name']}: {mine.shape} vs {theirs.shape}")
+            raise SystemExit(f"FAILED: {record.name}: {mine.shape} vs {theirs.shape}")
         diff = np.abs(mine - theirs)
-        print(f"{record['name']:<32} ({record['uses']}): max |diff| {diff.max():.2e}, mean {diff.mean():.2e}")
+        print(f"{record.name:<32} ({record.uses}): max |diff| {diff.max():.2e}, mean {diff.mean():.2e}")
     out = predict_bundle(folder, data, run.predictions / f"fidelity-{folder.name}.csv", log=lambda *_: None)
     ours = pd.read_csv(out, dtype=str, keep_default_na=False)
-    submitted = pd.read_csv(run.submissions / bundle["submission"], dtype=str, keep_default_na=False)
+    submitted = pd.read_csv(run.submissions / bundle.submission, dtype=str, keep_default_na=False)
     if len(ours) != len(submitted):
         raise SystemExit(f"FAILED: {len(ours)} predicted rows vs {len(submitted)} submitted")
     same = (ours.to_numpy() == submitted.to_numpy()).all(axis=1)

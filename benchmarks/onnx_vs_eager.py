@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bundle.predict import load_nets
+from bundle.predict import load_nets, read_record
 from competition import load_spec
 from competition.images import load_resized
 from competition.reader import load_test
@@ -54,13 +53,12 @@ def main() -> None:
         import onnxruntime as ort
     except ImportError:
         raise SystemExit("FAILED: no onnxruntime: .venv/bin/pip install onnxruntime onnx onnxscript") from None
-    bundle = json.loads((a.bundle / "bundle.json").read_text())
     spec = load_spec(str(a.bundle / "spec.yaml"))
-    records = [m for m in bundle["members"] if m["kind"] == "image"][:1]
+    records = tuple(m for m in read_record(a.bundle).members if m.kind == "image")[:1]
     if not records:
         raise SystemExit("FAILED: the bundle has no image member")
     cpu = torch.device("cpu")
-    n = load_nets(a.bundle, records, len(spec.tokens), cpu)[0][1]
+    n = load_nets(a.bundle, records, cpu)[0][1]
     ids = load_test(spec, a.data, False)["id"][:a.batch]
     size = n.record.net.img_size
     images = np.stack([load_resized(a.data / spec.image_dir / i, size) for i in ids])
@@ -88,7 +86,7 @@ def main() -> None:
         gap = float(np.abs(onnx() - eager(None)().numpy()).max())
         if gap > 1e-3:
             raise SystemExit(f"FAILED: onnxruntime's probabilities differ from eager fp32's by {gap:.2e}")
-        print(f"{records[0]['name']} ({n.record.net.backbone}, {size} px), batch {a.batch}, "
+        print(f"{records[0].name} ({n.record.net.backbone}, {size} px), batch {a.batch}, "
               f"{torch.get_num_threads()} threads; onnxruntime {ort.__version__} vs eager fp32: max |diff| {gap:.1e}")
         for name, fn in (("eager as make predict", eager(n.dtype)), ("eager fp32", eager(None)),
                          ("onnxruntime fp32", onnx)):

@@ -15,7 +15,6 @@ or when a timing is under a second.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import time
@@ -24,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bundle.predict import BATCH, batch_probs, captions_models, captions_probs, load_nets, predict_bundle
+from bundle.predict import BATCH, batch_probs, captions_models, captions_probs, load_nets, predict_bundle, read_record
+from bundle.record import MemberRecord
 from competition import load_spec
 from competition.images import load_resized
 from competition.reader import decode_text, file_lines, load_test, split_records
@@ -51,30 +51,31 @@ def subset(data: Path, spec, n: int, out: Path) -> Path:
 
 
 @torch.no_grad()
-def image_forward_seconds(folder: Path, records: list[dict], spec, test, data: Path, device) -> float:
+def image_forward_seconds(folder: Path, members: tuple[MemberRecord, ...], spec, test, data: Path,
+                          device) -> float:
     """`make predict`'s own network step (bundle.predict.batch_probs: every image network, a shared trunk once)
     on the same images, decoded beforehand, in the same batches."""
-    if not records:
+    nets = load_nets(folder, members, device)
+    if not nets:
         return 0.0
-    nets = load_nets(folder, records, len(spec.tokens), device)
     decoded = {s: np.stack([load_resized(data / spec.image_dir / i, s) for i in test["id"]])
                for s in {n.record.net.img_size for _, n in nets}}
     seconds = 0.0
     for i in range(0, len(test), BATCH):
         batch = {size: images[i:i + BATCH] for size, images in decoded.items()}
         t0 = time.perf_counter()
-        for prob in batch_probs(nets, batch, len(records), device):
+        for prob in batch_probs(nets, batch, device).values():
             prob.cpu()
         seconds += time.perf_counter() - t0
     return seconds
 
 
-def captions_forward_seconds(folder: Path, records: list[dict], test) -> float:
+def captions_forward_seconds(folder: Path, members: tuple[MemberRecord, ...], test) -> float:
     """Each captions member's loaded models on the captions, through `make predict`'s own step
     (bundle.predict.captions_probs: features, a sentence encoder's embeddings once per member, the linear layer)."""
     texts, seconds = test["caption"].to_numpy(), 0.0
-    for record in records:
-        models = captions_models(folder, record)
+    for member in (m for m in members if m.kind == "captions"):
+        models = captions_models(folder, member)
         t0 = time.perf_counter()
         captions_probs(models, texts)
         seconds += time.perf_counter() - t0
@@ -88,11 +89,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=None, help="N rows: test rows, then train rows (default: test rows)")
     a = ap.parse_args()
     folder, data = Path(a.bundle), Path(a.data)
-    bundle = json.loads((folder / "bundle.json").read_text())
+    record = read_record(folder)
     spec = load_spec(str(folder / "spec.yaml"))
     if a.images:
         data = subset(data, spec, a.images, Path(tempfile.gettempdir()) / "predict_speed_data")
-    test = load_test(spec, data, any(m["kind"] == "captions" for m in bundle["members"]))
+    test = load_test(spec, data, any(m.reads_captions for m in record.members))
     if len(test) < 100:
         raise SystemExit(f"FAILED: {len(test)} images; time at least 100")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -100,9 +101,8 @@ def main() -> None:
         t0 = time.perf_counter()
         predict_bundle(folder, data, Path(tmp) / "predictions.csv", log=lambda *_: None)
         end_to_end = time.perf_counter() - t0
-    images = image_forward_seconds(folder, [m for m in bundle["members"] if m["kind"] == "image"], spec, test,
-                                   data, device)
-    captions = captions_forward_seconds(folder, [m for m in bundle["members"] if m["kind"] == "captions"], test)
+    images = image_forward_seconds(folder, record.members, spec, test, data, device)
+    captions = captions_forward_seconds(folder, record.members, test)
     bare = images + captions
     if min(end_to_end, bare) < 1.0:
         raise SystemExit(f"FAILED: timings {end_to_end:.2f} s / {bare:.2f} s are too short to mean anything")

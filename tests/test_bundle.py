@@ -1,5 +1,6 @@
 """`make export` -> `make predict`: a submission's model as one folder, and predictions from it alone."""
 import json
+import re
 import shutil
 
 import pytest
@@ -637,3 +638,188 @@ def test_a_semicolon_separator_runs_through_submit_export_and_predict(demo_data,
     rows = sub.path.read_text().splitlines()
     assert out.read_text() == sub.path.read_text() and any(";" in r for r in rows[1:])
     assert all(" " not in r.split(",")[1] for r in rows[1:])
+
+
+# Bad input, round three: a bundle edited and re-hashed (used without DIGEST=) is one `error:` line naming the
+# file and field, before any image is decoded; what was verified is what is read; OUT is guarded.
+
+def edit_json(b, edit):
+    bundle = json.loads((b / "bundle.json").read_text())
+    edit(bundle)
+    (b / "bundle.json").write_text(json.dumps(bundle))
+
+
+def write_npz_with_objects(path):
+    import numpy as np
+    with open(path, "wb") as f:
+        np.savez(f, config=np.array([{"encoder": "tfidf"}], dtype=object))
+
+
+def huge_header(path):
+    path.write_bytes((2**62).to_bytes(8, "little") + b"{}")
+
+
+def pickled(path):
+    torch.save({"w": torch.zeros(2)}, path)
+
+
+def custom_code(b):
+    modules = next(b.glob("shared/*/modules.json"))
+    modules.write_text(json.dumps([{"idx": 0, "name": "0", "path": "", "type": "my_package.Evil"}]))
+
+
+def member(bundle, name):
+    return next(m for m in bundle["members"] if m["name"] == name)
+
+
+CRAFTED = [  # (bundle kind, edit of the copied bundle, what the one error line says)
+    ("stack", lambda b: edit_json(b, lambda d: d.update(thresholds=d["thresholds"][:5])),
+     r"bundle.json: thresholds: 5 values for \d+ labels"),
+    ("stack", lambda b: edit_json(b, lambda d: d.update(thresholds=None)),
+     r"bundle.json: record: thresholds=None \(expected a list of a finite number\)"),
+    ("stack", lambda b: edit_json(b, lambda d: d["thresholds"].__setitem__(2, float("nan"))),
+     r"bundle.json: record: thresholds=\[.*nan.*\(expected a list of a finite number\)"),
+    ("stack", lambda b: edit_json(b, lambda d: d["thresholds"].__setitem__(0, -0.5)),
+     r"thresholds outside \[0, 1\]: 1=-0.5"),
+    ("mean", lambda b: edit_json(b, lambda d: d["blend"].update(weights=[0.5, 0.3, 0.2])),
+     r"blend.weights=\[0.5, 0.3, 0.2\]: one weight >= 0 per member \(2\)"),
+    ("mean", lambda b: edit_json(b, lambda d: d["blend"].update(weights=[1.5, -0.5])),
+     r"blend.weights=\[1.5, -0.5\]: one weight >= 0 per member"),
+    ("mean", lambda b: edit_json(b, lambda d: d["blend"].update(method="magic")),
+     r"blend.method='magic': not a blend"),
+    ("stack", lambda b: edit_json(b, lambda d: d.update(members=[])), r"members: none"),
+    ("stack", lambda b: edit_json(b, lambda d: member(d, "captions").update(kind="audio")),
+     r"members\[1\].kind='audio': not a member kind \(image, captions\)"),
+    ("stack", lambda b: edit_json(b, lambda d: member(d, "tiny").update(refit="yes")),
+     r"members\[0\].refit='yes' \(expected true or false\)"),
+    ("stack", lambda b: edit_json(b, lambda d: member(d, "tiny")["weights"].__setitem__(0, "members/tiny")),
+     r"members\[0\].weights: 'members/tiny' is not a .safetensors file under members/tiny/"),
+    ("stack", lambda b: edit_json(b, lambda d: member(d, "tiny")["inference"][0]["net"].update(img_size="big")),
+     r"fold0.safetensors: malformed inference record \(net.img_size='big' \(expected an integer\)\)"),
+    ("stack", lambda b: edit_json(b, lambda d: member(d, "tiny")["inference"][0]["net"].update(
+        backbone="test_byobnet")),
+     r"members/tiny/fold0.safetensors: cannot be loaded as the weights of test_byobnet \(ValueError: tensors of "
+     r"another network"),
+    ("stack", lambda b: (b / "blend.npz").write_bytes(b"PK\x03\x04 not a zip"),
+     r"blend.npz: not a saved second level \((BadZipFile|ValueError|OSError)"),
+    ("stack_hgb", lambda b: (b / "blend.skops").write_bytes(b"not a zip at all"),
+     r"blend.skops: not a saved second level \(BadZipFile"),
+    ("stack", lambda b: write_npz_with_objects(b / "members/captions/fold0.npz"),
+     r"members/captions/fold0.npz: cannot be loaded as a captions model \(ValueError: Object arrays"),
+    ("stack", lambda b: pickled(b / "members/tiny/fold1.safetensors"),
+     r"members/tiny/fold1.safetensors: cannot be loaded as the weights of test_efficientnet \(SafetensorError"),
+    ("stack", lambda b: huge_header(b / "members/tiny/fold2.safetensors"),
+     r"members/tiny/fold2.safetensors: cannot be loaded as the weights of test_efficientnet \(SafetensorError"),
+    ("minilm", custom_code, r"modules.json: names module types outside sentence_transformers \(my_package.Evil\)"),
+]
+
+
+@pytest.mark.parametrize("kind, edit, problem", CRAFTED, ids=[f"{i}-{c[0]}" for i, c in enumerate(CRAFTED)])
+def test_an_edited_and_rehashed_bundle_is_one_error_line_before_any_image(trained, demo_data, tmp_path, kind, edit,
+                                                                         problem, capsys, monkeypatch):
+    from bundle.__main__ import main
+    from competition.cli import run
+    if kind == "minilm":
+        spec, ds, run_ = trained
+        train_model(spec, ds, run_, resolve("captions_minilm"), **QUIET)
+    names = ["captions_minilm"] if kind == "minilm" else ["tiny", "captions"]
+    blends = ("mean",) if kind == "minilm" else (kind,)
+    _, folder = submit_and_export(trained, names, blends)
+    b = tmp_path / "edited"
+    shutil.copytree(folder, b)
+    edit(b)
+    rehash(b)
+    import bundle.predict
+    def no_decoding(*a, **kw):
+        raise AssertionError("an image was decoded before the bundle was refused")
+    monkeypatch.setattr(bundle.predict, "load_resized", no_decoding)
+    capsys.readouterr()  # what training and export printed
+    with pytest.raises(SystemExit) as e:
+        run(lambda: main(["predict", "--bundle", str(b), "--data", str(demo_data), "--out", str(tmp_path / "p.csv")]))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.search(problem, err), err
+    assert str(b) in err and "/bundle-" not in err  # the bundle's own path, never the private copy's
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "p.csv.json").exists()
+
+
+def test_sha256sums_listing_a_file_twice_is_refused_as_coreutils_does(trained, demo_data, tmp_path):
+    import subprocess
+    _, folder = submit_and_export(trained, ["captions"], ("mean",))
+    b = tmp_path / "b"
+    shutil.copytree(folder, b)
+    sums = (b / "SHA256SUMS").read_text()
+    (b / "SHA256SUMS").write_text(f"{'0' * 64}  bundle.json\n" + sums)
+    assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=b, capture_output=True).returncode != 0
+    with pytest.raises(UserError, match=r"SHA256SUMS: line \d+ lists bundle.json again \(first on line 1\)"):
+        predict_bundle(b, demo_data, tmp_path / "p.csv", **QUIET)
+
+
+def test_a_file_swapped_after_verification_cannot_change_the_output(trained, demo_data, tmp_path, monkeypatch):
+    """The captions models replaced by other fits once the bundle is verified (what a second process could do
+    during the image pass): the output is the verified bundle's, and its record names the verified digest."""
+    import bundle.predict as predict
+    from bundle.manifest import digest
+    sub, folder = submit_and_export(trained, ["tiny", "captions"], ("mean",))
+    b = tmp_path / "b"
+    shutil.copytree(folder, b)
+    pinned = digest(b)
+    fits = sorted((b / "members" / "captions").glob("*.npz"))
+    originals = {p: p.read_bytes() for p in fits}
+    real = predict.load_models
+
+    def swapping(*args, **kw):
+        for p in fits:  # every fold's file holds the last fold's model
+            p.write_bytes(originals[fits[-1]])
+        return real(*args, **kw)
+    monkeypatch.setattr(predict, "load_models", swapping)
+    out = predict_bundle(b, demo_data, tmp_path / "p.csv", predict.PredictOptions(digest=pinned), **QUIET)
+    assert out.read_text() == sub.path.read_text()
+    assert json.loads((tmp_path / "p.csv.json").read_text())["bundle_digest"] == pinned
+    monkeypatch.setattr(predict, "load_models", real)
+    with pytest.raises(UserError, match="fold0.npz: changed since export"):  # the swap is visible to the next run
+        predict_bundle(b, demo_data, tmp_path / "q.csv", **QUIET)
+    # The swapped files, had they been read, give other probabilities: the first check above can fail.
+    texts = trained[1].test["caption"].to_numpy()
+    swapped = predict.captions_probs(predict.captions_models(b, predict.read_record(b).members[1]), texts)
+    kept = predict.captions_probs(predict.captions_models(folder, predict.read_record(folder).members[1]), texts)
+    assert abs(swapped - kept).max() > 1e-4
+
+
+def test_out_and_its_record_are_checked_before_any_work(trained, demo_data, tmp_path, monkeypatch):
+    import bundle.predict as predict
+    sub, folder = submit_and_export(trained, ["captions"], ("mean",))
+    real_verify = predict.verify
+
+    def no_work(*a, **kw):
+        raise AssertionError("verified the bundle before refusing OUT")
+    monkeypatch.setattr(predict, "verify", no_work)
+    (tmp_path / "d.csv.json").mkdir()
+    (tmp_path / "l.csv.json").write_text("[1, 2]")
+    (tmp_path / "o.csv.json").write_text('{"mine": "notes"}')
+    for out, problem in [("d.csv", r"d.csv.json: exists and is not a file"),
+                         ("l.csv", r"l.csv.json: exists and is not the record `make predict` writes.*a JSON list"),
+                         ("o.csv", r"o.csv.json: exists and is not the record `make predict` writes")]:
+        with pytest.raises(UserError, match=problem):
+            predict_bundle(folder, demo_data, tmp_path / out, **QUIET)
+    assert (tmp_path / "o.csv.json").read_text() == '{"mine": "notes"}' and not (tmp_path / "o.csv").exists()
+    out = tmp_path / "p.csv"
+    with predict.output_lock(out.absolute()):  # another predict holds this OUT
+        with pytest.raises(UserError, match="p.csv: another `make predict` is writing it now"):
+            predict_bundle(folder, demo_data, out, **QUIET)
+    monkeypatch.setattr(predict, "verify", real_verify)
+    stale = [tmp_path / ".p.csv.x1y2.tmp", tmp_path / ".p.csv.json.x1y2.tmp"]  # a kill -9 mid-write left these
+    for p in stale:
+        p.write_text("half")
+    assert predict_bundle(folder, demo_data, out, **QUIET).read_text() == sub.path.read_text()
+    assert not any(p.exists() for p in stale)
+
+
+def test_two_exports_of_one_submission_have_one_digest(trained, tmp_path):
+    """The wheel is built reproducibly (SOURCE_DATE_EPOCH), so a user can export a submission again and compare
+    the digest with the one a bundle claims."""
+    from bundle.manifest import digest
+    sub, folder = submit_and_export(trained, ["tiny", "captions"], ("stack",))
+    first = digest(folder)
+    again = export_bundle(*trained, sub.path, **QUIET)
+    assert again == folder and digest(again) == first
