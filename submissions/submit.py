@@ -107,15 +107,22 @@ def nested_key(ens: Ensemble) -> str:
     return h.hexdigest()[:16]
 
 
-def estimate_nested(run: RunLayout, ens: Ensemble, thresholds: dict, log=print) -> dict:
-    """The whole post-processing repeated on K-1 folds and scored on the held-out one (an artifact, reused)."""
+def estimate_nested(run: RunLayout, ens: Ensemble, thresholds: dict, log=print, seconds: float | None = None) -> dict:
+    """The whole post-processing repeated on K-1 folds and scored on the held-out one (an artifact, reused).
+    `seconds`: what the post-processing took once, on every row: the estimate's cost is said before it starts."""
     path = run.nested_file(nested_key(ens))
     if path.exists():
         nested = read_json(path, "delete it: `make submit` computes the fully nested estimate again")
         log(f"fully nested: reusing {path} (members and settings unchanged)")
     else:
+        k = len(ens.scoring.folds)
+        if seconds is not None:  # each outer fold repeats it on (K-1)/K of the rows: about K times as long
+            log(f"fully nested: {k} outer folds, each repeating the post-processing above ({seconds:.0f} s on every "
+                f"row): about {k * seconds / 60:.1f} min")
+        t0 = time.perf_counter()
         nested = fully_nested(ens.candidates, ens.scoring, ens.settings, log)
         write_json(path, nested)
+        log(f"fully nested: {time.perf_counter() - t0:.0f} s")
     log(f"{thresholds['method']} thresholds on the {ens.blend_name} blend: OOF in-sample "
         f"{thresholds['oof_score']:.4f}, thresholds nested {thresholds['nested_score']:.4f}, fully nested "
         f"(members, blend, thresholds) {nested['score']:.4f}")
@@ -134,8 +141,9 @@ class Submission:
 
 def run_submit(spec, ds, run: RunLayout, settings: Settings, command: str, names=None, log=print) -> Submission:
     """Writes the submission and its sidecar."""
+    t0 = time.perf_counter()
     ens, thresholds = run_thresholds(spec, ds, run, settings, names, log)
-    nested = estimate_nested(run, ens, thresholds, log)
+    nested = estimate_nested(run, ens, thresholds, log, time.perf_counter() - t0)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = run.submission(spec.name, stamp, nested["score"])
     # The blend's saved form first; the test rows are blended from it by the function `make predict` uses.

@@ -668,6 +668,12 @@ def custom_code(b):
     modules.write_text(json.dumps([{"idx": 0, "name": "0", "path": "", "type": "my_package.Evil"}]))
 
 
+def untrusted_skops(path):
+    import skops.io
+    from sklearn.neural_network._stochastic_optimizers import SGDOptimizer
+    skops.io.dump({"net": SGDOptimizer([], 0.1), "constant": [0.0]}, path)
+
+
 def member(bundle, name):
     return next(m for m in bundle["members"] if m["name"] == name)
 
@@ -704,6 +710,7 @@ CRAFTED = [  # (bundle kind, edit of the copied bundle, what the one error line 
      r"blend.npz: not a saved second level \((BadZipFile|ValueError|OSError)"),
     ("stack_hgb", lambda b: (b / "blend.skops").write_bytes(b"not a zip at all"),
      r"blend.skops: not a saved second level \(BadZipFile"),
+    ("stack_hgb", lambda b: untrusted_skops(b / "blend.skops"), r"blend.skops: holds types .*SGDOptimizer"),
     ("stack", lambda b: write_npz_with_objects(b / "members/captions/fold0.npz"),
      r"members/captions/fold0.npz: cannot be loaded as a captions model \(ValueError: Object arrays"),
     ("stack", lambda b: pickled(b / "members/tiny/fold1.safetensors"),
