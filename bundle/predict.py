@@ -157,9 +157,6 @@ def image_members(nets: list[tuple[int, Network]], captions: dict[int, np.ndarra
 def captions_models(folder: Path, member: MemberRecord) -> list[CaptionModel]:
     """A captions member's fold models (or refit), each finding the member's shared sentence encoder if any."""
     encoder = folder / member.shared[0] if member.shared else None
-    if encoder is not None:
-        with loading(encoder, "a sentence encoder"):
-            text_encoder.check_folder(encoder)
     models = []
     for w in member.weights:
         with loading(folder / w, "a captions model"):
@@ -276,7 +273,8 @@ def check_dependencies(record: BundleRecord, device: torch.device, log) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Loaded:
-    """Every model a bundle predicts with, loaded (and so checked) before any image is decoded."""
+    """Every model a bundle predicts with, loaded (and so checked) before any image is decoded; sentence encoders
+    load (text_encoder.load checks them) when the captions are embedded, which is before the image pass too."""
     nets: list                     # (member index, Network) of the image members
     captions: dict                 # member index -> its CaptionModels
     stacker: object                # the blend's second level (blend_file.load_stacker), or None
@@ -285,9 +283,6 @@ class Loaded:
 def load_models(folder: Path, record: BundleRecord, device: torch.device) -> Loaded:
     nets = load_nets(folder, record.members, device)
     captions = {i: captions_models(folder, m) for i, m in enumerate(record.members) if m.kind == "captions"}
-    for i in {i for i, n in nets if n.record.net.caption_input != "none"}:
-        with loading(folder / record.members[i].shared[0], "a sentence encoder"):
-            text_encoder.check_folder(folder / record.members[i].shared[0])
     n_labels = len(record.tokens)
     stacker = (load_stacker(folder / record.blend.file, n_labels, n_labels * len(record.members))
                if record.blend.file else None)
