@@ -18,7 +18,6 @@ from pipelines.inference import InferenceRecord
 from submissions.blend_file import MEAN_METHODS, SAVED_FORMS
 
 WEIGHT_SUFFIX = {"image": ".safetensors", "captions": ".npz"}  # a member's kind: what its weight files are
-BLEND_FILES = {form: f"blend.{form}" for form in set(SAVED_FORMS.values())}
 THRESHOLD_MAX = 1.0 + 1e-9  # a threshold just above the largest probability (thresholds.cuts) predicts nothing
 
 
@@ -173,8 +172,8 @@ def check_blend(blend: BlendRecord, n_members: int, refuse) -> None:
     elif blend.method in SAVED_FORMS:
         if blend.weights is not None:
             refuse(f"blend.weights: a {blend.method} blend has none (its second level is the file)")
-        if blend.file != BLEND_FILES[SAVED_FORMS[blend.method]]:
+        if blend.file != f"blend.{SAVED_FORMS[blend.method].suffix}":
             refuse(f"blend.file={blend.file!r}: a {blend.method} blend's second level is "
-                   f"{BLEND_FILES[SAVED_FORMS[blend.method]]}")
+                   f"blend.{SAVED_FORMS[blend.method].suffix}")
     else:
         refuse(f"blend.method={blend.method!r}: not a blend ({', '.join((*MEAN_METHODS, *SAVED_FORMS))})")

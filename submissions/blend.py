@@ -25,7 +25,7 @@ from sklearn.neural_network import MLPClassifier
 
 from competition.errors import UserError
 from competition.probs import logit, sigmoid, stack_features, weighted_mean
-from submissions.blend_file import MEAN_METHODS, apply_saved
+from submissions.blend_file import MEAN_METHODS, SAVED_FORMS, MeanForm
 from submissions.scoring import Scoring
 from submissions.thresholds import global_threshold, nested_score
 
@@ -98,7 +98,7 @@ class MeanBlend:
         return self.apply(oofs)
 
     def apply(self, probs, fold=None) -> np.ndarray:  # the saved form's function: make predict blends the same
-        return apply_saved("weighted_logit" if self.logits else "weighted", self.weights, None, probs)
+        return MeanForm("weighted_logit" if self.logits else "weighted", self.weights).apply(probs)
 
 
 class PerLabel:
@@ -111,10 +111,6 @@ class PerLabel:
         self.models = [float(y[0, j]) if y[:, j].min() == y[:, j].max() else self.make().fit(x, y[:, j])
                        for j in range(y.shape[1])]
         return self
-
-    def predict(self, x) -> np.ndarray:
-        return np.stack([np.full(len(x), m) if isinstance(m, float) else m.predict_proba(x)[:, 1]
-                         for m in self.models], axis=1)
 
 
 class MultiOutputMLP:
@@ -129,12 +125,6 @@ class MultiOutputMLP:
         self.net = MLPClassifier((64,), alpha=1e-2, learning_rate_init=1e-3, max_iter=300, early_stopping=True,
                                  validation_fraction=0.15, n_iter_no_change=15, random_state=self.seed).fit(x, y)
         return self
-
-    def predict(self, x) -> np.ndarray:
-        prob = self.net.predict_proba(x)
-        for j, v in self.constant.items():
-            prob[:, j] = v
-        return prob
 
 
 # Newton's method with a Cholesky solve: the second level has few features (members x labels) and many rows.
@@ -154,7 +144,8 @@ LEARNERS = {
 class StackBlend:
     """A second-level learner on every member's logits of every label, fitted fold by fold on the rows given
     (its OOF is honest) and once on all of them (what new rows get). `apply(probs, fold=f)` uses fold f's
-    learner, which never saw fold f's rows."""
+    learner, which never saw fold f's rows. Every number comes from the learners' saved forms
+    (blend_file.SAVED_FORMS), the arithmetic `make predict` applies to the file."""
 
     weights = None
 
@@ -166,13 +157,17 @@ class StackBlend:
         oof = np.zeros(sc.y.shape)
         for f in sc.folds:
             inner = sc.fold != f
-            self.by_fold[int(f)] = LEARNERS[self.learner]().fit(x[inner], sc.y[inner])
-            oof[~inner] = self.by_fold[int(f)].predict(x[~inner])
-        self.final = LEARNERS[self.learner]().fit(x, sc.y)
+            self.by_fold[int(f)] = SAVED_FORMS[self.learner].of(LEARNERS[self.learner]().fit(x[inner], sc.y[inner]))
+            oof[~inner] = self.by_fold[int(f)].apply([o[~inner] for o in oofs])
+        self.final = SAVED_FORMS[self.learner].of(LEARNERS[self.learner]().fit(x, sc.y))
         return oof
 
+    def form(self):
+        """The saved form of the learner fitted on every row: what `make submit` writes beside a submission."""
+        return self.final
+
     def apply(self, probs, fold=None) -> np.ndarray:
-        return (self.final if fold is None else self.by_fold[int(fold)]).predict(stack_features(probs))
+        return (self.final if fold is None else self.by_fold[int(fold)]).apply(probs)
 
 
 BLENDS = (*MEAN_METHODS, *LEARNERS)

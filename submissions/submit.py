@@ -147,7 +147,8 @@ def run_submit(spec, ds, run: RunLayout, settings: Settings, command: str, names
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = run.submission(spec.name, stamp, nested["score"])
     # The blend's saved form first; the test rows are blended from it by the function `make predict` uses.
-    saved = write_saved(ens.blend["model"], saved_path(out, ens.blend_name)) if ens.blend_name in LEARNERS else None
+    saved = (write_saved(ens.blend["model"].form(), saved_path(out, ens.blend_name)) if ens.blend_name in LEARNERS
+             else None)
     tests = [m.test(ens.use_full.get(m.name, False)) for m in ens.members]
     test_prob = apply_saved(ens.blend_name, ens.blend["weights"], saved, tests)
     frame = submission_frame(spec, ds.test["id"], test_prob, th.threshold_vector(thresholds, spec.tokens))

@@ -830,3 +830,31 @@ def test_two_exports_of_one_submission_have_one_digest(trained, tmp_path):
     first = digest(folder)
     again = export_bundle(*trained, sub.path, **QUIET)
     assert again == folder and digest(again) == first
+
+
+def test_one_arithmetic_decides_every_number_of_a_stacked_blend(trained, demo_data, tmp_path, monkeypatch):
+    """A mutant of the stacker's saved form (its labels' columns reversed) moves the blend's OOF, its fully nested
+    estimate, the submission's test rows and `make predict`'s rows alike: no path applies a blend another way."""
+    import numpy as np
+
+    from submissions import blend_file
+    spec, ds, run = trained
+
+    def submit_fresh():
+        for cached in ("nested", "thresholds"):  # artifacts keyed by members and settings, not by the arithmetic
+            shutil.rmtree(run.root / cached, ignore_errors=True)
+        return submit_and_export(trained, ["tiny", "captions"], ("stack",))
+    real_sub, real_bundle = submit_fresh()
+    real_pred = predict_bundle(real_bundle, demo_data, tmp_path / "real.csv", **QUIET).read_text()
+    assert real_pred == real_sub.path.read_text()
+    apply = blend_file.LinearForm.apply
+    monkeypatch.setattr(blend_file.LinearForm, "apply", lambda self, probs: apply(self, probs)[:, ::-1].copy())
+    mutant_sub, mutant_bundle = submit_fresh()
+    real_blend, mutant_blend = real_sub.ensemble.blends["stack"], mutant_sub.ensemble.blends["stack"]
+    assert np.abs(real_blend["oof"] - mutant_blend["oof"]).max() > 0.1
+    assert np.abs(real_blend["fold_tests"] - mutant_blend["fold_tests"]).max() > 0.1
+    assert real_sub.nested["score"] != mutant_sub.nested["score"]
+    assert real_sub.path.read_text() != mutant_sub.path.read_text()
+    mutant_pred = predict_bundle(mutant_bundle, demo_data, tmp_path / "mutant.csv", **QUIET).read_text()
+    assert mutant_pred == mutant_sub.path.read_text()
+    assert predict_bundle(real_bundle, demo_data, tmp_path / "real_again.csv", **QUIET).read_text() != real_pred

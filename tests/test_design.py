@@ -163,3 +163,11 @@ def test_prediction_loads_no_training_code():
                       "pipelines.model", "pipelines.text_encoder", "pipelines.weights", "pipelines.result",
                       "pipelines.config", "pipelines.runtime", "pipelines.preprocess", "submissions",
                       "submissions.validate", "submissions.blend_file"}, loaded
+
+
+def test_every_stacked_blend_has_one_saved_form():
+    """The fitting side (submissions.blend.LEARNERS) and the applying side (blend_file.SAVED_FORMS, all make predict
+    imports) name the same stacked blends, and every blend name is one of the two kinds."""
+    from submissions.blend import BLENDS, LEARNERS
+    from submissions.blend_file import MEAN_METHODS, SAVED_FORMS
+    assert set(LEARNERS) == set(SAVED_FORMS) and set(BLENDS) == set(MEAN_METHODS) | set(SAVED_FORMS)
