@@ -11,7 +11,7 @@ import pandas as pd
 from competition.cli import Competition, competition_args
 from competition.layout import RunLayout
 from submissions.blend import BLENDS, DEFAULT_BLENDS
-from submissions.scoring import METHODS
+from submissions.thresholds import METHODS
 
 
 def main(argv=None) -> int:

@@ -18,7 +18,7 @@ from competition.metrics import decide
 from submissions import thresholds as th
 from submissions.blend import BLENDS, available, check_blends, fit_blends
 from submissions.budget import Budget, fit_budget
-from submissions.scoring import METHODS, Scoring
+from submissions.scoring import Scoring
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +34,8 @@ class Settings:
 
     def __post_init__(self):
         th.check_trials(self.trials)
-        if self.method is not None and self.method not in METHODS:
-            raise UserError(f"threshold method {self.method!r}; valid: {', '.join(METHODS)}")
+        if self.method is not None and self.method not in th.METHODS:
+            raise UserError(f"threshold method {self.method!r}; valid: {', '.join(th.METHODS)}")
         object.__setattr__(self, "blends", check_blends(self.blends))
 
     def key(self, sc: Scoring) -> str:

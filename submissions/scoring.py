@@ -9,8 +9,6 @@ import numpy as np
 
 from competition.metrics import decide, objective
 
-METHODS = ("fixed", "global", "exact", "optuna")
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Scoring:
@@ -28,11 +26,6 @@ class Scoring:
     def exact(self) -> bool:
         """The exact threshold search applies: micro-F1 with the rule "at least 0 or 1 label"."""
         return objective(self.metric).exact_thresholds and self.min_labels <= 1
-
-    @property
-    def methods(self) -> tuple:
-        """The threshold methods that apply to this metric and rule."""
-        return METHODS if self.exact else tuple(m for m in METHODS if m != "exact")
 
     @property
     def folds(self) -> np.ndarray:

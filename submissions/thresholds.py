@@ -9,11 +9,14 @@ warm-starts an Optuna study over the same objective (other metrics start Optuna 
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import numpy as np
 import optuna
 
 from competition.errors import UserError
-from submissions.scoring import METHODS, Scoring
+from submissions.scoring import Scoring
 
 GRID = np.linspace(0.02, 0.98, 97)
 
@@ -24,10 +27,10 @@ def threshold_vector(artifact: dict, tokens) -> np.ndarray:
 
 
 def check_method(method: str, sc: Scoring) -> None:
-    if method not in sc.methods:
+    if method not in applicable(sc):
         rule = f" with min_labels_per_image {sc.min_labels}" if method == "exact" and sc.metric == "micro_f1" else ""
         raise UserError(f"threshold method {method!r} does not apply to metric {sc.metric}{rule}; "
-                        f"valid: {', '.join(sc.methods)}")
+                        f"valid: {', '.join(applicable(sc))}")
 
 
 def global_threshold(sc: Scoring, prob) -> np.ndarray:
@@ -160,17 +163,37 @@ def fail_orphaned_trials(storage, study_name: str) -> None:
         storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
 
 
+def optuna_tune(sc: Scoring, prob, trials: int, seed: int, storage=None, study_name=None) -> np.ndarray:
+    """Optuna per label, warm-started from the exact search where it applies (else the global threshold)."""
+    init = exact_per_label(sc.y, prob, sc.min_labels) if sc.exact else global_threshold(sc, prob)
+    return optuna_per_label(sc, prob, trials, seed, init, storage, study_name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A threshold method: how it tunes thresholds on some rows, and where it applies."""
+    tune: Callable  # (Scoring, prob, trials, seed, storage, study_name) -> thresholds per label
+    applies: Callable = lambda sc: True
+
+
+# The threshold methods, simplest first (a tie in nested score goes to the earlier): the one table of their names.
+METHODS = {
+    "fixed": Method(lambda sc, prob, *_: np.full(prob.shape[1], 0.5)),
+    "global": Method(lambda sc, prob, *_: global_threshold(sc, prob)),
+    "exact": Method(lambda sc, prob, *_: exact_per_label(sc.y, prob, sc.min_labels), applies=lambda sc: sc.exact),
+    "optuna": Method(optuna_tune),
+}
+
+
+def applicable(sc: Scoring) -> tuple:
+    """The threshold methods that apply to this metric and rule."""
+    return tuple(name for name, m in METHODS.items() if m.applies(sc))
+
+
 def tune(method: str, sc: Scoring, prob, trials: int, seed: int, storage=None, study_name=None) -> np.ndarray:
     """The thresholds `method` chooses on these rows."""
     check_method(method, sc)
-    if method == "fixed":
-        return np.full(prob.shape[1], 0.5)
-    if method == "global":
-        return global_threshold(sc, prob)
-    if method == "exact":
-        return exact_per_label(sc.y, prob, sc.min_labels)
-    init = exact_per_label(sc.y, prob, sc.min_labels) if sc.exact else global_threshold(sc, prob)
-    return optuna_per_label(sc, prob, trials, seed, init, storage, study_name)
+    return METHODS[method].tune(sc, prob, trials, seed, storage, study_name)
 
 
 def nested_score(method: str, sc: Scoring, prob, trials: int, seed: int) -> float:
@@ -189,13 +212,13 @@ def pick(rows: list[dict], method: str | None = None) -> dict:
     """The compared row of `method`, or the best nested score (ties: the simpler method)."""
     if method:
         return next(r for r in rows if r["method"] == method)
-    return max(rows, key=lambda r: (r["nested"], -METHODS.index(r["method"])))
+    return max(rows, key=lambda r: (r["nested"], -list(METHODS).index(r["method"])))
 
 
 def compare(sc: Scoring, prob, trials: int, seed: int, methods=None, storage=None, study_name=None) -> list[dict]:
     """In-sample and nested score of each method that applies (or of `methods`), plus the in-sample thresholds."""
     rows = []
-    for m in methods or sc.methods:
+    for m in methods or applicable(sc):
         thr = tune(m, sc, prob, trials, seed, storage if m == "optuna" else None, study_name)
         rows.append({"method": m, "in_sample": sc.score(prob, thr), "nested": nested_score(m, sc, prob, trials, seed),
                      "thresholds": thr})
