@@ -7,7 +7,8 @@ from competition.formats import ModelMeta
 from competition.layout import RunLayout
 from distill.teacher import build_teacher, soft_targets, teacher_names
 from folds.split import read_folds
-from pipelines import EXECUTION_KEYS, train_model
+from pipelines.config import EXECUTION_KEYS
+from pipelines.run import train_model
 from submissions.blend import quick_score
 from submissions.members import complete, load_members
 from submissions.scoring import Scoring
