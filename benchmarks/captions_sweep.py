@@ -37,7 +37,7 @@ def caption_oof(cfg, texts, y, fold, emb):
     oof = np.zeros(y.shape)
     for f in np.unique(fold):
         tr, va = fold != f, fold == f
-        model = CaptionModel(cfg).fit(texts[tr], y[tr], x=None if emb is None else emb[tr])
+        model = CaptionModel.of(cfg).fit(texts[tr], y[tr], x=None if emb is None else emb[tr])
         oof[va] = model.predict(texts[va], x=None if emb is None else emb[va])
     return oof
 

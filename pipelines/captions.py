@@ -9,6 +9,7 @@ coefficients and settings as plain arrays in one .npz; a sentence encoder is sav
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,18 +21,55 @@ from sklearn.linear_model import LogisticRegression
 
 from competition import metrics
 from competition.artifacts import atomic_path
+from competition.errors import UserError
 from competition.layout import FitLayout, ModelLayout, RunLayout
+from competition.records import field_problems
 from pipelines import caption_tuning, text_encoder
 from pipelines.result import FitResult, SoftTargets, training_rows
 
+RECORD_FORMAT = 1
 
-def vectorizers(cfg: dict, vocab: dict | None = None) -> list[TfidfVectorizer]:
-    words = TfidfVectorizer(ngram_range=(1, cfg["ngram_max"]), min_df=cfg["min_df"], sublinear_tf=True,
+
+@dataclasses.dataclass(frozen=True)
+class CaptionsRecord:
+    """What a saved captions model predicts with (its .npz's `record`): the features, nothing about training.
+    A file of another format is refused by name; files saved before records held the whole training config,
+    read here for these fields alone (tune_layers absent: saved before tuned members existed, so 0)."""
+    encoder: str          # tfidf | a sentence encoder (pipelines.text_encoder.ENCODERS), saved beside the folds
+    ngram_max: int        # TF-IDF word n-grams up to this length
+    char_ngrams: bool     # TF-IDF character 2-5-grams too
+    min_df: int
+    tune_layers: int      # a sentence encoder's top layers fine-tuned with the member (0: frozen + LR)
+    format: int = RECORD_FORMAT
+
+    @classmethod
+    def of(cls, cfg: dict) -> CaptionsRecord:
+        return cls(cfg["encoder"], cfg["ngram_max"], cfg["char_ngrams"], cfg["min_df"], cfg["tune_layers"])
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data, where) -> CaptionsRecord:
+        if isinstance(data, dict) and "format" not in data and "encoder" in data:  # a training config: before records
+            data = {f.name: data.get(f.name, 0 if f.name == "tune_layers" else None)
+                    for f in dataclasses.fields(cls) if f.name != "format"} | {"format": RECORD_FORMAT}
+        got = data.get("format") if isinstance(data, dict) else None
+        if got != RECORD_FORMAT:
+            raise UserError(f"{where}: captions record of format {got!r}, not {RECORD_FORMAT}; train the member again")
+        problems = field_problems(cls, data)
+        if problems:
+            raise UserError(f"{where}: malformed captions record ({'; '.join(problems)}); train the member again")
+        return cls(**data)
+
+
+def vectorizers(record: CaptionsRecord, vocab: dict | None = None) -> list[TfidfVectorizer]:
+    words = TfidfVectorizer(ngram_range=(1, record.ngram_max), min_df=record.min_df, sublinear_tf=True,
                             lowercase=True, token_pattern=r"(?u)\b\w+\b",
                             vocabulary=None if vocab is None else vocab["words"])
     out = [words]
-    if cfg["char_ngrams"]:
-        out.append(TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=cfg["min_df"], sublinear_tf=True,
+    if record.char_ngrams:
+        out.append(TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=record.min_df, sublinear_tf=True,
                                    vocabulary=None if vocab is None else vocab["chars"]))
     return out
 
@@ -55,22 +93,28 @@ def fit_label(x, target: np.ndarray, C: float, solver: str) -> tuple[np.ndarray,
 
 
 class CaptionModel:
-    def __init__(self, cfg: dict, encoder_dir: Path | None = None):
-        self.cfg, self.encoder_dir = cfg, encoder_dir
-        self.vecs = vectorizers(cfg) if cfg["encoder"] == "tfidf" else []
+    def __init__(self, record: CaptionsRecord, encoder_dir: Path | None = None, train: dict | None = None):
+        """`train`: the training config (C, tune_*) of a model about to be fitted; None for a saved one."""
+        self.record, self.encoder_dir, self.train = record, encoder_dir, train
+        self.vecs = vectorizers(record) if record.encoder == "tfidf" else []
         self.coef = self.intercept = self.top = None
         self.history: list[dict] = []  # a tuned model's epochs
+
+    @classmethod
+    def of(cls, cfg: dict, encoder_dir: Path | None = None) -> CaptionModel:
+        """A model to fit, from its training config."""
+        return cls(CaptionsRecord.of(cfg), encoder_dir, cfg)
 
     @property
     def tuned(self) -> int:
         """How many of the encoder's top layers this model fine-tunes (0: frozen embeddings + LR)."""
-        return self.cfg.get("tune_layers", 0) if self.cfg["encoder"] != "tfidf" else 0
+        return self.record.tune_layers if self.record.encoder != "tfidf" else 0
 
     def features(self, texts, fit: bool = False):
         if self.tuned:
             below = caption_tuning.layers_below(self.encoder_dir, self.tuned)
             return caption_tuning.TokenStates(*caption_tuning.encode_states(self.encoder_dir, texts, below))
-        if self.cfg["encoder"] != "tfidf":
+        if self.record.encoder != "tfidf":
             return text_encoder.encode(self.encoder_dir, texts)
         return sp.hstack([v.fit_transform(texts) if fit else v.transform(texts) for v in self.vecs]).tocsr()
 
@@ -80,13 +124,13 @@ class CaptionModel:
         x = self.features(texts, fit=True) if x is None or self.vecs else x
         if self.tuned:
             self.top = caption_tuning.pretrained_top(self.encoder_dir, self.tuned, y.shape[1], seed)
-            self.history = caption_tuning.train(self.top, x, y, self.cfg, seed, log)
+            self.history = caption_tuning.train(self.top, x, y, self.train, seed, log)
             return self
         solver = "liblinear" if sp.issparse(x) else "lbfgs"
         # Threads only for lbfgs: liblinear keeps global state, and concurrent fits corrupt each other's
         # coefficients or the heap (scikit-learn#31883; here a munmap_chunk() abort on comp5329-6k).
         fits = Parallel(n_jobs=1 if solver == "liblinear" else -1, prefer="threads")(
-            delayed(fit_label)(x, y[:, j].astype(np.float64), self.cfg["C"], solver) for j in range(y.shape[1]))
+            delayed(fit_label)(x, y[:, j].astype(np.float64), self.train["C"], solver) for j in range(y.shape[1]))
         self.coef = np.stack([c for c, _ in fits]).astype(np.float32)
         self.intercept = np.array([b for _, b in fits], dtype=np.float32)
         return self
@@ -100,7 +144,7 @@ class CaptionModel:
     def save(self, path: Path) -> Path:
         """One .npz of plain arrays (terms as unicode arrays): the whole model but a sentence encoder, which
         lives in `encoder_dir`, loadable without pickle."""
-        arrays = {"config": np.array(json.dumps(self.cfg))}
+        arrays = {"record": np.array(json.dumps(self.record.to_json()))}
         arrays.update(caption_tuning.state_arrays(self.top) if self.tuned else
                       {"coef": self.coef, "intercept": self.intercept})
         for vec, kind in zip(self.vecs, ("words", "chars")):
@@ -117,12 +161,12 @@ class CaptionModel:
         """A saved fold or refit; a sentence-encoder model finds its encoder in its model folder."""
         path = Path(path).with_suffix(".npz")
         arrays = np.load(path, allow_pickle=False)
-        cfg = json.loads(str(arrays["config"]))
-        model = cls(cfg, encoder_dir or ModelLayout(path.parent.parent).encoder)
+        record = CaptionsRecord.from_json(json.loads(str(arrays["record" if "record" in arrays else "config"])), path)
+        model = cls(record, encoder_dir or ModelLayout(path.parent.parent).encoder)
         if model.vecs:
             vocab = {kind: {t: i for i, t in enumerate(arrays[kind].tolist())} for kind in ("words", "chars")
                      if kind in arrays}
-            model.vecs = vectorizers(cfg, vocab)
+            model.vecs = vectorizers(record, vocab)
             for vec, kind in zip(model.vecs, ("words", "chars")):
                 vec.idf_ = arrays[f"idf_{kind}"]
         if model.tuned:
@@ -164,7 +208,7 @@ def fit_captions(cfg, ds, run: RunLayout, train_idx, val_idx, out: FitLayout, la
     fit_texts = np.concatenate([texts, test_texts])[fit_rows]
     def epoch_line(r: dict) -> None:
         log(f"{label}: epoch {r['epoch']} train_loss {r['train_loss']:.4g}")
-    model = CaptionModel(cfg, folder).fit(fit_texts, fit_y.astype(np.float64), x=x_of(fit_rows), seed=cfg["seed"],
+    model = CaptionModel.of(cfg, folder).fit(fit_texts, fit_y.astype(np.float64), x=x_of(fit_rows), seed=cfg["seed"],
                                           log=epoch_line)
     out.dir.mkdir(parents=True, exist_ok=True)
     weights = model.save(out.captions_model)

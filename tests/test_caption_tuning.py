@@ -78,6 +78,6 @@ def test_a_fit_depends_on_its_seed_alone(encoder):
 
     def fitted(seed):
         torch.rand(1000)  # other work in the process before the fit
-        return CaptionModel(cfg, encoder).fit(CAPTIONS, y, x=x, seed=seed).predict(x=x)
+        return CaptionModel.of(cfg, encoder).fit(CAPTIONS, y, x=x, seed=seed).predict(x=x)
     first = fitted(0)
     assert np.array_equal(first, fitted(0)) and not np.array_equal(first, fitted(1))

@@ -86,11 +86,13 @@ def config_names():
 def test_every_config_builds(name):
     """Every shipped config builds as configured, on the meta device (no memory, no weights): its backbone, its
     head's widths, its input size through the whole network, and the trunk/top split of `train_from`."""
-    from pipelines.captions import vectorizers
+    from pipelines.captions import CaptionsRecord, vectorizers
     from pipelines.model import TopOfNet, build_model, trunk_forward
     cfg = resolve(name)
     if cfg["kind"] == "captions":
-        assert cfg["encoder"] in ("tfidf", "minilm") and (cfg["encoder"] == "minilm" or vectorizers(cfg))
+        record = CaptionsRecord.of(cfg)
+        assert CaptionsRecord.from_json(record.to_json(), name) == record
+        assert cfg["encoder"] in ("tfidf", "minilm") and (cfg["encoder"] == "minilm" or vectorizers(record))
         return
     with torch.device("meta"):
         net, _, mean, std = build_model({**cfg, "pretrained": "none"}, 18)
@@ -640,3 +642,35 @@ def test_layer_decay_is_refused_without_full_fine_tuning(demo_data, tmp_path, ov
     with pytest.raises(UserError, match="layer_decay applies to full fine-tuning only"):
         train_model(spec, load_dataset(spec, demo_data), RunLayout.of(tmp_path, spec.name),
                     resolve("tiny", ["epochs=1", "layer_decay=0.8", override]), log=lambda *_: None)
+
+
+def test_a_captions_model_carries_a_typed_record(tmp_path):
+    """A saved captions model holds what it predicts with (CaptionsRecord), not the training config; a file of
+    the earlier form (the whole config) still loads to the same predictions; another format or a wrong field is
+    one error naming the file."""
+    import json
+
+    import numpy as np
+
+    from competition.errors import UserError
+    from pipelines.captions import CaptionModel
+    texts = np.array(["a cat on a mat", "a dog in a park", "a cat and a dog", "two dogs running"] * 5)
+    y = np.array([[1, 0], [0, 1], [1, 1], [0, 1]] * 5)
+    cfg = resolve("captions", ["min_df=1"])
+    path = CaptionModel.of(cfg).fit(texts, y).save(tmp_path / "m")
+    with np.load(path) as arrays:
+        saved = dict(arrays)
+    assert "config" not in saved and json.loads(str(saved["record"]))["format"] == 1
+    want = CaptionModel.load(path).predict(texts)
+
+    def rewrite(**arrays):
+        with open(path, "wb") as f:
+            np.savez(f, **{k: v for k, v in saved.items() if k != "record"}, **arrays)
+    rewrite(config=np.array(json.dumps(cfg)))  # saved before records: the whole training config
+    assert np.array_equal(CaptionModel.load(path).predict(texts), want)
+    record = json.loads(str(saved["record"]))
+    for edit, problem in [({"format": 7}, "captions record of format 7, not 1"),
+                          ({"ngram_max": "two"}, r"malformed captions record \(ngram_max='two' \(expected an integer")]:
+        rewrite(record=np.array(json.dumps(record | edit)))
+        with pytest.raises(UserError, match=rf"m.npz: {problem}"):
+            CaptionModel.load(path)
