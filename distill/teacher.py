@@ -69,7 +69,7 @@ def build_teacher(spec, ds, run: RunLayout, names: list[str], blend: str | None 
     if name not in ens.blends:
         raise UserError(f"blend {name!r} is not available for {len(names)} member(s); valid: {', '.join(ens.blends)}")
     b = ens.blends[name]
-    return Teacher(names, name, b["oof"], b["fold_tests"], b["test"], b["score"], ens.cost()[0],
+    return Teacher(names, name, b.oof, b.fold_tests, b.test, b.score, ens.cost()[0],
                    gpu_hours_by_model(ens.members))
 
 

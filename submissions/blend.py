@@ -195,7 +195,7 @@ def available(n_members: int, names=BLENDS, n_folds: int = 2) -> tuple:
     return tuple(b for b in names if b not in LEARNERS or (n_members > 1 and n_folds > 1))
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Fitted:
     blend: object           # MeanBlend or StackBlend, fitted: applies to other rows' member probabilities
     oof: np.ndarray         # its OOF over the rows it was fitted on
@@ -216,15 +216,25 @@ def fit_blends(oofs, sc: Scoring, names) -> dict[str, Fitted]:
     return out
 
 
-def blend_all(members, sc: Scoring, use_full: dict, names) -> dict:
-    """Every method's oof, test, fold_tests (k, test rows, labels), weights, scores (global threshold, selection)
-    and the fitted blend itself (`model`), which applies to any rows' member probabilities."""
+@dataclasses.dataclass(frozen=True)
+class Blended:
+    """A blend fitted on every OOF row and applied to the test rows: what `make submit` and the teacher use."""
+    model: object             # MeanBlend or StackBlend, fitted: applies to other rows' member probabilities
+    oof: np.ndarray           # its OOF over the train rows
+    test: np.ndarray          # the test rows, from each member's fold models (or refit)
+    fold_tests: np.ndarray    # (k, test rows, labels): fold f's models alone (a student of fold f learns them)
+    weights: list | None      # a mean blend's member weights (None: a stacker)
+    score: float              # at the best global threshold
+    select: float             # selection_score
+
+
+def blend_all(members, sc: Scoring, use_full: dict, names) -> dict[str, Blended]:
+    """Every blend of `names` that these members allow, fitted on the OOF rows and applied to the test rows."""
     tests = [m.test(use_full.get(m.name, False)) for m in members]
     k = members[0].test_by_fold.shape[0]
     out = {}
     for name, fit in fit_blends([m.oof for m in members], sc, names).items():
         fold_tests = np.stack([fit.blend.apply([m.test_by_fold[f] for m in members], fold=f) for f in range(k)])
         weights = None if fit.blend.weights is None else [float(v) for v in fit.blend.weights]
-        out[name] = {"oof": fit.oof, "test": fit.blend.apply(tests), "fold_tests": fold_tests, "weights": weights,
-                     "score": fit.score, "select": fit.select, "model": fit.blend}
+        out[name] = Blended(fit.blend, fit.oof, fit.blend.apply(tests), fold_tests, weights, fit.score, fit.select)
     return out

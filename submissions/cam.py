@@ -62,7 +62,7 @@ def cam_panels(spec, ds, ens: Ensemble, thresholds: dict, out: Path, per_label: 
         return []
     out.mkdir(parents=True, exist_ok=True)
     sc = ens.scoring
-    pred = sc.decide(ens.blend["oof"], threshold_vector(thresholds, spec.tokens))
+    pred = sc.decide(ens.blend.oof, threshold_vector(thresholds, spec.tokens))
     nets, paths, ids = {}, [], list(ds.train["id"])
     for j, (token, name) in enumerate(spec.labels.items()):
         rows = np.nonzero(sc.y[:, j] == 1)[0]

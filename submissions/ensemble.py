@@ -7,7 +7,7 @@ import sys
 
 from competition.layout import RunLayout
 from folds.split import read_folds
-from submissions.blend import blend_all, quick_score
+from submissions.blend import Blended, blend_all, quick_score
 from submissions.budget import cost, fit_budget
 from submissions.members import Member, load_members
 from submissions.postprocess import Settings, best_blend
@@ -21,14 +21,14 @@ class Ensemble:
     members: list[Member]           # those within budget
     use_full: dict[str, bool]       # per member: its full-data refit instead of its fold models
     member_scores: dict[str, float]  # OOF metric at the best global threshold, scored once
-    blends: dict[str, dict]         # method -> oof, test, weights, score
+    blends: dict[str, Blended]      # method -> the fitted blend, its oof, test rows, weights, scores
     blend_name: str                 # the blend with the best selection score
     budget_notes: list[str]
     students: list[dict]            # distilled students and their teachers
     candidates: list[Member]        # every member loaded, before the budget
 
     @property
-    def blend(self) -> dict:
+    def blend(self) -> Blended:
         return self.blends[self.blend_name]
 
     def cost(self) -> tuple[float, float]:
@@ -58,10 +58,10 @@ def build_ensemble(spec, ds, run: RunLayout, settings: Settings, names=None, log
         log(f"budget forced nothing: {cost(members, use_full)[0]:.1f} MB within {settings.budget.model_mb} MB")
     blends = blend_all(members, sc, use_full, settings.blends)
     for name, b in blends.items():
-        weights = dict(zip([m.name for m in members], [round(float(w), 3) for w in b["weights"] or []]))
-        log(f"blend {name:<14} OOF {sc.metric} (best global thr) {b['score']:.4f}, selection "
-            f"{b['select']:.4f}" + (f"  weights {weights}" if weights else ""))
-    blend_name = best_blend({k: b["select"] for k, b in blends.items()})
+        weights = dict(zip([m.name for m in members], [round(float(w), 3) for w in b.weights or []]))
+        log(f"blend {name:<14} OOF {sc.metric} (best global thr) {b.score:.4f}, selection "
+            f"{b.select:.4f}" + (f"  weights {weights}" if weights else ""))
+    blend_name = best_blend({k: b.select for k, b in blends.items()})
     log(f"blend: {blend_name}")
     return Ensemble(sc, settings, members, use_full, {m.name: scores[m.name] for m in members}, blends, blend_name,
                     notes, students, loaded)

@@ -35,7 +35,7 @@ def make_report(spec, ens: Ensemble, art: dict, out: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(11, 5))
     x = np.arange(len(names))
-    series = [(f"blend ({ens.blend_name}, tuned thr)", per_label_f1(y, ens.blend["oof"], thr, ml))]
+    series = [(f"blend ({ens.blend_name}, tuned thr)", per_label_f1(y, ens.blend.oof, thr, ml))]
     for m in members:
         series.append((f"{m.name} (global thr)",
                        per_label_f1(y, m.oof, th.global_threshold(sc, m.oof), ml)))

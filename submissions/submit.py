@@ -60,7 +60,7 @@ def tune_thresholds(run: RunLayout, ens: Ensemble, tokens, log=print) -> dict:
     if st.method:
         th.check_method(st.method, sc)  # before any work: compare() tunes only the methods that apply
     url, shared = optuna_storage(run, st.storage)  # a bad URL fails now, even when the thresholds are reused
-    oof = ens.blend["oof"]
+    oof = ens.blend.oof
     key = blend_key(st.method or "best", oof, st.trials, st.seed, sc)
     path = run.thresholds_file(key)
     if path.exists():
@@ -147,10 +147,10 @@ def run_submit(spec, ds, run: RunLayout, settings: Settings, command: str, names
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = run.submission(spec.name, stamp, nested["score"])
     # The blend's saved form first; the test rows are blended from it by the function `make predict` uses.
-    saved = (write_saved(ens.blend["model"].form(), saved_path(out, ens.blend_name)) if ens.blend_name in LEARNERS
+    saved = (write_saved(ens.blend.model.form(), saved_path(out, ens.blend_name)) if ens.blend_name in LEARNERS
              else None)
     tests = [m.test(ens.use_full.get(m.name, False)) for m in ens.members]
-    test_prob = apply_saved(ens.blend_name, ens.blend["weights"], saved, tests)
+    test_prob = apply_saved(ens.blend_name, ens.blend.weights, saved, tests)
     frame = submission_frame(spec, ds.test["id"], test_prob, th.threshold_vector(thresholds, spec.tokens))
     validate_frame(frame, spec, list(ds.test["id"]))
     sidecar = sidecar_of(spec, ens, thresholds, nested, out.name, command, stamp, saved)
@@ -176,18 +176,18 @@ def sidecar_of(spec, ens: Ensemble, art: dict, nested: dict, name: str, command:
                      "size_mb": round(m.size_mb(ens.use_full[m.name]), 3), "gpu_hours": m.gpu_hours,
                      "oof_score_global_thr": ens.member_scores[m.name], "oof_sha256": m.oof_sha256}
                     for m in ens.members],
-        "blend": {"method": ens.blend_name, "weights": blend["weights"],
+        "blend": {"method": ens.blend_name, "weights": blend.weights,
                   "file": blend_file.name if blend_file else None,  # a stacker's saved second level, beside it
-                  "oof_score_global_thr_chosen": blend["score"],
-                  "oof_score_global_thr": {k: b["score"] for k, b in ens.blends.items()},
-                  "selection_score": {k: b["select"] for k, b in ens.blends.items()}},
+                  "oof_score_global_thr_chosen": blend.score,
+                  "oof_score_global_thr": {k: b.score for k, b in ens.blends.items()},
+                  "selection_score": {k: b.select for k, b in ens.blends.items()}},
         "thresholds": art["thresholds"], "threshold_method": art["method"],
-        "oof_score": sc.score(blend["oof"], thr),
+        "oof_score": sc.score(blend.oof, thr),
         "nested_score": nested["score"],
         "nested_per_fold": nested["per_fold"],
         "threshold_nested_score": art["nested_score"],
         "threshold_comparison": art["comparison"],
-        "oof_metrics": metrics.summary(sc.y, blend["oof"], thr, sc.min_labels),
+        "oof_metrics": metrics.summary(sc.y, blend.oof, thr, sc.min_labels),
         "best_member_oof_score": max(ens.member_scores.values()),
         "size_mb": round(size, 3), "gpu_hours": hours,
         "budget": ens.settings.budget.summary(size, hours, ens.budget_notes),

@@ -851,8 +851,8 @@ def test_one_arithmetic_decides_every_number_of_a_stacked_blend(trained, demo_da
     monkeypatch.setattr(blend_file.LinearForm, "apply", lambda self, probs: apply(self, probs)[:, ::-1].copy())
     mutant_sub, mutant_bundle = submit_fresh()
     real_blend, mutant_blend = real_sub.ensemble.blends["stack"], mutant_sub.ensemble.blends["stack"]
-    assert np.abs(real_blend["oof"] - mutant_blend["oof"]).max() > 0.1
-    assert np.abs(real_blend["fold_tests"] - mutant_blend["fold_tests"]).max() > 0.1
+    assert np.abs(real_blend.oof - mutant_blend.oof).max() > 0.1
+    assert np.abs(real_blend.fold_tests - mutant_blend.fold_tests).max() > 0.1
     assert real_sub.nested["score"] != mutant_sub.nested["score"]
     assert real_sub.path.read_text() != mutant_sub.path.read_text()
     mutant_pred = predict_bundle(mutant_bundle, demo_data, tmp_path / "mutant.csv", **QUIET).read_text()

@@ -59,7 +59,7 @@ def test_budget_end_to_end(trained, tmp_path):
     assert sub.ensemble.use_full == {"tiny": True}
     refit = pd.read_csv(run.model("tiny").test_full)[spec.tokens].to_numpy()
     folds = np.mean([pd.read_csv(run.model("tiny").test_fold(f))[spec.tokens].to_numpy() for f in range(3)], 0)
-    np.testing.assert_allclose(sub.ensemble.blend["test"], refit, atol=1e-9)  # the refit's, not the folds'
+    np.testing.assert_allclose(sub.ensemble.blend.test, refit, atol=1e-9)  # the refit's, not the folds'
     assert np.abs(refit - folds).max() > 1e-3
     side = json.loads(sub.path.with_suffix(".json").read_text())
     assert side["size_mb"] == pytest.approx(full_mb, abs=1e-3) and side["budget"]["within"]
@@ -114,7 +114,7 @@ def test_min_labels_0_submissions_have_empty_rows(trained, tmp_path):
     sub = run_submit(spec0, load_dataset(spec0, ds.root), run, settings(spec0, method="fixed", blends=("mean",)),
                      "test", **QUIET)
     frame = pd.read_csv(sub.path, dtype=str, keep_default_na=False)
-    want = decide(sub.ensemble.blend["test"], 0.5, 0)
+    want = decide(sub.ensemble.blend.test, 0.5, 0)
     assert (frame["Labels"] == "").sum() == (want.sum(1) == 0).sum() > 0
     assert list(frame["Labels"]) == [" ".join(t for t, v in zip(spec0.tokens, row) if v) for row in want]
 

@@ -533,16 +533,16 @@ def test_each_folds_test_rows_are_blended_from_that_folds_models_only(name):
         members.append(Member(f"m{i}", Path("m"), meta, oof, by_fold.mean(0), by_fold, None, 1, None, 0.0, "x"))
     out = blend_all(members, micro(y, fold=fold), {}, (name,))[name]
     for f in range(3):
-        mine = out["model"].apply([m.test_by_fold[f] for m in members], fold=f)
-        np.testing.assert_allclose(out["fold_tests"][f], mine, atol=1e-12)
-        theirs = out["model"].apply([m.test_by_fold[(f + 1) % 3] for m in members], fold=f)
-        assert np.abs(out["fold_tests"][f] - theirs).max() > 0.01  # another fold's models would show
+        mine = out.model.apply([m.test_by_fold[f] for m in members], fold=f)
+        np.testing.assert_allclose(out.fold_tests[f], mine, atol=1e-12)
+        theirs = out.model.apply([m.test_by_fold[(f + 1) % 3] for m in members], fold=f)
+        assert np.abs(out.fold_tests[f] - theirs).max() > 0.01  # another fold's models would show
     if name == "stack":
         x = stack_features([m.oof for m in members])
         for f in range(3):  # fold f's learner is the one fitted on the other folds' rows
             lr = LogisticRegression(C=1.0, max_iter=2000, solver=STACK_SOLVER).fit(x[fold != f], y[fold != f, 0])
             test_x = stack_features([m.test_by_fold[f] for m in members])
-            np.testing.assert_allclose(out["fold_tests"][f][:, 0], lr.predict_proba(test_x)[:, 1], atol=1e-9)
+            np.testing.assert_allclose(out.fold_tests[f][:, 0], lr.predict_proba(test_x)[:, 1], atol=1e-9)
 
 
 def test_one_submission_frame_with_the_spec_separator():
