@@ -48,7 +48,7 @@ def latest_submission(run: RunLayout) -> Path:
 
 def member_files(m: Member, use_full: bool) -> tuple[list[Path], list[Path]]:
     """(the weight files inference runs, shared parts) of a member: its refit or every fold model."""
-    fits = [m.meta.full["weights"]] if use_full else [m.meta.fold_weights(f) for f in range(m.meta.k)]
+    fits = [m.meta.full.weights] if use_full else [m.meta.fold_weights(f) for f in range(m.meta.k)]
     return [m.dir / w for w in fits], [m.dir / s for s in m.meta.shared_weights]
 
 

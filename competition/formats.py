@@ -14,6 +14,7 @@ import pandas as pd
 
 from competition.artifacts import read_csv, read_json, write_json
 from competition.errors import UserError, offenders_error
+from competition.records import field_problems
 
 
 def prob_frame(ids, prob: np.ndarray, tokens, fold=None) -> pd.DataFrame:
@@ -69,6 +70,46 @@ def weights_mb(path: Path) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
+class FitRecord:
+    """A fit's done.json (a fold, or the refit on every row), written last: the fit is done when it and every file
+    it names exist. Fields after `params` belong to one kind of fit (or member) and are absent (None) elsewhere."""
+    seconds: float
+    hours: float
+    gpu_hours: float
+    device: str
+    weights: str                    # relative to the model folder (it moves with the run)
+    shared_weights: tuple[str, ...]  # needed beside the weights, counted once per model: a frozen encoder
+    params: int
+    inference: dict | None = None   # an image fit's InferenceRecord (pipelines.inference reads it); captions: none
+    best_epoch: int | None = None   # a fold: its selected epoch
+    epochs: int | None = None       # the refit: the epochs it trained (the folds' median best)
+    backend: str | None = None      # a fold: the compute backend it trained on
+    weights_source: str | None = None  # a fold: where its pretrained weights came from
+    val: dict | None = None         # a fold: its validation scores
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+                if v is not None}
+
+    def write(self, path: Path) -> None:
+        write_json(path, self.to_json())
+
+    @classmethod
+    def from_json(cls, data, where) -> FitRecord:
+        optional = {f.name: None for f in dataclasses.fields(cls) if f.default is None}
+        problems = (field_problems(cls, optional | data) if isinstance(data, dict) else
+                    [f"a JSON {type(data).__name__}"])
+        if problems:
+            raise UserError(f"{where}: not a fit record ({'; '.join(problems)[:300]}); delete it: that fit is "
+                            "then trained again")
+        return cls(**(optional | data | {"shared_weights": tuple(data["shared_weights"])}))
+
+    @classmethod
+    def read(cls, path: Path) -> FitRecord:
+        return cls.from_json(read_json(path, "delete it: that fit is then trained again"), path)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelMeta:
     """models/<MODEL>/meta.json: one model's folds, refit, sizes, costs and scores. `pipelines.run.write_meta`
     is its one writer; every reader takes this typed view."""
@@ -79,12 +120,12 @@ class ModelMeta:
     data_sha256: str | None         # Dataset.fingerprint(kind) at training time
     k: int
     labels: list[str]
-    folds: dict[int, dict]          # fold -> its done.json record (weights, best_epoch, gpu_hours, ...)
+    folds: dict[int, FitRecord]     # fold -> its done.json record
     folds_done: list[int]
     weights_mb_per_fold: dict[int, float]
     shared_weights: list[str]       # needed once beside the fold (or refit) weights: a frozen encoder
     shared_mb: float
-    full: dict | None               # the refit's done.json record
+    full: FitRecord | None          # the refit's done.json record
     seconds: float
     gpu_hours: float
     oof: dict | None                # OOF scores once every fold is done
@@ -96,7 +137,7 @@ class ModelMeta:
 
     def fold_weights(self, fold: int) -> str:
         """Fold `fold`'s weight file, relative to the model folder."""
-        return self.folds[fold]["weights"]
+        return self.folds[fold].weights
 
     @property
     def distill(self) -> dict | None:
@@ -105,7 +146,8 @@ class ModelMeta:
         return {**record, **(self.teacher or {})} if record else None
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "folds": {f: r.to_json() for f, r in self.folds.items()},
+                "full": self.full.to_json() if self.full else None}
 
     def write(self, path: Path) -> None:
         write_json(path, self.to_json())
@@ -121,5 +163,7 @@ class ModelMeta:
             raise UserError(f"{path}: not a model's meta.json ({e}); `make train MODEL={path.parent.name}` "
                             "writes it again") from None
         # JSON keys are strings: folds by number, as everything else counts them.
-        return dataclasses.replace(meta, folds={int(f): v for f, v in meta.folds.items()},
-                                   weights_mb_per_fold={int(f): v for f, v in meta.weights_mb_per_fold.items()})
+        return dataclasses.replace(
+            meta, folds={int(f): FitRecord.from_json(v, f"{path} fold {f}") for f, v in meta.folds.items()},
+            full=None if meta.full is None else FitRecord.from_json(meta.full, f"{path} refit"),
+            weights_mb_per_fold={int(f): v for f, v in meta.weights_mb_per_fold.items()})

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from competition import metrics
-from competition.artifacts import exclusive_lock, read_json, remove_temporaries, write_csv, write_json
-from competition.formats import prob_frame
+from competition.artifacts import exclusive_lock, remove_temporaries, write_csv
+from competition.formats import FitRecord, prob_frame
 from competition.layout import FitLayout, ModelLayout, RunLayout
 from competition.reader import Dataset
 
@@ -30,9 +30,9 @@ def fit_files(model: ModelLayout, f: int | None) -> list[Path]:
     fit = model.fit(f)
     if not fit.done.exists():
         return [fit.done]
-    info = read_json(fit.done, "delete it: that fit is then trained again")
+    info = FitRecord.read(fit.done)
     outputs = [model.test_full] if f is None else [fit.oof, fit.history, model.test_fold(f)]
-    return [fit.done, *outputs, model.dir / info["weights"], *(model.dir / p for p in info.get("shared_weights", []))]
+    return [fit.done, *outputs, model.dir / info.weights, *(model.dir / p for p in info.shared_weights)]
 
 
 def is_done(model: ModelLayout, f: int | None, log, label: str) -> bool:
@@ -86,11 +86,8 @@ def train_fold(cfg, spec, ds: Dataset, run: RunLayout, fold_of: np.ndarray, f: i
     write_csv(model.test_fold(f), prob_frame(ds.test["id"], result.test_prob, spec.tokens))
     write_csv(fold.history, pd.DataFrame(result.history))
     fold_scores = metrics.summary(ds.targets()[val], result.val_prob, 0.5, spec.min_labels_per_image)
-    write_json(fold.done, {
-        "best_epoch": result.best_epoch, "seconds": round(seconds, 1), "hours": seconds / 3600,
-        "gpu_hours": result.gpu_hours, "device": result.device, "backend": result.backend,
-        "inference": result.inference, **weights_record(result, model), "weights_source": result.source,
-        "params": result.params, "val": fold_scores})
+    fit_record(result, model, seconds, best_epoch=result.best_epoch, backend=result.backend,
+               weights_source=result.source, val=fold_scores).write(fold.done)
     log(f"{cfg['name']} fold {f}: micro-F1@0.5 {fold_scores['micro_f1']:.4f} mAP {fold_scores['mAP']:.4f} "
         f"best epoch {result.best_epoch}, {seconds:.0f}s")
 
@@ -104,24 +101,24 @@ def refit(cfg, spec, ds: Dataset, run: RunLayout, k: int, log, targets_for=None)
     label = f"{cfg['name']} refit"
 
     def train() -> None:
-        epochs = int(np.median([read_json(model.fold(f).done)["best_epoch"] for f in range(k)]))
+        epochs = int(np.median([FitRecord.read(model.fold(f).done).best_epoch for f in range(k)]))
         t0 = time.time()
         result = fold_fitter(cfg)({**cfg, "epochs": max(epochs, 1)}, ds, run, np.arange(len(ds.train)),
                                   np.array([], dtype=np.int64), model.full, label, log=log,
                                   targets=targets_for(None) if targets_for else None)
         write_csv(model.test_full, prob_frame(ds.test["id"], result.test_prob, spec.tokens))
         seconds = time.time() - t0
-        write_json(model.full.done, {"epochs": epochs, "seconds": round(seconds, 1), "hours": seconds / 3600,
-                                     "gpu_hours": result.gpu_hours, "device": result.device,
-                                     "inference": result.inference, **weights_record(result, model),
-                                     "params": result.params})
+        fit_record(result, model, seconds, epochs=epochs).write(model.full.done)
     return fit_once(model, None, label, log, train)
 
 
-def weights_record(result, model: ModelLayout) -> dict:
-    """Where a fit's weights lie, relative to the model folder (it moves with the run); shared ones counted once."""
-    return {"weights": str(result.weights.relative_to(model.dir)),
-            "shared_weights": [str(Path(p).relative_to(model.dir)) for p in result.shared]}
+def fit_record(result, model: ModelLayout, seconds: float, **kind) -> FitRecord:
+    """A fit's done.json: what every fit records, and `kind`, what a fold or the refit adds. Weights lie relative
+    to the model folder (it moves with the run); shared ones counted once."""
+    return FitRecord(round(seconds, 1), seconds / 3600, result.gpu_hours, result.device,
+                     str(result.weights.relative_to(model.dir)),
+                     tuple(str(Path(p).relative_to(model.dir)) for p in result.shared), result.params,
+                     result.inference, **kind)
 
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from competition.errors import UserError
+from competition.formats import FitRecord
 from competition.records import field_problems
 from pipelines.model import MultiLabelNet, NetSpec, TopOfNet, inference_dtype, load_weights, trunk_digest
 from pipelines.preprocess import DeviceNormalize
@@ -82,9 +83,9 @@ class InferenceRecord:
         return DeviceNormalize(self.mean, self.std, device, channels_last)
 
 
-def fit_record(info: dict, where: str) -> InferenceRecord:
-    """The record of a fit from its done.json."""
-    return InferenceRecord.from_json(info.get("inference"), where)
+def fit_record(fit: FitRecord, where: str) -> InferenceRecord:
+    """The inference record of a fit, from its done.json."""
+    return InferenceRecord.from_json(fit.inference, where)
 
 
 def mirror(x: torch.Tensor) -> torch.Tensor:

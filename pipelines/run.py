@@ -11,7 +11,7 @@ import yaml
 from competition import metrics, runlog
 from competition.artifacts import atomic_path, file_sha256, read_csv, read_json, write_csv, write_json, write_text
 from competition.errors import UserError
-from competition.formats import ModelMeta, retrain_hint, weights_mb
+from competition.formats import FitRecord, ModelMeta, retrain_hint, weights_mb
 from competition.layout import FitLayout, ModelLayout, RunLayout
 from competition.reader import Dataset
 from folds.split import read_folds
@@ -85,17 +85,17 @@ def assemble(model: ModelLayout, spec, ds: Dataset, fold_of: np.ndarray, k: int)
 
 def write_meta(model: ModelLayout, cfg, spec, folds_sha, k, scores, teacher: dict | None = None) -> ModelMeta:
     """The model's metadata file has this one writer: what the fold and refit records say, gathered."""
-    folds = {f: read_json(model.fold(f).done) for f in range(k) if model.fold(f).done.exists()}
-    full = read_json(model.full.done) if model.full.done.exists() else None
-    shared = sorted({p for info in folds.values() for p in info.get("shared_weights", [])})
+    folds = {f: FitRecord.read(model.fold(f).done) for f in range(k) if model.fold(f).done.exists()}
+    full = FitRecord.read(model.full.done) if model.full.done.exists() else None
+    shared = sorted({p for info in folds.values() for p in info.shared_weights})
     meta = ModelMeta(
         model=cfg["name"], kind=cfg["kind"], config=cfg, folds_sha256=folds_sha,
         data_sha256=read_json(model.run).get("data_sha256"), k=k, labels=spec.tokens, folds=folds,
         folds_done=sorted(folds),
-        weights_mb_per_fold={f: round(weights_mb(model.dir / info["weights"]), 3) for f, info in folds.items()},
+        weights_mb_per_fold={f: round(weights_mb(model.dir / info.weights), 3) for f, info in folds.items()},
         shared_weights=shared, shared_mb=round(sum(weights_mb(model.dir / p) for p in shared), 3), full=full,
-        seconds=sum(info["seconds"] for info in folds.values()),
-        gpu_hours=sum(info["gpu_hours"] for info in folds.values()) + (full["gpu_hours"] if full else 0),
+        seconds=sum(info.seconds for info in folds.values()),
+        gpu_hours=sum(info.gpu_hours for info in folds.values()) + (full.gpu_hours if full else 0),
         oof=scores, teacher=teacher)
     meta.write(model.meta)
     return meta

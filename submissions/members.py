@@ -59,7 +59,7 @@ def load_member(model: ModelLayout, ds: Dataset, tokens) -> Member:
     shared = {part_sha256(model.dir / p): weights_mb(model.dir / p) for p in meta.shared_weights}
     shared_mb = sum(shared.values())  # once for every fold
     folds_mb = sum(weights_mb(model.dir / meta.fold_weights(f)) for f in range(meta.k)) + shared_mb
-    full_mb = weights_mb(model.dir / meta.full["weights"]) + shared_mb if meta.full else None
+    full_mb = weights_mb(model.dir / meta.full.weights) + shared_mb if meta.full else None
     return Member(model.name, model.dir, meta, oof, test_by_fold.mean(0), test_by_fold, test_full, folds_mb, full_mb,
                   float(meta.gpu_hours), file_sha256(model.oof), shared)
 

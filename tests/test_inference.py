@@ -7,6 +7,7 @@ import torch
 
 from competition import load_dataset, load_spec
 from competition.errors import UserError
+from competition.formats import FitRecord
 from competition.layout import RunLayout
 from pipelines.config import resolve
 from pipelines.inference import InferenceRecord, fit_record, load_network, predict_images
@@ -25,7 +26,9 @@ def test_a_record_round_trips_through_json_and_refuses_what_it_is_not():
     with pytest.raises(UserError, match="fold 2: inference record of format 0, not 2; train the model again"):
         InferenceRecord.from_json({**data, "format": 0}, "fold 2")
     with pytest.raises(UserError, match="no record: trained before inference records"):
-        fit_record({"best_epoch": 1}, "fold 0")
+        fit_record(FitRecord.from_json({"best_epoch": 1, "seconds": 1.0, "hours": 0.0, "gpu_hours": 0.0,
+                                        "device": "cpu", "weights": "w", "shared_weights": [], "params": 1},
+                                       "done.json"), "fold 0")
     with pytest.raises(UserError, match="malformed inference record"):
         InferenceRecord.from_json({**data, "img_size": 64}, "fold 0")  # a key it does not have
     with pytest.raises(UserError, match="malformed inference record"):
@@ -53,7 +56,7 @@ def test_training_and_the_record_predict_the_same(demo_data, tmp_path, captions)
     fused = ["head=attention", "caption_input=minilm"] if captions else []
     train_model(spec, ds, run, resolve("tiny", ["epochs=1", "train_from=2", *fused]), log=lambda *_: None)
     fold = run.model("tiny").fold(0)
-    record = fit_record(json.loads(fold.done.read_text()), "fold 0")
+    record = fit_record(FitRecord.read(fold.done), "fold 0")
     assert record.train_from == 2 and record.tta and record.net.img_size == 32
     assert record.net.caption_input == ("minilm" if captions else "none")
     net = load_network(record, fold.best_weights, CPU)

@@ -434,8 +434,9 @@ def test_frozen_trunk_mode_trains_top_and_saves_full_net(demo_data, tmp_path):
     assert len(list(run.cache.glob("trunk_*.npy"))) == 1 and run.model("tiny").oof.exists()
     # The saved network alone, from images, reproduces the fold's validation predictions (EMA weights, flip TTA;
     # the training run fed the top fp16 trunk features, hence the tolerance).
+    from competition.formats import FitRecord
     from pipelines.inference import fit_record, load_network
-    record = fit_record(json.loads(run.model("tiny").fold(0).done.read_text()), "fold 0")
+    record = fit_record(FitRecord.read(run.model("tiny").fold(0).done), "fold 0")
     net = load_network(record, run.model("tiny").fold(0).best_weights, torch.device("cpu")).net
     mean, std = record.mean, record.std
     images = np.load(build_cache(ds, run, 32))
