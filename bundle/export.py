@@ -29,12 +29,13 @@ from pathlib import Path
 
 from bundle.manifest import FORMAT, SUMS, digest, write_manifest
 from bundle.record import BlendRecord, BundleRecord, MemberRecord, Scores
-from competition.artifacts import atomic_path, exclusive_lock, read_json, write_json
+from competition.artifacts import atomic_path, exclusive_lock, write_json
 from competition.errors import UserError
 from competition.layout import RunLayout
 from pipelines.inference import fit_record
 from submissions.blend_file import MEAN_METHODS
 from submissions.members import Member, load_members, part_sha256
+from submissions.sidecar import Sidecar
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,39 +77,25 @@ def copy_member(m: Member, use_full: bool, out: Path) -> MemberRecord:
                         "refit" if use_full else f"{m.meta.k} fold models", inference)
 
 
-def saved_blend(submission: Path, side: dict) -> Path | None:
+def saved_blend(submission: Path, side: Sidecar) -> Path | None:
     """The blend's saved form `make submit` wrote beside the submission (a stacker's second level), or None."""
-    method, name = side["blend"]["method"], side["blend"].get("file")
+    method, name = side.blend.method, side.blend.file
     if method in MEAN_METHODS:
         return None
     path = submission.with_name(name) if name else None
     if path is None or not path.is_file():
         raise UserError(f"{submission}: its {method} blend's saved second level "
-                        f"({path.name if path else 'none recorded: an older submission'}) is not beside it; "
-                        "run `make submit` again")
+                        f"({path.name if path else 'none recorded'}) is not beside it; run `make submit` again")
     return path
 
 
-def check_unchanged(members: list[Member], side: dict) -> None:
+def check_unchanged(members: list[Member], side: Sidecar) -> None:
     """The members as the submission used them: a member retrained since (another OOF) is another model."""
-    recorded = {m["name"]: m.get("oof_sha256") for m in side["members"]}
+    recorded = {m.name: m.oof_sha256 for m in side.members}
     changed = [m.name for m in members if recorded.get(m.name) != m.oof_sha256]
     if changed:
         raise UserError(f"members changed since the submission was made (their OOF differs): {', '.join(changed)}; "
                         "run `make submit` again")
-
-
-SIDECAR_KEYS = ("members", "blend", "thresholds", "metric", "oof_score", "nested_score", "size_mb")
-
-
-def read_sidecar(submission: Path) -> dict:
-    """The JSON `make submit` writes beside its CSV: what the bundle is made of."""
-    path = submission.with_suffix(".json")
-    side = read_json(path, "it is written by `make submit` beside its CSV")
-    if not isinstance(side, dict) or any(k not in side for k in SIDECAR_KEYS):
-        raise UserError(f"{path}: not the record `make submit` writes beside a submission (SUBMISSION= names a "
-                        "CSV under runs/<COMP>/submissions/, not a `make predict` output)")
-    return side
 
 
 def without_zero_weights(members: list[Member], weights: list[float] | None):
@@ -124,16 +111,13 @@ def export_bundle(spec, ds, run: RunLayout, submission: Path | None, ignore_budg
     """Write the bundle of `submission` (default: the latest) and return its folder. A bundle of the same name
     is replaced: it may hold another fit of the same submission's members."""
     submission = Path(submission) if submission else latest_submission(run)
-    side = read_sidecar(submission)
-    names = [m["name"] for m in side["members"]]
-    if any(not isinstance(m.get("refit"), bool) for m in side["members"]):
-        raise UserError(f"{submission}: made before submissions recorded refit-or-folds per member; "
-                        "run `make submit` again")
-    use_full = {m["name"]: m["refit"] for m in side["members"]}
+    side = Sidecar.read(submission)
+    names = [m.name for m in side.members]
+    use_full = {m.name: m.refit for m in side.members}
     members = load_members(spec, ds, run, names, log=lambda *_: None)
     check_unchanged(members, side)
-    method, stacker = side["blend"]["method"], saved_blend(submission, side)
-    members, weights = without_zero_weights(members, side["blend"]["weights"])
+    method, stacker = side.blend.method, saved_blend(submission, side)
+    members, weights = without_zero_weights(members, side.blend.weights)
     out = run.bundles / submission.stem
     with exclusive_lock(run.bundles / f".{submission.stem}.lock"), atomic_path(out) as tmp:
         tmp.unlink()
@@ -145,12 +129,12 @@ def export_bundle(spec, ds, run: RunLayout, submission: Path | None, ignore_budg
             shutil.copyfile(stacker, tmp / blend_file)
         record = BundleRecord(FORMAT, spec.name, submission.name, tuple(spec.tokens), tuple(records),
                               BlendRecord(method, None if weights is None else tuple(weights), blend_file),
-                              tuple(side["thresholds"][t] for t in spec.tokens), side["metric"],
-                              Scores(side["oof_score"], side["nested_score"]))
+                              tuple(side.thresholds[t] for t in spec.tokens), side.metric,
+                              Scores(side.oof_score, side.nested_score))
         # Read back as make predict reads it: an export never ships a record that predict would refuse.
         write_json(tmp / "bundle.json", BundleRecord.from_json(record.to_json(), str(tmp / "bundle.json")).to_json())
         build_wheel(tmp / "wheel")
-        manifest = write_manifest(tmp, side)
+        manifest = write_manifest(tmp, {"oof": side.oof_score, "nested": side.nested_score, "metric": side.metric})
         check_budget(spec, manifest["total_mb"], side, ignore_budget)
         replaced = set_aside(out)
     if replaced:
@@ -194,10 +178,10 @@ def build_wheel(folder: Path) -> None:
         raise RuntimeError(f"pip wheel failed: {r.stderr[-2000:]}")
 
 
-def check_budget(spec, total_mb: float, side: dict, ignore: bool) -> None:
+def check_budget(spec, total_mb: float, side: Sidecar, ignore: bool) -> None:
     """The budget is the bundle: its model files' bytes, measured, against the spec's limit."""
     limit = spec.budget["model_mb"]
     if limit is not None and total_mb > limit + 1e-9 and not ignore:
         raise UserError(f"the bundle's model files (every file `make predict` reads: members, blend, settings) weigh "
                         f"{total_mb:.1f} MB, over the {limit} MB budget (the submission counted "
-                        f"{side['size_mb']:.1f} MB of member weights); IGNORE_BUDGET=1 exports anyway")
+                        f"{side.size_mb:.1f} MB of member weights); IGNORE_BUDGET=1 exports anyway")

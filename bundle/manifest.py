@@ -45,14 +45,14 @@ def model_bytes(files: dict) -> int:
     return sum(f["bytes"] for name, f in files.items() if not name.startswith(CODE_DIR))
 
 
-def write_manifest(folder: Path, side: dict) -> dict:
+def write_manifest(folder: Path, scores: dict) -> dict:
     """sha256 and bytes of every file under `folder`, the model's MB, scores, versions; then SHA256SUMS."""
     names = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_file()]
     files = {name: {"sha256": file_sha256(folder / name), "bytes": (folder / name).stat().st_size}
              for name in names if name not in (MANIFEST, SUMS)}
     manifest = {"format": FORMAT, "files": files, "total_mb": round(model_bytes(files) / 2**20, 3),
                 "all_files_mb": round(sum(f["bytes"] for f in files.values()) / 2**20, 3),
-                "scores": {"oof": side["oof_score"], "nested": side["nested_score"], "metric": side["metric"]},
+                "scores": scores,
                 "git_commit": git_commit(Path(__file__).resolve().parents[1]), "versions": versions()}
     write_json(folder / MANIFEST, manifest)
     sums = {**{name: f["sha256"] for name, f in files.items()}, MANIFEST: file_sha256(folder / MANIFEST)}

@@ -21,6 +21,7 @@ from submissions.blend import LEARNERS
 from submissions.blend_file import apply_saved, saved_path, write_saved
 from submissions.ensemble import Ensemble, build_ensemble
 from submissions.postprocess import Settings, fully_nested
+from submissions.sidecar import Sidecar, SubmittedBlend, SubmittedMember
 from submissions.validate import validate_frame
 
 
@@ -155,42 +156,30 @@ def run_submit(spec, ds, run: RunLayout, settings: Settings, command: str, names
     validate_frame(frame, spec, list(ds.test["id"]))
     sidecar = sidecar_of(spec, ens, thresholds, nested, out.name, command, stamp, saved)
     write_csv(out, frame, float_format=None)
-    write_json(out.with_suffix(".json"), sidecar)
-    runlog.append(run, "submit", out.name, members=" ".join(m.name for m in ens.members), metric=sidecar["metric"],
-                  oof_score=sidecar["oof_score"], nested_score=sidecar["nested_score"], size_mb=sidecar["size_mb"],
-                  gpu_hours=sidecar["gpu_hours"])
-    log(f"submission: {out}  (OOF {sidecar['metric']} {sidecar['oof_score']:.4f}, nested "
-        f"{sidecar['nested_score']:.4f}, {sidecar['size_mb']:.1f} MB, {sidecar['gpu_hours']:.2f} GPU-h)")
+    sidecar.write(out.with_suffix(".json"))
+    runlog.append(run, "submit", out.name, members=" ".join(m.name for m in ens.members), metric=sidecar.metric,
+                  oof_score=sidecar.oof_score, nested_score=sidecar.nested_score, size_mb=sidecar.size_mb,
+                  gpu_hours=sidecar.gpu_hours)
+    log(f"submission: {out}  (OOF {sidecar.metric} {sidecar.oof_score:.4f}, nested "
+        f"{sidecar.nested_score:.4f}, {sidecar.size_mb:.1f} MB, {sidecar.gpu_hours:.2f} GPU-h)")
     return Submission(out, ens, thresholds, nested)
 
 
 def sidecar_of(spec, ens: Ensemble, art: dict, nested: dict, name: str, command: str, stamp: str,
-               blend_file: Path | None) -> dict:
+               blend_file: Path | None) -> Sidecar:
     """What went into a submission, beside it: members, blend, thresholds, scores, cost and budget."""
     sc, blend, thr = ens.scoring, ens.blend, th.threshold_vector(art, spec.tokens)
     size, hours = ens.cost()
-    return {
-        "submission": name, "command": command, "competition": spec.name, "metric": sc.metric,
-        "members": [{"name": m.name, "refit": ens.use_full[m.name],
-                     "uses": "full-data refit" if ens.use_full[m.name] else f"{m.meta.k} fold models",
-                     "size_mb": round(m.size_mb(ens.use_full[m.name]), 3), "gpu_hours": m.gpu_hours,
-                     "oof_score_global_thr": ens.member_scores[m.name], "oof_sha256": m.oof_sha256}
-                    for m in ens.members],
-        "blend": {"method": ens.blend_name, "weights": blend.weights,
-                  "file": blend_file.name if blend_file else None,  # a stacker's saved second level, beside it
-                  "oof_score_global_thr_chosen": blend.score,
-                  "oof_score_global_thr": {k: b.score for k, b in ens.blends.items()},
-                  "selection_score": {k: b.select for k, b in ens.blends.items()}},
-        "thresholds": art["thresholds"], "threshold_method": art["method"],
-        "oof_score": sc.score(blend.oof, thr),
-        "nested_score": nested["score"],
-        "nested_per_fold": nested["per_fold"],
-        "threshold_nested_score": art["nested_score"],
-        "threshold_comparison": art["comparison"],
-        "oof_metrics": metrics.summary(sc.y, blend.oof, thr, sc.min_labels),
-        "best_member_oof_score": max(ens.member_scores.values()),
-        "size_mb": round(size, 3), "gpu_hours": hours,
-        "budget": ens.settings.budget.summary(size, hours, ens.budget_notes),
-        "students": ens.students,
-        "created": stamp,
-    }
+    members = tuple(SubmittedMember(m.name, ens.use_full[m.name],
+                                    "full-data refit" if ens.use_full[m.name] else f"{m.meta.k} fold models",
+                                    round(m.size_mb(ens.use_full[m.name]), 3), m.gpu_hours,
+                                    ens.member_scores[m.name], m.oof_sha256) for m in ens.members)
+    submitted = SubmittedBlend(ens.blend_name, None if blend.weights is None else tuple(blend.weights),
+                               blend_file.name if blend_file else None, blend.score,
+                               {k: b.score for k, b in ens.blends.items()},
+                               {k: b.select for k, b in ens.blends.items()})
+    return Sidecar(name, command, spec.name, sc.metric, members, submitted, art["thresholds"], art["method"],
+                   sc.score(blend.oof, thr), nested["score"], tuple(nested["per_fold"]), art["nested_score"],
+                   tuple(art["comparison"]), metrics.summary(sc.y, blend.oof, thr, sc.min_labels),
+                   max(ens.member_scores.values()), round(size, 3), hours,
+                   ens.settings.budget.summary(size, hours, ens.budget_notes), tuple(ens.students), stamp)
