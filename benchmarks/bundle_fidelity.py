@@ -22,7 +22,7 @@ from bundle.record import MemberRecord
 from competition import load_spec
 from competition.cli import Competition, competition_args
 from competition.layout import RunLayout
-from competition.reader import load_test
+from competition.reader import image_files, load_test
 
 
 def run_probs(run: RunLayout, member: MemberRecord, tokens) -> np.ndarray:
@@ -45,7 +45,7 @@ def main() -> None:
     data = Path(a.data or (run.demo_data if run_spec.name.startswith("demo") else run_spec.data))
     test = load_test(spec, data, any(m.reads_captions for m in bundle.members))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    probs = member_probs(folder, bundle, test, data / spec.image_dir, device)
+    probs = member_probs(folder, bundle, test, image_files(data / spec.test_images, test["id"], spec), device)
     for record, mine in zip(bundle.members, probs):
         theirs = run_probs(run, record, spec.tokens)
         if mine.shape != theirs.shape:

@@ -27,7 +27,7 @@ import torch
 from bundle.predict import load_nets, read_record
 from competition import load_spec
 from competition.images import load_resized
-from competition.reader import load_test
+from competition.reader import image_files, load_test
 
 
 def rate(fn, batch: int, seconds: float) -> float:
@@ -61,7 +61,7 @@ def main() -> None:
     n = load_nets(a.bundle, records, cpu)[0][1]
     ids = load_test(spec, a.data, False)["id"][:a.batch]
     size = n.record.net.img_size
-    images = np.stack([load_resized(a.data / spec.image_dir / i, size) for i in ids])
+    images = np.stack([load_resized(p, size) for p in image_files(a.data / spec.test_images, ids, spec)])
     x = n.record.normalizer(cpu)(torch.from_numpy(images))
 
     def eager(dtype):

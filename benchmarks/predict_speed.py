@@ -27,7 +27,7 @@ from bundle.predict import BATCH, batch_probs, captions_models, captions_probs, 
 from bundle.record import MemberRecord
 from competition import load_spec
 from competition.images import load_resized
-from competition.reader import decode_text, file_lines, load_test, split_records
+from competition.reader import decode_text, file_lines, image_files, load_test, split_records
 
 
 def subset(data: Path, spec, n: int, out: Path) -> Path:
@@ -58,7 +58,7 @@ def image_forward_seconds(folder: Path, members: tuple[MemberRecord, ...], spec,
     nets = load_nets(folder, members, device)
     if not nets:
         return 0.0
-    decoded = {s: np.stack([load_resized(data / spec.image_dir / i, s) for i in test["id"]])
+    decoded = {s: np.stack([load_resized(p, s) for p in image_files(data / spec.test_images, test["id"], spec)])
                for s in {n.record.net.img_size for _, n in nets}}
     seconds = 0.0
     for i in range(0, len(test), BATCH):

@@ -30,7 +30,7 @@ from competition.artifacts import atomic_path, exclusive_lock, read_json, remove
 from competition.errors import UserError
 from competition.formats import submission_frame
 from competition.images import MAX_PIXELS, load_resized
-from competition.reader import load_test
+from competition.reader import image_files, load_test
 from competition.records import field_problems
 from pipelines import text_encoder
 from pipelines.captions import CaptionModel
@@ -45,7 +45,7 @@ PROGRESS_S = 30  # seconds between progress lines where stderr is no terminal (a
 @dataclasses.dataclass(frozen=True)
 class PredictOptions:
     """Where the new data differs from the spec the bundle carries, and what the bundle must be."""
-    images: Path | None = None     # the test images' folder (default: the spec's image_dir under DATA)
+    images: Path | None = None     # the test images' folder (default: the spec's test images under DATA)
     digest: str | None = None      # the bundle's digest, as `make export` printed it: any other bundle is refused
     max_pixels: int = MAX_PIXELS   # an image over this many pixels is refused before it is decoded
 
@@ -126,14 +126,14 @@ def progress(total: int, desc: str):
 
 
 def image_members(nets: list[tuple[int, Network]], captions: dict[int, np.ndarray], test: pd.DataFrame,
-                  image_root: Path, n_labels: int, device: torch.device, where: str = "test.csv",
+                  paths: list[Path], n_labels: int, device: torch.device, where: str = "test.csv",
                   max_pixels: int = MAX_PIXELS) -> dict[int, np.ndarray]:
     """member index -> its mean over its networks (fold models or refit) and TTA views, in one pass over the
     images: each decoded once per input size, each shared trunk computed once."""
     if not nets:
         return {}
     sizes = sorted({n.record.net.img_size for _, n in nets})
-    decode_row = decoder([image_root / i for i in test["id"]], test, where, max_pixels)
+    decode_row = decoder(paths, test, where, max_pixels)
     out = {i: [] for i, _ in nets}
     def decode(start: int) -> dict:
         rows = range(start, min(start + BATCH, len(test)))
@@ -289,7 +289,7 @@ def load_models(folder: Path, record: BundleRecord, device: torch.device) -> Loa
     return Loaded(nets, captions, stacker)
 
 
-def member_probs(folder: Path, record: BundleRecord, test: pd.DataFrame, image_root: Path, device,
+def member_probs(folder: Path, record: BundleRecord, test: pd.DataFrame, paths: list[Path], device,
                  max_pixels: int = MAX_PIXELS, models: Loaded | None = None,
                  where: str = "test.csv") -> list[np.ndarray]:
     """The members' probabilities for the test rows, as `make predict` computes them: captions members first, then
@@ -298,7 +298,7 @@ def member_probs(folder: Path, record: BundleRecord, test: pd.DataFrame, image_r
     texts = test["caption"].to_numpy() if "caption" in test else None
     by_member = {i: captions_probs(ms, texts) for i, ms in models.captions.items()}
     by_member |= image_members(models.nets, caption_inputs(folder, record.members, models.nets, test), test,
-                               image_root, len(record.tokens), device, where, max_pixels)
+                               paths, len(record.tokens), device, where, max_pixels)
     return [by_member[i] for i in range(len(record.members))]
 
 
@@ -327,11 +327,12 @@ def predict_verified(folder: Path, data: Path, out: Path, options: PredictOption
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_dependencies(record, device, log)
     models = load_models(root, record, device)
-    image_root = Path(options.images) if options.images else data / spec.image_dir
+    image_root = Path(options.images) if options.images else data / spec.test_images
     captions = any(m.reads_captions for m in record.members)
     images = any(m.kind == "image" for m in record.members)
     test = load_test(spec, data, captions, image_root if images else None, options.max_pixels)
-    probs = member_probs(root, record, test, image_root, device, options.max_pixels, models, spec.test_csv)
+    probs = member_probs(root, record, test, image_files(image_root, test["id"], spec), device, options.max_pixels,
+                         models, spec.test_csv)
     log("predicted " + ", ".join(f"{m.name} ({m.uses})" for m in record.members))
     prob = apply_saved(record.blend.method, record.blend.weights, models.stacker, probs)
     frame = submission_frame(spec, test["id"], prob, record.thresholds)

@@ -140,8 +140,8 @@ class Dataset:
         self.require_images()
         if "images" not in self._identity:
             self._identity["images"] = identity.images_key(
-                [(part, frame["id"], self.image_paths(frame)) for part, frame in (("train", self.train),
-                                                                                    ("test", self.test))])
+                [("train", self.train["id"], self.image_paths(self.train)),
+                 ("test", self.test["id"], self.image_paths(self.test, test=True))])
         return self._identity["images"]
 
     def fingerprint(self, kind: str) -> str:
@@ -158,8 +158,13 @@ class Dataset:
     def image_root(self) -> Path:
         return self.root / self.spec.image_dir
 
-    def image_paths(self, frame: pd.DataFrame) -> list[Path]:
-        return [self.image_root / i for i in frame["id"]]
+    @property
+    def test_image_root(self) -> Path:
+        return self.root / self.spec.test_images
+
+    def image_paths(self, frame: pd.DataFrame, test: bool = False) -> list[Path]:
+        """The image files of `frame`'s ids: the train rows' (image_dir) or the test rows' (test_image_dir)."""
+        return image_files(self.test_image_root if test else self.image_root, frame["id"], self.spec)
 
     def targets(self) -> np.ndarray:
         return encode(self.train["labels"], self.spec.tokens)
@@ -340,19 +345,24 @@ def read_voc(root: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
     return voc_frame(spec, train_ids, carried), voc_frame(spec, test_ids)
 
 
+def image_files(folder: Path, ids, spec: Spec) -> list[Path]:
+    """The files of image ids in `folder`, by the spec's `image_file` template."""
+    return [folder / spec.image_name(i) for i in ids]
+
+
 def check_images(ds: Dataset) -> None:
     """Every id needs a readable image header; full decoding is checked again when caching."""
-    check_image_files(ds.image_root, [("train", ds.train), ("test", ds.test)])
+    check_image_files(ds.image_root, "train", ds.train["id"], ds.image_paths(ds.train))
+    check_image_files(ds.test_image_root, ds.spec.test_csv, ds.test["id"], ds.image_paths(ds.test, test=True))
 
 
-def check_image_files(image_root: Path, frames: list[tuple[str, pd.DataFrame]], max_pixels: int | None = None) -> None:
+def check_image_files(folder: Path, part: str, ids, paths: list[Path], max_pixels: int | None = None) -> None:
     """Every row's image header readable (and within `max_pixels`), else one error listing every offender."""
-    ids = [(name, i) for name, f in frames for i in f["id"]]
     with ThreadPoolExecutor(8) as pool:
-        problems = list(pool.map(lambda p: header_problem(image_root / p[1], max_pixels), ids))
-    bad = [f"{name} id {i}: {why}" for (name, i), why in zip(ids, problems) if why]
+        problems = list(pool.map(lambda p: header_problem(p, max_pixels), paths))
+    bad = [f"{part} id {i}: {why}" for i, why in zip(ids, problems) if why]
     if bad:
-        raise offenders_error(image_root, "images missing or unreadable", bad)
+        raise offenders_error(folder, "images missing or unreadable", bad)
 
 
 # Specs whose data `make demo-data` generates: a fresh clone has none until then.
@@ -420,8 +430,8 @@ def load_test(spec: Spec, root: str | Path, captions: bool, image_root: Path | N
         if not images_present(image_root):
             raise UserError(f"{image_root}: no image folder there, or it is empty; the model's image members need "
                             f"the test images (IMAGES=<folder> says where they are)")
-        check_image_files(image_root, [(spec.test_csv, test)], max_pixels)
-    elif images_present(root / spec.image_dir):
+        check_image_files(image_root, spec.test_csv, test["id"], image_files(image_root, test["id"], spec), max_pixels)
+    elif images_present(root / spec.test_images):
         check_images(Dataset(spec, root, test.iloc[:0], test, True))
     return test.reset_index(drop=True)
 
@@ -430,7 +440,7 @@ def load_dataset(spec: Spec, root: str | Path | None = None, check: bool = True)
     root = Path(root or spec.data)
     require_root(root, spec)
     train, test = read_voc(root, spec) if spec.format == "voc" else read_csv_layout(root, spec)
-    has_images = images_present(root / spec.image_dir)
+    has_images = images_present(root / spec.image_dir) or images_present(root / spec.test_images)
     ds = Dataset(spec, root, train.reset_index(drop=True), test.reset_index(drop=True), has_images)
     if check and has_images:
         check_images(ds)

@@ -21,6 +21,8 @@ class Spec:
     train_csv: str = "train.csv"
     test_csv: str = "test.csv"
     image_dir: str = "data"
+    test_image_dir: str | None = None  # the test images' folder where it is not image_dir (Kaggle's test_images/)
+    image_file: str = "{}"          # the image file of an id: "{}.jpg" for ids without an extension (Planet)
     id_column: str = "ImageID"
     id_pattern: str = r'[^,"\s]+'
     label_column: str = "Labels"
@@ -46,6 +48,15 @@ class Spec:
     @property
     def names(self) -> list[str]:
         return list(self.labels.values())
+
+    @property
+    def test_images(self) -> str:
+        """The test images' folder, relative to the data folder."""
+        return self.test_image_dir or self.image_dir
+
+    def image_name(self, image_id: str) -> str:
+        """The file name of an image id (`image_file`)."""
+        return self.image_file.format(image_id)
 
 
 def available_specs() -> dict[str, Path]:
@@ -84,6 +95,12 @@ def load_spec(name_or_path: str) -> Spec:
         raise UserError(f"{path}: format {raw['format']} has no train captions; set caption_column: null")
     if raw.get("voc_difficult", "positive") not in VOC_DIFFICULT:
         raise UserError(f"{path}: voc_difficult {raw['voc_difficult']!r}; valid: {', '.join(VOC_DIFFICULT)}")
+    if raw.get("image_file", "{}").count("{}") != 1 or not isinstance(raw.get("image_file", "{}"), str):
+        raise UserError(f"{path}: image_file {raw['image_file']!r} needs one {{}} for the image id (e.g. '{{}}.jpg')")
+    if raw.get("format") in ("label_files", "voc") and (raw.get("image_file", "{}") != "{}" or
+                                                        raw.get("test_image_dir")):
+        raise UserError(f"{path}: format {raw['format']} names its images by label_file_image in one image_dir; "
+                        "image_file and test_image_dir are for the csv format")
     if "{}" not in raw.get("label_file_image", "{}"):
         raise UserError(f"{path}: label_file_image {raw['label_file_image']!r} needs a {{}} for the listed name")
     min_labels = raw.get("min_labels_per_image", 1)

@@ -36,7 +36,7 @@ def build_cache(ds: Dataset, run: RunLayout, size: int, workers: int | None = No
                 quiet: bool = False) -> Path:
     """Path of the cache, building it first if needed (a killed build leaves no cache behind)."""
     ds.require_images()
-    paths = ds.image_paths(ds.train) + ds.image_paths(ds.test)
+    paths = ds.image_paths(ds.train) + ds.image_paths(ds.test, test=True)
 
     def build(path: Path) -> None:
         errors = []
@@ -50,5 +50,5 @@ def build_cache(ds: Dataset, run: RunLayout, size: int, workers: int | None = No
                     else:
                         array[index] = image
             if errors:
-                raise offenders_error(ds.image_root, "images that cannot be decoded", sorted(errors))
+                raise offenders_error(ds.root, "images that cannot be decoded", sorted(errors))
     return build_once(cache_file(ds, run, size), build)

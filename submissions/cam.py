@@ -77,7 +77,7 @@ def cam_panels(spec, ds, ens: Ensemble, thresholds: dict, out: Path, per_label: 
             if fold not in nets:
                 nets[fold] = fold_net(member, fold)
             net, record = nets[fold]
-            image = load_resized(ds.image_root / ids[r], record.net.img_size)
+            image = load_resized(ds.image_paths(ds.train.iloc[[r]])[0], record.net.img_size)
             heat = label_maps(net, image, record, [j])[0]
             true = " ".join(spec.labels[t] for t, v in zip(spec.tokens, sc.y[r]) if v)
             said = " ".join(spec.labels[t] for t, v in zip(spec.tokens, pred[r]) if v)

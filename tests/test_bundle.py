@@ -255,7 +255,7 @@ def test_an_image_member_that_reads_captions_ships_its_encoder_once(trained, dem
     import pandas as pd
 
     from bundle.predict import member_probs, read_record
-    from competition.reader import load_test
+    from competition.reader import image_files, load_test
     spec, ds, run = trained
     fused = resolve("tiny", ["epochs=2", "train_from=2", "head=attention", "caption_input=minilm"], name="tiny_fused")
     train_model(spec, ds, run, fused, **QUIET)
@@ -270,11 +270,11 @@ def test_an_image_member_that_reads_captions_ships_its_encoder_once(trained, dem
     trained_test = np.mean([pd.read_csv(model.test_fold(f))[spec.tokens].to_numpy() for f in range(3)], axis=0)
     test = load_test(spec, demo_data, True, demo_data / spec.image_dir)
     record = read_record(folder)
-    probs = member_probs(folder, record, test, demo_data / spec.image_dir, torch.device("cpu"))[0]
+    paths = image_files(demo_data / spec.image_dir, test["id"], spec)
+    probs = member_probs(folder, record, test, paths, torch.device("cpu"))[0]
     assert np.abs(probs - trained_test).max() < 2e-6  # the CSV's rounding
     other = test.assign(caption=test["caption"].to_numpy()[::-1])
-    assert np.abs(member_probs(folder, record, other, demo_data / spec.image_dir,
-                               torch.device("cpu"))[0] - probs).max() > 1e-3
+    assert np.abs(member_probs(folder, record, other, paths, torch.device("cpu"))[0] - probs).max() > 1e-3
 
 
 # The bundle's trust: the budget counts every byte predict reads, the manifest guards every file, one digest pins
@@ -859,3 +859,48 @@ def test_one_arithmetic_decides_every_number_of_a_stacked_blend(trained, demo_da
     mutant_pred = predict_bundle(mutant_bundle, demo_data, tmp_path / "mutant.csv", **QUIET).read_text()
     assert mutant_pred == mutant_sub.path.read_text()
     assert predict_bundle(real_bundle, demo_data, tmp_path / "real_again.csv", **QUIET).read_text() != real_pred
+
+
+def kaggle_layout(demo_data, tmp_path):
+    """The demo competition as most Kaggle downloads come: train_images/ and test_images/, ids without an
+    extension in the CSVs (Planet's `train_0`), and a spec that says so."""
+    import re as re_
+    data = tmp_path / "kaggle"
+    (data / "train_images").mkdir(parents=True)
+    (data / "test_images").mkdir()
+    for part, folder in (("train.csv", "train_images"), ("test.csv", "test_images")):
+        text = (demo_data / part).read_text()
+        for image in re_.findall(r"^(\d+)\.jpg,", text, flags=re_.M):
+            shutil.copyfile(demo_data / "data" / f"{image}.jpg", data / folder / f"{image}.jpg")
+        (data / part).write_text(re_.sub(r"^(\d+)\.jpg,", r"\1,", text, flags=re_.M))
+    from competition.spec import SPEC_DIR
+    spec_path = tmp_path / "kaggle.yaml"
+    spec_path.write_text((SPEC_DIR / "demo.yaml").read_text()
+                         .replace("image_dir: data", "image_dir: train_images\ntest_image_dir: test_images\n"
+                                  "image_file: '{}.jpg'")
+                         .replace(r"id_pattern: '\d+\.jpg'", r"id_pattern: '\d+'")
+                         .replace("name: demo", "name: kaggle"))
+    return data, load_spec(str(spec_path))
+
+
+def test_a_test_image_folder_and_ids_without_extension_run_end_to_end(demo_data, tmp_path):
+    """folds -> train -> submit -> export -> predict on train_images/ + test_images/ with ids like `30000`:
+    `make predict` finds the test images by the spec (no IMAGES=), rows byte-identical to the submission; a
+    missing test image is named in its folder."""
+    data, spec = kaggle_layout(demo_data, tmp_path)
+    ds = load_dataset(spec, data)
+    assert ds.test["id"].iloc[0].isdigit() and ds.image_paths(ds.test, test=True)[0].parent.name == "test_images"
+    run = RunLayout.of(tmp_path / "runs", spec.name)
+    write_folds(run, ds, spec, 3, 0)
+    train_model(spec, ds, run, resolve("tiny", ["epochs=1"]), **QUIET)
+    train_model(spec, ds, run, resolve("captions", ["min_df=1"]), **QUIET)
+    sub = run_submit(spec, ds, run, settings(spec, method="global", trials=2, blends=("mean",)), "test",
+                     ["tiny", "captions"], **QUIET)
+    folder = export_bundle(spec, ds, run, sub.path, **QUIET)
+    assert predict_bundle(folder, data, tmp_path / "p.csv", **QUIET).read_text() == sub.path.read_text()
+    first = ds.test["id"].iloc[0]
+    (data / "test_images" / f"{first}.jpg").unlink()
+    with pytest.raises(UserError, match=rf"(?s)test_images: 1 images missing.*test.csv id {first}: "):
+        predict_bundle(folder, data, tmp_path / "q.csv", **QUIET)
+    with pytest.raises(UserError, match=rf"(?s)test_images: 1 images missing.*test.csv id {first}: "):
+        load_dataset(spec, data)
