@@ -348,8 +348,8 @@ def test_spec_values_are_checked(tmp_path):
     demo = (SPEC_DIR / "demo.yaml").read_text()
     for old, new, message in [("min_labels_per_image: 1", "min_labels_per_image: -1", "min_labels_per_image -1"),
                               ("model_mb: 100", "model_mb: -5", "budget {'model_mb': -5}"),
-                              ("image_dir: data", "image_dir: data\nimage_file: '{}.jpg{}'", "image_file .* needs one {}"),
-                              ("image_dir: data", "image_dir: data\nimage_file: 'x.jpg'", "image_file .* needs one {}")]:
+                              ("image_dir: data", "image_dir: data\nimage_file: '{}.jpg{}'", "image_file .* one {}"),
+                              ("image_dir: data", "image_dir: data\nimage_file: 'x.jpg'", "image_file .* one {}")]:
         path = tmp_path / "spec.yaml"
         path.write_text(demo.replace(old, new))
         with pytest.raises(UserError, match=message):
