@@ -11,6 +11,7 @@ submission it was exported from. It fails if a member or the row count does not 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +53,9 @@ def main() -> None:
             raise SystemExit(f"FAILED: {record.name}: {mine.shape} vs {theirs.shape}")
         diff = np.abs(mine - theirs)
         print(f"{record.name:<32} ({record.uses}): max |diff| {diff.max():.2e}, mean {diff.mean():.2e}")
-    out = predict_bundle(folder, data, run.predictions / f"fidelity-{folder.name}.csv", log=lambda *_: None)
-    ours = pd.read_csv(out, dtype=str, keep_default_na=False)
+    with tempfile.TemporaryDirectory() as tmp:  # a fresh OUT: never the predictions of an earlier export
+        ours = pd.read_csv(predict_bundle(folder, data, Path(tmp) / "fidelity.csv", log=lambda *_: None), dtype=str,
+                           keep_default_na=False)
     submitted = pd.read_csv(run.submissions / bundle.submission, dtype=str, keep_default_na=False)
     if len(ours) != len(submitted):
         raise SystemExit(f"FAILED: {len(ours)} predicted rows vs {len(submitted)} submitted")
