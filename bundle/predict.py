@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import sys
 import tempfile
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from tqdm import tqdm
 
 from bundle.manifest import AGAIN, MANIFEST, safe_name, verify
 from bundle.record import BundleRecord, MemberRecord
-from competition import load_spec
+from competition import errors, load_spec
 from competition.artifacts import atomic_path, exclusive_lock, read_json, remove_temporaries, write_json
 from competition.errors import UserError
 from competition.formats import submission_frame
@@ -50,19 +48,10 @@ class PredictOptions:
     max_pixels: int = MAX_PIXELS   # an image over this many pixels is refused before it is decoded
 
 
-@contextlib.contextmanager
 def loading(path: Path, what: str):
-    """A context in which a library's error loading `path` (a bundle file edited by hand and re-hashed: another
-    format, another network's tensors, object arrays) becomes one UserError naming the file. None of these
-    loaders runs code from the file: safetensors, npz without pickle, skops' trust list, no remote code."""
-    try:
-        yield
-    except UserError:
-        raise
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, zipfile.BadZipFile, SafetensorError,
-            json.JSONDecodeError) as e:
-        detail = " ".join(str(e).split())[:300]
-        raise UserError(f"{path}: cannot be loaded as {what} ({type(e).__name__}: {detail}); {AGAIN}") from None
+    """A library's error loading a bundle file (edited by hand and re-hashed: another format, another network's
+    tensors, object arrays) as one UserError naming the file."""
+    return errors.loading(path, f"cannot be loaded as {what}", AGAIN, (SafetensorError,))
 
 
 def load_nets(folder: Path, members: tuple[MemberRecord, ...], device: torch.device) -> list[tuple[int, Network]]:

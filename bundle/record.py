@@ -129,9 +129,9 @@ def inside(name: str, folder: str) -> bool:
 
 
 def member(data, at: str, n_labels: int, where: str, refuse) -> MemberRecord:
-    optional = {"inference"} if isinstance(data, dict) and data.get("kind") == "image" else set()
-    fields = checked(MemberRecord, data if optional or not isinstance(data, dict) else {"inference": []} | data,
-                     f"{at}.", refuse)
+    if isinstance(data, dict) and data.get("kind") != "image":  # only image members carry inference records
+        data = {"inference": []} | data
+    fields = checked(MemberRecord, data, f"{at}.", refuse)
     name, kind = fields["name"], fields["kind"]
     if kind not in WEIGHT_SUFFIX:
         refuse(f"{at}.kind={kind!r}: not a member kind ({', '.join(WEIGHT_SUFFIX)})")

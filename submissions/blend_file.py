@@ -10,12 +10,11 @@ cannot hold, with skops (`.skops`), whose loader builds only the types SKOPS_TRU
 from __future__ import annotations
 
 import importlib.util
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from competition.errors import UserError
+from competition.errors import UserError, loading
 from competition.probs import logit, sigmoid, stack_features, weighted_mean
 
 MEAN_METHODS = ("mean", "weighted", "weighted_logit")
@@ -157,12 +156,8 @@ def load_stacker(path: Path, n_labels: int | None = None, n_features: int | None
     forms = {form.suffix: form for form in SAVED_FORMS.values()}
     if path.suffix.lstrip(".") not in forms:
         raise UserError(f"{path}: not a saved second level (.npz or .skops); {AGAIN}")
-    try:
+    with loading(path, "not a saved second level", AGAIN):
         return forms[path.suffix.lstrip(".")].load(path, n_labels, n_features)
-    except UserError:
-        raise
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as e:
-        raise UserError(f"{path}: not a saved second level ({type(e).__name__}: {str(e)[:200]}); {AGAIN}") from None
 
 
 def apply_saved(method: str, weights, saved, probs: list[np.ndarray]) -> np.ndarray:
