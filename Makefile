@@ -23,7 +23,7 @@ distill_set = $(if $(TEACHER),--teacher $(TEACHER)) $(if $(BLEND),--blend $(BLEN
              $(if $(TEACHER_WEIGHT),--teacher-weight $(TEACHER_WEIGHT)) $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) \
              $(if $(filter 0 no false,$(PSEUDO)),--no-pseudo) $(if $(NAME),--name $(NAME))
 
-.PHONY: export predict help setup lint test test-gpu test-all demo demo-data eda folds train distill pseudo thresholds submit report bench validate clean-demo lb lb-set plan \
+.PHONY: options export predict help setup lint test test-gpu test-all demo demo-data eda folds train distill pseudo thresholds submit report bench validate clean-demo lb lb-set plan \
         bench-thresholds bench-captions bench-probe bench-recipe
 
 help:
@@ -45,6 +45,7 @@ help:
 	@echo "make report               plots of the blend and its members"
 	@echo "make lb                   the run log: every model and submission, best nested CV first"
 	@echo "make lb-set FILE= PUBLIC= record a submission's public leaderboard score in the run log"
+	@echo "make options              every model config key (SET=): default, what it accepts, meaning"
 	@echo "make bench MODEL=name     data-path and train-step throughput on this machine (recorded for make plan)"
 	@echo "make plan                 GPU-hours per model from the bench records, and what fits the budget (MODELS= DEVICE=)"
 	@echo "make bench-thresholds     threshold searches and their nested CV at 30,000 x 18 (TRIALS=)"
@@ -128,6 +129,9 @@ predict: $(VENV)
 
 report: $(VENV)
 	$(PY) -m submissions report $(common) $(submit_set)
+
+options: $(VENV)
+	@$(PY) -m pipelines options
 
 plan: $(VENV)
 	$(PY) -m pipelines plan $(common) --k $(K) $(if $(MODELS),--models $(MODELS)) $(if $(DEVICE),--device "$(DEVICE)") $(train_set)

@@ -50,7 +50,7 @@ def main() -> None:
     try:
         net, _, mean, std = build_model(cfg, len(ds.spec.tokens))
     except WeightsError:
-        net, _, mean, std = build_model({**cfg, "pretrained": "none"}, len(ds.spec.tokens))
+        net, _, mean, std = build_model(cfg.replace(pretrained="none"), len(ds.spec.tokens))
         weights = "random"
     cpu = torch.device("cpu")
     record = InferenceRecord.of(cfg, len(ds.spec.tokens), mean, std, cpu)

@@ -28,6 +28,7 @@ from competition.cli import Competition, competition_args
 from competition.formats import ModelMeta, read_probs
 from competition.images import load_resized
 from folds.split import read_folds
+from pipelines.config import ModelConfig
 from pipelines.inference import fit_record, load_network
 
 
@@ -65,7 +66,7 @@ def main() -> None:
     oof_file = read_probs(model.oof, ids, spec.tokens)
     total = None
     for i, scale in enumerate(float(s) for s in a.scales.split(",")):
-        size = round(meta.config["img_size"] * scale)
+        size = round(ModelConfig.from_json(meta.config, str(model.meta)).img_size * scale)
         t0, prob = time.perf_counter(), np.zeros(y.shape)
         for f in range(meta.k):
             rows = np.nonzero(fold == f)[0]

@@ -38,7 +38,7 @@ class Teacher:
 
     def record(self) -> dict:
         """What the student learned from: part of its config, so a changed teacher stops a resume."""
-        return {"teacher": self.names, "blend": self.blend, "teacher_sha256": self.sha256()}
+        return {"teacher": tuple(self.names), "blend": self.blend, "teacher_sha256": self.sha256()}
 
     def summary(self) -> dict:
         """What the teacher scored, weighed and cost when the student learned from it (meta.json). Not in the

@@ -1,5 +1,6 @@
 """python -m pipelines {train,bench} --model NAME [key=value ...]: train every fold of one model, or benchmark it;
-python -m pipelines plan [--models a,b]: the GPU-hours each would take, from the bench records."""
+python -m pipelines plan [--models a,b]: the GPU-hours each would take, from the bench records;
+python -m pipelines options: every config key, its default, what it accepts and what it means."""
 from __future__ import annotations
 
 import argparse
@@ -8,12 +9,12 @@ import os
 from competition import UserError
 from competition.cli import Competition, competition_args
 from competition.layout import RunLayout
-from pipelines.config import available_configs, data_kind, resolve
+from pipelines.config import available_configs, options_text, resolve
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__)
-    ap.add_argument("cmd", choices=["train", "bench", "plan"])
+    ap.add_argument("cmd", choices=["train", "bench", "plan", "options"])
     competition_args(ap)
     ap.add_argument("--model", default=None, help=f"one of {', '.join(available_configs())} or a YAML path")
     ap.add_argument("--models", default=None, help="plan: comma list (default: every model benched on the device)")
@@ -27,6 +28,9 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-too", action=argparse.BooleanOptionalAction, default=None,
                     help="bench: also time the in-memory step with the other compile setting (default: on CUDA)")
     a, overrides = ap.parse_known_args(argv)  # the rest are key=value config overrides
+    if a.cmd == "options":
+        print(options_text())
+        return 0
     comp = Competition.of(a)
     spec, run = comp.spec, comp.run
     if a.cmd == "plan":
@@ -34,7 +38,7 @@ def main(argv=None) -> int:
     if a.model is None:
         raise UserError(f"{a.cmd} needs --model (MODEL=)")
     cfg = resolve(a.model, overrides, a.name)
-    if "captions" in data_kind(cfg) and not spec.caption_column:
+    if "captions" in cfg.data_kind and not spec.caption_column:
         raise UserError(f"{spec.name} has no caption column: a model that reads captions cannot be trained for it")
     ds = comp.dataset()
     if a.cmd == "bench":

@@ -27,6 +27,7 @@ from competition.errors import UserError
 from competition.layout import RunLayout
 from pipelines.augment import train_transform
 from pipelines.cache import build_cache
+from pipelines.config import ImageConfig
 from pipelines.data import CachedImages, DecodedImages
 from pipelines.distributed import Dist
 from pipelines.images import caption_embeddings
@@ -114,15 +115,15 @@ def bench_subset(ds, n_images: int | None, device):
     return dataclasses.replace(ds, train=ds.train.iloc[:n].reset_index(drop=True), test=ds.test.iloc[:0])
 
 
-def run_bench(spec, ds, run: RunLayout, cfg: dict, steps: int = 60, n_images: int | None = None,
+def run_bench(spec, ds, run: RunLayout, cfg: ImageConfig, steps: int = 60, n_images: int | None = None,
               compile_too: bool | None = None) -> dict:
     if steps < MIN_STEPS:
         raise UserError(f"bench needs at least {MIN_STEPS} timed steps, not {steps}")
     ds.require_images()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    sub, size = bench_subset(ds, n_images, device), cfg["img_size"]
-    out = {"model": cfg["name"], "img_size": size, "batch_size": cfg["batch_size"], "train_from": cfg["train_from"],
-           "data_path": data_path(cfg), "compile": cfg["compile"],
+    sub, size = bench_subset(ds, n_images, device), cfg.img_size
+    out = {"model": cfg.name, "img_size": size, "batch_size": cfg.batch_size, "train_from": cfg.train_from,
+           "data_path": data_path(cfg), "compile": cfg.compile,
            "device": this_device(),
            "machine": platform.processor() or platform.machine(), "images": len(sub.train)}
     few = dataclasses.replace(sub, train=sub.train.iloc[:256])
@@ -132,13 +133,13 @@ def run_bench(spec, ds, run: RunLayout, cfg: dict, steps: int = 60, n_images: in
         build_cache(few, RunLayout(Path(tmp)), size, quiet=True)
         out["cache_build_images_per_s"] = len(few.train) / (time.perf_counter() - t0)
     cache = build_cache(sub, run, size, quiet=True)  # kept for later runs of the bench
-    y, aug = sub.targets(), train_transform(cfg["augment"], size)
+    y, aug = sub.targets(), train_transform(cfg.augment, size)
     out["cache_read_images_per_s"] = single_process_rate(CachedImages(cache, np.arange(len(y)), y, aug))
     out["jpeg_decode_images_per_s"] = single_process_rate(DecodedImages(sub.image_paths(sub.train), size, y, aug))
     if out["jpeg_decode_images_per_s"] >= out["cache_read_images_per_s"]:
         raise RuntimeError("JPEG decoding measured faster than reading the cache: the measurement is broken")
     rows = np.arange(len(y))
-    captions = caption_embeddings(cfg, sub, run, run.model(cfg["name"]))[1]  # a caption input's, the member's own
+    captions = caption_embeddings(cfg, sub, run, run.model(cfg.name))[1]  # a caption input's, the member's own
     s = setup(cfg, FoldData(cache, rows, y, rows[:0], y[:0], rows[:0], min_labels=1, captions=captions), Dist())
     warmup = 10 + 2 * max(getattr(s.train_loader, "num_workers", 0), 1)  # drains the prefetch queue
     out["source_images_per_s"] = source_rate(s, steps, warmup)
@@ -148,7 +149,7 @@ def run_bench(spec, ds, run: RunLayout, cfg: dict, steps: int = 60, n_images: in
     out["in_memory_images_per_s"] = in_memory_rate(s, x, yb, steps, warmup)
     if compile_too if compile_too is not None else device.type == "cuda":
         other = s.step_module
-        s.step_module = s.trained if cfg["compile"] else torch.compile(s.trained)
+        s.step_module = s.trained if cfg.compile else torch.compile(s.trained)
         out["in_memory_other_compile_images_per_s"] = in_memory_rate(s, x, yb, steps, warmup)
         s.step_module = other
     out["feed_ratio"] = out["real_loop_images_per_s"] / out["in_memory_images_per_s"]
@@ -158,8 +159,8 @@ def run_bench(spec, ds, run: RunLayout, cfg: dict, steps: int = 60, n_images: in
     for k, v in out.items():
         print(f"{k:<38} {v:.4g}" if isinstance(v, float) else f"{k:<38} {v}")
     print(json.dumps(out))
-    out["config"] = {k: cfg[k] for k in SPEED_KEYS}
-    record = run.bench_record(cfg["name"], device_slug(out["device"]))
+    out["config"] = {k: getattr(cfg, k) for k in SPEED_KEYS}
+    record = run.bench_record(cfg.name, device_slug(out["device"]))
     write_json(record, out)
     print(f"recorded for `make plan`: {record}")
     return out

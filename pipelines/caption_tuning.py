@@ -196,24 +196,24 @@ def predict(net: TopNet, x: TokenStates, batch_size: int = 256) -> np.ndarray:
     return out
 
 
-def train(net: TopNet, x: TokenStates, y: np.ndarray, cfg: dict, seed: int, log=None) -> list[dict]:
+def train(net: TopNet, x: TokenStates, y: np.ndarray, cfg, seed: int, log=None) -> list[dict]:
     """AdamW, linear warm-up over the first 6% of steps then linear decay (BERT's fine-tuning schedule), binary
     cross-entropy against `y` (0/1 or soft targets); one row per epoch."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     head = list(net.head.parameters())
-    opt = torch.optim.AdamW([{"params": list(net.blocks.parameters()), "lr": cfg["tune_lr"]},
-                             {"params": head, "lr": cfg["tune_head_lr"]}], weight_decay=0.01)
-    steps = cfg["tune_epochs"] * math.ceil(len(x) / cfg["tune_batch"])
+    opt = torch.optim.AdamW([{"params": list(net.blocks.parameters()), "lr": cfg.tune_lr},
+                             {"params": head, "lr": cfg.tune_head_lr}], weight_decay=0.01)
+    steps = cfg.tune_epochs * math.ceil(len(x) / cfg.tune_batch)
     warm = max(1, int(0.06 * steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm + 1))))
     target = torch.from_numpy(np.asarray(y, np.float32))
     rows = []
-    for epoch in range(1, cfg["tune_epochs"] + 1):
+    for epoch in range(1, cfg.tune_epochs + 1):
         net.train()
         total = 0.0
-        for at in torch.randperm(len(x), generator=g).split(cfg["tune_batch"]):
+        for at in torch.randperm(len(x), generator=g).split(cfg.tune_batch):
             at = at.numpy()
             loss = F.binary_cross_entropy_with_logits(net(*x.batch(at)), target[at])
             opt.zero_grad(set_to_none=True)

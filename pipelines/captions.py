@@ -43,8 +43,8 @@ class CaptionsRecord:
     format: int = RECORD_FORMAT
 
     @classmethod
-    def of(cls, cfg: dict) -> CaptionsRecord:
-        return cls(cfg["encoder"], cfg["ngram_max"], cfg["char_ngrams"], cfg["min_df"], cfg["tune_layers"])
+    def of(cls, cfg) -> CaptionsRecord:
+        return cls(cfg.encoder, cfg.ngram_max, cfg.char_ngrams, cfg.min_df, cfg.tune_layers)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -93,7 +93,7 @@ def fit_label(x, target: np.ndarray, C: float, solver: str) -> tuple[np.ndarray,
 
 
 class CaptionModel:
-    def __init__(self, record: CaptionsRecord, encoder_dir: Path | None = None, train: dict | None = None):
+    def __init__(self, record: CaptionsRecord, encoder_dir: Path | None = None, train=None):
         """`train`: the training config (C, tune_*) of a model about to be fitted; None for a saved one."""
         self.record, self.encoder_dir, self.train = record, encoder_dir, train
         self.vecs = vectorizers(record) if record.encoder == "tfidf" else []
@@ -101,8 +101,9 @@ class CaptionModel:
         self.history: list[dict] = []  # a tuned model's epochs
 
     @classmethod
-    def of(cls, cfg: dict, encoder_dir: Path | None = None) -> CaptionModel:
-        """A model to fit, from its training config."""
+    def of(cls, cfg, encoder_dir: Path | None = None) -> CaptionModel:
+        """A model to fit, from its training config (a pipelines.config.CaptionsConfig; not imported here: make
+        predict loads this module and never the training config)."""
         return cls(CaptionsRecord.of(cfg), encoder_dir, cfg)
 
     @property
@@ -130,7 +131,7 @@ class CaptionModel:
         # Threads only for lbfgs: liblinear keeps global state, and concurrent fits corrupt each other's
         # coefficients or the heap (scikit-learn#31883; here a munmap_chunk() abort on comp5329-6k).
         fits = Parallel(n_jobs=1 if solver == "liblinear" else -1, prefer="threads")(
-            delayed(fit_label)(x, y[:, j].astype(np.float64), self.train["C"], solver) for j in range(y.shape[1]))
+            delayed(fit_label)(x, y[:, j].astype(np.float64), self.train.C, solver) for j in range(y.shape[1]))
         self.coef = np.stack([c for c, _ in fits]).astype(np.float32)
         self.intercept = np.array([b for _, b in fits], dtype=np.float32)
         return self
@@ -186,12 +187,12 @@ class CaptionModel:
 def encoder_inputs(cfg, ds, run: RunLayout, model_dir: ModelLayout):
     """(encoder folder, features of train rows then test rows) for a sentence encoder: its embeddings, or for a
     `tune_layers` model the token states below the tuned layers; (None, None) for TF-IDF."""
-    if cfg["encoder"] == "tfidf":
+    if cfg.encoder == "tfidf":
         return None, None
-    folder = text_encoder.save_encoder(cfg["encoder"], cfg["encoder_source"], model_dir.encoder)
+    folder = text_encoder.save_encoder(cfg.encoder, cfg.encoder_source, model_dir.encoder)
     texts = list(ds.train["caption"]) + list(ds.test["caption"])
-    if cfg["tune_layers"]:
-        below = caption_tuning.layers_below(folder, cfg["tune_layers"])
+    if cfg.tune_layers:
+        below = caption_tuning.layers_below(folder, cfg.tune_layers)
         return folder, caption_tuning.cached_states(folder, texts, below, run.cache)
     return folder, text_encoder.cached_embeddings(folder, texts, run.cache)
 
@@ -208,7 +209,7 @@ def fit_captions(cfg, ds, run: RunLayout, train_idx, val_idx, out: FitLayout, la
     fit_texts = np.concatenate([texts, test_texts])[fit_rows]
     def epoch_line(r: dict) -> None:
         log(f"{label}: epoch {r['epoch']} train_loss {r['train_loss']:.4g}")
-    model = CaptionModel.of(cfg, folder).fit(fit_texts, fit_y.astype(np.float64), x=x_of(fit_rows), seed=cfg["seed"],
+    model = CaptionModel.of(cfg, folder).fit(fit_texts, fit_y.astype(np.float64), x=x_of(fit_rows), seed=cfg.seed,
                                           log=epoch_line)
     out.dir.mkdir(parents=True, exist_ok=True)
     weights = model.save(out.captions_model)
@@ -224,8 +225,8 @@ def fit_captions(cfg, ds, run: RunLayout, train_idx, val_idx, out: FitLayout, la
     if model.tuned:
         history = [*model.history[:-1], {**model.history[-1], **row}]
         return FitResult(val_prob, test_prob, epochs, history, weights,
-                         f"{cfg['encoder']} with its top {model.tuned} layers fine-tuned + linear", model.params,
+                         f"{cfg.encoder} with its top {model.tuned} layers fine-tuned + linear", model.params,
                          shared=[folder])
-    described = "tf-idf" if folder is None else f"{cfg['encoder']} sentence embeddings"
+    described = "tf-idf" if folder is None else f"{cfg.encoder} sentence embeddings"
     return FitResult(val_prob, test_prob, 1, [row], weights, f"{described} + logistic regression", model.params,
                      shared=[] if folder is None else [folder])

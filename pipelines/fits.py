@@ -15,6 +15,7 @@ from competition.artifacts import exclusive_lock, remove_temporaries, write_csv
 from competition.formats import FitRecord, prob_frame
 from competition.layout import FitLayout, ModelLayout, RunLayout
 from competition.reader import Dataset
+from pipelines.config import ModelConfig
 
 
 def distributed() -> bool:
@@ -73,13 +74,14 @@ def writer_turn(fit: FitLayout):
         yield held
 
 
-def train_fold(cfg, spec, ds: Dataset, run: RunLayout, fold_of: np.ndarray, f: int, log, targets_for=None) -> None:
+def train_fold(cfg: ModelConfig, spec, ds: Dataset, run: RunLayout, fold_of: np.ndarray, f: int, log,
+               targets_for=None) -> None:
     """Fit fold f and write its artifacts; done.json last, so a fold is done only when everything is there."""
-    model = run.model(cfg["name"])
+    model = run.model(cfg.name)
     fold = model.fold(f)
     t0 = time.time()
     train, val = np.nonzero(fold_of != f)[0], np.nonzero(fold_of == f)[0]
-    result = fold_fitter(cfg)(cfg, ds, run, train, val, fold, f"{cfg['name']} fold {f}", log=log,
+    result = fold_fitter(cfg)(cfg, ds, run, train, val, fold, f"{cfg.name} fold {f}", log=log,
                               targets=targets_for(f) if targets_for else None)
     seconds = time.time() - t0
     write_csv(fold.oof, prob_frame(ds.train["id"].iloc[val], result.val_prob, spec.tokens, fold=f))
@@ -88,22 +90,22 @@ def train_fold(cfg, spec, ds: Dataset, run: RunLayout, fold_of: np.ndarray, f: i
     fold_scores = metrics.summary(ds.targets()[val], result.val_prob, 0.5, spec.min_labels_per_image)
     fit_record(result, model, seconds, best_epoch=result.best_epoch, backend=result.backend,
                weights_source=result.source, val=fold_scores).write(fold.done)
-    log(f"{cfg['name']} fold {f}: micro-F1@0.5 {fold_scores['micro_f1']:.4f} mAP {fold_scores['mAP']:.4f} "
+    log(f"{cfg.name} fold {f}: micro-F1@0.5 {fold_scores['micro_f1']:.4f} mAP {fold_scores['mAP']:.4f} "
         f"best epoch {result.best_epoch}, {seconds:.0f}s")
 
 
-def refit(cfg, spec, ds: Dataset, run: RunLayout, k: int, log, targets_for=None) -> bool:
+def refit(cfg: ModelConfig, spec, ds: Dataset, run: RunLayout, k: int, log, targets_for=None) -> bool:
     """One model on every train row, for the median best epoch of the folds (size budgets). True when trained;
     quiet when it is done, the normal case on every later run."""
-    model = run.model(cfg["name"])
+    model = run.model(cfg.name)
     if all(p.exists() for p in fit_files(model, None)):
         return False
-    label = f"{cfg['name']} refit"
+    label = f"{cfg.name} refit"
 
     def train() -> None:
         epochs = int(np.median([FitRecord.read(model.fold(f).done).best_epoch for f in range(k)]))
         t0 = time.time()
-        result = fold_fitter(cfg)({**cfg, "epochs": max(epochs, 1)}, ds, run, np.arange(len(ds.train)),
+        result = fold_fitter(cfg)(cfg.for_refit(epochs), ds, run, np.arange(len(ds.train)),
                                   np.array([], dtype=np.int64), model.full, label, log=log,
                                   targets=targets_for(None) if targets_for else None)
         write_csv(model.test_full, prob_frame(ds.test["id"], result.test_prob, spec.tokens))
@@ -121,10 +123,8 @@ def fit_record(result, model: ModelLayout, seconds: float, **kind) -> FitRecord:
                      result.inference, **kind)
 
 
-
-
-def fold_fitter(cfg: dict):
-    if cfg["kind"] == "captions":
+def fold_fitter(cfg: ModelConfig):
+    if cfg.kind == "captions":
         from pipelines.captions import fit_captions
         return fit_captions
     from pipelines.images import fit_images

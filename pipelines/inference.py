@@ -46,11 +46,11 @@ class InferenceRecord:
     format: int = RECORD_FORMAT
 
     @classmethod
-    def of(cls, cfg: dict, num_classes: int, mean, std, device: torch.device) -> InferenceRecord:
+    def of(cls, cfg, num_classes: int, mean, std, device: torch.device) -> InferenceRecord:
         """A fit's record, from its resolved config, on the device it trains on."""
-        trunk = cfg["train_from"] is not None
-        return cls(NetSpec.of(cfg), num_classes, cfg["train_from"], tuple(mean), tuple(std), cfg["tta"],
-                   cfg["amp"], cfg["amp_dtype"], resolve_runtime(cfg["trunk_runtime"], device) if trunk else None,
+        trunk = cfg.train_from is not None
+        return cls(NetSpec.of(cfg), num_classes, cfg.train_from, tuple(mean), tuple(std), cfg.tta,
+                   cfg.amp, cfg.amp_dtype, resolve_runtime(cfg.trunk_runtime, device) if trunk else None,
                    str(FEATURE_DTYPE).removeprefix("torch.") if trunk else None)
 
     def to_json(self) -> dict:

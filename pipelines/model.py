@@ -35,9 +35,9 @@ class NetSpec:
     caption_input: str         # none | a sentence encoder (pipelines.text_encoder) whose embedding the head reads
 
     @classmethod
-    def of(cls, cfg: dict) -> NetSpec:
-        return cls(**{f.name: tuple(cfg[f.name]) if f.name == "head_hidden" else cfg[f.name]
-                      for f in dataclasses.fields(cls)})
+    def of(cls, cfg) -> NetSpec:
+        """From an image model's config (pipelines.config.ImageConfig): the fields of both share their names."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
 
 
 def linear_head(in_features: int, num_classes: int, spec: NetSpec) -> nn.Module:
@@ -231,12 +231,12 @@ def round_to_saved(model: nn.Module) -> None:
             t.copy_(t.half().float())
 
 
-def build_model(cfg: dict, num_classes: int) -> tuple[MultiLabelNet, str, tuple, tuple]:
+def build_model(cfg, num_classes: int) -> tuple[MultiLabelNet, str, tuple, tuple]:
     """A network to train from a run's config: model, where its weights came from, and the normalisation
     mean/std of its pretraining (what its inference record then carries)."""
     spec = NetSpec.of(cfg)
     model = MultiLabelNet(spec, num_classes)
-    source = load_pretrained(model.backbone, spec.backbone, cfg["pretrained"], cfg["pretrained_file"],
+    source = load_pretrained(model.backbone, spec.backbone, cfg.pretrained, cfg.pretrained_file,
                              size_args(spec.backbone, spec.img_size))
     round_to_saved(model)
     data_cfg = timm.data.resolve_data_config({}, model=model.backbone)

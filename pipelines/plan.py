@@ -14,7 +14,7 @@ from competition.errors import UserError
 from competition.formats import ModelMeta
 from competition.layout import RunLayout
 from pipelines.bench import SPEED_KEYS, device_slug, this_device
-from pipelines.config import fold_list, resolve
+from pipelines.config import ModelConfig, resolve
 
 EVAL_COST = 1 / 3
 
@@ -42,32 +42,32 @@ def hours_left(spec, spent: dict[str, float]) -> float:
     return float("inf") if budget is None else budget - sum(spent.values())
 
 
-def folds_left(run: RunLayout, cfg: dict, k: int) -> list[int]:
-    model = run.model(cfg["name"])
-    return [f for f in fold_list(cfg, k) if not model.fold(f).done.exists()]
+def folds_left(run: RunLayout, cfg: ModelConfig, k: int) -> list[int]:
+    model = run.model(cfg.name)
+    return [f for f in cfg.fold_list(k) if not model.fold(f).done.exists()]
 
 
-def estimate(run: RunLayout, cfg: dict, n_train: int, n_test: int, k: int, device: str) -> Estimate:
+def estimate(run: RunLayout, cfg: ModelConfig, n_train: int, n_test: int, k: int, device: str) -> Estimate:
     left = folds_left(run, cfg, k)
-    refit = cfg["fullfit"] and not run.model(cfg["name"]).full.done.exists()
-    if cfg["kind"] == "captions":
-        return Estimate(cfg["name"], None, 1, left, refit, 0.0, 0.0, "CPU only (scikit-learn): no GPU-hours")
-    path = run.bench_record(cfg["name"], device_slug(device))
+    refit = cfg.fullfit and not run.model(cfg.name).full.done.exists()
+    if cfg.kind == "captions":
+        return Estimate(cfg.name, None, 1, left, refit, 0.0, 0.0, "CPU only (scikit-learn): no GPU-hours")
+    path = run.bench_record(cfg.name, device_slug(device))
     if not path.exists():
-        return Estimate(cfg["name"], None, cfg["epochs"], left, refit, 0.0, 0.0,
-                        f"no bench record on {device}: make bench MODEL={cfg['name']}")
+        return Estimate(cfg.name, None, cfg.epochs, left, refit, 0.0, 0.0,
+                        f"no bench record on {device}: make bench MODEL={cfg.name}")
     record = read_json(path)
-    changed = [key for key in SPEED_KEYS if record["config"].get(key) != cfg[key]]
+    changed = [key for key in SPEED_KEYS if record["config"].get(key) != getattr(cfg, key)]
     if changed:
-        return Estimate(cfg["name"], None, cfg["epochs"], left, refit, 0.0, 0.0,
+        return Estimate(cfg.name, None, cfg.epochs, left, refit, 0.0, 0.0,
                         f"bench record is for other {', '.join(changed)}: run make bench again")
-    rate, epochs, views = record["real_loop_images_per_s"], cfg["epochs"], 2 if cfg["tta"] else 1
+    rate, epochs, views = record["real_loop_images_per_s"], cfg.epochs, 2 if cfg.tta else 1
     fold_rows = n_train / k
     train = len(left) * epochs * (n_train - fold_rows) + refit * epochs * n_train
     evaluate = len(left) * (epochs * fold_rows + views * (fold_rows + n_test)) + refit * views * n_test
     hours = (train + evaluate * EVAL_COST) / rate / 3600
     on_gpu = not device.startswith("cpu")
-    return Estimate(cfg["name"], rate, epochs, left, refit, hours, hours if on_gpu else 0.0)
+    return Estimate(cfg.name, rate, epochs, left, refit, hours, hours if on_gpu else 0.0)
 
 
 def recorded_models(run: RunLayout, device: str) -> list[str]:
@@ -88,7 +88,7 @@ def make_plan(spec, ds, run: RunLayout, k: int, models: list[str] | None = None,
     for m in models:
         cfg = resolve(m)  # an unknown model fails here, naming the valid ones
         # Overrides (EPOCHS=, IMG=, ...) are the image models' keys; a captions model plans as configured.
-        cfg = resolve(m, overrides) if cfg["kind"] == "image" else cfg
+        cfg = resolve(m, overrides) if cfg.kind == "image" else cfg
         estimates.append(estimate(run, cfg, len(ds.train), len(ds.test), k, device))
     return estimates, hours_left(spec, spent), spent
 
@@ -109,7 +109,7 @@ def print_plan(spec, ds, estimates: list[Estimate], left: float, spent: dict, de
             f"{e.hours:>8.2f}{e.gpu_hours:>8.2f}{total:>8.2f}  {'yes' if total <= left + 1e-9 else 'NO: over budget'}")
 
 
-def warn_if_over(spec, ds, run: RunLayout, cfg: dict, k: int, device: str | None = None) -> str | None:
+def warn_if_over(spec, ds, run: RunLayout, cfg: ModelConfig, k: int, device: str | None = None) -> str | None:
     """The warning `make train` prints when the plan says this run needs more GPU-hours than are left."""
     if spec.budget["gpu_hours"] is None:
         return None
@@ -118,7 +118,7 @@ def warn_if_over(spec, ds, run: RunLayout, cfg: dict, k: int, device: str | None
     left = hours_left(spec, spent_gpu_hours(run))
     if e.gpu_hours <= left:
         return None
-    message = (f"WARNING: the plan says {cfg['name']} needs {e.gpu_hours:.2f} GPU-hours on {device} "
+    message = (f"WARNING: the plan says {cfg.name} needs {e.gpu_hours:.2f} GPU-hours on {device} "
                f"({len(e.folds_left)} folds{' + refit' if e.refit else ''}, {e.epochs} epochs at "
                f"{e.images_per_s:.0f} img/s), but only {left:.2f} of {spec.budget['gpu_hours']} are left (make plan)")
     print(message, file=sys.stderr)

@@ -15,17 +15,18 @@ from competition.formats import FitRecord, ModelMeta, retrain_hint, weights_mb
 from competition.layout import FitLayout, ModelLayout, RunLayout
 from competition.reader import Dataset
 from folds.split import read_folds
-from pipelines.config import EXECUTION_KEYS, data_kind, fold_list
+from pipelines.config import ModelConfig, execution_keys
 from pipelines.fits import dist_rank, fit_once, refit, train_fold
 
 
-def check_run(model: ModelLayout, cfg: dict, folds_sha: str, data_sha: str, tokens, force: bool, log=print) -> None:
+def check_run(model: ModelLayout, cfg: ModelConfig, folds_sha: str, data_sha: str, tokens, force: bool,
+              log=print) -> None:
     """Refuse to continue a run trained on other folds, data, labels or settings, unless told to start over."""
     if not model.run.exists():
         return
     old = read_json(model.run, f"`make train MODEL={model.name} FORCE=1` starts this model over")
-    old_cfg = {k: v for k, v in old["config"].items() if k not in EXECUTION_KEYS}
-    new_cfg = {k: v for k, v in cfg.items() if k not in EXECUTION_KEYS}
+    # Compared as saved (JSON), key by key: a run started by an older version may hold keys since removed.
+    old_cfg, new_cfg = {k: v for k, v in old["config"].items() if k not in execution_keys()}, cfg.comparable()
     problems = []
     if old["folds_sha256"] != folds_sha:
         problems.append("the folds file changed since this run started")
@@ -89,7 +90,7 @@ def write_meta(model: ModelLayout, cfg, spec, folds_sha, k, scores, teacher: dic
     full = FitRecord.read(model.full.done) if model.full.done.exists() else None
     shared = sorted({p for info in folds.values() for p in info.shared_weights})
     meta = ModelMeta(
-        model=cfg["name"], kind=cfg["kind"], config=cfg, folds_sha256=folds_sha,
+        model=cfg.name, kind=cfg.kind, config=cfg.to_json(), folds_sha256=folds_sha,
         data_sha256=read_json(model.run).get("data_sha256"), k=k, labels=spec.tokens, folds=folds,
         folds_done=sorted(folds),
         weights_mb_per_fold={f: round(weights_mb(model.dir / info.weights), 3) for f, info in folds.items()},
@@ -101,39 +102,39 @@ def write_meta(model: ModelLayout, cfg, spec, folds_sha, k, scores, teacher: dic
     return meta
 
 
-def train_model(spec, ds: Dataset, run: RunLayout, cfg: dict, force: bool = False, log=print,
+def train_model(spec, ds: Dataset, run: RunLayout, cfg: ModelConfig, force: bool = False, log=print,
                 targets_for=None, teacher: dict | None = None) -> ModelMeta:
     """Every wanted fold, then the OOF file, the refit and meta.json. `targets_for(fold)` (fold None: the
     refit) gives a distilled student's SoftTargets, and `teacher` what its teacher scored, weighed and cost;
     without them models learn the 0/1 labels."""
-    model = run.model(cfg["name"])
+    model = run.model(cfg.name)
     fold_of = read_folds(run.folds, list(ds.train["id"]))
     k = int(fold_of.max()) + 1
-    if cfg["pseudo"]:
+    if cfg.pseudo:
         cfg, targets_for = with_pseudo(cfg, spec, ds, run, k, targets_for)
-    folds_sha, data_sha = file_sha256(run.folds), ds.fingerprint(data_kind(cfg))
+    folds_sha, data_sha = file_sha256(run.folds), ds.fingerprint(cfg.data_kind)
     check_run(model, cfg, folds_sha, data_sha, spec.tokens, force, log)
-    wanted = fold_list(cfg, k)
+    wanted = cfg.fold_list(k)
     model.dir.mkdir(parents=True, exist_ok=True)
     if not model.run.exists():
-        write_json(model.run, {"config": cfg, "folds_sha256": folds_sha, "data_sha256": data_sha,
+        write_json(model.run, {"config": cfg.to_json(), "folds_sha256": folds_sha, "data_sha256": data_sha,
                                "labels": spec.tokens})
-    write_text(model.config, yaml.safe_dump(cfg, sort_keys=True))
-    trained = [fit_once(model, f, f"{cfg['name']} fold {f}", log,
+    write_text(model.config, yaml.safe_dump(cfg.to_json(), sort_keys=True))
+    trained = [fit_once(model, f, f"{cfg.name} fold {f}", log,
                         lambda f=f: train_fold(cfg, spec, ds, run, fold_of, f, log, targets_for)) for f in wanted]
     scores = assemble(model, spec, ds, fold_of, k)
-    if scores and cfg["fullfit"]:
+    if scores and cfg.fullfit:
         trained.append(refit(cfg, spec, ds, run, k, log, targets_for))
     meta = write_meta(model, cfg, spec, folds_sha, k, scores, teacher)
     plot_history(model, k)
     if scores and any(trained) and dist_rank() == 0:  # a re-run that trained nothing adds no row
-        runlog.append(run, "train", cfg["name"], members=cfg["name"], metric=spec.metric,
+        runlog.append(run, "train", cfg.name, members=cfg.name, metric=spec.metric,
                       oof_score=scores[spec.metric + "_at_0.5"], gpu_hours=meta.gpu_hours,
                       size_mb=sum(meta.weights_mb_per_fold.values()) + meta.shared_mb)
     if scores:
-        log(f"{cfg['name']}: OOF micro-F1@0.5 {scores['micro_f1_at_0.5']:.4f}  mAP {scores['mAP']:.4f}  -> {model.dir}")
+        log(f"{cfg.name}: OOF micro-F1@0.5 {scores['micro_f1_at_0.5']:.4f}  mAP {scores['mAP']:.4f}  -> {model.dir}")
     else:
-        log(f"{cfg['name']}: folds done {meta.folds_done} of {k}; oof.csv is written when all are")
+        log(f"{cfg.name}: folds done {meta.folds_done} of {k}; oof.csv is written when all are")
     return meta
 
 
@@ -142,9 +143,9 @@ def with_pseudo(cfg, spec, ds, run: RunLayout, k: int, targets_for):
     from pipelines.pseudo import pseudo_targets, read_pseudo
     if targets_for is not None:
         raise UserError("a distilled student learns the test rows from its teacher already: unset pseudo")
-    pseudo = read_pseudo(run, cfg["pseudo"], ds, spec.tokens, k)
-    return ({**cfg, "pseudo_sha256": pseudo.record["sha256"]},
-            pseudo_targets(pseudo, ds.targets(), cfg["pseudo_confidence"]))
+    pseudo = read_pseudo(run, cfg.pseudo, ds, spec.tokens, k)
+    return (cfg.replace(pseudo_sha256=pseudo.record["sha256"]),
+            pseudo_targets(pseudo, ds.targets(), cfg.pseudo_confidence))
 
 
 def plot_history(model: ModelLayout, k: int) -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
@@ -20,6 +19,7 @@ from competition.artifacts import atomic_path
 from competition.errors import UserError
 from competition.layout import FitLayout
 from pipelines.augment import BatchAugment, eval_transform, mix_batch, stream_seed, train_transform
+from pipelines.config import ImageConfig
 from pipelines.data import (
     CachedImages,
     DeviceBatches,
@@ -34,6 +34,7 @@ from pipelines.losses import build_loss
 from pipelines.model import TopOfNet, build_model, inference_dtype, load_weights, save_weights
 from pipelines.preprocess import DeviceNormalize
 from pipelines.result import FitResult
+from pipelines.schedules import make_schedule
 from pipelines.trunk import TrunkFeatures, trunk_cache
 
 
@@ -50,45 +51,20 @@ class FoldData:
     captions: np.ndarray | None = None  # caption_input: every cache row's sentence embedding (train, then test)
 
 
-def device_setup(cfg: dict, dist: Dist):
+def device_setup(cfg: ImageConfig, dist: Dist):
     """(device, training autocast dtype, inference autocast dtype). On a CPU with native bf16, inference
     runs in bf16 (2.0x faster predictions here, benchmarks/cpu_bf16.py) but training stays fp32: its backward
     was no faster."""
-    if cfg["device"] == "cuda" and not torch.cuda.is_available():
+    if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda asked for, but torch sees no CUDA device")
-    on_cuda = cfg["device"] == "cuda" or (cfg["device"] == "auto" and torch.cuda.is_available())
+    on_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     device = torch.device(f"cuda:{dist.local_rank}" if on_cuda else "cpu")
-    infer_dtype = inference_dtype(cfg["amp"], cfg["amp_dtype"], device)
+    infer_dtype = inference_dtype(cfg.amp, cfg.amp_dtype, device)
     return device, infer_dtype if device.type == "cuda" else None, infer_dtype
 
 
 def autocast(device, amp_dtype):
     return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-
-
-def cosine_schedule(cfg, optimizer, updates_per_epoch):
-    sched, _ = create_scheduler_v2(
-        optimizer, sched="cosine", num_epochs=cfg["epochs"], warmup_epochs=cfg["warmup_epochs"],
-        warmup_lr=cfg["lr"] * 0.01, min_lr=cfg["min_lr"], step_on_epochs=False, updates_per_epoch=updates_per_epoch)
-    return (lambda step: sched.step_update(step)), None
-
-
-def onecycle_schedule(cfg, optimizer, updates_per_epoch):
-    # Both phases at least one step long: OneCycleLR divides by their lengths (a 1-epoch, 1-batch run broke it).
-    total = max(cfg["epochs"] * updates_per_epoch + 1, 4)
-    pct = min(max(cfg["warmup_epochs"] / cfg["epochs"], 0.05, 2 / total), 0.5)
-    sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg["lr"], total_steps=total, pct_start=pct)
-    return (lambda step: sched.step()), sched
-
-
-# The one list of schedule names (pipelines.config.REGISTRIES checks `schedule` against it).
-SCHEDULES = {"cosine": cosine_schedule, "onecycle": onecycle_schedule,
-             "none": lambda cfg, optimizer, updates: ((lambda step: None), None)}
-
-
-def make_schedule(cfg, optimizer, updates_per_epoch):
-    """A callable step(global_step) -> None, and its state for resuming."""
-    return SCHEDULES[cfg["schedule"]](cfg, optimizer, updates_per_epoch)
 
 
 @torch.no_grad()
@@ -100,24 +76,24 @@ def predict(module, loader, to_input, device, amp_dtype, tta: bool) -> np.ndarra
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def data_path(cfg: dict) -> str:
+def data_path(cfg: ImageConfig) -> str:
     """device (cache rows on the device, batched augmentation), loader (DataLoader + albumentations per
     image), or trunk (cached trunk features, train_from)."""
-    return "trunk" if cfg["train_from"] is not None else cfg["data_path"]
+    return "trunk" if cfg.train_from is not None else cfg.data_path
 
 
 def image_inputs(cfg, data: FoldData, mean, std, device, channels_last, dist: Dist):
     """Train/val/test batch sources over the image cache, and the uint8 -> model-input step."""
-    size, bs, seed = cfg["img_size"], cfg["batch_size"], cfg["seed"]
+    size, bs, seed = cfg.img_size, cfg.batch_size, cfg.seed
     drop_last = len(data.train_rows) > bs
     if data_path(cfg) == "device":
         images = load_cache_rows(data.cache, device)
-        to_input = DeviceNormalize(mean, std, device, channels_last, BatchAugment(cfg["augment"], size))
+        to_input = DeviceNormalize(mean, std, device, channels_last, BatchAugment(cfg.augment, size))
         return (DeviceBatches(images, data.train_rows, data.train_y, bs, device, shuffle=True, drop_last=drop_last,
                               seed=seed, rank=dist.rank, world=dist.world),
                 DeviceBatches(images, data.val_rows, None, bs * 2, device),
                 DeviceBatches(images, data.test_rows, None, bs * 2, device), to_input)
-    train_ds = CachedImages(data.cache, data.train_rows, data.train_y, train_transform(cfg["augment"], size), seed)
+    train_ds = CachedImages(data.cache, data.train_rows, data.train_y, train_transform(cfg.augment, size), seed)
     return (*loaders(cfg, device, dist, train_ds, CachedImages(data.cache, data.val_rows, None, eval_transform(size)),
                      CachedImages(data.cache, data.test_rows, None, eval_transform(size))),
             DeviceNormalize(mean, std, device, channels_last))
@@ -125,14 +101,14 @@ def image_inputs(cfg, data: FoldData, mean, std, device, channels_last, dist: Di
 
 def loaders(cfg, device, dist: Dist, train_ds, val_ds, test_ds) -> tuple:
     """DataLoaders for the loader and trunk paths: shuffled (or DDP-sampled) training, twice the batch to evaluate."""
-    bs, seed, workers = cfg["batch_size"], cfg["seed"], auto_workers(cfg["workers"], device)
+    bs, seed, workers = cfg.batch_size, cfg.seed, auto_workers(cfg.workers, device)
     return (make_loader(train_ds, bs, True, workers, device, len(train_ds) > bs, dist.sampler(train_ds, seed), seed),
             make_loader(val_ds, bs * 2, False, workers, device), make_loader(test_ds, bs * 2, False, workers, device))
 
 
 def trunk_inputs(cfg, data: FoldData, net, record: InferenceRecord, device, channels_last, dist: Dist):
     """Batch sources over cached trunk features (train_from), and the module that trains on them."""
-    top = TopOfNet(net, cfg["train_from"])
+    top = TopOfNet(net, cfg.train_from)
     features = trunk_cache(net, record, data.cache, device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -142,7 +118,7 @@ def trunk_inputs(cfg, data: FoldData, net, record: InferenceRecord, device, chan
         x = x.to(device, non_blocking=True)
         return x if x.dim() == 5 else x.contiguous(memory_format=fmt)
     caps = data.captions  # the head refuses a batch with or without them against its caption input
-    train_ds = TrunkFeatures(features, data.train_rows, data.train_y, train=True, seed=cfg["seed"], captions=caps)
+    train_ds = TrunkFeatures(features, data.train_rows, data.train_y, train=True, seed=cfg.seed, captions=caps)
     return (*loaders(cfg, device, dist, train_ds, TrunkFeatures(features, data.val_rows, captions=caps),
                      TrunkFeatures(features, data.test_rows, captions=caps)), to_device, top)
 
@@ -179,7 +155,7 @@ def save_state(path: Path, **state) -> None:
 @dataclasses.dataclass
 class Setup:
     """Everything a training run holds: built once by `setup`, used by `fit` and the benchmark."""
-    cfg: dict
+    cfg: ImageConfig
     dist: Dist
     device: torch.device
     amp_dtype: torch.dtype | None    # training steps' autocast
@@ -203,39 +179,39 @@ class Setup:
     ema: object
 
 
-def setup(cfg: dict, data: FoldData, dist: Dist) -> Setup:
-    torch.manual_seed(cfg["seed"])
+def setup(cfg: ImageConfig, data: FoldData, dist: Dist) -> Setup:
+    torch.manual_seed(cfg.seed)
     device, amp_dtype, infer_dtype = device_setup(cfg, dist)
     net, source, mean, std = build_model(cfg, data.train_y.shape[1])
     record = InferenceRecord.of(cfg, data.train_y.shape[1], mean, std, device)
-    channels_last = cfg["channels_last"]
+    channels_last = cfg.channels_last
     net.to(device)
     if channels_last:
         net.to(memory_format=torch.channels_last)
-    if cfg["train_from"] is None:
+    if cfg.train_from is None:
         trained = net
         train_loader, val_loader, test_loader, to_input = image_inputs(
             cfg, data, mean, std, device, channels_last, dist)
     else:
         train_loader, val_loader, test_loader, to_input, trained = trunk_inputs(
             cfg, data, net, record, device, channels_last, dist)
-    updates = len(train_loader) if cfg["max_train_batches"] is None else min(len(train_loader),
-                                                                              cfg["max_train_batches"])
-    if cfg["layer_decay"] is not None and (trained is not net or cfg["mode"] == "frozen"):
+    updates = len(train_loader) if cfg.max_train_batches is None else min(len(train_loader),
+                                                                              cfg.max_train_batches)
+    if cfg.layer_decay is not None and (trained is not net or cfg.mode == "frozen"):
         raise UserError("layer_decay applies to full fine-tuning only (no train_from, mode: finetune)")
-    optimizer = create_optimizer_v2(trained.trainable(), opt=cfg["optimizer"], lr=cfg["lr"],
-                                    weight_decay=cfg["weight_decay"], momentum=cfg["momentum"],
-                                    layer_decay=cfg["layer_decay"])
+    optimizer = create_optimizer_v2(trained.trainable(), opt=cfg.optimizer, lr=cfg.lr,
+                                    weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                                    layer_decay=cfg.layer_decay)
     step_schedule, sched_state = make_schedule(cfg, optimizer, updates)
-    ema = ModelEmaV3(trained, decay=cfg["ema_decay"], use_warmup=True) if cfg["ema"] else None
+    ema = ModelEmaV3(trained, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
     return Setup(
         cfg=cfg, dist=dist, device=device, amp_dtype=amp_dtype, infer_dtype=infer_dtype, record=record, net=net,
         trained=trained,
-        step_module=dist.wrap(torch.compile(trained) if cfg["compile"] else trained),
+        step_module=dist.wrap(torch.compile(trained) if cfg.compile else trained),
         evaluated=ema.module if ema is not None else trained, source=source, to_input=to_input,
         train_loader=train_loader, val_loader=val_loader, test_loader=test_loader, updates=updates,
         optimizer=optimizer, step_schedule=step_schedule, sched_state=sched_state,
-        loss_fn=build_loss(cfg["loss"], data.train_y).to(device),
+        loss_fn=build_loss(cfg.loss, data.train_y).to(device),
         scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), ema=ema)
 
 
@@ -245,9 +221,9 @@ def optimize(s: Setup, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = s.loss_fn(call(s.step_module, x).float(), y)
     s.optimizer.zero_grad(set_to_none=True)
     s.scaler.scale(loss).backward()
-    if s.cfg["grad_clip"]:
+    if s.cfg.grad_clip:
         s.scaler.unscale_(s.optimizer)
-        torch.nn.utils.clip_grad_norm_(s.trained.parameters(), s.cfg["grad_clip"])
+        torch.nn.utils.clip_grad_norm_(s.trained.parameters(), s.cfg.grad_clip)
     s.scaler.step(s.optimizer)
     s.scaler.update()
     return loss.detach()
@@ -256,14 +232,14 @@ def optimize(s: Setup, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def train_step(s: Setup, x, y) -> torch.Tensor:
     """One step on a batch as a batch source yields it (uint8 images or trunk features)."""
     x, y = s.to_input(x, train=True), y.to(s.device, non_blocking=True)
-    x, y = mix_batch(x, y, s.cfg["mixup"], s.cfg["cutmix"], s.cfg["mix_prob"])
+    x, y = mix_batch(x, y, s.cfg.mixup, s.cfg.cutmix, s.cfg.mix_prob)
     return optimize(s, x, y)
 
 
 def start_epoch(s: Setup, epoch: int) -> None:
     """Every random stream of an epoch (order, augmentation, dropout) from (run seed, epoch): a resumed
     run continues exactly as the uninterrupted one would have, on any device and any worker count."""
-    seed = s.cfg["seed"]
+    seed = s.cfg.seed
     set_loader_epoch(s.train_loader, seed, epoch)
     if isinstance(s.to_input, DeviceNormalize) and s.to_input.augment is not None:
         s.to_input.augment.reseed(s.device, seed, epoch, 2)
@@ -278,7 +254,7 @@ def train_one_epoch(s: Setup, epoch: int, step: int, label: str = "", max_steps:
     limit = s.updates if max_steps is None else min(s.updates, max_steps)
     loss_sum, seen, steps, t0 = torch.zeros((), device=s.device), 0, 0, time.perf_counter()
     show = s.dist.is_main and sys.stderr.isatty()  # logs get the epoch line only
-    bar = tqdm(total=limit, desc=f"{label} epoch {epoch + 1}/{s.cfg['epochs']}", leave=False, disable=not show)
+    bar = tqdm(total=limit, desc=f"{label} epoch {epoch + 1}/{s.cfg.epochs}", leave=False, disable=not show)
     for i, (x, y) in enumerate(s.train_loader):
         if i >= limit:
             break
@@ -349,7 +325,7 @@ def checkpoint(s: Setup, path: Path, p: Progress) -> None:
                history=p.history, epoch=p.epoch, best=float(p.best), best_epoch=p.best_epoch, step=p.step)
 
 
-def fit(cfg: dict, data: FoldData, out: FitLayout, label: str, dist: Dist | None = None, log=print) -> FitResult:
+def fit(cfg: ImageConfig, data: FoldData, out: FitLayout, label: str, dist: Dist | None = None, log=print) -> FitResult:
     """Train, keep the best epoch (or the last when there is no validation), predict val+test with TTA."""
     t0 = time.time()
     dist = dist or Dist.from_env()
@@ -357,7 +333,7 @@ def fit(cfg: dict, data: FoldData, out: FitLayout, label: str, dist: Dist | None
     s = setup(cfg, data, dist)
     p = resume(s, out.state, log, label)
     has_val = len(data.val_rows) > 0
-    while p.epoch < cfg["epochs"] and not (p.history and has_val and p.epoch - p.best_epoch >= cfg["patience"]):
+    while p.epoch < cfg.epochs and not (p.history and has_val and p.epoch - p.best_epoch >= cfg.patience):
         p = run_epoch(s, data, out, p, label, log)
     restore_best(s.net, s.trained, s.evaluated, out.best_weights)
     val_prob = (predict(s.evaluated, s.val_loader, s.to_input, s.device, s.infer_dtype, s.record.tta)
@@ -379,14 +355,14 @@ def run_epoch(s: Setup, data: FoldData, out: FitLayout, p: Progress, label: str,
     if has_val:
         row.update(evaluate(s, data.val_y, data.min_labels))
     row["seconds"] = time.perf_counter() - t_epoch
-    score = row[cfg["select_metric"]] if has_val else epoch
+    score = row[cfg.select_metric] if has_val else epoch
     best, best_epoch = (score, epoch + 1) if score > p.best else (p.best, p.best_epoch)
     p = Progress([*p.history, row], epoch + 1, best, best_epoch, step)
     if best_epoch == epoch + 1 and s.dist.is_main:
         save_weights(as_full_net(s.net, s.trained, s.evaluated), out.best_weights)
     if s.dist.is_main:
         checkpoint(s, out.state, p)
-        log(f"{label} epoch {epoch + 1}/{cfg['epochs']} " + " ".join(
+        log(f"{label} epoch {epoch + 1}/{cfg.epochs} " + " ".join(
             f"{k} {v:.4g}" for k, v in row.items() if k != "epoch") + (" *" if best_epoch == epoch + 1 else ""))
     s.dist.barrier()
     return p

@@ -19,7 +19,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 
 from competition.artifacts import atomic_path  # noqa: E402
 from competition.images import load_resized  # noqa: E402
-from pipelines.config import data_kind  # noqa: E402
+from pipelines.config import ModelConfig  # noqa: E402
 from pipelines.inference import fit_record, load_network  # noqa: E402
 from submissions.ensemble import Ensemble  # noqa: E402
 from submissions.members import Member  # noqa: E402
@@ -28,7 +28,7 @@ from submissions.thresholds import threshold_vector  # noqa: E402
 
 def best_image_member(ens: Ensemble) -> Member | None:
     """The best member that sees the image alone: a caption input's maps would also depend on the caption."""
-    images = [m for m in ens.members if data_kind(m.meta.config) == "image"]
+    images = [m for m in ens.members if ModelConfig.from_json(m.meta.config, m.name).data_kind == "image"]
     return max(images, key=lambda m: ens.member_scores[m.name]) if images else None
 
 
@@ -87,8 +87,9 @@ def cam_panels(spec, ds, ens: Ensemble, thresholds: dict, out: Path, per_label: 
             axes[1, col].set_title(f"{name}: p={member.oof[r, j]:.2f} (fold {fold} model)", fontsize=7)
         for ax in axes.ravel():
             ax.axis("off")
+        backbone = ModelConfig.from_json(member.meta.config, member.name).backbone
         fig.suptitle(f"Grad-CAM of '{name}' ({member.name}: {net.backbone.feature_info[-1]['module']} of "
-                     f"{member.meta.config['backbone']}); validation images, most and least confident", fontsize=9)
+                     f"{backbone}); validation images, most and least confident", fontsize=9)
         fig.tight_layout()
         path = out / f"{token}_{name.replace(' ', '_')}.png"
         with atomic_path(path) as tmp:

@@ -12,7 +12,7 @@ from competition.errors import UserError
 from competition.formats import ModelMeta, read_probs, weights_mb
 from competition.layout import ModelLayout, RunLayout
 from competition.reader import Dataset
-from pipelines.config import data_kind
+from pipelines.config import ModelConfig
 
 
 @dataclasses.dataclass
@@ -102,7 +102,8 @@ def load_members(spec, ds: Dataset, run: RunLayout, names: list[str] | None = No
             bad.append(f"{n}: trained on another folds file ({meta.folds_sha256[:12]} vs current {folds_sha[:12]})")
         if meta.labels != list(spec.tokens):
             bad.append(f"{n}: label order {meta.labels} differs from the spec")
-        if meta.data_sha256 and meta.data_sha256 != ds.fingerprint(data_kind(meta.config)):
+        kind = ModelConfig.from_json(meta.config, str(run.model(n).meta)).data_kind
+        if meta.data_sha256 and meta.data_sha256 != ds.fingerprint(kind):
             bad.append(f"{n}: trained on other data (ids, labels, captions or images changed since)")
     if bad:
         raise UserError("refusing to blend members trained on different folds, data or labels (retrain them):\n  "

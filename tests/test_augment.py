@@ -87,12 +87,13 @@ def test_unknown_level_is_a_user_error():
 def test_every_closed_choice_is_defined_once_and_implemented():
     """A closed set with an implementation table has its names from that table alone (no second list to keep
     equal), and an unknown name is refused with the table's names."""
-    from pipelines import augment, losses, model, train
-    from pipelines.config import CHOICES, DEFAULTS, REGISTRIES, choices, resolve
-    tables = {"augment": augment.LEVELS, "loss": losses.LOSSES, "head": model.HEADS, "schedule": train.SCHEDULES,
+    from pipelines import augment, losses, model, schedules
+    from pipelines.config import ImageConfig, choices, keys, resolve
+    tables = {"augment": augment.LEVELS, "loss": losses.LOSSES, "head": model.HEADS, "schedule": schedules.SCHEDULES,
               "amp_dtype": model.AMP_DTYPES}
-    assert set(tables) == set(REGISTRIES) and not set(REGISTRIES) & set(CHOICES)
+    assert {k for k, f in keys(ImageConfig).items() if isinstance(f.metadata["choices"], dict)} == set(tables)
     for key, table in tables.items():
-        assert choices(key) == tuple(table) and DEFAULTS[key] in table, key
+        assert keys(ImageConfig)[key].metadata["choices"] is table and keys(ImageConfig)[key].default in table, key
+        assert choices(ImageConfig, key) == tuple(table)
         with pytest.raises(UserError, match=f"{key}='nope'; valid: {', '.join(table)}"):
             resolve("tiny", [f"{key}=nope"])

@@ -165,7 +165,7 @@ def test_pseudo_label_errors_and_captions_learn_soft_labels(teacher_run):
     with pytest.raises(UserError, match="pseudo_confidence=0.3"):
         resolve("tiny", ["pseudo_confidence=0.3"])
     write_pseudo(spec, ds, run, ["captions"], name="p", log=lambda *_: None)
-    cfg = resolve("captions", ["pseudo=p"]) | {"name": "captions_pseudo"}
+    cfg = resolve("captions", ["pseudo=p"]).replace(name="captions_pseudo")
     meta = train_model(spec, ds, run, cfg, log=lambda *_: None)  # soft targets as weighted 0/1 rows
     assert len(meta.folds_done) == K
     changed = read_json(run.pseudo("p").record) | {"sha256": "0" * 64}

@@ -33,7 +33,7 @@ def tiny_setup(demo_data, tmp_path, *overrides):
     from pipelines.train import FoldData, setup
     ds = load_dataset(load_spec("demo"), demo_data)
     cfg = resolve("tiny", ["device=cuda", *overrides])
-    cache = build_cache(ds, RunLayout(tmp_path), cfg["img_size"], workers=1, quiet=True)
+    cache = build_cache(ds, RunLayout(tmp_path), cfg.img_size, workers=1, quiet=True)
     y, rows = ds.targets(), np.arange(len(ds.train))
     return setup(cfg, FoldData(cache, rows[:60], y[:60], rows[60:], y[60:], rows[:0], min_labels=1), Dist())
 

@@ -53,11 +53,11 @@ def test_heads_and_hypercolumns_build_and_split_at_the_trunk(overrides):
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         full = net(x)
-        top = TopOfNet(net, cfg["train_from"])(trunk_forward(net, cfg["train_from"], x))
+        top = TopOfNet(net, cfg.train_from)(trunk_forward(net, cfg.train_from, x))
     assert full.shape == (2, 18)
     torch.testing.assert_close(top, full, rtol=1e-4, atol=1e-4)
-    if cfg["extra_stages"]:  # the head reads the final 1280 features and the last blocks' pooled outputs
-        widths = [16, 24, 40, 80, 112, 192, 320][-cfg["extra_stages"]:]  # EfficientNet-B0/Lite0's stage widths
+    if cfg.extra_stages:  # the head reads the final 1280 features and the last blocks' pooled outputs
+        widths = [16, 24, 40, 80, 112, 192, 320][-cfg.extra_stages:]  # EfficientNet-B0/Lite0's stage widths
         assert net.head[1].in_features == 1280 + sum(widths)
 
 
@@ -95,7 +95,7 @@ def test_a_caption_input_starts_as_a_memory_token_and_shifts_nothing():
     assert out.shape == (2, 5) and not torch.allclose(out, head(x, captions.flip(0)))
     with pytest.raises(TypeError, match="reads the captions"):
         head(x)
-    plain = QueryHead(16, 5, NetSpec.of({**cfg, "caption_input": "none"}))
+    plain = QueryHead(16, 5, NetSpec.of(cfg.replace(caption_input="none")))
     assert plain.caption_memory is None and plain(x).shape == (2, 5)
     with pytest.raises(TypeError, match="no caption input"):
         plain(x, captions)
@@ -164,7 +164,7 @@ def test_hub_configs_train_on_tiny_data(name, demo_data, tmp_path):
     spec = load_spec("demo")
     ds = load_dataset(spec, demo_data)
     cfg = resolve(name, ["pretrained=none", "epochs=1", "batch_size=2", "max_train_batches=1", "workers=0"])
-    cache = build_cache(ds, RunLayout.of(tmp_path, spec.name), cfg["img_size"], workers=1)
+    cache = build_cache(ds, RunLayout.of(tmp_path, spec.name), cfg.img_size, workers=1)
     y, test = ds.targets().astype(np.float32), len(ds.train) + np.arange(2)
     data = FoldData(cache, np.arange(4), y[:4], np.arange(4, 6), y[4:6], test, min_labels=1)
     result = fit(cfg, data, FitLayout(tmp_path / "fit"), name, log=lambda *_: None)
@@ -197,7 +197,7 @@ def test_onnx_runtime_trunk_matches_eager_and_keys_its_cache(demo_data, tmp_path
     spec = load_spec("demo")
     ds = load_dataset(spec, demo_data)
     images = build_cache(ds, RunLayout.of(tmp_path, spec.name), 32, workers=1)
-    records = {r: InferenceRecord.of({**cfg, "trunk_runtime": r}, 3, mean, std, cpu) for r in ("eager", "onnx")}
+    records = {r: InferenceRecord.of(cfg.replace(trunk_runtime=r), 3, mean, std, cpu) for r in ("eager", "onnx")}
     paths = {r: trunk_cache(net, record, images, cpu, quiet=True) for r, record in records.items()}
     assert paths["eager"] != paths["onnx"]
     a, b = (np.load(p).astype(np.float32) for p in paths.values())

@@ -41,12 +41,12 @@ def train(data, runs, model="tiny", *overrides, **kw):
 
 def test_config_overrides_and_unknown_keys():
     cfg = resolve("tiny", ["epochs=3", "img_size=48", "folds=0,2", "lr=1e-2", "tta=false"])
-    assert (cfg["epochs"], cfg["img_size"], cfg["folds"], cfg["lr"], cfg["tta"]) == (3, 48, "0,2", 0.01, False)
+    assert (cfg.epochs, cfg.img_size, cfg.folds, cfg.lr, cfg.tta) == (3, 48, "0,2", 0.01, False)
     with pytest.raises(UserError, match="unknown config keys \\['epoch'\\]; valid keys: .*epochs"):
         resolve("tiny", ["epoch=3"])
     with pytest.raises(UserError, match="unknown model 'nope'; valid: .*tf_efficientnet_lite0"):
         resolve("nope")
-    assert resolve("tiny")["name"] == "tiny" and resolve("tiny", [], "tiny-384")["name"] == "tiny-384"
+    assert resolve("tiny").name == "tiny" and resolve("tiny", [], "tiny-384").name == "tiny-384"
     with pytest.raises(UserError, match="model name '../x'"):
         resolve("tiny", [], "../x")
 
@@ -66,7 +66,7 @@ def test_config_values_are_checked_for_type_choice_and_kind(override, message):
 
 def test_config_types_coerce_only_what_is_safe(tmp_path):
     cfg = resolve("tiny", ["lr=1", "grad_clip=2", "train_from=None"])
-    assert cfg["lr"] == 1.0 and isinstance(cfg["lr"], float) and cfg["grad_clip"] == 2.0
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.grad_clip == 2.0
     with pytest.raises(UserError, match="epochs do not apply to a captions model"):
         resolve("captions", ["epochs=3"])
     own = tmp_path / "mine.yaml"
@@ -74,7 +74,35 @@ def test_config_types_coerce_only_what_is_safe(tmp_path):
     with pytest.raises(UserError, match=f"{own}: epochs=2.5; expected an integer"):
         resolve(str(own))
     own.write_text("backbone: resnet18\nlr: 1e-3\n")
-    assert resolve(str(own))["lr"] == 0.001
+    assert resolve(str(own)).lr == 0.001
+
+
+def test_a_config_is_one_typed_declaration():
+    """Every key is one field: its meaning, what it accepts and its default are listed by `make options` from
+    the declaration; a saved config (JSON) reads back equal; one saved before the typed configs (every key of
+    both kinds, lists) still reads; anything else is refused by name."""
+    import dataclasses
+
+    from pipelines.config import KINDS, DistillRecord, ModelConfig, options_text, settable
+    listing = options_text()
+    for kind in KINDS.values():
+        for f in dataclasses.fields(kind):
+            assert f.metadata["meaning"], f.name
+            assert (f"  {f.name} " in listing) == (f.name in settable(kind) and f.name != "kind"), f.name
+    student = resolve("tiny", ["head=mlp", "head_hidden=[8,4]", "lr=1"]).replace(
+        distill=DistillRecord(("a", "b"), "mean", "0" * 64, 0.5, 1.0, True), pseudo_sha256="f" * 64)
+    assert ModelConfig.from_json(student.to_json(), "meta.json") == student
+    captions = resolve("captions")
+    old = {**resolve("tiny").to_json(), **captions.to_json()}  # before: one dict with every key of both kinds
+    assert ModelConfig.from_json(old, "run.json") == captions
+    for data, problem in [([1], "not a model config"), ({**old, "kind": "audio"}, "not a model config"),
+                          ({**old, "lr_max": 1}, r"not a model config: unknown keys \['lr_max'\]"),
+                          ({**old, "C": "high"}, "C='high'; expected a finite number"),
+                          ({**student.to_json(), "distill": {"teacher": "a"}}, "distill is not a teacher record")]:
+        with pytest.raises(UserError, match=f"saved.json: {problem}"):
+            ModelConfig.from_json(data, "saved.json")
+    with pytest.raises(UserError, match="unknown config keys \\['pseudo_sha256'\\]"):
+        resolve("tiny", ["pseudo_sha256=abc"])  # written by a stage, never set
 
 
 def config_names():
@@ -89,31 +117,31 @@ def test_every_config_builds(name):
     from pipelines.captions import CaptionsRecord, vectorizers
     from pipelines.model import TopOfNet, build_model, trunk_forward
     cfg = resolve(name)
-    if cfg["kind"] == "captions":
+    if cfg.kind == "captions":
         record = CaptionsRecord.of(cfg)
         assert CaptionsRecord.from_json(record.to_json(), name) == record
-        assert cfg["encoder"] in ("tfidf", "minilm") and (cfg["encoder"] == "minilm" or vectorizers(record))
+        assert cfg.encoder in ("tfidf", "minilm") and (cfg.encoder == "minilm" or vectorizers(record))
         return
     with torch.device("meta"):
-        net, _, mean, std = build_model({**cfg, "pretrained": "none"}, 18)
-        x = torch.empty(2, 3, cfg["img_size"], cfg["img_size"])
-        captions = [torch.empty(2, 384)] if cfg["caption_input"] != "none" else []  # MiniLM's sentence embedding
+        net, _, mean, std = build_model(cfg.replace(pretrained="none"), 18)
+        x = torch.empty(2, 3, cfg.img_size, cfg.img_size)
+        captions = [torch.empty(2, 384)] if cfg.caption_input != "none" else []  # MiniLM's sentence embedding
         assert net.eval()(x, *captions).shape == (2, 18)
-        if cfg["train_from"] is not None:
-            top = TopOfNet(net, cfg["train_from"])
-            assert len(top.blocks) == len(net.backbone.blocks) - cfg["train_from"]
+        if cfg.train_from is not None:
+            top = TopOfNet(net, cfg.train_from)
+            assert len(top.blocks) == len(net.backbone.blocks) - cfg.train_from
             with torch.inference_mode():  # as the trunk cache runs it
-                assert top(trunk_forward(net, cfg["train_from"], x), *captions).shape == (2, 18)
+                assert top(trunk_forward(net, cfg.train_from, x), *captions).shape == (2, 18)
     linears = [m for m in net.head.modules() if isinstance(m, torch.nn.Linear)]
     widths = [m.out_features for m in linears]
-    if cfg["head"] == "attention":  # embedding, then the label queries' group FC
-        assert linears[0].in_features == net.backbone.num_features and widths[0] == cfg["head_dim"]
-        assert net.head.queries.shape == net.head.group_weight.shape == (18, cfg["head_dim"])
+    if cfg.head == "attention":  # embedding, then the label queries' group FC
+        assert linears[0].in_features == net.backbone.num_features and widths[0] == cfg.head_dim
+        assert net.head.queries.shape == net.head.group_weight.shape == (18, cfg.head_dim)
     else:
-        pooled = 21 if cfg["head"] == "pyramid" else 1
+        pooled = 21 if cfg.head == "pyramid" else 1
         assert linears[0].in_features == net.backbone.num_features * pooled
-        assert widths == ([*cfg["head_hidden"], 18] if cfg["head"] == "mlp" else [18])
-    assert type(net.backbone) is type(timm.create_model(cfg["backbone"], pretrained=False, num_classes=0))
+        assert widths == ([*cfg.head_hidden, 18] if cfg.head == "mlp" else [18])
+    assert type(net.backbone) is type(timm.create_model(cfg.backbone, pretrained=False, num_classes=0))
     assert len(mean) == len(std) == 3
 
 
@@ -345,7 +373,6 @@ def test_sentence_encoder_captions_member_saves_and_counts_its_encoder(demo_data
 def test_a_caption_input_makes_the_captions_part_of_the_data(demo_copy):
     """An image member with a caption input learns from the captions too: a changed caption changes its data
     fingerprint (a resume or a blend refuses it), not a plain image member's."""
-    from pipelines.config import data_kind
     spec = load_spec("demo")
     kinds = ("image", "captions", "image+captions")
     before = {k: load_dataset(spec, demo_copy).fingerprint(k) for k in kinds}
@@ -356,8 +383,8 @@ def test_a_caption_input_makes_the_captions_part_of_the_data(demo_copy):
     after = {k: load_dataset(spec, demo_copy).fingerprint(k) for k in kinds}
     assert len(set(before.values())) == 3 and after["image"] == before["image"]
     assert after["captions"] != before["captions"] and after["image+captions"] != before["image+captions"]
-    assert data_kind(resolve("tiny", ["train_from=2", "head=attention", "caption_input=minilm"])) == "image+captions"
-    assert data_kind(resolve("tiny")) == "image" and data_kind(resolve("captions")) == "captions"
+    assert resolve("tiny", ["train_from=2", "head=attention", "caption_input=minilm"]).data_kind == "image+captions"
+    assert resolve("tiny").data_kind == "image" and resolve("captions").data_kind == "captions"
 
 
 def test_captions_refused_without_caption_column(tmp_path):
@@ -419,7 +446,7 @@ def test_frozen_trunk_mode_trains_top_and_saves_full_net(demo_data, tmp_path):
     cfg = resolve("tiny", ["epochs=2", "train_from=2"])
     train_model(spec, ds, run, cfg, log=lambda *_: None)
     saved = load_file(str(run.model("tiny").fold(0).best_weights))
-    torch.manual_seed(cfg["seed"])  # what training starts from (setup seeds, then builds)
+    torch.manual_seed(cfg.seed)  # what training starts from (setup seeds, then builds)
     start = {k: v.half() if v.is_floating_point() else v for k, v in build_model(cfg, 18)[0].state_dict().items()}
     assert set(saved) == set(start)  # the whole network: what inference from images needs
     trunk = [k for k in saved if k.startswith(("backbone.conv_stem", "backbone.bn1", "backbone.blocks.0.",
@@ -490,21 +517,21 @@ def test_training_variants(fold_data, variant):
     s = setup(cfg, fold_data, Dist())
     asl = getattr(s.loss_fn, "asl", None)
     assert type(s.loss_fn).__name__ == loss and all(getattr(asl, k) == v for k, v in loss_args.items())
-    if cfg["loss"] == "bce_pos_weight":  # label j: (rows without j) / (rows with j), by hand on the train rows
+    if cfg.loss == "bce_pos_weight":  # label j: (rows without j) / (rows with j), by hand on the train rows
         pos = fold_data.train_y.sum(0)
         np.testing.assert_allclose(s.loss_fn.pos_weight.numpy(), (60 - pos) / np.maximum(pos, 1), rtol=1e-6)
-    assert type(s.optimizer).__name__ == optimizer and (s.ema is None) == (not cfg["ema"])
+    assert type(s.optimizer).__name__ == optimizer and (s.ema is None) == (not cfg.ema)
     trained = {id(p) for g in s.optimizer.param_groups for p in g["params"]}
-    assert trained == {id(p) for p in (s.net.head if cfg["mode"] == "frozen" else s.net).parameters()}
+    assert trained == {id(p) for p in (s.net.head if cfg.mode == "frozen" else s.net).parameters()}
     curve = lr_curve(s, 3 * s.updates)
     if schedule == "none":
-        assert curve == [cfg["lr"]] * len(curve)
+        assert curve == [cfg.lr] * len(curve)
     elif schedule == "onecycle":
-        assert max(curve) == pytest.approx(cfg["lr"], rel=0.1) and curve[0] < cfg["lr"] / 10 > curve[-1]  # up, down
+        assert max(curve) == pytest.approx(cfg.lr, rel=0.1) and curve[0] < cfg.lr / 10 > curve[-1]  # up, down
     else:  # cosine after warm-up: never rising, down to about min_lr
         peak = int(np.argmax(curve))
         assert all(a >= b - 1e-12 for a, b in zip(curve[peak:], curve[peak + 1:])) and curve[-1] < curve[peak] / 5
-    if cfg["layer_decay"]:
+    if cfg.layer_decay:
         scales = sorted({g["lr_scale"] for g in s.optimizer.param_groups})
         assert scales[-1] == 1.0 and len(scales) > 2
         np.testing.assert_allclose(scales, [0.8 ** k for k in range(len(scales) - 1, -1, -1)], rtol=1e-6)
@@ -616,14 +643,14 @@ def test_plan_from_bench_records_and_the_train_warning(demo_data, tmp_path, caps
     assert here.gpu_hours == 0  # a CPU spends no GPU-hours
     gpu, cfg = "NVIDIA H100 80GB HBM3", resolve("tiny", ["batch_size=8", "device=cpu"])
     write_json(run.bench_record("tiny", device_slug(gpu)),
-               {"real_loop_images_per_s": 10.0, "config": {k: cfg[k] for k in SPEED_KEYS}})
+               {"real_loop_images_per_s": 10.0, "config": {k: getattr(cfg, k) for k in SPEED_KEYS}})
     (tiny, captions, other), left, _ = make_plan(spec, ds, run, 3, ["tiny", "captions", "resnet50"], gpu,
                                                   ["batch_size=8", "device=cpu"])
     # By hand: 90 train and 24 test rows, 3 folds of 30, tiny's 2 epochs, flip TTA, no refit. Training sees
     # 3 folds x 2 epochs x 60 rows = 360 images. Evaluation, at a third of a training image's cost: every epoch
     # validates 30 rows (3 x 2 x 30 = 180), and each fold predicts its 30 validation + 24 test rows in 2 views
     # (3 x 2 x 54 = 324): 504 / 3 = 168. 528 images at 10 img/s: 52.8 s.
-    assert (len(ds.train), len(ds.test), cfg["epochs"], cfg["tta"]) == (90, 24, 2, True)
+    assert (len(ds.train), len(ds.test), cfg.epochs, cfg.tta) == (90, 24, 2, True)
     assert tiny.gpu_hours == pytest.approx(52.8 / 3600) and tiny.folds_left == [0, 1, 2]
     assert captions.gpu_hours == 0 and "no bench record" in other.note
     stale, = make_plan(spec, ds, run, 3, ["tiny"], gpu, ["batch_size=8", "img_size=64"])[0]
@@ -667,7 +694,7 @@ def test_a_captions_model_carries_a_typed_record(tmp_path):
     def rewrite(**arrays):
         with open(path, "wb") as f:
             np.savez(f, **{k: v for k, v in saved.items() if k != "record"}, **arrays)
-    rewrite(config=np.array(json.dumps(cfg)))  # saved before records: the whole training config
+    rewrite(config=np.array(json.dumps(cfg.to_json())))  # saved before records: the whole training config
     assert np.array_equal(CaptionModel.load(path).predict(texts), want)
     record = json.loads(str(saved["record"]))
     for edit, problem in [({"format": 7}, "captions record of format 7, not 1"),

@@ -405,7 +405,7 @@ def test_run_log_rows_leaderboard_and_public_scores(demo_data, tmp_path, capsys)
     quiet = lambda *_: None  # noqa: E731
     train_model(spec, ds, run, resolve("captions"), log=quiet)
     train_model(spec, ds, run, resolve("captions"), log=quiet)  # trains nothing: no second row
-    train_model(spec, ds, run, resolve("captions", ["C=0.01"]) | {"name": "weak"}, log=quiet)
+    train_model(spec, ds, run, resolve("captions", ["C=0.01"]).replace(name="weak"), log=quiet)
     first = run_submit(spec, ds, run, settings(spec, method="fixed", trials=5), "test", ["weak"], log=quiet).path
     second = run_submit(spec, ds, run, settings(spec, method="fixed", trials=5), "test", ["captions"], log=quiet).path
     log = runlog.read_log(run)
