@@ -7,6 +7,7 @@ The annotations are the one declaration: `int` (not a bool), `float` (finite; an
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -65,3 +66,8 @@ def field_problems(cls, data: dict) -> list[str]:
 def short(value, width: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def as_json(record) -> dict:
+    """A record as JSON holds it (tuples as lists): what is saved, and what a comparison with a saved one sees."""
+    return json.loads(json.dumps(dataclasses.asdict(record)))

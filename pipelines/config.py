@@ -3,7 +3,7 @@ accepts (a closed tuple, a registry table whose keys are the names, or a range) 
 declaration drives YAML loading, `SET=` overrides, every error message, `make options` and the resolved config
 saved beside a model's artifacts (nanoGPT's configurator checks types the same way: a typo fails at once,
 naming what is valid). `resolve` builds one from defaults <- configs/<model>.yaml <- overrides; `from_json` reads
-a saved one back. Inside, a config is attributes: `cfg.lr`, never `cfg["lr"]`."""
+a saved one back. Inside, a config is attributes (`cfg.lr`), never a dict lookup with a default."""
 from __future__ import annotations
 
 import ast
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from competition.artifacts import read_yaml
 from competition.errors import UserError
-from competition.records import describe, field_problems, matches, short
+from competition.records import as_json, describe, field_problems, matches, short
 from pipelines.augment import LEVELS
 from pipelines.losses import LOSSES
 from pipelines.model import AMP_DTYPES, HEADS
@@ -97,7 +97,7 @@ class ModelConfig:
 
     def to_json(self) -> dict:
         """As JSON holds it (tuples as lists): what is saved and what a resume compares."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        return as_json(self)
 
     def comparable(self, ignore=()) -> dict:
         """The JSON that decides what a run computes: without the execution keys and `ignore`."""

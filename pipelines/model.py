@@ -239,8 +239,8 @@ def build_model(cfg, num_classes: int) -> tuple[MultiLabelNet, str, tuple, tuple
     source = load_pretrained(model.backbone, spec.backbone, cfg.pretrained, cfg.pretrained_file,
                              size_args(spec.backbone, spec.img_size))
     round_to_saved(model)
-    data_cfg = timm.data.resolve_data_config({}, model=model.backbone)
-    return model, source, tuple(float(v) for v in data_cfg["mean"]), tuple(float(v) for v in data_cfg["std"])
+    timm_data = timm.data.resolve_data_config({}, model=model.backbone)
+    return model, source, tuple(float(v) for v in timm_data["mean"]), tuple(float(v) for v in timm_data["std"])
 
 
 class TopOfNet(nn.Module):

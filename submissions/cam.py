@@ -23,7 +23,7 @@ from pipelines.config import ModelConfig  # noqa: E402
 from pipelines.inference import fit_record, load_network  # noqa: E402
 from submissions.ensemble import Ensemble  # noqa: E402
 from submissions.members import Member  # noqa: E402
-from submissions.thresholds import threshold_vector  # noqa: E402
+from submissions.thresholds import ThresholdsRecord  # noqa: E402
 
 
 def best_image_member(ens: Ensemble) -> Member | None:
@@ -54,7 +54,7 @@ def label_maps(net, image: np.ndarray, record, labels: list[int]) -> np.ndarray:
         return np.stack([cam(input_tensor=x, targets=[ClassifierOutputTarget(j)])[0] for j in labels])
 
 
-def cam_panels(spec, ds, ens: Ensemble, thresholds: dict, out: Path, per_label: int = 4) -> list[Path]:
+def cam_panels(spec, ds, ens: Ensemble, thresholds: ThresholdsRecord, out: Path, per_label: int = 4) -> list[Path]:
     """One PNG per label with up to `per_label` validation images that carry it: the member's most confident
     half, then its least confident (the ones it misses: does it look at the object there?)."""
     member = best_image_member(ens)
@@ -62,7 +62,7 @@ def cam_panels(spec, ds, ens: Ensemble, thresholds: dict, out: Path, per_label: 
         return []
     out.mkdir(parents=True, exist_ok=True)
     sc = ens.scoring
-    pred = sc.decide(ens.blend.oof, threshold_vector(thresholds, spec.tokens))
+    pred = sc.decide(ens.blend.oof, thresholds.vector(spec.tokens))
     nets, paths, ids = {}, [], list(ds.train["id"])
     for j, (token, name) in enumerate(spec.labels.items()):
         rows = np.nonzero(sc.y[:, j] == 1)[0]

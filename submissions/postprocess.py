@@ -75,8 +75,7 @@ def choose(members, sc: Scoring, settings: Settings) -> Choice:
     blend, oof = fitted[name].blend, fitted[name].oof
     methods = (settings.method,) if settings.method else None
     row = th.pick(th.compare(sc, oof, settings.trials, settings.seed, methods), settings.method)
-    return Choice([m.name for m in chosen], name, blend, row["method"], row["thresholds"], sc.min_labels,
-                  row["in_sample"])
+    return Choice([m.name for m in chosen], name, blend, row.method, row.thresholds, sc.min_labels, row.in_sample)
 
 
 def fully_nested(members, sc: Scoring, settings: Settings, log) -> dict:

@@ -16,21 +16,21 @@ from competition.layout import ModelLayout  # noqa: E402
 from competition.metrics import decide  # noqa: E402
 from submissions import thresholds as th  # noqa: E402
 from submissions.ensemble import Ensemble  # noqa: E402
-from submissions.thresholds import threshold_vector  # noqa: E402
+from submissions.thresholds import ThresholdsRecord  # noqa: E402
 
 
 def per_label_f1(y, prob, thr, min_labels):
     return f1_score(y, decide(prob, thr, min_labels), average=None, zero_division=0)
 
 
-def make_report(spec, ens: Ensemble, art: dict, out: Path) -> list[Path]:
+def make_report(spec, ens: Ensemble, art: ThresholdsRecord, out: Path) -> list[Path]:
     """Plots of an ensemble and its thresholds artifact `art` under `out`: the blend against its members,
     thresholds, correlation, curves."""
     out.mkdir(parents=True, exist_ok=True)
     names = [f"{t} {n}" for t, n in spec.labels.items()]
     sc = ens.scoring
     members, y, ml = ens.members, sc.y, sc.min_labels
-    thr = threshold_vector(art, spec.tokens)
+    thr = art.vector(spec.tokens)
     paths = []
 
     fig, ax = plt.subplots(figsize=(11, 5))
@@ -54,7 +54,7 @@ def make_report(spec, ens: Ensemble, art: dict, out: Path) -> list[Path]:
     ax.bar(names, thr, color="tab:orange")
     ax.axhline(0.5, color="grey", ls="--", lw=1)
     ax.set_ylabel("threshold")
-    ax.set_title(f"per-label thresholds ({art['method']}; nested {sc.metric} {art['nested_score']:.4f})")
+    ax.set_title(f"per-label thresholds ({art.method}; nested {sc.metric} {art.nested_score:.4f})")
     ax.tick_params(axis="x", rotation=60, labelsize=8)
     paths.append(out / "thresholds.png")
     save(fig, paths[-1])

@@ -55,7 +55,7 @@ def optuna_storage(run: RunLayout, url: str | None):
             raise UserError(f"optuna storage {url!r}: {type(e).__name__}: {e}") from None
 
 
-def tune_thresholds(run: RunLayout, ens: Ensemble, tokens, log=print) -> dict:
+def tune_thresholds(run: RunLayout, ens: Ensemble, tokens, log=print) -> th.ThresholdsRecord:
     """Compare every method in-sample and nested on the chosen blend; one artifact per blended OOF, reused."""
     st, sc = ens.settings, ens.scoring
     if st.method:
@@ -65,35 +65,32 @@ def tune_thresholds(run: RunLayout, ens: Ensemble, tokens, log=print) -> dict:
     key = blend_key(st.method or "best", oof, st.trials, st.seed, sc)
     path = run.thresholds_file(key)
     if path.exists():
-        art = read_json(path, "delete it: `make submit` (or `make thresholds`) tunes them again")
+        art = th.ThresholdsRecord.read(path)
         log(f"thresholds: reusing {path} (members unchanged)")
-        print_table(art["comparison"], art["method"], log)
+        print_table(art.comparison, art.method, log)
         return art
     with exclusive_lock(path.with_name(f".{path.name}.lock")):  # one process on this machine tunes a study at a time
         rows = th.compare(sc, oof, st.trials, st.seed, (st.method,) if st.method else None,
                           storage=shared or url, study_name=f"blend-{key}")
     row = th.pick(rows, st.method)
-    art = {
-        "method": row["method"], "metric": sc.metric, "labels": list(tokens),
-        "thresholds": {t: float(v) for t, v in zip(tokens, row["thresholds"])},
-        "oof_score": row["in_sample"], "nested_score": row["nested"], "trials": st.trials, "seed": st.seed,
-        "comparison": [{k: v for k, v in r.items() if k != "thresholds"} for r in rows],
-        "optuna_storage": url, "optuna_study": f"blend-{key}",
-    }
-    write_json(path, art)
-    print_table(art["comparison"], art["method"], log)
-    log(f"thresholds: {art['method']} -> {path}")
+    art = th.ThresholdsRecord(row.method, sc.metric, tuple(tokens),
+                              {t: float(v) for t, v in zip(tokens, row.thresholds)}, row.in_sample, row.nested,
+                              st.trials, st.seed, tuple(r.scores for r in rows), url, f"blend-{key}")
+    art.write(path)
+    print_table(art.comparison, art.method, log)
+    log(f"thresholds: {art.method} -> {path}")
     return art
 
 
-def print_table(rows, chosen, log=print) -> None:
+def print_table(rows: tuple[th.MethodScore, ...], chosen: str, log=print) -> None:
     log(f"{'threshold method':<18}{'OOF in-sample':>15}{'nested CV':>12}")
     for r in rows:
-        mark = "  <- chosen" if r["method"] == chosen else ""
-        log(f"{r['method']:<18}{r['in_sample']:>15.4f}{r['nested']:>12.4f}{mark}")
+        mark = "  <- chosen" if r.method == chosen else ""
+        log(f"{r.method:<18}{r.in_sample:>15.4f}{r.nested:>12.4f}{mark}")
 
 
-def run_thresholds(spec, ds, run: RunLayout, settings: Settings, names=None, log=print) -> tuple[Ensemble, dict]:
+def run_thresholds(spec, ds, run: RunLayout, settings: Settings, names=None,
+                   log=print) -> tuple[Ensemble, th.ThresholdsRecord]:
     """The ensemble and its thresholds artifact."""
     ens = build_ensemble(spec, ds, run, settings, names, log)
     return ens, tune_thresholds(run, ens, spec.tokens, log)
@@ -108,7 +105,8 @@ def nested_key(ens: Ensemble) -> str:
     return h.hexdigest()[:16]
 
 
-def estimate_nested(run: RunLayout, ens: Ensemble, thresholds: dict, log=print, seconds: float | None = None) -> dict:
+def estimate_nested(run: RunLayout, ens: Ensemble, thresholds: th.ThresholdsRecord, log=print,
+                    seconds: float | None = None) -> dict:
     """The whole post-processing repeated on K-1 folds and scored on the held-out one (an artifact, reused).
     `seconds`: what the post-processing took once, on every row: the estimate's cost is said before it starts."""
     path = run.nested_file(nested_key(ens))
@@ -124,8 +122,8 @@ def estimate_nested(run: RunLayout, ens: Ensemble, thresholds: dict, log=print, 
         nested = fully_nested(ens.candidates, ens.scoring, ens.settings, log)
         write_json(path, nested)
         log(f"fully nested: {time.perf_counter() - t0:.0f} s")
-    log(f"{thresholds['method']} thresholds on the {ens.blend_name} blend: OOF in-sample "
-        f"{thresholds['oof_score']:.4f}, thresholds nested {thresholds['nested_score']:.4f}, fully nested "
+    log(f"{thresholds.method} thresholds on the {ens.blend_name} blend: OOF in-sample "
+        f"{thresholds.oof_score:.4f}, thresholds nested {thresholds.nested_score:.4f}, fully nested "
         f"(members, blend, thresholds) {nested['score']:.4f}")
     return nested
 
@@ -136,7 +134,7 @@ class Submission:
     artifact and the fully nested estimate."""
     path: Path
     ensemble: Ensemble
-    thresholds: dict
+    thresholds: th.ThresholdsRecord
     nested: dict
 
 
@@ -152,7 +150,7 @@ def run_submit(spec, ds, run: RunLayout, settings: Settings, command: str, names
              else None)
     tests = [m.test(ens.use_full.get(m.name, False)) for m in ens.members]
     test_prob = apply_saved(ens.blend_name, ens.blend.weights, saved, tests)
-    frame = submission_frame(spec, ds.test["id"], test_prob, th.threshold_vector(thresholds, spec.tokens))
+    frame = submission_frame(spec, ds.test["id"], test_prob, thresholds.vector(spec.tokens))
     validate_frame(frame, spec, list(ds.test["id"]))
     sidecar = sidecar_of(spec, ens, thresholds, nested, out.name, command, stamp, saved)
     write_csv(out, frame, float_format=None)
@@ -165,10 +163,10 @@ def run_submit(spec, ds, run: RunLayout, settings: Settings, command: str, names
     return Submission(out, ens, thresholds, nested)
 
 
-def sidecar_of(spec, ens: Ensemble, art: dict, nested: dict, name: str, command: str, stamp: str,
+def sidecar_of(spec, ens: Ensemble, art: th.ThresholdsRecord, nested: dict, name: str, command: str, stamp: str,
                blend_file: Path | None) -> Sidecar:
     """What went into a submission, beside it: members, blend, thresholds, scores, cost and budget."""
-    sc, blend, thr = ens.scoring, ens.blend, th.threshold_vector(art, spec.tokens)
+    sc, blend, thr = ens.scoring, ens.blend, art.vector(spec.tokens)
     size, hours = ens.cost()
     members = tuple(SubmittedMember(m.name, ens.use_full[m.name],
                                     "full-data refit" if ens.use_full[m.name] else f"{m.meta.k} fold models",
@@ -178,8 +176,9 @@ def sidecar_of(spec, ens: Ensemble, art: dict, nested: dict, name: str, command:
                                blend_file.name if blend_file else None, blend.score,
                                {k: b.score for k, b in ens.blends.items()},
                                {k: b.select for k, b in ens.blends.items()})
-    return Sidecar(name, command, spec.name, sc.metric, members, submitted, art["thresholds"], art["method"],
-                   sc.score(blend.oof, thr), nested["score"], tuple(nested["per_fold"]), art["nested_score"],
-                   tuple(art["comparison"]), metrics.summary(sc.y, blend.oof, thr, sc.min_labels),
+    return Sidecar(name, command, spec.name, sc.metric, members, submitted, art.thresholds, art.method,
+                   sc.score(blend.oof, thr), nested["score"], tuple(nested["per_fold"]), art.nested_score,
+                   tuple(dataclasses.asdict(r) for r in art.comparison),
+                   metrics.summary(sc.y, blend.oof, thr, sc.min_labels),
                    max(ens.member_scores.values()), round(size, 3), hours,
                    ens.settings.budget.summary(size, hours, ens.budget_notes), tuple(ens.students), stamp)

@@ -11,19 +11,82 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import optuna
 
+from competition.artifacts import read_json, write_json
 from competition.errors import UserError
+from competition.records import as_json, field_problems, matches, short
 from submissions.scoring import Scoring
 
 GRID = np.linspace(0.02, 0.98, 97)
 
 
-def threshold_vector(artifact: dict, tokens) -> np.ndarray:
-    """A thresholds artifact's (`make thresholds`, thresholds-<key>.json) per-label thresholds, in label order."""
-    return np.array([artifact["thresholds"][t] for t in tokens])
+@dataclasses.dataclass(frozen=True)
+class MethodScore:
+    """One threshold method on a blended OOF: its in-sample score and its nested CV score."""
+    method: str
+    in_sample: float
+    nested: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuned(MethodScore):
+    """A compared method with its in-sample thresholds (label order)."""
+    thresholds: np.ndarray
+
+    @property
+    def scores(self) -> MethodScore:
+        return MethodScore(self.method, self.in_sample, self.nested)
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdsRecord:
+    """thresholds/thresholds-<key>.json (`make thresholds`, `make submit`): the chosen method's per-label thresholds
+    on one blended OOF, and every compared method's scores. Written once per key; a later submit reads it back."""
+    method: str
+    metric: str
+    labels: tuple[str, ...]
+    thresholds: dict                  # label token -> threshold
+    oof_score: float
+    nested_score: float
+    trials: int
+    seed: int
+    comparison: tuple[MethodScore, ...]
+    optuna_storage: str
+    optuna_study: str
+
+    def vector(self, tokens) -> np.ndarray:
+        """The per-label thresholds in `tokens`' order."""
+        return np.array([self.thresholds[t] for t in tokens])
+
+    def to_json(self) -> dict:
+        return as_json(self)
+
+    @classmethod
+    def from_json(cls, data, where) -> ThresholdsRecord:
+        problems = field_problems(cls, data) if isinstance(data, dict) else [f"a JSON {type(data).__name__}"]
+        if not problems:
+            problems = [f"comparison[{i}].{p}" for i, r in enumerate(data["comparison"])
+                        for p in (field_problems(MethodScore, r) if isinstance(r, dict) else ["not an object"])]
+            given = data["thresholds"]
+            problems += [f"thresholds[{t!r}]={short(given.get(t))} (expected a finite number)"
+                         for t in data["labels"] if not matches(given.get(t), float)]
+            problems += [f"thresholds[{t!r}] (not a label)" for t in given if t not in data["labels"]]
+        if problems:
+            raise UserError(f"{where}: not a thresholds record ({'; '.join(problems)[:300]}); delete it: "
+                            "`make submit` (or `make thresholds`) tunes them again")
+        return cls(**{**data, "labels": tuple(data["labels"]),
+                      "comparison": tuple(MethodScore(**r) for r in data["comparison"])})
+
+    @classmethod
+    def read(cls, path: Path) -> ThresholdsRecord:
+        return cls.from_json(read_json(path, "delete it: `make submit` (or `make thresholds`) tunes them again"), path)
+
+    def write(self, path: Path) -> None:
+        write_json(path, self.to_json())
 
 
 def check_method(method: str, sc: Scoring) -> None:
@@ -208,18 +271,17 @@ def nested_score(method: str, sc: Scoring, prob, trials: int, seed: int) -> floa
     return sc.of_pred(pred)
 
 
-def pick(rows: list[dict], method: str | None = None) -> dict:
+def pick(rows: list[Tuned], method: str | None = None) -> Tuned:
     """The compared row of `method`, or the best nested score (ties: the simpler method)."""
     if method:
-        return next(r for r in rows if r["method"] == method)
-    return max(rows, key=lambda r: (r["nested"], -list(METHODS).index(r["method"])))
+        return next(r for r in rows if r.method == method)
+    return max(rows, key=lambda r: (r.nested, -list(METHODS).index(r.method)))
 
 
-def compare(sc: Scoring, prob, trials: int, seed: int, methods=None, storage=None, study_name=None) -> list[dict]:
+def compare(sc: Scoring, prob, trials: int, seed: int, methods=None, storage=None, study_name=None) -> list[Tuned]:
     """In-sample and nested score of each method that applies (or of `methods`), plus the in-sample thresholds."""
     rows = []
     for m in methods or applicable(sc):
         thr = tune(m, sc, prob, trials, seed, storage if m == "optuna" else None, study_name)
-        rows.append({"method": m, "in_sample": sc.score(prob, thr), "nested": nested_score(m, sc, prob, trials, seed),
-                     "thresholds": thr})
+        rows.append(Tuned(m, sc.score(prob, thr), nested_score(m, sc, prob, trials, seed), thr))
     return rows

@@ -249,6 +249,25 @@ def test_truncated_artifacts_name_the_file_and_the_fix(submitted, tmp_path, arti
         run_submit(spec, ds, run, settings(spec, method="fixed"), "test", **QUIET)
 
 
+@pytest.mark.parametrize("edit, problem", [
+    (lambda a: a["thresholds"].pop(next(iter(a["thresholds"]))), r"thresholds\['\w+'\]=None \(expected a finite"),
+    (lambda a: a["comparison"][0].update(nested="high"), r"comparison\[0\]\.nested='high'"),
+    (lambda a: a.update(method=None), r"method=None \(expected a string"),
+])
+def test_an_edited_thresholds_artifact_is_refused_by_field(submitted, tmp_path, edit, problem):
+    """A thresholds artifact is a typed record: read back equal, and an edited one is one error naming the field,
+    never a KeyError deep in the submission."""
+    from submissions.thresholds import ThresholdsRecord
+    spec, ds, run = copy_of(submitted, tmp_path)
+    path = next(run.thresholds.glob("thresholds-*.json"))
+    art = json.loads(path.read_text())
+    assert ThresholdsRecord.from_json(art, path).to_json() == art
+    edit(art)
+    path.write_text(json.dumps(art))
+    with pytest.raises(UserError, match=rf"{path.name}: not a thresholds record \(.*{problem}.*tunes them again"):
+        run_submit(spec, ds, run, settings(spec, method="fixed"), "test", **QUIET)
+
+
 def test_broken_probability_csv_is_named(submitted, tmp_path):
     spec, ds, run = copy_of(submitted, tmp_path)
     run.model("captions").oof.write_bytes(b"\x00\xff garbage \xfe")

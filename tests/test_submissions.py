@@ -100,9 +100,9 @@ def test_nested_score_is_not_in_sample():
     y = (rng.random((120, 6)) < 0.3).astype(np.uint8)
     prob = np.clip(0.3 * y + rng.random(y.shape) * 0.7, 0, 1)
     fixed, exact = th.compare(micro(y), prob, 5, 0, methods=("fixed", "exact"))
-    assert fixed["in_sample"] == pytest.approx(fixed["nested"])  # nothing tuned
-    assert exact["nested"] < exact["in_sample"] - 0.03  # measured 0.5988 vs 0.6709
-    assert exact["nested"] < fixed["nested"]  # here the tuning does not even pay for itself
+    assert fixed.in_sample == pytest.approx(fixed.nested)  # nothing tuned
+    assert exact.nested < exact.in_sample - 0.03  # measured 0.5988 vs 0.6709
+    assert exact.nested < fixed.nested  # here the tuning does not even pay for itself
 
 
 def test_weighted_blend_never_below_best_member():
