@@ -3,7 +3,7 @@ objective of scikit-learn's solvers on a run's real OOF, where the fully nested 
 
     .venv/bin/python benchmarks/stack_solvers.py --comp comp5329 --data <folder> --runs <RUNS> --models a,b
 
-Fits every label on the rows outside fold 0 with each solver (C=1, as `submissions.blend.LEARNERS`), and prints
+Fits every label on the rows outside fold 0 with each solver (C=1, as `submissions.blend.Stack`), and prints
 seconds, the largest gap of the penalised objective to the best solver's (per label: C * sum of log losses +
 |w|^2 / 2, what both minimise) and fold 0's mAP. Fails when a timing is under a second or the solver the
 pipeline uses is not within 1e-6 (relative) of the lowest objective on every label.

@@ -80,7 +80,7 @@ def copy_member(m: Member, use_full: bool, out: Path) -> MemberRecord:
 def saved_blend(submission: Path, side: Sidecar) -> Path | None:
     """The blend's saved form `make submit` wrote beside the submission (a stacker's second level), or None."""
     method, name = side.blend.method, side.blend.file
-    if method in MEAN_METHODS:
+    if method in MEAN_METHODS:  # a mean blend is its weights (in the sidecar)
         return None
     path = submission.with_name(name) if name else None
     if path is None or not path.is_file():

@@ -15,7 +15,7 @@ from bundle.manifest import AGAIN, FORMAT
 from competition.errors import UserError
 from competition.records import field_problems
 from pipelines.inference import InferenceRecord
-from submissions.blend_file import MEAN_METHODS, SAVED_FORMS
+from submissions.blend_file import FORMS, MEAN_METHODS
 
 WEIGHT_SUFFIX = {"image": ".safetensors", "captions": ".npz"}  # a member's kind: what its weight files are
 THRESHOLD_MAX = 1.0 + 1e-9  # a threshold just above the largest probability (thresholds.cuts) predicts nothing
@@ -46,7 +46,7 @@ class MemberRecord:
 class BlendRecord:
     method: str                                 # a mean method, or a stacker whose second level is `file`
     weights: tuple[float, ...] | None           # mean methods: one per member, >= 0 (None: equal)
-    file: str | None                            # stackers: blend.npz or blend.skops (SAVED_FORMS)
+    file: str | None                            # stackers: blend.npz or blend.skops (blend_file.FORMS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,17 +163,20 @@ def member(data, at: str, n_labels: int, where: str, refuse) -> MemberRecord:
 
 
 def check_blend(blend: BlendRecord, n_members: int, refuse) -> None:
-    if blend.method in MEAN_METHODS:
-        if blend.file is not None:
-            refuse(f"blend.file={blend.file!r}: a {blend.method} blend has no saved second level")
+    """A mean blend is its method and weights; a stacked one is its saved second level, whose form its file's suffix
+    names (the method is then its name only: the file's arithmetic is all make predict applies)."""
+    files = [f"blend.{suffix}" for suffix in FORMS]
+    if blend.file is None:
+        if blend.method not in MEAN_METHODS:
+            refuse(f"blend.method={blend.method!r}: not a blend (a mean blend, {', '.join(MEAN_METHODS)}, or a "
+                   f"stacked one with its second level, {' or '.join(files)})")
         w = blend.weights
         if w is not None and (len(w) != n_members or min(w) < 0 or not math.isfinite(sum(w)) or sum(w) <= 0):
             refuse(f"blend.weights={list(w)}: one weight >= 0 per member ({n_members}), not all 0")
-    elif blend.method in SAVED_FORMS:
+    else:
+        if blend.method in MEAN_METHODS:
+            refuse(f"blend.file={blend.file!r}: a {blend.method} blend has no saved second level")
         if blend.weights is not None:
             refuse(f"blend.weights: a {blend.method} blend has none (its second level is the file)")
-        if blend.file != f"blend.{SAVED_FORMS[blend.method].suffix}":
-            refuse(f"blend.file={blend.file!r}: a {blend.method} blend's second level is "
-                   f"blend.{SAVED_FORMS[blend.method].suffix}")
-    else:
-        refuse(f"blend.method={blend.method!r}: not a blend ({', '.join((*MEAN_METHODS, *SAVED_FORMS))})")
+        if blend.file not in files:
+            refuse(f"blend.file={blend.file!r}: a stacked blend's second level is {' or '.join(files)}")

@@ -25,7 +25,7 @@ from sklearn.neural_network import MLPClassifier
 
 from competition.errors import UserError
 from competition.probs import logit, sigmoid, stack_features, weighted_mean
-from submissions.blend_file import MEAN_METHODS, SAVED_FORMS, MeanForm
+from submissions.blend_file import LinearForm, MeanForm, SkopsForm
 from submissions.scoring import Scoring
 from submissions.thresholds import global_threshold, nested_score
 
@@ -85,20 +85,64 @@ def tune_weights(oofs, sc: Scoring, logits: bool, step=0.1) -> np.ndarray:
     return w
 
 
-class MeanBlend:
+BLENDS: dict[str, type[Blend]] = {}  # name -> its class: the one list of blend names (BLENDS=, --blend)
+
+
+def register(cls: type[Blend]) -> type[Blend]:
+    """A blend joins the table under its `name` (timm's @register_model): adding a blend is one class."""
+    BLENDS[cls.name] = cls
+    return cls
+
+
+class Blend:
+    """One blend kind: `fit` on some rows' member OOF probabilities (returns its OOF there), `apply` to other
+    rows (`fold=f`: what fold f's own fit says, for rows fold f never saw), `form()`: its saved form
+    (submissions.blend_file), whose `apply` is the arithmetic behind every number the blend gives."""
+    name: str
+    stacked = False          # a second level fitted fold by fold (needs two members and two folds)
+    weights = None           # a mean blend's member weights
+
+    def fit(self, oofs, sc: Scoring) -> np.ndarray:
+        raise NotImplementedError
+
+    def apply(self, probs, fold=None) -> np.ndarray:
+        raise NotImplementedError
+
+    def form(self):
+        raise NotImplementedError
+
+
+class MeanBlend(Blend):
     """Weighted mean of the members' probabilities (or logits): equal weights, or weights tuned on the OOF rows
     given. In logit space a member whose probabilities sit elsewhere (ASL's sit above BCE's) still adds
     its ranking, where a mean of probabilities mixes the two scales."""
-
-    def __init__(self, tuned: bool, logits: bool = False):
-        self.tuned, self.logits, self.weights = tuned, logits, None
+    tuned = False
+    logits = False
 
     def fit(self, oofs, sc: Scoring) -> np.ndarray:
         self.weights = (tune_weights(oofs, sc, self.logits) if self.tuned else np.ones(len(oofs)) / len(oofs))
         return self.apply(oofs)
 
     def apply(self, probs, fold=None) -> np.ndarray:  # the saved form's function: make predict blends the same
-        return MeanForm("weighted_logit" if self.logits else "weighted", self.weights).apply(probs)
+        return self.form().apply(probs)
+
+    def form(self) -> MeanForm:
+        return MeanForm(self.name, self.weights)
+
+
+@register
+class Mean(MeanBlend):
+    name = "mean"
+
+
+@register
+class Weighted(MeanBlend):
+    name, tuned = "weighted", True
+
+
+@register
+class WeightedLogit(MeanBlend):
+    name, tuned, logits = "weighted_logit", True, True
 
 
 class PerLabel:
@@ -127,39 +171,28 @@ class MultiOutputMLP:
         return self
 
 
-# Newton's method with a Cholesky solve: the second level has few features (members x labels) and many rows.
-# On 22,400 rows x 36 features (the two captions members at 28,000 rows, benchmarks/stack_solvers.py) it fitted
-# 18 labels in 0.8 s against lbfgs's 10.7 s, and lbfgs stopped up to 1.6% above the optimum it reached; the
-# fully nested estimate fits the second level ~31 times.
-STACK_SOLVER = "newton-cholesky"
-LEARNERS = {
-    "stack": lambda: PerLabel(lambda: LogisticRegression(C=1.0, max_iter=2000, solver=STACK_SOLVER)),
-    "stack_hgb": lambda: PerLabel(lambda: HistGradientBoostingClassifier(
-        max_iter=150, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=40, l2_regularization=1.0,
-        early_stopping=False, random_state=0)),
-    "stack_mlp": lambda: MultiOutputMLP(),
-}
-
-
-class StackBlend:
+class StackBlend(Blend):
     """A second-level learner on every member's logits of every label, fitted fold by fold on the rows given
     (its OOF is honest) and once on all of them (what new rows get). `apply(probs, fold=f)` uses fold f's
-    learner, which never saw fold f's rows. Every number comes from the learners' saved forms
-    (blend_file.SAVED_FORMS), the arithmetic `make predict` applies to the file."""
+    learner, which never saw fold f's rows. Every number comes from the learners' saved forms (`saved`: a
+    blend_file form), the arithmetic `make predict` applies to the file."""
+    stacked = True
+    saved: type  # LinearForm or SkopsForm
 
-    weights = None
+    def __init__(self):
+        self.final, self.by_fold = None, {}
 
-    def __init__(self, learner: str):
-        self.learner, self.final, self.by_fold = learner, None, {}
+    def learner(self):
+        raise NotImplementedError
 
     def fit(self, oofs, sc: Scoring) -> np.ndarray:
         x = stack_features(oofs)
         oof = np.zeros(sc.y.shape)
         for f in sc.folds:
             inner = sc.fold != f
-            self.by_fold[int(f)] = SAVED_FORMS[self.learner].of(LEARNERS[self.learner]().fit(x[inner], sc.y[inner]))
+            self.by_fold[int(f)] = self.saved.of(self.learner().fit(x[inner], sc.y[inner]))
             oof[~inner] = self.by_fold[int(f)].apply([o[~inner] for o in oofs])
-        self.final = SAVED_FORMS[self.learner].of(LEARNERS[self.learner]().fit(x, sc.y))
+        self.final = self.saved.of(self.learner().fit(x, sc.y))
         return oof
 
     def form(self):
@@ -170,7 +203,42 @@ class StackBlend:
         return (self.final if fold is None else self.by_fold[int(fold)]).apply(probs)
 
 
-BLENDS = (*MEAN_METHODS, *LEARNERS)
+# Newton's method with a Cholesky solve: the second level has few features (members x labels) and many rows.
+# On 22,400 rows x 36 features (the two captions members at 28,000 rows, benchmarks/stack_solvers.py) it fitted
+# 18 labels in 0.8 s against lbfgs's 10.7 s, and lbfgs stopped up to 1.6% above the optimum it reached; the
+# fully nested estimate fits the second level ~31 times.
+STACK_SOLVER = "newton-cholesky"
+
+
+@register
+class Stack(StackBlend):
+    """Per label, logistic regression."""
+    name, saved = "stack", LinearForm
+
+    def learner(self):
+        return PerLabel(lambda: LogisticRegression(C=1.0, max_iter=2000, solver=STACK_SOLVER))
+
+
+@register
+class StackHGB(StackBlend):
+    """Per label, gradient-boosted trees (interactions, non-linear)."""
+    name, saved = "stack_hgb", SkopsForm
+
+    def learner(self):
+        return PerLabel(lambda: HistGradientBoostingClassifier(
+            max_iter=150, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=40, l2_regularization=1.0,
+            early_stopping=False, random_state=0))
+
+
+@register
+class StackMLP(StackBlend):
+    """One multi-output MLP over all members' outputs at once."""
+    name, saved = "stack_mlp", SkopsForm
+
+    def learner(self):
+        return MultiOutputMLP()
+
+
 # What `make submit` tries unless BLENDS= says otherwise: on comp5329-6k the tree and MLP second levels did
 # not beat these (docs/recipes.md, the table of what was tried) and the trees cost minutes in the fully nested loop.
 DEFAULT_BLENDS = ("mean", "weighted", "weighted_logit", "stack")
@@ -183,21 +251,19 @@ def check_blends(names) -> tuple:
     return tuple(names)
 
 
-def make_blend(name: str):
-    if name in MEAN_METHODS:
-        return MeanBlend(tuned=name != "mean", logits=name == "weighted_logit")
-    return StackBlend(name)
+def make_blend(name: str) -> Blend:
+    return BLENDS[name]()
 
 
 def available(n_members: int, names=BLENDS, n_folds: int = 2) -> tuple:
     """Stacking needs two members to have anything to stack, and two folds to fit its fold-wise OOF (inside
     the fully nested estimate of a 2-fold run, one fold is left)."""
-    return tuple(b for b in names if b not in LEARNERS or (n_members > 1 and n_folds > 1))
+    return tuple(b for b in names if not BLENDS[b].stacked or (n_members > 1 and n_folds > 1))
 
 
 @dataclasses.dataclass(frozen=True)
 class Fitted:
-    blend: object           # MeanBlend or StackBlend, fitted: applies to other rows' member probabilities
+    blend: Blend            # fitted: applies to other rows' member probabilities
     oof: np.ndarray         # its OOF over the rows it was fitted on
     score: float            # at the best global threshold
     select: float           # selection_score
@@ -219,7 +285,7 @@ def fit_blends(oofs, sc: Scoring, names) -> dict[str, Fitted]:
 @dataclasses.dataclass(frozen=True)
 class Blended:
     """A blend fitted on every OOF row and applied to the test rows: what `make submit` and the teacher use."""
-    model: object             # MeanBlend or StackBlend, fitted: applies to other rows' member probabilities
+    model: Blend              # fitted: applies to other rows' member probabilities
     oof: np.ndarray           # its OOF over the train rows
     test: np.ndarray          # the test rows, from each member's fold models (or refit)
     fold_tests: np.ndarray    # (k, test rows, labels): fold f's models alone (a student of fold f learns them)

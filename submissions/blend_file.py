@@ -17,7 +17,7 @@ import numpy as np
 from competition.errors import UserError, loading
 from competition.probs import logit, sigmoid, stack_features, weighted_mean
 
-MEAN_METHODS = ("mean", "weighted", "weighted_logit")
+MEAN_METHODS = ("mean", "weighted", "weighted_logit")  # MeanForm's: the mean blends of submissions.blend
 # What a .skops file may build beyond skops' default-trusted scikit-learn and numpy types: the trees of
 # HistGradientBoostingClassifier and the optimizer an MLPClassifier keeps. Anything else in the file is refused.
 SKOPS_TRUSTED = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
@@ -125,13 +125,14 @@ class SkopsForm:
         return cls(state)
 
 
-# Each stacked blend (submissions.blend.LEARNERS fits them) and the form its second level is applied and saved in.
-SAVED_FORMS = {"stack": LinearForm, "stack_hgb": SkopsForm, "stack_mlp": SkopsForm}
+# The forms a stacked blend's second level is saved in, by file suffix (each stacked blend of submissions.blend
+# names its own): what `make predict` reads, knowing no blend's fitting.
+FORMS = {form.suffix: form for form in (LinearForm, SkopsForm)}
 
 
-def saved_path(submission: Path, learner: str) -> Path:
-    """Where `make submit` writes a stacker beside `submission`: <stem>.blend.npz (LR) or .blend.skops."""
-    return submission.with_name(f"{submission.stem}.blend.{SAVED_FORMS[learner].suffix}")
+def saved_path(submission: Path, form) -> Path:
+    """Where `make submit` writes a stacker's saved form beside `submission`: <stem>.blend.npz or .blend.skops."""
+    return submission.with_name(f"{submission.stem}.blend.{form.suffix}")
 
 
 def write_saved(form, path: Path) -> Path:
@@ -153,11 +154,10 @@ def load_stacker(path: Path, n_labels: int | None = None, n_features: int | None
     """A saved second level, read and checked before any member runs (its form, by the file's suffix). A file
     that is not one (another format, a skops file holding types this project does not build, arrays of another
     shape than `n_labels` x `n_features`) is one UserError naming it."""
-    forms = {form.suffix: form for form in SAVED_FORMS.values()}
-    if path.suffix.lstrip(".") not in forms:
+    if path.suffix.lstrip(".") not in FORMS:
         raise UserError(f"{path}: not a saved second level (.npz or .skops); {AGAIN}")
     with loading(path, "not a saved second level", AGAIN):
-        return forms[path.suffix.lstrip(".")].load(path, n_labels, n_features)
+        return FORMS[path.suffix.lstrip(".")].load(path, n_labels, n_features)
 
 
 def apply_saved(method: str, weights, saved, probs: list[np.ndarray]) -> np.ndarray:

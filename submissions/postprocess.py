@@ -45,7 +45,7 @@ class Settings:
 
 def best_blend(scores: dict[str, float]) -> str:
     """The blend with the best selection score; ties go to the simpler one (BLENDS order)."""
-    return max(scores, key=lambda k: (scores[k], -BLENDS.index(k)))
+    return max(scores, key=lambda k: (scores[k], -list(BLENDS).index(k)))
 
 
 @dataclasses.dataclass

@@ -17,7 +17,7 @@ from competition.errors import UserError
 from competition.formats import submission_frame
 from competition.layout import RunLayout
 from submissions import thresholds as th
-from submissions.blend import LEARNERS
+from submissions.blend import BLENDS
 from submissions.blend_file import apply_saved, saved_path, write_saved
 from submissions.ensemble import Ensemble, build_ensemble
 from submissions.postprocess import Settings, fully_nested
@@ -146,8 +146,8 @@ def run_submit(spec, ds, run: RunLayout, settings: Settings, command: str, names
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = run.submission(spec.name, stamp, nested["score"])
     # The blend's saved form first; the test rows are blended from it by the function `make predict` uses.
-    saved = (write_saved(ens.blend.model.form(), saved_path(out, ens.blend_name)) if ens.blend_name in LEARNERS
-             else None)
+    form = ens.blend.model.form()
+    saved = write_saved(form, saved_path(out, form)) if BLENDS[ens.blend_name].stacked else None
     tests = [m.test(ens.use_full.get(m.name, False)) for m in ens.members]
     test_prob = apply_saved(ens.blend_name, ens.blend.weights, saved, tests)
     frame = submission_frame(spec, ds.test["id"], test_prob, thresholds.vector(spec.tokens))

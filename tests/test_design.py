@@ -172,8 +172,9 @@ def test_prediction_loads_no_training_code():
 
 
 def test_every_stacked_blend_has_one_saved_form():
-    """The fitting side (submissions.blend.LEARNERS) and the applying side (blend_file.SAVED_FORMS, all make predict
-    imports) name the same stacked blends, and every blend name is one of the two kinds."""
-    from submissions.blend import BLENDS, LEARNERS
-    from submissions.blend_file import MEAN_METHODS, SAVED_FORMS
-    assert set(LEARNERS) == set(SAVED_FORMS) and set(BLENDS) == set(MEAN_METHODS) | set(SAVED_FORMS)
+    """Every blend (submissions.blend.BLENDS, one class each) is applied through a saved form `make predict` reads
+    without the fitting side (blend_file): a mean blend by its method (MeanForm's), a stacked one by its file."""
+    from submissions.blend import BLENDS
+    from submissions.blend_file import FORMS, MEAN_METHODS
+    assert {n for n, b in BLENDS.items() if not b.stacked} == set(MEAN_METHODS)
+    assert all(b.saved in FORMS.values() for b in BLENDS.values() if b.stacked)
