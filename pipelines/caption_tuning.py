@@ -24,6 +24,7 @@ from torch import nn
 from competition.artifacts import atomic_array, build_once
 from competition.errors import UserError
 from pipelines import text_encoder
+from pipelines.model import round_to_saved
 
 # A BERT layer's weights in the encoder's safetensors, by the name this module gives them.
 WEIGHTS = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
@@ -224,9 +225,7 @@ def train(net: TopNet, x: TokenStates, y: np.ndarray, cfg, seed: int, log=None) 
         rows.append({"epoch": epoch, "train_loss": total / len(x)})
         if log:
             log(rows[-1])
-    with torch.no_grad():  # the weights as saved (fp16): the fold's predictions are then the bundle's
-        for p in net.parameters():
-            p.copy_(p.half().float())
+    round_to_saved(net)  # the weights as saved (fp16): the fold's predictions are then the bundle's
     return rows
 
 

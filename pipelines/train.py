@@ -229,13 +229,6 @@ def optimize(s: Setup, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return loss.detach()
 
 
-def train_step(s: Setup, x, y) -> torch.Tensor:
-    """One step on a batch as a batch source yields it (uint8 images or trunk features)."""
-    x, y = s.to_input(x, train=True), y.to(s.device, non_blocking=True)
-    x, y = mix_batch(x, y, s.cfg.mixup, s.cfg.cutmix, s.cfg.mix_prob)
-    return optimize(s, x, y)
-
-
 def start_epoch(s: Setup, epoch: int) -> None:
     """Every random stream of an epoch (order, augmentation, dropout) from (run seed, epoch): a resumed
     run continues exactly as the uninterrupted one would have, on any device and any worker count."""
@@ -248,7 +241,8 @@ def start_epoch(s: Setup, epoch: int) -> None:
 
 def train_one_epoch(s: Setup, epoch: int, step: int, label: str = "", max_steps: int | None = None,
                     on_step=None) -> tuple[dict, int]:
-    """One pass over the training batches; the loss stays on the device until the epoch ends."""
+    """One pass over the training batches, one optimizer step each (the bench times this very function); the loss
+    stays on the device until the epoch ends."""
     start_epoch(s, epoch)
     s.step_module.train()
     limit = s.updates if max_steps is None else min(s.updates, max_steps)
@@ -259,7 +253,9 @@ def train_one_epoch(s: Setup, epoch: int, step: int, label: str = "", max_steps:
         if i >= limit:
             break
         s.step_schedule(step)
-        loss_sum += train_step(s, x, y)
+        x, y = s.to_input(x, train=True), y.to(s.device, non_blocking=True)  # augmented on the device path
+        x, y = mix_batch(x, y, s.cfg.mixup, s.cfg.cutmix, s.cfg.mix_prob)
+        loss_sum += optimize(s, x, y)
         step, steps, seen = step + 1, steps + 1, seen + len(y)
         if s.ema is not None:
             s.ema.update(s.trained, step=step)
@@ -325,8 +321,10 @@ def checkpoint(s: Setup, path: Path, p: Progress) -> None:
                history=p.history, epoch=p.epoch, best=float(p.best), best_epoch=p.best_epoch, step=p.step)
 
 
-def fit(cfg: ImageConfig, data: FoldData, out: FitLayout, label: str, dist: Dist | None = None, log=print) -> FitResult:
-    """Train, keep the best epoch (or the last when there is no validation), predict val+test with TTA."""
+def fit(cfg: ImageConfig, data: FoldData, out: FitLayout, label: str, dist: Dist | None = None,
+        log=print) -> FitResult:
+    """Train, keep the best epoch (or the last when there is no validation), predict val+test with TTA. Every
+    epoch ends in a checkpoint: a killed run resumes after its last finished epoch."""
     t0 = time.time()
     dist = dist or Dist.from_env()
     out.dir.mkdir(parents=True, exist_ok=True)
@@ -334,7 +332,22 @@ def fit(cfg: ImageConfig, data: FoldData, out: FitLayout, label: str, dist: Dist
     p = resume(s, out.state, log, label)
     has_val = len(data.val_rows) > 0
     while p.epoch < cfg.epochs and not (p.history and has_val and p.epoch - p.best_epoch >= cfg.patience):
-        p = run_epoch(s, data, out, p, label, log)
+        t_epoch = time.perf_counter()
+        row, step = train_one_epoch(s, p.epoch, p.step, label)
+        if has_val:
+            row.update(evaluate(s, data.val_y, data.min_labels))
+        row["seconds"] = time.perf_counter() - t_epoch
+        score = row[cfg.select_metric] if has_val else p.epoch  # no validation: the last epoch is the best
+        better = score > p.best
+        p = Progress([*p.history, row], p.epoch + 1, score if better else p.best,
+                     p.epoch + 1 if better else p.best_epoch, step)
+        if dist.is_main:
+            if better:
+                save_weights(as_full_net(s.net, s.trained, s.evaluated), out.best_weights)
+            checkpoint(s, out.state, p)
+            log(f"{label} epoch {p.epoch}/{cfg.epochs} " + " ".join(
+                f"{k} {v:.4g}" for k, v in row.items() if k != "epoch") + (" *" if better else ""))
+        dist.barrier()
     restore_best(s.net, s.trained, s.evaluated, out.best_weights)
     val_prob = (predict(s.evaluated, s.val_loader, s.to_input, s.device, s.infer_dtype, s.record.tta)
                 if has_val else np.zeros((0, data.train_y.shape[1])))
@@ -345,24 +358,3 @@ def fit(cfg: ImageConfig, data: FoldData, out: FitLayout, label: str, dist: Dist
                      torch.cuda.get_device_name(s.device) if on_gpu else "cpu",
                      (time.time() - t0) / 3600 * dist.world if on_gpu else 0.0, backend=dist.backend,
                      inference=s.record.to_json())
-
-
-def run_epoch(s: Setup, data: FoldData, out: FitLayout, p: Progress, label: str, log) -> Progress:
-    """Train one epoch, evaluate, keep the best weights, checkpoint: the progress after it."""
-    cfg, epoch, t_epoch = s.cfg, p.epoch, time.perf_counter()
-    row, step = train_one_epoch(s, epoch, p.step, label)
-    has_val = len(data.val_rows) > 0
-    if has_val:
-        row.update(evaluate(s, data.val_y, data.min_labels))
-    row["seconds"] = time.perf_counter() - t_epoch
-    score = row[cfg.select_metric] if has_val else epoch
-    best, best_epoch = (score, epoch + 1) if score > p.best else (p.best, p.best_epoch)
-    p = Progress([*p.history, row], epoch + 1, best, best_epoch, step)
-    if best_epoch == epoch + 1 and s.dist.is_main:
-        save_weights(as_full_net(s.net, s.trained, s.evaluated), out.best_weights)
-    if s.dist.is_main:
-        checkpoint(s, out.state, p)
-        log(f"{label} epoch {epoch + 1}/{cfg.epochs} " + " ".join(
-            f"{k} {v:.4g}" for k, v in row.items() if k != "epoch") + (" *" if best_epoch == epoch + 1 else ""))
-    s.dist.barrier()
-    return p
