@@ -197,34 +197,50 @@ def predict(net: TopNet, x: TokenStates, batch_size: int = 256) -> np.ndarray:
     return out
 
 
+class TokenBatches:
+    """Training batches of token states: (states, mask of real tokens) and their targets, in an order drawn from
+    (run seed, epoch) alone, as the image batch sources draw theirs (a resumed epoch repeats it)."""
+
+    def __init__(self, x: TokenStates, y: np.ndarray, batch_size: int, seed: int):
+        self.x, self.y, self.batch_size, self.seed, self.epoch = x, torch.from_numpy(y), batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __iter__(self):
+        from pipelines.augment import stream_seed  # training only: make predict never loads the augmentations
+        g = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch, 1))
+        for at in torch.randperm(len(self.x), generator=g).split(self.batch_size):
+            at = at.numpy()
+            yield self.x.batch(at), self.y[at]
+
+
 def train(net: TopNet, x: TokenStates, y: np.ndarray, cfg, seed: int, log=None) -> list[dict]:
-    """AdamW, linear warm-up over the first 6% of steps then linear decay (BERT's fine-tuning schedule), binary
-    cross-entropy against `y` (0/1 or soft targets); one row per epoch."""
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    """The image members' training loop (pipelines.train.train_one_epoch) on token states: AdamW, linear warm-up
+    over the first 6% of steps then linear decay (BERT's fine-tuning schedule), binary cross-entropy against `y`
+    (0/1 or soft targets); one row per epoch. `cfg`: a pipelines.config.CaptionsConfig."""
+    from pipelines.train import plain_setup, train_one_epoch  # training only: make predict never loads the loop
     head = list(net.head.parameters())
     opt = torch.optim.AdamW([{"params": list(net.blocks.parameters()), "lr": cfg.tune_lr},
                              {"params": head, "lr": cfg.tune_head_lr}], weight_decay=0.01)
-    steps = cfg.tune_epochs * math.ceil(len(x) / cfg.tune_batch)
-    warm = max(1, int(0.06 * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm + 1))))
-    target = torch.from_numpy(np.asarray(y, np.float32))
-    rows = []
-    for epoch in range(1, cfg.tune_epochs + 1):
-        net.train()
-        total = 0.0
-        for at in torch.randperm(len(x), generator=g).split(cfg.tune_batch):
-            at = at.numpy()
-            loss = F.binary_cross_entropy_with_logits(net(*x.batch(at)), target[at])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(at)
-        rows.append({"epoch": epoch, "train_loss": total / len(x)})
+    batches = TokenBatches(x, np.asarray(y, np.float32), cfg.tune_batch, seed)
+    steps = cfg.tune_epochs * len(batches)
+    warm, peak = max(1, int(0.06 * steps)), [group["lr"] for group in opt.param_groups]
+
+    def schedule(step: int) -> None:
+        share = min((step + 1) / warm, max(0.0, (steps - step) / (steps - warm + 1)))
+        for group, lr in zip(opt.param_groups, peak):
+            group["lr"] = lr * share
+    s = plain_setup(net, batches, opt, schedule, nn.BCEWithLogitsLoss(), cfg.tune_epochs, seed)
+    rows, step = [], 0
+    for epoch in range(cfg.tune_epochs):
+        row, step = train_one_epoch(s, epoch, step)
+        rows.append(row)
         if log:
-            log(rows[-1])
+            log(row)
     round_to_saved(net)  # the weights as saved (fp16): the fold's predictions are then the bundle's
     return rows
 

@@ -81,7 +81,7 @@ def make_loader(dataset, batch_size, shuffle, workers, device, drop_last=False, 
 
 def set_loader_epoch(loader, seed: int, epoch: int) -> None:
     """Shuffle order and augmentation of `epoch` from the run seed alone (resume = uninterrupted run)."""
-    if isinstance(loader, DeviceBatches):
+    if hasattr(loader, "set_epoch"):  # a batch source of ours (DeviceBatches, caption_tuning.TokenBatches)
         loader.set_epoch(epoch)
         return
     if getattr(loader.sampler, "set_epoch", None):

@@ -154,13 +154,17 @@ def save_state(path: Path, **state) -> None:
 
 @dataclasses.dataclass
 class Setup:
-    """Everything a training run holds: built once by `setup`, used by `fit` and the benchmark."""
-    cfg: ImageConfig
+    """Everything the training loop holds: built once (`setup` for an image network, `plain_setup` for a module
+    fed from memory: the tuned captions member), run by `train_one_epoch`, `fit` and the benchmark."""
+    epochs: int
+    seed: int                     # every epoch's random streams derive from it (`start_epoch`)
+    grad_clip: float | None
+    mix: tuple[float, float, float]  # mixup alpha, cutmix alpha, the share of batches mixed
     dist: Dist
     device: torch.device
     amp_dtype: torch.dtype | None    # training steps' autocast
     infer_dtype: torch.dtype | None  # predictions' autocast
-    record: InferenceRecord       # how the saved network predicts (written into the fit's done.json)
+    record: InferenceRecord | None  # how the saved network predicts (written into the fit's done.json)
     net: torch.nn.Module          # the whole network: what is saved and what inference needs
     trained: torch.nn.Module      # what the optimizer updates: the net, or its top on cached trunk features
     step_module: torch.nn.Module  # `trained` as the train step calls it: compiled and/or DDP-wrapped
@@ -205,7 +209,8 @@ def setup(cfg: ImageConfig, data: FoldData, dist: Dist) -> Setup:
     step_schedule, sched_state = make_schedule(cfg, optimizer, updates)
     ema = ModelEmaV3(trained, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
     return Setup(
-        cfg=cfg, dist=dist, device=device, amp_dtype=amp_dtype, infer_dtype=infer_dtype, record=record, net=net,
+        epochs=cfg.epochs, seed=cfg.seed, grad_clip=cfg.grad_clip, mix=(cfg.mixup, cfg.cutmix, cfg.mix_prob),
+        dist=dist, device=device, amp_dtype=amp_dtype, infer_dtype=infer_dtype, record=record, net=net,
         trained=trained,
         step_module=dist.wrap(torch.compile(trained) if cfg.compile else trained),
         evaluated=ema.module if ema is not None else trained, source=source, to_input=to_input,
@@ -215,15 +220,28 @@ def setup(cfg: ImageConfig, data: FoldData, dist: Dist) -> Setup:
         scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), ema=ema)
 
 
+def plain_setup(module: torch.nn.Module, batches, optimizer, step_schedule, loss_fn, epochs: int,
+                seed: int) -> Setup:
+    """The loop's record for a module trained in fp32 on the CPU, without EMA, mixing or clipping, from a batch
+    source of (input, target) already in memory that has `set_epoch` (the tuned captions member's)."""
+    cpu = torch.device("cpu")
+    return Setup(epochs=epochs, seed=seed, grad_clip=None, mix=(0.0, 0.0, 1.0), dist=Dist(), device=cpu,
+                 amp_dtype=None, infer_dtype=None, record=None, net=module, trained=module, step_module=module,
+                 evaluated=module, source="", to_input=lambda x, train=False: x, train_loader=batches,
+                 val_loader=None, test_loader=None, updates=len(batches), optimizer=optimizer,
+                 step_schedule=step_schedule, sched_state=None, loss_fn=loss_fn,
+                 scaler=torch.amp.GradScaler("cpu", enabled=False), ema=None)
+
+
 def optimize(s: Setup, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """One optimisation step on a batch that is already the model's input (what the in-memory bench times)."""
     with autocast(s.device, s.amp_dtype):
         loss = s.loss_fn(call(s.step_module, x).float(), y)
     s.optimizer.zero_grad(set_to_none=True)
     s.scaler.scale(loss).backward()
-    if s.cfg.grad_clip:
+    if s.grad_clip:
         s.scaler.unscale_(s.optimizer)
-        torch.nn.utils.clip_grad_norm_(s.trained.parameters(), s.cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(s.trained.parameters(), s.grad_clip)
     s.scaler.step(s.optimizer)
     s.scaler.update()
     return loss.detach()
@@ -232,7 +250,7 @@ def optimize(s: Setup, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def start_epoch(s: Setup, epoch: int) -> None:
     """Every random stream of an epoch (order, augmentation, dropout) from (run seed, epoch): a resumed
     run continues exactly as the uninterrupted one would have, on any device and any worker count."""
-    seed = s.cfg.seed
+    seed = s.seed
     set_loader_epoch(s.train_loader, seed, epoch)
     if isinstance(s.to_input, DeviceNormalize) and s.to_input.augment is not None:
         s.to_input.augment.reseed(s.device, seed, epoch, 2)
@@ -248,13 +266,13 @@ def train_one_epoch(s: Setup, epoch: int, step: int, label: str = "", max_steps:
     limit = s.updates if max_steps is None else min(s.updates, max_steps)
     loss_sum, seen, steps, t0 = torch.zeros((), device=s.device), 0, 0, time.perf_counter()
     show = s.dist.is_main and sys.stderr.isatty()  # logs get the epoch line only
-    bar = tqdm(total=limit, desc=f"{label} epoch {epoch + 1}/{s.cfg.epochs}", leave=False, disable=not show)
+    bar = tqdm(total=limit, desc=f"{label} epoch {epoch + 1}/{s.epochs}", leave=False, disable=not show)
     for i, (x, y) in enumerate(s.train_loader):
         if i >= limit:
             break
         s.step_schedule(step)
         x, y = s.to_input(x, train=True), y.to(s.device, non_blocking=True)  # augmented on the device path
-        x, y = mix_batch(x, y, s.cfg.mixup, s.cfg.cutmix, s.cfg.mix_prob)
+        x, y = mix_batch(x, y, *s.mix)
         loss_sum += optimize(s, x, y)
         step, steps, seen = step + 1, steps + 1, seen + len(y)
         if s.ema is not None:
@@ -267,7 +285,7 @@ def train_one_epoch(s: Setup, epoch: int, step: int, label: str = "", max_steps:
     bar.close()
     seconds = time.perf_counter() - t0
     row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(steps, 1),
-           "lr": s.optimizer.param_groups[0]["lr"], "images_per_s": seen * s.dist.world / max(seconds, 1e-9)}
+           "lr": s.optimizer.param_groups[0]["lr"], "rows_per_s": seen * s.dist.world / max(seconds, 1e-9)}
     return row, step
 
 

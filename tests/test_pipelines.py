@@ -203,7 +203,7 @@ def test_train_writes_consistent_artifacts(demo_data, tmp_path):
         test = pd.read_csv(d / f"test_fold{f}.csv", dtype={"ImageID": str})
         assert test.ImageID.tolist() == ds.test.id.tolist()
         hist = pd.read_csv(d / f"fold{f}" / "history.csv")
-        assert {"train_loss", "val_loss", "micro_f1", "macro_f1", "mAP", "lr", "seconds", "images_per_s"} <= set(hist)
+        assert {"train_loss", "val_loss", "micro_f1", "macro_f1", "mAP", "lr", "seconds", "rows_per_s"} <= set(hist)
         assert (d / f"fold{f}" / "best.safetensors").exists()
     meta = json.loads((d / "meta.json").read_text())
     assert meta["labels"] == tokens and meta["folds_done"] == [0, 1, 2]
