@@ -212,7 +212,8 @@ def generate(out: Path, n_train: int = 2000, n_test: int = 500, size: int = 128,
     (out / spec.image_dir).mkdir(parents=True, exist_ok=True)
     n = n_train + n_test
     label_sets = [sample_labels(rng) for _ in range(n)]
-    if spec.format == "label_files":  # such data sets allow images without any label: a few empty scenes
+    if spec.format == "label_files" or spec.no_label or spec.label_format == "one_hot":
+        # such data sets allow images without any label: a few empty scenes
         for i in range(5, n, 11):
             label_sets[i] = []
     captions = [caption(rng, ls) for ls in label_sets]
@@ -224,6 +225,9 @@ def generate(out: Path, n_train: int = 2000, n_test: int = 500, size: int = 128,
     if spec.format == "voc":  # VOC ids are six digits; the image is label_file_image of the id
         voc_ids = [f"{i + 1:06d}" for i in range(n)]
         ids = [spec.label_file_image.format(i) for i in voc_ids]
+    if spec.format == "csv" and (spec.label_format == "one_hot" or spec.group_column or spec.no_label or
+                                 spec.test_image_dir or spec.image_file != "{}"):
+        return kaggle_csv(out, spec, label_sets, seed, size, n_train, workers, rng)
     jobs = [(seed * 1_000_003 + i, label_sets[i], size, out / spec.image_dir / ids[i]) for i in range(n)]
     with Pool(workers) as pool:
         pool.map(_render_job, jobs, chunksize=64)
@@ -244,6 +248,33 @@ def generate(out: Path, n_train: int = 2000, n_test: int = 500, size: int = 128,
     test_rows = [f'{ids[i]},"{captions[i]}"' for i in range(n_train, n)]
     write_csv(out / "test.csv", test_rows, "ImageID,Caption")
     write_csv(out / "train.csv", train_rows, "ImageID,Labels,Caption")
+
+
+def kaggle_csv(out: Path, spec, label_sets, seed: int, size: int, n_train: int, workers: int, rng) -> None:
+    """Another competition's csv layout, as its spec says: ids (ChestX-ray14's <patient>_<follow-up>.png when the
+    spec has a group column and PNG ids, else img_<n>), train and test image folders, labels as tokens (with its
+    separator and no_label) or one-hot columns, a group column (30% of the rows share their group with two
+    others), and a column the spec does not read."""
+    n = len(label_sets)
+    patient = [i // 10 * 10 + (i % 10 if i % 10 >= 3 else 0) for i in range(n)]  # rows 10j..10j+2 share one
+    chest = spec.id_pattern.endswith(r"\.png")
+    ids = [f"{patient[i]:08d}_{i % 10:03d}.png" if chest else f"img_{i}" for i in range(n)]
+    folders = [spec.image_dir if i < n_train else spec.test_images for i in range(n)]
+    for folder in set(folders):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    jobs = [(seed * 1_000_003 + i, label_sets[i], size, out / folders[i] / spec.image_name(ids[i])) for i in range(n)]
+    with Pool(workers) as pool:
+        pool.map(_render_job, jobs, chunksize=64)
+    label_cols = spec.tokens if spec.label_format == "one_hot" else [spec.label_column]
+    group = [spec.group_column] if spec.group_column else []
+    rows = []
+    for i in range(n_train):
+        mine = list(rng.permutation(label_sets[i]))
+        cells = ([str(int(t in mine)) for t in spec.tokens] if spec.label_format == "one_hot" else
+                 [spec.label_separator.join(mine) or spec.no_label])
+        rows.append(",".join([ids[i], *cells, *([f"{patient[i]}"] if group else []), "x"]))
+    write_csv(out / spec.train_csv, rows, ",".join([spec.id_column, *label_cols, *group, "site"]))
+    write_csv(out / spec.test_csv, ids[n_train:], spec.id_column)
 
 
 def main(argv=None) -> None:

@@ -3,7 +3,9 @@
 The COMP5329 files are not valid CSV: some captions hold unescaped quotes and some span
 several lines, so `pandas.read_csv` mis-parses them. Records are found instead by the line
 that starts with an image id (the spec's `id_pattern`); the caption, the last column, is
-everything after the other fields, up to the next record.
+everything after the other fields, up to the next record. A file whose header holds other columns besides the
+spec's (Kaggle's one-hot and metadata files: ids, label columns, PatientID, ...) is standard CSV: it is read
+with the csv module, by column name, the other columns ignored.
 """
 from __future__ import annotations
 
@@ -125,6 +127,41 @@ def read_records(path: Path, id_pattern: str, columns: list[str]) -> pd.DataFram
     return pd.DataFrame(rows, columns=columns + ["line"])
 
 
+def read_columns(path: Path, spec: Spec, columns: list[str]) -> pd.DataFrame:
+    """`columns` of every record of `path` (and each record's first line). A header that is exactly `columns` is
+    read by id-led records (`read_records`: COMP5329's quirks); any other header must hold every one of them."""
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    text = decode_text(path)
+    header = [h.strip() for h in next(csv.reader(file_lines(text)[:1]), [])]
+    if header == columns or not header:
+        return read_records(path, spec.id_pattern, columns)
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise UserError(f"{path}: no column {', '.join(repr(c) for c in missing)} (its header: "
+                        f"{', '.join(header[:30])}{' ...' if len(header) > 30 else ''}); the spec names it")
+    at = [header.index(c) for c in columns]
+    reader = csv.reader(text.splitlines()[1:])
+    rows, short, start = [], [], 2
+    for fields in reader:
+        if fields and any(f.strip() for f in fields):
+            if len(fields) != len(header):
+                short.append(f"line {start}: {len(fields)} fields, the header has {len(header)}")
+            else:
+                rows.append([fields[i].strip() for i in at] + [start])
+        start = reader.line_num + 2
+    if short:
+        raise offenders_error(path, "records whose field count differs from the header's", short)
+    if not rows:
+        raise UserError(f"{path}: no records after the header")
+    frame = pd.DataFrame(rows, columns=columns + ["line"])
+    odd = [f"line {n}: {i!r}" for n, i in zip(frame["line"], frame[columns[0]])
+           if not re.fullmatch(spec.id_pattern, i)]
+    if odd:
+        raise offenders_error(path, f"ids that do not match id_pattern {spec.id_pattern!r}", odd)
+    return frame
+
+
 @dataclasses.dataclass
 class Dataset:
     spec: Spec
@@ -169,6 +206,10 @@ class Dataset:
     def targets(self) -> np.ndarray:
         return encode(self.train["labels"], self.spec.tokens)
 
+    def groups(self) -> np.ndarray | None:
+        """Each train row's group (the spec's group_column: rows of one group stay in one fold), or None."""
+        return self.train["group"].to_numpy() if "group" in self.train else None
+
     def require_images(self) -> None:
         if not self.has_images:
             raise UserError(f"{self.image_root}: no images; this stage needs them "
@@ -186,12 +227,17 @@ def encode(label_sets, tokens: list[str]) -> np.ndarray:
 
 
 def columns_of(spec: Spec, labelled: bool) -> list[str]:
-    cols = [spec.id_column] + ([spec.label_column] if labelled else [])
-    return cols + ([spec.caption_column] if spec.caption_column else [])
+    """The columns of train.csv (`labelled`) or test.csv that the spec reads, in the file's usual order."""
+    labels = (spec.tokens if spec.label_format == "one_hot" else [spec.label_column]) if labelled else []
+    cols = [spec.id_column, *labels] + ([spec.caption_column] if spec.caption_column else [])
+    return cols + ([spec.group_column] if labelled and spec.group_column else [])
 
 
 def tidy(frame: pd.DataFrame, spec: Spec) -> pd.DataFrame:
-    renames = {spec.id_column: "id", spec.label_column: "labels", spec.caption_column: "caption"}
+    renames = {spec.id_column: "id", spec.label_column: "labels", spec.caption_column: "caption",
+               spec.group_column: "group"}
+    if spec.label_format == "one_hot":
+        del renames[spec.label_column]
     return frame.rename(columns={k: v for k, v in renames.items() if k in frame})
 
 
@@ -205,23 +251,49 @@ def check_ids(frame: pd.DataFrame, path: Path) -> None:
 
 
 def parse_labels(frame: pd.DataFrame, spec: Spec, path: Path) -> pd.DataFrame:
+    if spec.group_column:
+        empty = [f"line {n} ({i})" for n, i, g in zip(frame["line"], frame["id"], frame["group"]) if not g]
+        if empty:
+            raise offenders_error(path, f"rows with an empty {spec.group_column} (group_column)", empty)
+    if spec.label_format == "one_hot":
+        return one_hot_labels(frame, spec, path)
     valid = set(spec.tokens)
-    empty, unknown, parsed = [], [], []
+    empty, unknown, parsed, beside = [], [], [], []
     for r in frame.itertuples():
         tokens = [t for t in r.labels.split(spec.label_separator.strip() or None) if t.strip()]
         tokens = [t.strip() for t in tokens]
-        if not tokens:
+        if spec.no_label is not None and spec.no_label in tokens:
+            if len(tokens) > 1:
+                beside.append(f"line {r.line} ({r.id}): {r.labels!r}")
+            tokens = []
+        elif not tokens:
             empty.append(f"line {r.line} ({r.id})")
         bad = [t for t in tokens if t not in valid]
         if bad:
             unknown.append(f"line {r.line} ({r.id}): {' '.join(repr(b) for b in bad)}")
         # Order in the file is arbitrary ("8 3 13"): keep spec order, drop repeats.
         parsed.append(tuple(t for t in spec.tokens if t in tokens))
+    if beside:
+        raise offenders_error(path, f"rows with {spec.no_label!r} (no_label: no label at all) beside labels", beside)
     if unknown:
         raise offenders_error(path, f"rows with unknown label tokens (valid: {' '.join(spec.tokens)})", unknown)
     if empty:
-        raise offenders_error(path, "rows with an empty label cell", empty)
+        raise offenders_error(path, "rows with an empty label cell" + (
+            f" (a row without labels says {spec.no_label!r})" if spec.no_label else ""), empty)
     return frame.assign(labels=parsed)
+
+
+def one_hot_labels(frame: pd.DataFrame, spec: Spec, path: Path) -> pd.DataFrame:
+    """label_format one_hot: each label's column holds 0 or 1; a row's labels are the columns holding 1."""
+    cells = frame[spec.tokens].to_numpy()
+    bad = ~np.isin(cells, ["0", "1"])
+    if bad.any():
+        rows, cols = np.nonzero(bad)
+        raise offenders_error(path, "one-hot cells that are not 0 or 1", [
+            f"line {frame['line'].iat[i]} ({frame['id'].iat[i]}): {spec.tokens[j]}={cells[i, j]!r}"
+            for i, j in zip(rows, cols)])
+    parsed = [tuple(t for t, v in zip(spec.tokens, row) if v == "1") for row in cells]
+    return frame.drop(columns=spec.tokens).assign(labels=parsed)
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -382,7 +454,7 @@ def require_root(root: Path, spec: Spec) -> None:
 
 def read_test_csv(root: Path, spec: Spec, columns: list[str]) -> pd.DataFrame:
     path = root / spec.test_csv
-    test = tidy(read_records(path, spec.id_pattern, columns), spec)
+    test = tidy(read_columns(path, spec, columns), spec)
     check_ids(test, path)
     return test
 
@@ -398,7 +470,7 @@ def read_csv_layout(root: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]
     if spec.format == "label_files":
         return read_label_files(root, spec, test["id"]), test
     train_path = root / spec.train_csv
-    train = tidy(read_records(train_path, spec.id_pattern, columns_of(spec, True)), spec)
+    train = tidy(read_columns(train_path, spec, columns_of(spec, True)), spec)
     check_ids(train, train_path)
     both = sorted(set(train["id"]) & set(test["id"]))
     if both:

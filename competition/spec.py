@@ -10,6 +10,7 @@ from competition.metrics import objective
 
 SPEC_DIR = Path(__file__).resolve().parent
 FORMATS = ("csv", "label_files", "voc")
+LABEL_FORMATS = ("tokens", "one_hot")
 VOC_DIFFICULT = ("positive", "ignore")
 
 
@@ -27,6 +28,10 @@ class Spec:
     id_pattern: str = r'[^,"\s]+'
     label_column: str = "Labels"
     label_separator: str = " "
+    label_format: str = "tokens"    # tokens: label_column holds a row's tokens | one_hot: one 0/1 column per
+                                    # label, named by its token (posters, Plant Pathology 2020, RANZCR)
+    no_label: str | None = None     # tokens: the cell that means no label at all (ChestX-ray14's "No Finding")
+    group_column: str | None = None  # rows sharing its value (a patient) stay in one fold
     caption_column: str | None = None
     format: str = "csv"             # csv: labels in train.csv | label_files: one <token>.txt per label
                                     # | voc: PASCAL VOC's ImageSets/Main/<token>_<set>.txt
@@ -93,6 +98,15 @@ def load_spec(name_or_path: str) -> Spec:
         raise UserError(f"{path}: format {raw['format']!r}; valid: {', '.join(FORMATS)}")
     if raw.get("format") in ("label_files", "voc") and raw.get("caption_column"):
         raise UserError(f"{path}: format {raw['format']} has no train captions; set caption_column: null")
+    if raw.get("label_format", "tokens") not in LABEL_FORMATS:
+        raise UserError(f"{path}: label_format {raw['label_format']!r}; valid: {', '.join(LABEL_FORMATS)}")
+    if raw.get("format", "csv") != "csv" and (raw.get("label_format", "tokens") != "tokens" or
+                                              raw.get("group_column") or raw.get("no_label")):
+        raise UserError(f"{path}: label_format, group_column and no_label describe a train.csv (format: csv)")
+    if raw.get("no_label") is not None and (raw.get("label_format") == "one_hot" or
+                                            str(raw["no_label"]) in raw["labels"]):
+        raise UserError(f"{path}: no_label {raw['no_label']!r} is the tokens format's cell for no label, not a "
+                        "label token (a one-hot row without labels is all zeros)")
     if raw.get("voc_difficult", "positive") not in VOC_DIFFICULT:
         raise UserError(f"{path}: voc_difficult {raw['voc_difficult']!r}; valid: {', '.join(VOC_DIFFICULT)}")
     if raw.get("image_file", "{}").count("{}") != 1 or not isinstance(raw.get("image_file", "{}"), str):

@@ -22,10 +22,30 @@ def assign(splitter, y: np.ndarray) -> np.ndarray:
     return fold
 
 
-def make_folds(ids, y: np.ndarray, k: int, seed: int, tokens=None) -> pd.DataFrame:
+def group_labels(y: np.ndarray, groups) -> tuple[np.ndarray, np.ndarray]:
+    """(each row's group index, each group's labels: those of any of its rows)."""
+    index, names = pd.factorize(pd.Series(groups), sort=True)
+    gy = np.zeros((len(names), y.shape[1]), dtype=y.dtype)
+    np.maximum.at(gy, index, y)
+    return index, gy
+
+
+def stratified(y: np.ndarray, k: int, seed: int, groups=None) -> np.ndarray:
+    """Iterative stratification (iterstrat) of the rows, or of the groups by their labels: no group is split,
+    and the groups' label balance is as close as iterative stratification gets."""
+    splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    if groups is None:
+        return assign(splitter, y)
+    index, gy = group_labels(y, groups)
+    if len(gy) < k:
+        raise UserError(f"K={k} folds need at least {k} groups; the group_column has {len(gy)}")
+    return assign(splitter, gy)[index]
+
+
+def make_folds(ids, y: np.ndarray, k: int, seed: int, tokens=None, groups=None) -> pd.DataFrame:
     if k < 2 or k > len(y):
         raise UserError(f"K={k} folds need 2 <= K <= {len(y)} rows")
-    fold = assign(MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed), y)
+    fold = stratified(y, k, seed, groups)
     total = y.sum(0)
     tokens = list(tokens) if tokens is not None else [str(j) for j in range(y.shape[1])]
     missing = [f"label {tokens[j]} ({int(total[j])} images) absent from fold {f}" for j in range(y.shape[1])
@@ -46,7 +66,23 @@ def max_relative_deviation(y: np.ndarray, fold: np.ndarray, k: int) -> np.ndarra
     return np.where(overall > 0, np.nan_to_num(dev, nan=0.0, posinf=0.0), 0.0).max(axis=0)
 
 
-def quality_report(y: np.ndarray, fold: np.ndarray, k: int, seed: int, tokens, names) -> tuple[str, pd.DataFrame]:
+def group_lines(y: np.ndarray, fold: np.ndarray, k: int, seed: int, groups) -> list[str]:
+    """With groups: how many, the largest, a check that none is split, and what ignoring them would give."""
+    index, _ = group_labels(y, groups)
+    split = int((pd.Series(fold).groupby(index).nunique() > 1).sum())
+    if split:  # the splitter assigns whole groups: a split one is a bug, never a property of the data
+        raise RuntimeError(f"{split} groups split across folds")
+    rows_only = stratified(y, k, seed)
+    split_if_ignored = int((pd.Series(rows_only).groupby(index).nunique() > 1).sum())
+    sizes = np.bincount(index)
+    return [f"groups: {len(sizes)} ({int((sizes > 1).sum())} with more than one row; the largest has {sizes.max()} "
+            f"rows); no group is split across folds",
+            f"ignoring the groups, iterative stratification would reach a mean deviation of "
+            f"{max_relative_deviation(y, rows_only, k).mean():.3f} and split {split_if_ignored} groups"]
+
+
+def quality_report(y: np.ndarray, fold: np.ndarray, k: int, seed: int, tokens, names,
+                   groups=None) -> tuple[str, pd.DataFrame]:
     """Per-fold label counts, and the stratified split's worst deviation next to plain KFold's."""
     plain = assign(KFold(n_splits=k, shuffle=True, random_state=seed), y)
     counts = pd.DataFrame({f"fold{f}": y[fold == f].sum(0) for f in range(k)}, index=list(tokens))
@@ -65,6 +101,8 @@ def quality_report(y: np.ndarray, fold: np.ndarray, k: int, seed: int, tokens, n
     rare = table[table.total < table.total.median()]
     lines.append(f"rare labels (below median count): stratified {rare.dev_stratified.mean():.3f}  "
                  f"plain KFold {rare.dev_kfold.mean():.3f}")
+    if groups is not None:
+        lines += group_lines(y, fold, k, seed, groups)
     few = table[table.total < k]
     for t, row in few.iterrows():
         lines.append(f"WARNING: label {t} ({row['name']}) has {int(row.total)} images, fewer than K={k}: "
@@ -85,15 +123,15 @@ class FoldsFile:
 def write_folds(run: RunLayout, ds, spec, k: int, seed: int, force: bool = False) -> FoldsFile:
     """runs/<COMP>/folds.csv for (k, seed), and its report. A folds file that would change is refused
     unless `force`: every model trained on it would silently stop being comparable."""
-    y = ds.targets()
-    frame = make_folds(ds.train["id"], y, k, seed, spec.tokens)
+    y, groups = ds.targets(), ds.groups()
+    frame = make_folds(ds.train["id"], y, k, seed, spec.tokens, groups)
     buf = io.StringIO()
     frame.to_csv(buf, index=False)
     unchanged = run.folds.exists() and run.folds.read_text() == buf.getvalue()
     if run.folds.exists() and not unchanged and not force:
         raise UserError(f"{run.folds} exists and would change; models trained on it would be silently "
                         "invalidated. Re-run with FORCE=1 to replace it.")
-    report, table = quality_report(y, frame["fold"].to_numpy(), k, seed, spec.tokens, spec.names)
+    report, table = quality_report(y, frame["fold"].to_numpy(), k, seed, spec.tokens, spec.names, groups)
     write_text(run.folds_report, report)
     write_csv(run.folds_table, table.reset_index())
     if not unchanged:
