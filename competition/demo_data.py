@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -206,8 +207,11 @@ def generate(out: Path, n_train: int = 2000, n_test: int = 500, size: int = 128,
     """The demo competition in `spec`'s layout (default: the demo spec, COMP5329's CSVs)."""
     spec = spec or load_spec("demo")
     tokens = load_spec("demo").tokens
-    if spec.tokens != tokens:
-        raise UserError(f"{spec.source}: demo data has the demo spec's labels ({' '.join(tokens)})")
+    kaggle = spec.format == "csv" and (spec.label_format == "one_hot" or spec.group_column or spec.no_label or
+                                       spec.test_image_dir or spec.image_file != "{}" or spec.tokens != tokens)
+    if spec.tokens != tokens and not (kaggle and len(spec.tokens) <= len(tokens)):
+        raise UserError(f"{spec.source}: demo data has the demo spec's labels ({' '.join(tokens)}), or (csv "
+                        f"layouts) at most {len(tokens)} labels of its own")
     rng = np.random.default_rng(seed)
     (out / spec.image_dir).mkdir(parents=True, exist_ok=True)
     n = n_train + n_test
@@ -225,8 +229,7 @@ def generate(out: Path, n_train: int = 2000, n_test: int = 500, size: int = 128,
     if spec.format == "voc":  # VOC ids are six digits; the image is label_file_image of the id
         voc_ids = [f"{i + 1:06d}" for i in range(n)]
         ids = [spec.label_file_image.format(i) for i in voc_ids]
-    if spec.format == "csv" and (spec.label_format == "one_hot" or spec.group_column or spec.no_label or
-                                 spec.test_image_dir or spec.image_file != "{}"):
+    if kaggle:
         return kaggle_csv(out, spec, label_sets, seed, size, n_train, workers, rng)
     jobs = [(seed * 1_000_003 + i, label_sets[i], size, out / spec.image_dir / ids[i]) for i in range(n)]
     with Pool(workers) as pool:
@@ -250,31 +253,51 @@ def generate(out: Path, n_train: int = 2000, n_test: int = 500, size: int = 128,
     write_csv(out / "train.csv", train_rows, "ImageID,Labels,Caption")
 
 
+# Real competitions' id shapes, (row, train rows, patient) -> id: a miniature takes the first that its spec's
+# id_pattern matches.
+ID_SHAPES = [
+    lambda i, n_train, patient: f"img_{i}",
+    lambda i, n_train, patient: f"train_{i}" if i < n_train else f"test_{i - n_train}",  # Planet
+    lambda i, n_train, patient: f"{i * 2654435761 % 2**64:016x}.jpg",                    # Plant Pathology 2021
+    lambda i, n_train, patient: f"{patient:08d}_{i % 10:03d}.png",                        # ChestX-ray14
+    lambda i, n_train, patient: f"{i}.jpg",
+]
+
+
 def kaggle_csv(out: Path, spec, label_sets, seed: int, size: int, n_train: int, workers: int, rng) -> None:
-    """Another competition's csv layout, as its spec says: ids (ChestX-ray14's <patient>_<follow-up>.png when the
-    spec has a group column and PNG ids, else img_<n>), train and test image folders, labels as tokens (with its
-    separator and no_label) or one-hot columns, a group column (30% of the rows share their group with two
-    others), and a column the spec does not read."""
+    """Another competition's csv layout, as its spec says: ids of a shape its id_pattern takes, train and test
+    image folders, labels as tokens (with its separator and no_label) or one-hot columns, a group column (30% of
+    the rows share their group with two others), a column the spec does not read, and a test file shaped as a
+    sample submission. A spec with fewer labels
+    than the demo's takes the demo's first ones under its own tokens (a row left empty gets the first)."""
     n = len(label_sets)
     patient = [i // 10 * 10 + (i % 10 if i % 10 >= 3 else 0) for i in range(n)]  # rows 10j..10j+2 share one
-    chest = spec.id_pattern.endswith(r"\.png")
-    ids = [f"{patient[i]:08d}_{i % 10:03d}.png" if chest else f"img_{i}" for i in range(n)]
+    shape = next((s for s in ID_SHAPES if all(re.fullmatch(spec.id_pattern, s(i, n_train, patient[i]))
+                                              for i in (0, n_train, n - 1))), None)
+    if shape is None:
+        raise UserError(f"{spec.source}: no id shape of the demo data matches id_pattern {spec.id_pattern!r}")
+    ids = [shape(i, n_train, patient[i]) for i in range(n)]
     folders = [spec.image_dir if i < n_train else spec.test_images for i in range(n)]
     for folder in set(folders):
         (out / folder).mkdir(parents=True, exist_ok=True)
     jobs = [(seed * 1_000_003 + i, label_sets[i], size, out / folders[i] / spec.image_name(ids[i])) for i in range(n)]
     with Pool(workers) as pool:
         pool.map(_render_job, jobs, chunksize=64)
+    as_spec = dict(zip(load_spec("demo").tokens, spec.tokens))
+    needs_one = spec.label_format == "tokens" and not spec.no_label
     label_cols = spec.tokens if spec.label_format == "one_hot" else [spec.label_column]
     group = [spec.group_column] if spec.group_column else []
     rows = []
     for i in range(n_train):
-        mine = list(rng.permutation(label_sets[i]))
+        mine = [as_spec[t] for t in rng.permutation(label_sets[i]) if t in as_spec]
+        mine = mine or ([spec.tokens[0]] if needs_one else [])
         cells = ([str(int(t in mine)) for t in spec.tokens] if spec.label_format == "one_hot" else
                  [spec.label_separator.join(mine) or spec.no_label])
         rows.append(",".join([ids[i], *cells, *([f"{patient[i]}"] if group else []), "x"]))
     write_csv(out / spec.train_csv, rows, ",".join([spec.id_column, *label_cols, *group, "site"]))
-    write_csv(out / spec.test_csv, ids[n_train:], spec.id_column)
+    # The test file as a sample submission holds it: ids and placeholder labels (columns the reader skips).
+    blank = ",".join(["0"] * len(spec.tokens)) if spec.label_format == "one_hot" else spec.tokens[0]
+    write_csv(out / spec.test_csv, [f"{i},{blank}" for i in ids[n_train:]], ",".join([spec.id_column, *label_cols]))
 
 
 def main(argv=None) -> None:

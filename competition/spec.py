@@ -64,6 +64,33 @@ class Spec:
         return self.image_file.format(image_id)
 
 
+def check_layout(raw: dict, path: Path) -> None:
+    """The keys that describe the files: each known, and only where its format has it."""
+    if raw.get("format", "csv") not in FORMATS:
+        raise UserError(f"{path}: format {raw['format']!r}; valid: {', '.join(FORMATS)}")
+    if raw.get("format") in ("label_files", "voc") and raw.get("caption_column"):
+        raise UserError(f"{path}: format {raw['format']} has no train captions; set caption_column: null")
+    if raw.get("label_format", "tokens") not in LABEL_FORMATS:
+        raise UserError(f"{path}: label_format {raw['label_format']!r}; valid: {', '.join(LABEL_FORMATS)}")
+    if raw.get("format", "csv") != "csv" and (raw.get("label_format", "tokens") != "tokens" or
+                                              raw.get("group_column") or raw.get("no_label")):
+        raise UserError(f"{path}: label_format, group_column and no_label describe a train.csv (format: csv)")
+    if raw.get("no_label") is not None and (raw.get("label_format") == "one_hot" or
+                                            str(raw["no_label"]) in raw["labels"]):
+        raise UserError(f"{path}: no_label {raw['no_label']!r} is the tokens format's cell for no label, not a "
+                        "label token (a one-hot row without labels is all zeros)")
+    if raw.get("voc_difficult", "positive") not in VOC_DIFFICULT:
+        raise UserError(f"{path}: voc_difficult {raw['voc_difficult']!r}; valid: {', '.join(VOC_DIFFICULT)}")
+    if raw.get("image_file", "{}").count("{}") != 1 or not isinstance(raw.get("image_file", "{}"), str):
+        raise UserError(f"{path}: image_file {raw['image_file']!r} needs one {{}} for the image id (e.g. '{{}}.jpg')")
+    if raw.get("format") in ("label_files", "voc") and (raw.get("image_file", "{}") != "{}" or
+                                                        raw.get("test_image_dir")):
+        raise UserError(f"{path}: format {raw['format']} names its images by label_file_image in one image_dir; "
+                        "image_file and test_image_dir are for the csv format")
+    if "{}" not in raw.get("label_file_image", "{}"):
+        raise UserError(f"{path}: label_file_image {raw['label_file_image']!r} needs a {{}} for the listed name")
+
+
 def available_specs() -> dict[str, Path]:
     return {p.stem: p for p in sorted(SPEC_DIR.glob("*.yaml"))}
 
@@ -94,29 +121,7 @@ def load_spec(name_or_path: str) -> Spec:
     budget = {"model_mb": None, "gpu_hours": None}
     budget.update(raw.get("budget") or {})
     raw["budget"] = budget
-    if raw.get("format", "csv") not in FORMATS:
-        raise UserError(f"{path}: format {raw['format']!r}; valid: {', '.join(FORMATS)}")
-    if raw.get("format") in ("label_files", "voc") and raw.get("caption_column"):
-        raise UserError(f"{path}: format {raw['format']} has no train captions; set caption_column: null")
-    if raw.get("label_format", "tokens") not in LABEL_FORMATS:
-        raise UserError(f"{path}: label_format {raw['label_format']!r}; valid: {', '.join(LABEL_FORMATS)}")
-    if raw.get("format", "csv") != "csv" and (raw.get("label_format", "tokens") != "tokens" or
-                                              raw.get("group_column") or raw.get("no_label")):
-        raise UserError(f"{path}: label_format, group_column and no_label describe a train.csv (format: csv)")
-    if raw.get("no_label") is not None and (raw.get("label_format") == "one_hot" or
-                                            str(raw["no_label"]) in raw["labels"]):
-        raise UserError(f"{path}: no_label {raw['no_label']!r} is the tokens format's cell for no label, not a "
-                        "label token (a one-hot row without labels is all zeros)")
-    if raw.get("voc_difficult", "positive") not in VOC_DIFFICULT:
-        raise UserError(f"{path}: voc_difficult {raw['voc_difficult']!r}; valid: {', '.join(VOC_DIFFICULT)}")
-    if raw.get("image_file", "{}").count("{}") != 1 or not isinstance(raw.get("image_file", "{}"), str):
-        raise UserError(f"{path}: image_file {raw['image_file']!r} needs one {{}} for the image id (e.g. '{{}}.jpg')")
-    if raw.get("format") in ("label_files", "voc") and (raw.get("image_file", "{}") != "{}" or
-                                                        raw.get("test_image_dir")):
-        raise UserError(f"{path}: format {raw['format']} names its images by label_file_image in one image_dir; "
-                        "image_file and test_image_dir are for the csv format")
-    if "{}" not in raw.get("label_file_image", "{}"):
-        raise UserError(f"{path}: label_file_image {raw['label_file_image']!r} needs a {{}} for the listed name")
+    check_layout(raw, path)
     min_labels = raw.get("min_labels_per_image", 1)
     if not isinstance(min_labels, int) or isinstance(min_labels, bool) or min_labels < 0:
         raise UserError(f"{path}: min_labels_per_image {min_labels!r}; expected an integer >= 0")

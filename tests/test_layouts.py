@@ -24,7 +24,7 @@ from helpers import settings
 QUIET = dict(log=lambda *_: None)
 
 
-LAYOUTS = ("demo_onehot", "demo_chest")
+LAYOUTS = ("demo_onehot", "demo_chest", "planet", "plant2021")  # the real specs, on generated miniatures
 
 
 @pytest.fixture(scope="module")
@@ -55,20 +55,25 @@ def test_a_miniature_reads_as_its_spec_says(miniature):
     ds = load_dataset(spec, data)
     raw = pd.read_csv(data / spec.train_csv, dtype=str, keep_default_na=False)
     assert "site" in raw.columns and "site" not in ds.train.columns
+    assert len(ds.test) == 30 and ds.image_paths(ds.test, test=True)[0].is_file()
     if spec.label_format == "one_hot":
         assert (ds.targets() == raw[spec.tokens].to_numpy().astype(np.uint8)).all()
     else:
-        empty = raw[spec.label_column] == spec.no_label
-        assert empty.sum() > 0 and (ds.targets()[empty.to_numpy()].sum(1) == 0).all()
-        assert [set(c.split("|")) for c in raw[spec.label_column][~empty]] == \
-            [set(labels) for labels in ds.train["labels"][~empty.to_numpy()]]
-    assert (ds.groups() == raw[spec.group_column].to_numpy()).all()
+        empty = (raw[spec.label_column] == spec.no_label).to_numpy()
+        assert (empty.sum() > 0) == bool(spec.no_label) and (ds.targets()[empty].sum(1) == 0).all()
+        assert [set(c.split(spec.label_separator)) for c in raw[spec.label_column][~empty]] == \
+            [set(labels) for labels in ds.train["labels"][~empty]]
+    if spec.group_column:
+        assert (ds.groups() == raw[spec.group_column].to_numpy()).all()
+    else:
+        assert ds.groups() is None
 
 
-def test_groups_stay_in_one_fold_and_the_report_says_so(miniature, tmp_path):
+@pytest.mark.parametrize("name", ["demo_onehot", "demo_chest"])
+def test_groups_stay_in_one_fold_and_the_report_says_so(generated, tmp_path, name):
     """30% of the rows share their group with two others: group-aware iterative stratification splits none,
     plain iterative stratification of the rows splits some, and `make folds` reports both."""
-    spec, data = miniature
+    spec, data = generated[name]
     ds = load_dataset(spec, data)
     run = RunLayout.of(tmp_path, spec.name)
     folds = write_folds(run, ds, spec, 3, 0)
@@ -81,7 +86,8 @@ def test_groups_stay_in_one_fold_and_the_report_says_so(miniature, tmp_path):
     assert re.search(rf"no group is split across folds\nignoring the groups, .* split {split} groups", folds.report)
 
 
-def test_a_miniature_runs_folds_train_submit_export_predict(miniature, tmp_path):
+def test_a_miniature_runs_folds_train_submit_export_predict_validate(miniature, tmp_path):
+    from submissions.validate import main as validate
     spec, data = copy_of(miniature, tmp_path)
     ds = load_dataset(spec, data)
     run = RunLayout.of(tmp_path / "runs", spec.name)
@@ -91,6 +97,7 @@ def test_a_miniature_runs_folds_train_submit_export_predict(miniature, tmp_path)
                      **QUIET)
     folder = export_bundle(spec, ds, run, sub.path, **QUIET)
     assert predict_bundle(folder, data, tmp_path / "p.csv", **QUIET).read_text() == sub.path.read_text()
+    assert validate([str(sub.path), "--comp", spec.name, "--data", str(data)]) == 0
 
 
 def edit_train(data, spec, edit) -> None:
