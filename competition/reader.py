@@ -141,7 +141,7 @@ def read_columns(path: Path, spec: Spec, columns: list[str]) -> pd.DataFrame:
         raise UserError(f"{path}: no column {', '.join(repr(c) for c in missing)} (its header: "
                         f"{', '.join(header[:30])}{' ...' if len(header) > 30 else ''}); the spec names it")
     at = [header.index(c) for c in columns]
-    reader = csv.reader(text.splitlines()[1:])
+    reader = csv.reader(text.splitlines(keepends=True)[1:])  # a quoted field keeps its newlines
     rows, short, start = [], [], 2
     for fields in reader:
         if fields and any(f.strip() for f in fields):

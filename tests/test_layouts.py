@@ -138,3 +138,19 @@ def test_a_spec_that_cannot_describe_its_files_is_refused(tmp_path):
         path.write_text(text.replace(*edit))
         with pytest.raises(UserError, match=problem):
             load_spec(str(path))
+
+
+def test_a_standard_csv_with_crlf_and_a_quoted_newline_keeps_its_line_numbers(generated, tmp_path):
+    """The by-name reader is the csv module's: Windows line ends and a quoted field over two lines (in a column
+    the spec skips) read as written, and an error after them names the file's own line."""
+    spec, data = copy_of(generated["demo_chest"], tmp_path)
+    path = data / spec.train_csv
+    want = load_dataset(spec, data).targets()
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].removesuffix(",x") + ',"two\nlines"'  # the second row (line 3) spans lines 3-4 now
+    path.write_bytes("\r\n".join(lines).encode() + b"\r\n")
+    assert (load_dataset(spec, data).targets() == want).all()
+    lines[5] = lines[5].split(",", 1)[0] + ",99,0,x"  # the fifth row: line 6 before, line 7 now
+    path.write_bytes("\r\n".join(lines).encode() + b"\r\n")
+    with pytest.raises(UserError, match=r"unknown label tokens .*\n  line 7 \("):
+        load_dataset(spec, data)
