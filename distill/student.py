@@ -60,7 +60,7 @@ def same_network(run: RunLayout, cfg: ModelConfig) -> list[str]:
 
 def compare(spec, ds, run: RunLayout, cfg: ModelConfig, t, log) -> None:
     """The student beside its teacher and beside the same network trained on the labels, if there is one."""
-    sc = Scoring.of(spec, ds.targets(), read_folds(run.folds, list(ds.train["id"])))
+    sc = Scoring.of(spec, ds.targets(), read_folds(run.folds, list(ds.train["id"]), ds.groups()))
     base = same_network(run, cfg)
     members = load_members(spec, ds, run, [cfg.name, *base], log=lambda *_: None)
     student = members[0]

@@ -142,9 +142,10 @@ def write_folds(run: RunLayout, ds, spec, k: int, seed: int, force: bool = False
 REBUILD = "`make folds FORCE=1` writes it anew (models trained on the old one must be retrained)"
 
 
-def read_folds(path: Path, ids) -> np.ndarray:
+def read_folds(path: Path, ids, groups=None) -> np.ndarray:
     """Fold of each id, in the order of `ids`. Every id must be in the folds file once, and the folds must be
-    0..K-1 with none empty: a hand-edited value would otherwise train an empty fold."""
+    0..K-1 with none empty: a hand-edited value would otherwise train an empty fold. With `groups` (the spec's
+    group_column), no group may be in two folds: a file made before the spec named its groups would leak."""
     if not Path(path).is_file():
         raise UserError(f"{path}: no folds file; run `make folds` first")
     frame = read_csv(path, REBUILD, dtype={"ImageID": str})
@@ -169,7 +170,14 @@ def read_folds(path: Path, ids) -> np.ndarray:
         raise offenders_error(path, "ids differ between folds file and train.csv (re-run `make folds FORCE=1`)",
                               [f"missing {i}" for i in missing] + [f"extra {i}" for i in extra])
     check_fold_values(path, fold, frame["ImageID"], lines)
-    return np.array([mapping[i] for i in ids], dtype=np.int64)
+    out = np.array([mapping[i] for i in ids], dtype=np.int64)
+    if groups is not None:
+        folds_of = pd.Series(out).groupby(np.asarray(groups)).unique()
+        split = [f"group {g}: folds {sorted(map(int, f))}" for g, f in folds_of.items() if len(f) > 1]
+        if split:
+            raise offenders_error(path, f"groups of the spec's group_column in more than one fold (the file was made "
+                                        f"without them?; {REBUILD})", split)
+    return out
 
 
 def check_fold_values(path: Path, fold: np.ndarray, ids, lines) -> None:

@@ -108,7 +108,7 @@ def train_model(spec, ds: Dataset, run: RunLayout, cfg: ModelConfig, force: bool
     refit) gives a distilled student's SoftTargets, and `teacher` what its teacher scored, weighed and cost;
     without them models learn the 0/1 labels."""
     model = run.model(cfg.name)
-    fold_of = read_folds(run.folds, list(ds.train["id"]))
+    fold_of = read_folds(run.folds, list(ds.train["id"]), ds.groups())
     k = int(fold_of.max()) + 1
     if cfg.pseudo:
         cfg, targets_for = with_pseudo(cfg, spec, ds, run, k, targets_for)

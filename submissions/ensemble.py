@@ -39,7 +39,7 @@ def build_ensemble(spec, ds, run: RunLayout, settings: Settings, names=None, log
     """Every complete member (or `names`), fitted into the budget, blended every way in the settings' blends;
     the best blend chosen."""
     members = load_members(spec, ds, run, names, log=log)
-    sc = Scoring.of(spec, ds.targets(), read_folds(run.folds, list(ds.train["id"])))
+    sc = Scoring.of(spec, ds.targets(), read_folds(run.folds, list(ds.train["id"]), ds.groups()))
     scores = {m.name: quick_score(sc, m.oof) for m in members}
     for m in members:
         log(f"member {m.name:<24} OOF {sc.metric} (best global thr) {scores[m.name]:.4f}  "

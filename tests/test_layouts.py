@@ -84,6 +84,10 @@ def test_groups_stay_in_one_fold_and_the_report_says_so(generated, tmp_path, nam
     split = int((pd.Series(rows_only).groupby(ds.groups()).nunique() > 1).sum())
     assert split > 0  # ignoring the groups does split some: the check above can fail
     assert re.search(rf"no group is split across folds\nignoring the groups, .* split {split} groups", folds.report)
+    # a folds file made without the groups (before the spec named them) is refused before any training
+    pd.DataFrame({"ImageID": ds.train["id"], "fold": rows_only}).to_csv(run.folds, index=False)
+    with pytest.raises(UserError, match=rf"folds.csv: {split} groups of the spec's group_column in more than one fold"):
+        train_model(spec, ds, run, resolve("tiny", ["epochs=1"]), **QUIET)
 
 
 def test_a_miniature_runs_folds_train_submit_export_predict_validate(miniature, tmp_path):
