@@ -79,6 +79,13 @@ def check_layout(raw: dict, path: Path) -> None:
                                             str(raw["no_label"]) in raw["labels"]):
         raise UserError(f"{path}: no_label {raw['no_label']!r} is the tokens format's cell for no label, not a "
                         "label token (a one-hot row without labels is all zeros)")
+    separator = raw.get("label_separator", " ")
+    spaced = [t for t in raw["labels"] if not t or separator.strip() and separator.strip() in t or
+              any(c.isspace() for c in t)]
+    if spaced:
+        raise UserError(f"{path}: label tokens {spaced[:5]} hold whitespace or the label_separator {separator!r} (or "
+                        "are empty): a submission's label cell could not be split back into them (name the "
+                        "labels with tokens such as ETT_Abnormal, and their names as you like)")
     if raw.get("voc_difficult", "positive") not in VOC_DIFFICULT:
         raise UserError(f"{path}: voc_difficult {raw['voc_difficult']!r}; valid: {', '.join(VOC_DIFFICULT)}")
     if raw.get("image_file", "{}").count("{}") != 1 or not isinstance(raw.get("image_file", "{}"), str):

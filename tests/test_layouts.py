@@ -137,7 +137,10 @@ def test_a_spec_that_cannot_describe_its_files_is_refused(tmp_path):
     text = (SPEC_DIR / "demo_chest.yaml").read_text()
     for edit, problem in [(("no_label: No Finding", "no_label: '3'"), "no_label '3' is the tokens format's cell"),
                           (("label_separator: '|'", "label_format: columns"), "label_format 'columns'; valid"),
-                          (("name: demo_chest", "name: demo_chest\nformat: voc"), "describe a train.csv")]:
+                          (("name: demo_chest", "name: demo_chest\nformat: voc"), "describe a train.csv"),
+                          (("'3': car", "'ETT - Abnormal': car"), r"tokens \['ETT - Abnormal'\] hold whitespace "
+                                                                  r"or the label_separator '\|'"),
+                          (("'3': car", "'3|4': car"), r"tokens \['3\|4'\] hold whitespace")]:
         path = tmp_path / "spec.yaml"
         path.write_text(text.replace(*edit))
         with pytest.raises(UserError, match=problem):
