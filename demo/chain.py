@@ -76,7 +76,7 @@ def summarize(sub: Submission, run: RunLayout, n_plots: int, seconds: float) -> 
         print(f"member {name:<24} OOF {metric} {score:.4f} (best global threshold)")
     print(f"blend ({ens.blend_name})".ljust(31) + f" OOF {metric} {ens.blend.score:.4f} (best global threshold)")
     print(f"blend + {art.method} thresholds: OOF {metric} {art.oof_score:.4f}, thresholds nested "
-          f"{art.nested_score:.4f}, fully nested {sub.nested['score']:.4f}")
+          f"{art.nested_score:.4f}, fully nested {sub.nested.score:.4f}")
     for st in ens.students:
         print(f"student {st['name']}: OOF {metric} {st['oof_score_global_thr']:.4f}, {st['size_mb']:.1f} MB; "
               f"its teacher: {st['teacher_oof_score_global_thr']:.4f}, {st['teacher_mb']:.1f} MB")

@@ -10,11 +10,14 @@ that saw the other folds, the one leak every stacked pipeline keeps.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
+from competition.artifacts import read_json, write_json
 from competition.errors import UserError
 from competition.metrics import decide
+from competition.records import as_json, field_problems
 from submissions import thresholds as th
 from submissions.blend import BLENDS, available, check_blends, fit_blends
 from submissions.budget import Budget, fit_budget
@@ -63,8 +66,46 @@ class Choice:
         prob = self.blend.apply([probs[name] for name in self.members])
         return decide(prob, self.thresholds, self.min_labels)
 
-    def summary(self) -> dict:
-        return {"members": self.members, "blend": self.blend_name, "threshold_method": self.method}
+
+
+@dataclasses.dataclass(frozen=True)
+class OuterFold:
+    """One outer fold of the fully nested estimate: what was chosen on the other folds, and its score here."""
+    fold: int
+    score: float
+    members: tuple[str, ...]
+    blend: str
+    threshold_method: str
+
+
+@dataclasses.dataclass(frozen=True)
+class NestedEstimate:
+    """nested/nested-<key>.json: the fully nested estimate (pooled over the outer folds) and each outer fold."""
+    score: float
+    per_fold: tuple[OuterFold, ...]
+
+    def to_json(self) -> dict:
+        return as_json(self)
+
+    @classmethod
+    def from_json(cls, data, where) -> NestedEstimate:
+        problems = field_problems(cls, data) if isinstance(data, dict) else [f"a JSON {type(data).__name__}"]
+        if not problems:
+            problems = [f"per_fold[{i}].{p}" for i, r in enumerate(data["per_fold"])
+                        for p in (field_problems(OuterFold, r) if isinstance(r, dict) else ["not an object"])]
+        if problems:
+            raise UserError(f"{where}: not a fully nested estimate ({'; '.join(problems)[:300]}); delete it: "
+                            "`make submit` computes it again")
+        return cls(data["score"], tuple(OuterFold(**{**r, "members": tuple(r["members"])})
+                                        for r in data["per_fold"]))
+
+    @classmethod
+    def read(cls, path: Path) -> NestedEstimate:
+        return cls.from_json(read_json(path, "delete it: `make submit` computes the fully nested estimate again"),
+                             path)
+
+    def write(self, path: Path) -> None:
+        write_json(path, self.to_json())
 
 
 def choose(members, sc: Scoring, settings: Settings) -> Choice:
@@ -78,7 +119,7 @@ def choose(members, sc: Scoring, settings: Settings) -> Choice:
     return Choice([m.name for m in chosen], name, blend, row.method, row.thresholds, sc.min_labels, row.in_sample)
 
 
-def fully_nested(members, sc: Scoring, settings: Settings, log) -> dict:
+def fully_nested(members, sc: Scoring, settings: Settings, log) -> NestedEstimate:
     """choose() on every K-1 folds, scored on the held-out fold; pooled score, per-fold scores and choices."""
     pred = np.zeros_like(sc.y, dtype=np.uint8)
     per_fold = []
@@ -90,7 +131,8 @@ def fully_nested(members, sc: Scoring, settings: Settings, log) -> dict:
         inner, outer = sc.fold != f, sc.fold == f
         choice = choose([dataclasses.replace(m, oof=m.oof[inner]) for m in members], sc.rows(inner), settings)
         pred[outer] = choice.predict({m.name: m.oof[outer] for m in members})
-        per_fold.append({"fold": int(f), "score": sc.of_pred(pred[outer], outer), **choice.summary()})
-        log(f"fully nested: fold {f} {per_fold[-1]['score']:.4f} ({choice.blend_name} of "
+        per_fold.append(OuterFold(int(f), sc.of_pred(pred[outer], outer), tuple(choice.members),
+                                  choice.blend_name, choice.method))
+        log(f"fully nested: fold {f} {per_fold[-1].score:.4f} ({choice.blend_name} of "
             f"{'+'.join(choice.members)}, {choice.method} thresholds)")
-    return {"score": sc.of_pred(pred), "per_fold": per_fold}
+    return NestedEstimate(sc.of_pred(pred), tuple(per_fold))

@@ -12,7 +12,7 @@ import numpy as np
 import optuna
 
 from competition import metrics, runlog
-from competition.artifacts import exclusive_lock, read_json, write_csv, write_json
+from competition.artifacts import exclusive_lock, write_csv
 from competition.errors import UserError
 from competition.formats import submission_frame
 from competition.layout import RunLayout
@@ -20,7 +20,7 @@ from submissions import thresholds as th
 from submissions.blend import BLENDS
 from submissions.blend_file import apply_saved, saved_path, write_saved
 from submissions.ensemble import Ensemble, build_ensemble
-from submissions.postprocess import Settings, fully_nested
+from submissions.postprocess import NestedEstimate, Settings, fully_nested
 from submissions.sidecar import Sidecar, SubmittedBlend, SubmittedMember
 from submissions.validate import validate_frame
 
@@ -106,12 +106,12 @@ def nested_key(ens: Ensemble) -> str:
 
 
 def estimate_nested(run: RunLayout, ens: Ensemble, thresholds: th.ThresholdsRecord, log=print,
-                    seconds: float | None = None) -> dict:
+                    seconds: float | None = None) -> NestedEstimate:
     """The whole post-processing repeated on K-1 folds and scored on the held-out one (an artifact, reused).
     `seconds`: what the post-processing took once, on every row: the estimate's cost is said before it starts."""
     path = run.nested_file(nested_key(ens))
     if path.exists():
-        nested = read_json(path, "delete it: `make submit` computes the fully nested estimate again")
+        nested = NestedEstimate.read(path)
         log(f"fully nested: reusing {path} (members and settings unchanged)")
     else:
         k = len(ens.scoring.folds)
@@ -120,11 +120,11 @@ def estimate_nested(run: RunLayout, ens: Ensemble, thresholds: th.ThresholdsReco
                 f"row): about {k * seconds / 60:.1f} min")
         t0 = time.perf_counter()
         nested = fully_nested(ens.candidates, ens.scoring, ens.settings, log)
-        write_json(path, nested)
+        nested.write(path)
         log(f"fully nested: {time.perf_counter() - t0:.0f} s")
     log(f"{thresholds.method} thresholds on the {ens.blend_name} blend: OOF in-sample "
         f"{thresholds.oof_score:.4f}, thresholds nested {thresholds.nested_score:.4f}, fully nested "
-        f"(members, blend, thresholds) {nested['score']:.4f}")
+        f"(members, blend, thresholds) {nested.score:.4f}")
     return nested
 
 
@@ -135,7 +135,7 @@ class Submission:
     path: Path
     ensemble: Ensemble
     thresholds: th.ThresholdsRecord
-    nested: dict
+    nested: NestedEstimate
 
 
 def run_submit(spec, ds, run: RunLayout, settings: Settings, command: str, names=None, log=print) -> Submission:
@@ -144,7 +144,7 @@ def run_submit(spec, ds, run: RunLayout, settings: Settings, command: str, names
     ens, thresholds = run_thresholds(spec, ds, run, settings, names, log)
     nested = estimate_nested(run, ens, thresholds, log, time.perf_counter() - t0)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = run.submission(spec.name, stamp, nested["score"])
+    out = run.submission(spec.name, stamp, nested.score)
     # The blend's saved form first; the test rows are blended from it by the function `make predict` uses.
     form = ens.blend.model.form()
     saved = write_saved(form, saved_path(out, form)) if BLENDS[ens.blend_name].stacked else None
@@ -163,8 +163,8 @@ def run_submit(spec, ds, run: RunLayout, settings: Settings, command: str, names
     return Submission(out, ens, thresholds, nested)
 
 
-def sidecar_of(spec, ens: Ensemble, art: th.ThresholdsRecord, nested: dict, name: str, command: str, stamp: str,
-               blend_file: Path | None) -> Sidecar:
+def sidecar_of(spec, ens: Ensemble, art: th.ThresholdsRecord, nested: NestedEstimate, name: str, command: str,
+               stamp: str, blend_file: Path | None) -> Sidecar:
     """What went into a submission, beside it: members, blend, thresholds, scores, cost and budget."""
     sc, blend, thr = ens.scoring, ens.blend, art.vector(spec.tokens)
     size, hours = ens.cost()
@@ -177,7 +177,7 @@ def sidecar_of(spec, ens: Ensemble, art: th.ThresholdsRecord, nested: dict, name
                                {k: b.score for k, b in ens.blends.items()},
                                {k: b.select for k, b in ens.blends.items()})
     return Sidecar(name, command, spec.name, sc.metric, members, submitted, art.thresholds, art.method,
-                   sc.score(blend.oof, thr), nested["score"], tuple(nested["per_fold"]), art.nested_score,
+                   sc.score(blend.oof, thr), nested.score, tuple(nested.to_json()["per_fold"]), art.nested_score,
                    tuple(dataclasses.asdict(r) for r in art.comparison),
                    metrics.summary(sc.y, blend.oof, thr, sc.min_labels),
                    max(ens.member_scores.values()), round(size, 3), hours,

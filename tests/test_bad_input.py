@@ -67,7 +67,7 @@ def test_submit_any_k_with_every_blend(demo_data, tmp_path, k, blends):
     sub = run_submit(spec, ds, run, settings(spec, method="global", trials=2, blends=blends), "test",
                      log=lines.append)
     assert sub.path.exists() and set(sub.ensemble.blends) == set(blends)
-    assert len(sub.nested["per_fold"]) == k
+    assert len(sub.nested.per_fold) == k
     said_skip = any("2 folds" in line and "stack" in line and "skipped there" in line for line in lines)
     assert said_skip == (k == 2)
 
@@ -265,6 +265,19 @@ def test_an_edited_thresholds_artifact_is_refused_by_field(submitted, tmp_path, 
     edit(art)
     path.write_text(json.dumps(art))
     with pytest.raises(UserError, match=rf"{path.name}: not a thresholds record \(.*{problem}.*tunes them again"):
+        run_submit(spec, ds, run, settings(spec, method="fixed"), "test", **QUIET)
+
+
+def test_an_edited_nested_estimate_is_refused_by_field(submitted, tmp_path):
+    """The fully nested estimate is a typed record: read back equal; an edited one is one error naming the field."""
+    from submissions.postprocess import NestedEstimate
+    spec, ds, run = copy_of(submitted, tmp_path)
+    path = next(run.nested_file("x").parent.glob("nested-*.json"))
+    data = json.loads(path.read_text())
+    assert NestedEstimate.from_json(data, path).to_json() == data
+    data["per_fold"][1]["score"] = "0.9"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=rf"{path.name}: not a fully nested estimate \(per_fold\[1\]\.score='0.9'"):
         run_submit(spec, ds, run, settings(spec, method="fixed"), "test", **QUIET)
 
 

@@ -854,7 +854,7 @@ def test_one_arithmetic_decides_every_number_of_a_stacked_blend(trained, demo_da
     real_blend, mutant_blend = real_sub.ensemble.blends["stack"], mutant_sub.ensemble.blends["stack"]
     assert np.abs(real_blend.oof - mutant_blend.oof).max() > 0.1
     assert np.abs(real_blend.fold_tests - mutant_blend.fold_tests).max() > 0.1
-    assert real_sub.nested["score"] != mutant_sub.nested["score"]
+    assert real_sub.nested.score != mutant_sub.nested.score
     assert real_sub.path.read_text() != mutant_sub.path.read_text()
     mutant_pred = predict_bundle(mutant_bundle, demo_data, tmp_path / "mutant.csv", **QUIET).read_text()
     assert mutant_pred == mutant_sub.path.read_text()

@@ -479,9 +479,8 @@ def test_fully_nested_is_below_in_sample_when_post_processing_overfits():
     st = Settings(Budget(None, None), method=None, trials=5, seed=0, blends=DEFAULT_BLENDS)
     in_sample = choose(members, micro(y, fold=fold), st).in_sample
     nested = fully_nested(members, micro(y, fold=fold), st, log=lambda *_: None)
-    assert nested["score"] < in_sample - 0.01  # tuned on the rows it is scored on vs on other rows
-    assert [r["fold"] for r in nested["per_fold"]] == [0, 1, 2, 3]
-    assert all(set(r) >= {"members", "blend", "threshold_method", "score"} for r in nested["per_fold"])
+    assert nested.score < in_sample - 0.01  # tuned on the rows it is scored on vs on other rows
+    assert [r.fold for r in nested.per_fold] == [0, 1, 2, 3] and all(r.members and r.blend for r in nested.per_fold)
 
 
 def test_fully_nested_equals_in_sample_when_nothing_is_tuned():
@@ -492,7 +491,7 @@ def test_fully_nested_equals_in_sample_when_nothing_is_tuned():
     st = Settings(Budget(None, None), method="fixed", trials=1, seed=0, blends=("mean",))
     sc = micro(y, fold=fold)
     in_sample = choose(members, sc, st).in_sample
-    assert fully_nested(members, sc, st, log=lambda *_: None)["score"] == pytest.approx(in_sample)
+    assert fully_nested(members, sc, st, log=lambda *_: None).score == pytest.approx(in_sample)
     assert in_sample == pytest.approx(sc.score(members[0].oof, 0.5))
 
 
