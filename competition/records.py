@@ -71,3 +71,13 @@ def short(value, width: int = 60) -> str:
 def as_json(record) -> dict:
     """A record as JSON holds it (tuples as lists): what is saved, and what a comparison with a saved one sees."""
     return json.loads(json.dumps(dataclasses.asdict(record)))
+
+
+def record_problems(cls, data, lists: dict | None = None) -> list[str]:
+    """`field_problems` of a JSON object, then of each item of its lists of nested records (`lists`: field ->
+    the items' record type), each named by its place (`per_fold[1].score=...`)."""
+    problems = field_problems(cls, data) if isinstance(data, dict) else [f"a JSON {type(data).__name__}"]
+    if not problems:
+        problems = [f"{name}[{i}].{p}" for name, item in (lists or {}).items() for i, r in enumerate(data[name])
+                    for p in (field_problems(item, r) if isinstance(r, dict) else ["not an object"])]
+    return problems

@@ -17,7 +17,7 @@ import numpy as np
 from competition.artifacts import read_json, write_json
 from competition.errors import UserError
 from competition.metrics import decide
-from competition.records import as_json, field_problems
+from competition.records import as_json, record_problems
 from submissions import thresholds as th
 from submissions.blend import BLENDS, available, check_blends, fit_blends
 from submissions.budget import Budget, fit_budget
@@ -89,10 +89,7 @@ class NestedEstimate:
 
     @classmethod
     def from_json(cls, data, where) -> NestedEstimate:
-        problems = field_problems(cls, data) if isinstance(data, dict) else [f"a JSON {type(data).__name__}"]
-        if not problems:
-            problems = [f"per_fold[{i}].{p}" for i, r in enumerate(data["per_fold"])
-                        for p in (field_problems(OuterFold, r) if isinstance(r, dict) else ["not an object"])]
+        problems = record_problems(cls, data, {"per_fold": OuterFold})
         if problems:
             raise UserError(f"{where}: not a fully nested estimate ({'; '.join(problems)[:300]}); delete it: "
                             "`make submit` computes it again")

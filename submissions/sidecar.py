@@ -9,7 +9,7 @@ from pathlib import Path
 
 from competition.artifacts import read_json, write_json
 from competition.errors import UserError
-from competition.records import field_problems
+from competition.records import field_problems, record_problems
 
 AGAIN = "run `make submit` again"
 
@@ -70,10 +70,8 @@ class Sidecar:
             raise UserError(f"{where}: not the record `make submit` writes beside a submission "
                             f"({'; '.join(problems)[:300]}; SUBMISSION= names a CSV under runs/<COMP>/submissions/, "
                             f"not a `make predict` output); {AGAIN}")
-        problems = field_problems(cls, data) if isinstance(data, dict) else [f"a JSON {type(data).__name__}"]
-        if not problems:
-            problems = [f"members[{i}].{p}" for i, m in enumerate(data["members"]) for p in
-                        (field_problems(SubmittedMember, m) if isinstance(m, dict) else ["not an object"])]
+        problems = record_problems(cls, data, {"members": SubmittedMember})
+        if isinstance(data, dict) and not field_problems(cls, data):  # its fields are there and typed
             problems += [f"blend.{p}" for p in field_problems(SubmittedBlend, data["blend"])]
         if problems:
             refuse(problems)

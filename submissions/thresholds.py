@@ -18,7 +18,7 @@ import optuna
 
 from competition.artifacts import read_json, write_json
 from competition.errors import UserError
-from competition.records import as_json, field_problems, matches, short
+from competition.records import as_json, matches, record_problems, short
 from submissions.scoring import Scoring
 
 GRID = np.linspace(0.02, 0.98, 97)
@@ -67,10 +67,8 @@ class ThresholdsRecord:
 
     @classmethod
     def from_json(cls, data, where) -> ThresholdsRecord:
-        problems = field_problems(cls, data) if isinstance(data, dict) else [f"a JSON {type(data).__name__}"]
+        problems = record_problems(cls, data, {"comparison": MethodScore})
         if not problems:
-            problems = [f"comparison[{i}].{p}" for i, r in enumerate(data["comparison"])
-                        for p in (field_problems(MethodScore, r) if isinstance(r, dict) else ["not an object"])]
             given = data["thresholds"]
             problems += [f"thresholds[{t!r}]={short(given.get(t))} (expected a finite number)"
                          for t in data["labels"] if not matches(given.get(t), float)]
