@@ -103,11 +103,12 @@ def split_records(path: Path, lines: list[str], id_pattern: str) -> list[tuple[i
     return records
 
 
-def read_records(path: Path, id_pattern: str, columns: list[str]) -> pd.DataFrame:
-    """Split a file into records by id-led lines, so stray quotes and newlines stay inside a caption."""
-    if not path.is_file():
+def read_records(path: Path, id_pattern: str, columns: list[str], text: str | None = None) -> pd.DataFrame:
+    """Split a file into records by id-led lines, so stray quotes and newlines stay inside a caption. `text`: the
+    file already decoded."""
+    if text is None and not path.is_file():
         raise UserError(f"{path}: file not found")
-    lines = file_lines(decode_text(path))
+    lines = file_lines(decode_text(path) if text is None else text)
     if not lines:
         raise UserError(f"{path}: empty file")
     header = [h.strip() for h in next(csv.reader([lines[0]]))]
@@ -135,7 +136,7 @@ def read_columns(path: Path, spec: Spec, columns: list[str]) -> pd.DataFrame:
     text = decode_text(path)
     header = [h.strip() for h in next(csv.reader(file_lines(text)[:1]), [])]
     if header == columns or not header:
-        return read_records(path, spec.id_pattern, columns)
+        return read_records(path, spec.id_pattern, columns, text)
     missing = [c for c in columns if c not in header]
     if missing:
         raise UserError(f"{path}: no column {', '.join(repr(c) for c in missing)} (its header: "

@@ -66,15 +66,20 @@ def max_relative_deviation(y: np.ndarray, fold: np.ndarray, k: int) -> np.ndarra
     return np.where(overall > 0, np.nan_to_num(dev, nan=0.0, posinf=0.0), 0.0).max(axis=0)
 
 
+def split_groups(fold: np.ndarray, groups) -> dict:
+    """Each group whose rows are in more than one fold -> those folds."""
+    folds_of = pd.Series(fold).groupby(np.asarray(groups)).unique()
+    return {g: sorted(map(int, f)) for g, f in folds_of.items() if len(f) > 1}
+
+
 def group_lines(y: np.ndarray, fold: np.ndarray, k: int, seed: int, groups) -> list[str]:
     """With groups: how many, the largest, a check that none is split, and what ignoring them would give."""
-    index, _ = group_labels(y, groups)
-    split = int((pd.Series(fold).groupby(index).nunique() > 1).sum())
+    split = len(split_groups(fold, groups))
     if split:  # the splitter assigns whole groups: a split one is a bug, never a property of the data
         raise RuntimeError(f"{split} groups split across folds")
     rows_only = stratified(y, k, seed)
-    split_if_ignored = int((pd.Series(rows_only).groupby(index).nunique() > 1).sum())
-    sizes = np.bincount(index)
+    split_if_ignored = len(split_groups(rows_only, groups))
+    sizes = pd.Series(groups).value_counts().to_numpy()
     return [f"groups: {len(sizes)} ({int((sizes > 1).sum())} with more than one row; the largest has {sizes.max()} "
             f"rows); no group is split across folds",
             f"ignoring the groups, iterative stratification would reach a mean deviation of "
@@ -172,8 +177,7 @@ def read_folds(path: Path, ids, groups=None) -> np.ndarray:
     check_fold_values(path, fold, frame["ImageID"], lines)
     out = np.array([mapping[i] for i in ids], dtype=np.int64)
     if groups is not None:
-        folds_of = pd.Series(out).groupby(np.asarray(groups)).unique()
-        split = [f"group {g}: folds {sorted(map(int, f))}" for g, f in folds_of.items() if len(f) > 1]
+        split = [f"group {g}: folds {f}" for g, f in split_groups(out, groups).items()]
         if split:
             raise offenders_error(path, f"groups of the spec's group_column in more than one fold (the file was made "
                                         f"without them?; {REBUILD})", split)
