@@ -31,7 +31,7 @@ help:
 	@echo "make test                 set up, lint, then run the test suite (slow tests: make test-all)"
 	@echo "make lint                 ruff (pyproject.toml: pycodestyle, pyflakes, imports, bugbear, pyupgrade; 120 columns)"
 	@echo "make test-gpu             the CUDA tests (skipped without a GPU)"
-	@echo "make demo-data            generate the synthetic demo competition under $(RUNS)/<COMP>/data (COMP=demo_label_files: label folder, demo_voc: VOC, demo_onehot: one-hot + groups, demo_chest: ChestX-ray14)"
+	@echo "make demo-data            generate the synthetic demo competition under $(RUNS)/<COMP>/data (COMP=demo_label_files, demo_voc, demo_onehot, demo_chest, or a real spec: planet, plant2020, ranzcr, ...: its layout in miniature)"
 	@echo "make eda                  plots + summary under $(RUNS)/<COMP>/eda"
 	@echo "make folds                iterative stratified K-fold -> $(RUNS)/<COMP>/folds.csv (FORCE=1 to replace)"
 	@echo "make train MODEL=name     every fold of one backbone -> $(RUNS)/<COMP>/models/<MODEL>/ (NAME=: another folder, for a variant)"

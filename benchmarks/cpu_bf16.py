@@ -59,11 +59,11 @@ def main():
         seconds = time.perf_counter() - t0
         out[name] = prob
         print(f"{name}: {2 * len(rows) / seconds:6.1f} img/s (flip TTA: 2 passes per row)  "
-              f"mAP {metrics.mean_average_precision(y, prob):.4f}  micro-F1@0.5 "
+              f"mAP {metrics.macro_ap(y, prob):.4f}  micro-F1@0.5 "
               f"{metrics.f1(y, metrics.decide(prob, 0.5, spec.min_labels_per_image)):.4f}", flush=True)
         out[name + "_s"] = seconds
     diff = np.abs(out["fp32"] - out["bf16"]).max()
-    d_map = metrics.mean_average_precision(y, out["bf16"]) - metrics.mean_average_precision(y, out["fp32"])
+    d_map = metrics.macro_ap(y, out["bf16"]) - metrics.macro_ap(y, out["fp32"])
     speedup = out["fp32_s"] / out["bf16_s"]
     print(f"bf16 vs fp32: {speedup:.2f}x faster, max |dp| {diff:.4f}, mAP change {d_map:+.4f}")
     if speedup < 1.2 or abs(d_map) > 0.005:

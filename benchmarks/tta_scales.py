@@ -42,7 +42,7 @@ def fold_probs(model_dir: Path, meta: ModelMeta, f: int, paths: list[Path], size
     out = []
     for start in range(0, len(paths), BATCH):
         batch = np.stack([load_resized(p, size) for p in paths[start:start + BATCH]])
-        out.append(batch_probs(nets, {size: batch}, 1, cpu)[0].numpy())
+        out.append(batch_probs(nets, {size: batch}, cpu)[0].mean(0).numpy())
     return np.concatenate(out)
 
 

@@ -26,7 +26,7 @@ from bundle.record import BundleRecord, MemberRecord
 from competition import errors, load_spec
 from competition.artifacts import atomic_path, exclusive_lock, read_json, remove_temporaries, write_json
 from competition.errors import UserError
-from competition.formats import submission_frame
+from competition.formats import as_stored, submission_frame
 from competition.images import MAX_PIXELS, load_resized
 from competition.reader import image_files, load_test
 from competition.records import field_problems
@@ -69,16 +69,15 @@ def load_nets(folder: Path, members: tuple[MemberRecord, ...], device: torch.dev
 
 def batch_probs(nets: list[tuple[int, Network]], decoded: dict, device,
                 captions: dict | None = None) -> dict[int, torch.Tensor]:
-    """member index -> its mean over its networks of `predict_images` (pipelines.inference: training's own rules)
-    on one batch decoded at every input size; normalised views and a shared trunk's features computed once.
-    `captions`: member index -> the batch's caption embeddings, for the members that read them."""
+    """member index -> (its networks, rows, labels): each network's `predict_images` (pipelines.inference:
+    training's own rules) on one batch decoded at every input size; normalised views and a shared trunk's features
+    computed once. `captions`: member index -> the batch's caption embeddings, for the members that read them."""
     memo: dict = {}
-    sums, counts = {}, {}
+    out: dict[int, list] = {}
     for member, n in nets:
-        sums[member] = sums.get(member, 0.0) + predict_images(n, decoded[n.record.net.img_size], device, memo,
-                                                              (captions or {}).get(member))
-        counts[member] = counts.get(member, 0) + 1
-    return {member: total / counts[member] for member, total in sums.items()}
+        out.setdefault(member, []).append(predict_images(n, decoded[n.record.net.img_size], device, memo,
+                                                         (captions or {}).get(member)))
+    return {member: torch.stack(probs) for member, probs in out.items()}
 
 
 def caption_inputs(folder: Path, members: tuple[MemberRecord, ...], nets: list[tuple[int, Network]],
@@ -118,7 +117,9 @@ def image_members(nets: list[tuple[int, Network]], captions: dict[int, np.ndarra
                   paths: list[Path], n_labels: int, device: torch.device, where: str = "test.csv",
                   max_pixels: int = MAX_PIXELS) -> dict[int, np.ndarray]:
     """member index -> its mean over its networks (fold models or refit) and TTA views, in one pass over the
-    images: each decoded once per input size, each shared trunk computed once."""
+    images: each decoded once per input size, each shared trunk computed once. Each network's probabilities are
+    rounded as training stored its test probabilities (`as_stored`), then averaged as `make submit` averages
+    those files: a probability submission's cells come out the same, not one rounding apart."""
     if not nets:
         return {}
     sizes = sorted({n.record.net.img_size for _, n in nets})
@@ -140,7 +141,7 @@ def image_members(nets: list[tuple[int, Network]], captions: dict[int, np.ndarra
             for i, prob in batch_probs(nets, decoded, device, batch).items():
                 out[i].append(prob.cpu().numpy().astype(np.float64))
             bar.update(min(BATCH, len(test) - starts[b]))
-    return {i: np.concatenate(o) if o else np.zeros((0, n_labels)) for i, o in out.items()}
+    return {i: as_stored(np.concatenate(o, axis=1)).mean(0) if o else np.zeros((0, n_labels)) for i, o in out.items()}
 
 
 def captions_models(folder: Path, member: MemberRecord) -> list[CaptionModel]:
@@ -154,10 +155,10 @@ def captions_models(folder: Path, member: MemberRecord) -> list[CaptionModel]:
 
 
 def captions_probs(models: list[CaptionModel], texts) -> np.ndarray:
-    """The mean of the models' probabilities. A sentence encoder is shared by the member's fold models: the
-    captions are embedded once, not once per fold."""
+    """The mean of the models' probabilities (each rounded as training stored it, `as_stored`). A sentence encoder
+    is shared by the member's fold models: the captions are embedded once, not once per fold."""
     x = None if models[0].vecs else models[0].features(texts)
-    return np.mean([m.predict(texts, x=x) for m in models], axis=0)
+    return np.mean([as_stored(m.predict(texts, x=x)) for m in models], axis=0)
 
 
 def sidecar(out: Path) -> Path:
@@ -312,6 +313,9 @@ def predict_verified(folder: Path, data: Path, out: Path, options: PredictOption
     spec = load_spec(str(root / "spec.yaml"))
     if list(record.tokens) != spec.tokens:
         raise UserError(f"{folder}: bundle.json's label tokens differ from its spec.yaml's; export the bundle again")
+    if record.metric != spec.metric:
+        raise UserError(f"{folder}: bundle.json's metric {record.metric} differs from its spec.yaml's {spec.metric}; "
+                        "export the bundle again")
     check_owner(out, verified.digest)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_dependencies(record, device, log)

@@ -13,6 +13,7 @@ from pathlib import PurePosixPath
 
 from bundle.manifest import AGAIN, FORMAT
 from competition.errors import UserError
+from competition.metrics import OBJECTIVES
 from competition.records import field_problems
 from pipelines.inference import InferenceRecord
 from submissions.blend_file import FORMS, MEAN_METHODS
@@ -63,7 +64,7 @@ class BundleRecord:
     tokens: tuple[str, ...]
     members: tuple[MemberRecord, ...]
     blend: BlendRecord
-    thresholds: tuple[float, ...]               # in the order of `tokens`
+    thresholds: tuple[float, ...]               # in the order of `tokens` (a probability metric's: temperatures)
     metric: str
     scores: Scores
 
@@ -106,8 +107,14 @@ class BundleRecord:
         thresholds = tuple(float(t) for t in data["thresholds"])
         if len(thresholds) != len(tokens):
             refuse(f"thresholds: {len(thresholds)} values for {len(tokens)} labels")
+        if data["metric"] not in OBJECTIVES:
+            refuse(f"metric {data['metric']!r}: not a metric ({', '.join(OBJECTIVES)})")
+        if OBJECTIVES[data["metric"]].probabilities:  # a probability submission's last step: temperatures
+            bad = [f"{t}={v}" for t, v in zip(tokens, thresholds) if not 0 < v < math.inf]
+            if bad:
+                refuse(f"thresholds (the temperatures of a {data['metric']} submission) not > 0: {', '.join(bad[:5])}")
         bad = [f"{t}={v}" for t, v in zip(tokens, thresholds) if not 0 <= v <= THRESHOLD_MAX]
-        if bad:
+        if bad and not OBJECTIVES[data["metric"]].probabilities:
             refuse(f"thresholds outside [0, 1]: {', '.join(bad[:5])}")
         scores = checked(Scores, data["scores"], "scores.", refuse)
         return cls(FORMAT, data["competition"], data["submission"], tokens, members, blend, thresholds,

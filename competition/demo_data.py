@@ -209,9 +209,9 @@ def generate(out: Path, n_train: int = 2000, n_test: int = 500, size: int = 128,
     tokens = load_spec("demo").tokens
     kaggle = spec.format == "csv" and (spec.label_format == "one_hot" or spec.group_column or spec.no_label or
                                        spec.test_image_dir or spec.image_file != "{}" or spec.tokens != tokens)
-    if spec.tokens != tokens and not (kaggle and len(spec.tokens) <= len(tokens)):
+    if spec.tokens != tokens and not kaggle:
         raise UserError(f"{spec.source}: demo data has the demo spec's labels ({' '.join(tokens)}), or (csv "
-                        f"layouts) at most {len(tokens)} labels of its own")
+                        "layouts) labels of its own")
     rng = np.random.default_rng(seed)
     (out / spec.image_dir).mkdir(parents=True, exist_ok=True)
     n = n_train + n_test
@@ -260,6 +260,9 @@ ID_SHAPES = [
     lambda i, n_train, patient: f"train_{i}" if i < n_train else f"test_{i - n_train}",  # Planet
     lambda i, n_train, patient: f"{i * 2654435761 % 2**64:016x}.jpg",                    # Plant Pathology 2021
     lambda i, n_train, patient: f"{patient:08d}_{i % 10:03d}.png",                        # ChestX-ray14
+    lambda i, n_train, patient: f"Train_{i}" if i < n_train else f"Test_{i - n_train}",  # Plant Pathology 2020
+    lambda i, n_train, patient: f"1.2.826.0.1.3680043.8.498.{i * 2654435761 % 10**20}",  # RANZCR CLiP
+    lambda i, n_train, patient: f"tt{1000000 + i * 7919}",                               # IMDb ids (posters)
     lambda i, n_train, patient: f"{i}.jpg",
 ]
 
@@ -268,8 +271,8 @@ def kaggle_csv(out: Path, spec, label_sets, seed: int, size: int, n_train: int, 
     """Another competition's csv layout, as its spec says: ids of a shape its id_pattern takes, train and test
     image folders, labels as tokens (with its separator and no_label) or one-hot columns, a group column (30% of
     the rows share their group with two others), a column the spec does not read, and a test file shaped as a
-    sample submission. A spec with fewer labels
-    than the demo's takes the demo's first ones under its own tokens (a row left empty gets the first)."""
+    sample submission. The spec's labels take the demo's under their own tokens, by position (a row left empty
+    gets the first); a label past the demo's 18 is the one 18 places before it, present in half its rows."""
     n = len(label_sets)
     patient = [i // 10 * 10 + (i % 10 if i % 10 >= 3 else 0) for i in range(n)]  # rows 10j..10j+2 share one
     shape = next((s for s in ID_SHAPES if all(re.fullmatch(spec.id_pattern, s(i, n_train, patient[i]))
@@ -283,13 +286,15 @@ def kaggle_csv(out: Path, spec, label_sets, seed: int, size: int, n_train: int, 
     jobs = [(seed * 1_000_003 + i, label_sets[i], size, out / folders[i] / spec.image_name(ids[i])) for i in range(n)]
     with Pool(workers) as pool:
         pool.map(_render_job, jobs, chunksize=64)
-    as_spec = dict(zip(load_spec("demo").tokens, spec.tokens))
+    demo = load_spec("demo").tokens
+    as_spec = {t: [s for j, s in enumerate(spec.tokens) if j % len(demo) == k] for k, t in enumerate(demo)}
     needs_one = spec.label_format == "tokens" and not spec.no_label
     label_cols = spec.tokens if spec.label_format == "one_hot" else [spec.label_column]
     group = [spec.group_column] if spec.group_column else []
     rows = []
     for i in range(n_train):
-        mine = [as_spec[t] for t in rng.permutation(label_sets[i]) if t in as_spec]
+        mine = [s for t in rng.permutation(label_sets[i]) for j, s in enumerate(as_spec[t])
+                if j == 0 or rng.random() < .5]
         mine = mine or ([spec.tokens[0]] if needs_one else [])
         cells = ([str(int(t in mine)) for t in spec.tokens] if spec.label_format == "one_hot" else
                  [spec.label_separator.join(mine) or spec.no_label])

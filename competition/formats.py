@@ -16,6 +16,14 @@ from competition.artifacts import read_csv, read_json, write_json
 from competition.errors import UserError, offenders_error
 from competition.records import field_problems
 
+PROB_FILE_FORMAT = "%.6f"  # how training writes probabilities (OOF, fold and refit test files)
+
+
+def as_stored(prob: np.ndarray) -> np.ndarray:
+    """Probabilities as a probability file holds them once read back: `make predict` rounds each network's so, and
+    averages them as `make submit` averages the files it reads."""
+    return np.char.mod(PROB_FILE_FORMAT, np.asarray(prob, dtype=np.float64)).astype(np.float64)
+
 
 def prob_frame(ids, prob: np.ndarray, tokens, fold=None) -> pd.DataFrame:
     """ImageID[,fold],<one column per label token>: how every probability file is written."""
@@ -26,11 +34,23 @@ def prob_frame(ids, prob: np.ndarray, tokens, fold=None) -> pd.DataFrame:
     return frame
 
 
-def submission_frame(spec, ids, prob: np.ndarray, thresholds) -> pd.DataFrame:
-    """The submission's rows: thresholds and the min-labels rule applied, labels joined by the spec's separator.
-    `make submit` and `make predict` both write this frame, so their files cannot differ in form."""
+PROBABILITY_FORMAT = "%.9g"  # a probability submission's cells: 9 significant digits, so no two values a model
+                             # tells apart (float32 has 7-8 digits) tie in a ranking metric, and 1e-12 stays 1e-12
+
+
+def submission_frame(spec, ids, prob: np.ndarray, values) -> pd.DataFrame:
+    """The submission's rows. Labels: thresholds (`values`) and the min-labels rule applied, labels joined by the
+    spec's separator. Probabilities: temperatures (`values`) applied, one column per label token, written as text
+    in PROBABILITY_FORMAT. `make submit` and `make predict` both write this frame, so their files cannot differ
+    in form."""
     from competition.metrics import decide
-    pred = decide(prob, np.asarray(thresholds), spec.min_labels_per_image)
+    from competition.probs import calibrate
+    if spec.probabilities:
+        cells = np.char.mod(PROBABILITY_FORMAT, calibrate(prob, values))
+        frame = pd.DataFrame(cells, columns=list(spec.tokens))
+        frame.insert(0, spec.id_column, list(ids))
+        return frame
+    pred = decide(prob, np.asarray(values), spec.min_labels_per_image)
     labels = [spec.label_separator.join(t for t, p in zip(spec.tokens, row) if p) for row in pred]
     return pd.DataFrame({spec.id_column: list(ids), spec.label_column: labels})
 

@@ -11,6 +11,7 @@ import functools
 from collections.abc import Callable
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn import metrics as skm
 
 from competition.errors import UserError
@@ -64,16 +65,6 @@ def per_label(fn, y, score):
     return out
 
 
-def mean_average_precision(y, prob):
-    ap = per_label(skm.average_precision_score, y, prob)
-    return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
-
-
-def roc_auc_macro(y, prob):
-    auc = per_label(skm.roc_auc_score, y, prob)
-    return float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan")
-
-
 def top1_hit_rate(y, prob):
     """Share of rows whose highest-scoring label is a true label."""
     y = np.asarray(y)
@@ -89,8 +80,9 @@ def summary(y, prob, thresholds, min_labels: int) -> dict:
         "samples_f1": f1(y, pred, "samples"),
         "micro_precision": precision(y, pred),
         "micro_recall": recall(y, pred),
-        "mAP": mean_average_precision(y, prob),
-        "macro_roc_auc": roc_auc_macro(y, prob),
+        "mAP": macro_ap(y, prob),
+        "macro_roc_auc": mean_roc_auc(y, prob),
+        "log_loss": -neg_log_loss(y, prob),
         "hamming_loss": hamming_loss(y, pred),
         "subset_accuracy": subset_accuracy(y, pred),
         "top1_hit_rate": top1_hit_rate(y, prob),
@@ -123,11 +115,68 @@ def fast_samples_fbeta(y, pred, beta: float = 1.0) -> float:
     return float(np.mean(np.where(denom > 0, (1 + b2) * tp / np.maximum(denom, 1), 0.0)))
 
 
+# Probability metrics, column-wise as Kaggle scores them (RANZCR, Plant Pathology 2020: the mean of each label
+# column's score); `weights` weigh the columns (None: equal). A column with one class has no AUC or AP and is left
+# out of the mean, as sklearn's average=None then np.nanmean would do.
+
+def column_mean(scores: np.ndarray, weights=None) -> float:
+    ok = np.isfinite(scores)
+    if not ok.any():
+        return float("nan")
+    w = np.ones(len(scores)) if weights is None else np.asarray(weights, dtype=np.float64)
+    return float(np.sum(scores[ok] * w[ok]) / np.sum(w[ok]))
+
+
+def roc_auc_columns(y, prob) -> np.ndarray:
+    """Each column's ROC-AUC (ties count one half, as sklearn's roc_auc_score), by ranks: all columns at once,
+    fast enough for blend-weight searches; NaN where a column has one class."""
+    y = np.asarray(y).astype(bool)
+    ranks = rankdata(np.asarray(prob, dtype=np.float64), axis=0)
+    pos = y.sum(0)
+    neg = len(y) - pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((ranks * y).sum(0) - pos * (pos + 1) / 2) / (pos * neg)
+    return np.where((pos > 0) & (neg > 0), auc, np.nan)
+
+
+def mean_roc_auc(y, prob, weights=None) -> float:
+    return column_mean(roc_auc_columns(y, prob), weights)
+
+
+def macro_ap(y, prob, weights=None) -> float:
+    """mAP: each column's average precision (sklearn's, the VOC 2010+ definition), averaged."""
+    return column_mean(per_label(skm.average_precision_score, y, prob), weights)
+
+
+LOG_LOSS_CLIP = 1e-15  # Kaggle's log-loss scorers clip probabilities to [1e-15, 1 - 1e-15]
+
+
+def log_loss_columns(y, prob) -> np.ndarray:
+    p = np.clip(np.asarray(prob, dtype=np.float64), LOG_LOSS_CLIP, 1 - LOG_LOSS_CLIP)
+    y = np.asarray(y).astype(bool)
+    return -np.where(y, np.log(p), np.log1p(-p)).mean(0)
+
+
+def neg_log_loss(y, prob, weights=None) -> float:
+    """Minus the mean column-wise binary log loss: every objective is maximised (sklearn's neg_log_loss)."""
+    return -column_mean(log_loss_columns(y, prob), weights)
+
+
+SUBMISSIONS = ("labels", "probabilities")
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective:
     name: str
-    score: Callable                 # (y, binary predictions) -> float, higher is better
+    score: Callable                 # (y, decisions or probabilities[, weights]) -> float, higher is better
+    scores: str = "labels"          # labels: 0/1 decisions (thresholds are tuned) | probabilities: the probabilities
     exact_thresholds: bool = False  # thresholds.exact_per_label's counting argument holds (micro-F1 only)
+    ranking: bool = False           # only each column's order counts (AUC, AP): rank blends apply, calibration cannot
+                                    # change the score
+
+    @property
+    def probabilities(self) -> bool:
+        return self.scores == "probabilities"
 
 
 OBJECTIVES = {o.name: o for o in [
@@ -135,6 +184,9 @@ OBJECTIVES = {o.name: o for o in [
     Objective("macro_f1", fast_macro_f1),
     Objective("samples_f1", functools.partial(fast_samples_fbeta, beta=1.0)),
     Objective("samples_f2", functools.partial(fast_samples_fbeta, beta=2.0)),
+    Objective("mean_roc_auc", mean_roc_auc, "probabilities", ranking=True),
+    Objective("macro_ap", macro_ap, "probabilities", ranking=True),
+    Objective("log_loss", neg_log_loss, "probabilities"),
 ]}
 
 
@@ -142,3 +194,9 @@ def objective(name: str) -> Objective:
     if name not in OBJECTIVES:
         raise UserError(f"unknown metric {name!r}; valid: {', '.join(OBJECTIVES)}")
     return OBJECTIVES[name]
+
+
+def score_at(metric: str, y, prob, threshold: float, min_labels: int) -> float:
+    """The metric of raw probabilities: decided at one threshold (label metrics) or as they are (probability ones)."""
+    o = objective(metric)
+    return o.score(y, prob) if o.probabilities else o.score(y, decide(prob, threshold, min_labels))

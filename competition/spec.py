@@ -6,7 +6,7 @@ from pathlib import Path
 
 from competition.artifacts import read_yaml
 from competition.errors import UserError
-from competition.metrics import objective
+from competition.metrics import OBJECTIVES, SUBMISSIONS, objective
 
 SPEC_DIR = Path(__file__).resolve().parent
 FORMATS = ("csv", "label_files", "voc")
@@ -42,6 +42,9 @@ class Spec:
     voc_test_set: str = "test"      # voc: <token>_test.txt list the images to predict
     voc_difficult: str = "positive"  # voc: a 0 ("difficult") counts as a positive, or is ignored (no label)
     metric: str = "micro_f1"
+    submission: str | None = None   # labels: a cell of label tokens per image | probabilities: a column per label
+                                    # (id_column, then the tokens); default: what the metric scores
+    label_weights: dict | None = None  # probability metrics: token -> the weight of its column in the mean
     min_labels_per_image: int = 1
     budget: dict = dataclasses.field(default_factory=lambda: {"model_mb": None, "gpu_hours": None})
     source: str = ""
@@ -53,6 +56,15 @@ class Spec:
     @property
     def names(self) -> list[str]:
         return list(self.labels.values())
+
+    @property
+    def probabilities(self) -> bool:
+        """The submission is a probability column per label (no thresholds): what the metric scores."""
+        return objective(self.metric).probabilities
+
+    def column_weights(self):
+        """The metric's per-label column weights in token order, or None: equal."""
+        return None if self.label_weights is None else [float(self.label_weights[t]) for t in self.tokens]
 
     @property
     def test_images(self) -> str:
@@ -82,7 +94,9 @@ def check_layout(raw: dict, path: Path) -> None:
     separator = raw.get("label_separator", " ")
     spaced = [t for t in raw["labels"] if not t or separator.strip() and separator.strip() in t or
               any(c.isspace() for c in t)]
-    if spaced:
+    # A probability submission names each label by a column (RANZCR's 'ETT - Abnormal'), one-hot labels too.
+    in_cells = raw.get("submission") != "probabilities" or raw.get("label_format", "tokens") == "tokens"
+    if in_cells and spaced:
         raise UserError(f"{path}: label tokens {spaced[:5]} hold whitespace or the label_separator {separator!r} (or "
                         "are empty): a submission's label cell could not be split back into them (name the "
                         "labels with tokens such as ETT_Abnormal, and their names as you like)")
@@ -128,6 +142,7 @@ def load_spec(name_or_path: str) -> Spec:
     budget = {"model_mb": None, "gpu_hours": None}
     budget.update(raw.get("budget") or {})
     raw["budget"] = budget
+    check_scoring(raw, path)
     check_layout(raw, path)
     min_labels = raw.get("min_labels_per_image", 1)
     if not isinstance(min_labels, int) or isinstance(min_labels, bool) or min_labels < 0:
@@ -136,9 +151,34 @@ def load_spec(name_or_path: str) -> Spec:
         isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0)}
     if bad_budget:
         raise UserError(f"{path}: budget {bad_budget}; expected numbers >= 0 (or null: no limit)")
-    if "metric" in raw:
-        try:
-            objective(raw["metric"])
-        except UserError as e:
-            raise UserError(f"{path}: {e}") from None
     return Spec(**raw, source=str(path))
+
+
+def check_scoring(raw: dict, path: Path) -> None:
+    """The metric, the submission it scores (filled in where the spec leaves it out) and its column weights."""
+    try:
+        scored = objective(raw.setdefault("metric", "micro_f1")).scores
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    submission = raw.setdefault("submission", scored)
+    if submission not in SUBMISSIONS:
+        raise UserError(f"{path}: submission {submission!r}; valid: {', '.join(SUBMISSIONS)}")
+    if submission != scored:
+        raise UserError(f"{path}: metric {raw['metric']} scores {scored}, and the spec submits {submission}: "
+                        f"set submission: {scored}, or a metric of {submission} "
+                        f"({', '.join(o.name for o in OBJECTIVES.values() if o.scores == submission)})")
+    weights = raw.get("label_weights")
+    if weights is None:
+        return
+    if submission != "probabilities":
+        raise UserError(f"{path}: label_weights weigh the label columns of a probability metric; {raw['metric']} "
+                        "scores decisions")
+    weights = {str(k): v for k, v in weights.items()} if isinstance(weights, dict) else weights
+    bad = ([] if isinstance(weights, dict) else [f"{weights!r} (expected token: weight)"]) or \
+        [f"{t}: missing" for t in raw["labels"] if t not in weights] + \
+        [f"{t}: not a label token" for t in weights if t not in raw["labels"]] + \
+        [f"{t}: {w!r}" for t, w in weights.items() if isinstance(w, bool) or not isinstance(w, (int, float)) or
+         not w >= 0]
+    if bad or not sum(weights.values()) > 0:
+        raise UserError(f"{path}: label_weights {'; '.join(bad[:5]) or 'all 0'}: one weight >= 0 per label token")
+    raw["label_weights"] = weights

@@ -11,7 +11,7 @@ from competition.formats import ModelMeta
 from competition.layout import RunLayout
 from competition.probs import logit
 from pipelines.result import SoftTargets
-from submissions.blend import DEFAULT_BLENDS
+from submissions.blend import BLENDS, DEFAULT_BLENDS
 from submissions.budget import Budget, gpu_hours_by_model
 from submissions.ensemble import build_ensemble
 from submissions.members import complete
@@ -62,7 +62,11 @@ def teacher_names(run: RunLayout, names: list[str] | None, student: str) -> list
 
 def build_teacher(spec, ds, run: RunLayout, names: list[str], blend: str | None = None, log=print) -> Teacher:
     """The ensemble of `names` with no budget (the teacher is never submitted), blended by `blend` or its best."""
-    tried = DEFAULT_BLENDS if blend in (None, *DEFAULT_BLENDS) else (*DEFAULT_BLENDS, blend)
+    if blend and BLENDS[blend].ranks:
+        raise UserError(f"blend {blend}: its values are ranks, not probabilities a student can learn; "
+                        f"valid: {', '.join(b for b, c in BLENDS.items() if not c.ranks)}")
+    probable = tuple(b for b in DEFAULT_BLENDS if not BLENDS[b].ranks)
+    tried = probable if blend in (None, *probable) else (*probable, blend)
     settings = Settings(Budget(None, None), method=None, trials=1, seed=0, blends=tried)  # blends only: no thresholds
     ens = build_ensemble(spec, ds, run, settings, names, log=lambda *_: None)
     name = blend or ens.blend_name

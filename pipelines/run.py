@@ -80,8 +80,13 @@ def assemble(model: ModelLayout, spec, ds: Dataset, fold_of: np.ndarray, k: int)
     y = ds.targets()
     pred = metrics.decide(prob, 0.5, spec.min_labels_per_image)
     return {"micro_f1_at_0.5": metrics.f1(y, pred),
-            f"{spec.metric}_at_0.5": metrics.objective(spec.metric).score(y, pred),
-            "mAP": metrics.mean_average_precision(y, prob)}
+            oof_key(spec): metrics.score_at(spec.metric, y, prob, 0.5, spec.min_labels_per_image),
+            "mAP": metrics.macro_ap(y, prob)}
+
+
+def oof_key(spec) -> str:
+    """The spec's metric of a model's OOF: at the threshold 0.5 (labels), or of its probabilities as they are."""
+    return spec.metric if spec.probabilities else f"{spec.metric}_at_0.5"
 
 
 def write_meta(model: ModelLayout, cfg, spec, folds_sha, k, scores, teacher: dict | None = None) -> ModelMeta:
@@ -129,10 +134,12 @@ def train_model(spec, ds: Dataset, run: RunLayout, cfg: ModelConfig, force: bool
     plot_history(model, k)
     if scores and any(trained) and dist_rank() == 0:  # a re-run that trained nothing adds no row
         runlog.append(run, "train", cfg.name, members=cfg.name, metric=spec.metric,
-                      oof_score=scores[spec.metric + "_at_0.5"], gpu_hours=meta.gpu_hours,
+                      oof_score=scores[oof_key(spec)], gpu_hours=meta.gpu_hours,
                       size_mb=sum(meta.weights_mb_per_fold.values()) + meta.shared_mb)
     if scores:
-        log(f"{cfg.name}: OOF micro-F1@0.5 {scores['micro_f1_at_0.5']:.4f}  mAP {scores['mAP']:.4f}  -> {model.dir}")
+        own = f"  {spec.metric} {scores[oof_key(spec)]:.4f}" if spec.probabilities else ""
+        log(f"{cfg.name}: OOF micro-F1@0.5 {scores['micro_f1_at_0.5']:.4f}  mAP {scores['mAP']:.4f}{own}  -> "
+            f"{model.dir}")
     else:
         log(f"{cfg.name}: folds done {meta.folds_done} of {k}; oof.csv is written when all are")
     return meta

@@ -297,7 +297,7 @@ def evaluate(s: Setup, y: np.ndarray, min_labels: int) -> dict:
         torch.from_numpy(prob).double().clamp(1e-7, 1 - 1e-7), torch.from_numpy(y).double())
     pred = metrics.decide(prob, 0.5, min_labels)
     return {"val_loss": float(loss), "micro_f1": metrics.f1(y, pred, "micro"), "macro_f1": metrics.f1(y, pred, "macro"),
-            "mAP": metrics.mean_average_precision(y, prob)}
+            "mAP": metrics.macro_ap(y, prob)}
 
 
 @dataclasses.dataclass

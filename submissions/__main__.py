@@ -19,7 +19,9 @@ def main(argv=None) -> int:
     ap.add_argument("cmd", choices=["thresholds", "submit", "report", "lb", "lb-set"])
     competition_args(ap)
     ap.add_argument("--models", default=None, help="comma list; default: every complete model")
-    ap.add_argument("--method", default=None, choices=METHODS, help="threshold method; default: the best nested score")
+    ap.add_argument("--method", default=None, choices=METHODS,
+                    help="the last step: a threshold method (labels submissions) or a temperature method "
+                         "(probabilities); default: the best nested score")
     ap.add_argument("--trials", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--budget-mb", type=float, default=None)

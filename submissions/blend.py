@@ -25,14 +25,22 @@ from sklearn.neural_network import MLPClassifier
 
 from competition.errors import UserError
 from competition.probs import logit, sigmoid, stack_features, weighted_mean
-from submissions.blend_file import LinearForm, MeanForm, SkopsForm
+from submissions.blend_file import LinearForm, MeanForm, RankForm, SkopsForm
 from submissions.scoring import Scoring
 from submissions.thresholds import global_threshold, nested_score
 
 
 def quick_score(sc: Scoring, prob) -> float:
-    """The metric at the best single global threshold: what weights are tuned by, and how members compare."""
+    """The metric at the best single global threshold (a probability metric: of the probabilities as they are):
+    what weights are tuned by, and how members compare."""
+    if sc.probabilities:
+        return sc.of_pred(prob)
     return sc.score(prob, global_threshold(sc, prob))
+
+
+def quick_name(sc: Scoring) -> str:
+    """What quick_score is, for a log line."""
+    return "as is" if sc.probabilities else "best global thr"
 
 
 def selection_score(sc: Scoring, prob) -> float:
@@ -42,7 +50,7 @@ def selection_score(sc: Scoring, prob) -> float:
     above it with per-label thresholds)."""
     if sc.exact:
         return nested_score("exact", sc, prob, trials=1, seed=0)  # exact searches: no trials, no seed
-    return quick_score(sc, prob)
+    return quick_score(sc, prob)  # a probability metric: its temperatures leave the ranking metrics as they are
 
 
 def mean_blend(oofs, tests, weights=None):
@@ -100,6 +108,8 @@ class Blend:
     (submissions.blend_file), whose `apply` is the arithmetic behind every number the blend gives."""
     name: str
     stacked = False          # a second level fitted fold by fold (needs two members and two folds)
+    saved = None             # the blend_file form its file is saved in (None: its method and weights are all of it)
+    ranks = False            # gives ranks, not probabilities: for ranking metrics only, never a teacher
     weights = None           # a mean blend's member weights
 
     def fit(self, oofs, sc: Scoring) -> np.ndarray:
@@ -143,6 +153,27 @@ class Weighted(MeanBlend):
 @register
 class WeightedLogit(MeanBlend):
     name, tuned, logits = "weighted_logit", True, True
+
+
+@register
+class RankMean(Blend):
+    """Rank averaging (AUC and mAP blends on Kaggle): each member's probabilities replaced by their rank among its
+    own OOF rows, per label, then averaged, so a member whose scores crowd near 0 or 1 weighs as much as one that
+    spreads them. No label is read: its OOF is honest. A ranking metric only (the values are not probabilities)."""
+    name, saved, ranks = "rank_mean", RankForm, True
+
+    def __init__(self):
+        self.final = None
+
+    def fit(self, oofs, sc: Scoring) -> np.ndarray:
+        self.final = RankForm.of(oofs)
+        return self.apply(oofs)
+
+    def apply(self, probs, fold=None) -> np.ndarray:
+        return self.final.apply(probs)
+
+    def form(self) -> RankForm:
+        return self.final
 
 
 class PerLabel:
@@ -241,7 +272,8 @@ class StackMLP(StackBlend):
 
 # What `make submit` tries unless BLENDS= says otherwise: on comp5329-6k the tree and MLP second levels did
 # not beat these (docs/recipes.md, the table of what was tried) and the trees cost minutes in the fully nested loop.
-DEFAULT_BLENDS = ("mean", "weighted", "weighted_logit", "stack")
+# rank_mean is tried where the metric ranks (AUC, mAP) and skipped elsewhere.
+DEFAULT_BLENDS = ("mean", "weighted", "weighted_logit", "rank_mean", "stack")
 
 
 def check_blends(names) -> tuple:
@@ -255,10 +287,11 @@ def make_blend(name: str) -> Blend:
     return BLENDS[name]()
 
 
-def available(n_members: int, names=BLENDS, n_folds: int = 2) -> tuple:
+def available(n_members: int, names=BLENDS, n_folds: int = 2, ranking: bool = False) -> tuple:
     """Stacking needs two members to have anything to stack, and two folds to fit its fold-wise OOF (inside
-    the fully nested estimate of a 2-fold run, one fold is left)."""
-    return tuple(b for b in names if not BLENDS[b].stacked or (n_members > 1 and n_folds > 1))
+    the fully nested estimate of a 2-fold run, one fold is left); a rank blend needs a metric of rankings."""
+    return tuple(b for b in names if (not BLENDS[b].stacked or (n_members > 1 and n_folds > 1)) and
+                 (ranking or not BLENDS[b].ranks))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,7 +305,7 @@ class Fitted:
 def fit_blends(oofs, sc: Scoring, names) -> dict[str, Fitted]:
     """Every blend of `names` that these members and folds allow, fitted on these rows."""
     out = {}
-    usable = available(len(oofs), names, len(sc.folds))
+    usable = available(len(oofs), names, len(sc.folds), sc.objective.ranking)
     if not usable:  # every blend asked for is a stack, and it cannot be fitted here: the plain mean stands in
         usable = ("mean",)
     for name in usable:

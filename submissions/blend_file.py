@@ -5,7 +5,8 @@ the bundle and `make predict` applies it to new rows: one arithmetic for every p
 
 Mean blends are their method and weights (the sidecar holds them). A stacked blend's final second level is
 a file, never a pickle: per-label logistic regressions as arrays (`.npz`); trees and the MLP, which arrays
-cannot hold, with skops (`.skops`), whose loader builds only the types SKOPS_TRUSTED names.
+cannot hold, with skops (`.skops`), whose loader builds only the types SKOPS_TRUSTED names. The rank blend's
+reference quantiles are arrays too (`.ranks`).
 """
 from __future__ import annotations
 
@@ -125,9 +126,49 @@ class SkopsForm:
         return cls(state)
 
 
-# The forms a stacked blend's second level is saved in, by file suffix (each stacked blend of submissions.blend
-# names its own): what `make predict` reads, knowing no blend's fitting.
-FORMS = {form.suffix: form for form in (LinearForm, SkopsForm)}
+class RankForm:
+    """rank_mean's saved form (`.ranks`, npz arrays): per member and label, RANK_KNOTS quantiles of its OOF
+    probabilities. A row's value is the mean over members of where its probability falls among that member's OOF
+    rows (interpolated between the quantiles): a rank average whose reference is the OOF, not the rows at hand,
+    so one image predicted alone gets the value it gets in a batch."""
+    suffix = "ranks"
+
+    def __init__(self, knots: np.ndarray):
+        self.knots = knots  # (members, RANK_KNOTS, labels), non-decreasing along the knots
+
+    @classmethod
+    def of(cls, oofs) -> RankForm:
+        levels = np.linspace(0, 1, RANK_KNOTS)
+        return cls(np.stack([np.quantile(np.asarray(o, dtype=np.float64), levels, axis=0) for o in oofs]))
+
+    def apply(self, probs: list[np.ndarray]) -> np.ndarray:
+        levels = np.linspace(0, 1, self.knots.shape[1])
+        out = np.zeros(np.shape(probs[0]))
+        for m, p in enumerate(probs):
+            for j in range(out.shape[1]):
+                out[:, j] += np.interp(p[:, j], self.knots[m, :, j], levels)
+        return out / len(probs)
+
+    def save(self, f) -> None:
+        np.savez(f, knots=self.knots)
+
+    @classmethod
+    def load(cls, path: Path, n_labels: int | None, n_features: int | None) -> RankForm:
+        with np.load(path, allow_pickle=False) as arrays:
+            knots = np.asarray(arrays["knots"], dtype=np.float64)
+        if knots.ndim != 3 or (n_labels and knots.shape[2] != n_labels) or (
+                n_features is not None and knots.shape[0] * knots.shape[2] != n_features) or \
+                not np.isfinite(knots).all() or (np.diff(knots, axis=1) < 0).any():
+            raise ValueError(f"knots {knots.shape} for {n_labels} labels x {n_features} features (members x labels), "
+                             "each member's and label's non-decreasing")
+        return cls(knots)
+
+
+RANK_KNOTS = 1001  # quantiles per member and label (0.1% steps of the OOF ranks): 720 KB for 5 members x 18 labels
+
+# The forms a blend that is more than its weights is saved in, by file suffix (each such blend of
+# submissions.blend names its own): what `make predict` reads, knowing no blend's fitting.
+FORMS = {form.suffix: form for form in (LinearForm, SkopsForm, RankForm)}
 
 
 def saved_path(submission: Path, form) -> Path:
@@ -155,7 +196,7 @@ def load_stacker(path: Path, n_labels: int | None = None, n_features: int | None
     that is not one (another format, a skops file holding types this project does not build, arrays of another
     shape than `n_labels` x `n_features`) is one UserError naming it."""
     if path.suffix.lstrip(".") not in FORMS:
-        raise UserError(f"{path}: not a saved second level (.npz or .skops); {AGAIN}")
+        raise UserError(f"{path}: not a saved blend ({', '.join('.' + s for s in FORMS)}); {AGAIN}")
     with loading(path, "not a saved second level", AGAIN):
         return FORMS[path.suffix.lstrip(".")].load(path, n_labels, n_features)
 

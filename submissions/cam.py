@@ -63,6 +63,8 @@ def cam_panels(spec, ds, ens: Ensemble, thresholds: ThresholdsRecord, out: Path,
     out.mkdir(parents=True, exist_ok=True)
     sc = ens.scoring
     pred = sc.decide(ens.blend.oof, thresholds.vector(spec.tokens))
+    if sc.probabilities:  # a probability submission decides nothing: say which labels the blend puts at >= 0.5
+        pred = pred >= 0.5
     nets, paths, ids = {}, [], list(ds.train["id"])
     for j, (token, name) in enumerate(spec.labels.items()):
         rows = np.nonzero(sc.y[:, j] == 1)[0]

@@ -7,7 +7,7 @@ import sys
 
 from competition.layout import RunLayout
 from folds.split import read_folds
-from submissions.blend import Blended, blend_all, quick_score
+from submissions.blend import Blended, blend_all, quick_name, quick_score
 from submissions.budget import cost, fit_budget
 from submissions.members import Member, load_members
 from submissions.postprocess import Settings, best_blend
@@ -42,7 +42,7 @@ def build_ensemble(spec, ds, run: RunLayout, settings: Settings, names=None, log
     sc = Scoring.of(spec, ds.targets(), read_folds(run.folds, list(ds.train["id"]), ds.groups()))
     scores = {m.name: quick_score(sc, m.oof) for m in members}
     for m in members:
-        log(f"member {m.name:<24} OOF {sc.metric} (best global thr) {scores[m.name]:.4f}  "
+        log(f"member {m.name:<24} OOF {sc.metric} ({quick_name(sc)}) {scores[m.name]:.4f}  "
             f"{m.folds_mb:.1f} MB folds{f', {m.full_mb:.1f} MB refit' if m.full_mb else ''}  {m.gpu_hours:.3f} GPU-h")
     loaded = members
     members, use_full, notes = fit_budget(members, sc, settings.budget, log)
@@ -59,7 +59,7 @@ def build_ensemble(spec, ds, run: RunLayout, settings: Settings, names=None, log
     blends = blend_all(members, sc, use_full, settings.blends)
     for name, b in blends.items():
         weights = dict(zip([m.name for m in members], [round(float(w), 3) for w in b.weights or []]))
-        log(f"blend {name:<14} OOF {sc.metric} (best global thr) {b.score:.4f}, selection "
+        log(f"blend {name:<14} OOF {sc.metric} ({quick_name(sc)}) {b.score:.4f}, selection "
             f"{b.select:.4f}" + (f"  weights {weights}" if weights else ""))
     blend_name = best_blend({k: b.select for k, b in blends.items()})
     log(f"blend: {blend_name}")

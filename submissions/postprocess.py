@@ -3,7 +3,8 @@
 Post-processing = member choice (the best subset within budget), every blend, the best blend, the threshold
 method (the best nested score) and its thresholds: everything `make submit` tunes after the members are
 trained. `fully_nested` repeats all of it on K-1 folds' OOF rows, applies what it chose to the held-out
-fold's member OOF, and pools the K held-out folds' decisions into one score. Nothing in that score was
+fold's member OOF, and pools the K held-out folds' decisions into one score (probabilities: each held-out
+fold's score, averaged by rows, Scoring.pooled). Nothing in that score was
 tuned on the rows it is scored on, except the members themselves: a member's OOF row comes from a model
 that saw the other folds, the one leak every stacked pipeline keeps.
 """
@@ -16,7 +17,6 @@ import numpy as np
 
 from competition.artifacts import read_json, write_json
 from competition.errors import UserError
-from competition.metrics import decide
 from competition.records import as_json, record_problems
 from submissions import thresholds as th
 from submissions.blend import BLENDS, available, check_blends, fit_blends
@@ -58,13 +58,13 @@ class Choice:
     blend_name: str
     blend: object
     method: str
-    thresholds: np.ndarray
-    min_labels: int
+    thresholds: np.ndarray          # its last step's value per label: a threshold, or a temperature
+    scoring: Scoring                # of the rows it chose on: how the last step applies
     in_sample: float                # its thresholds' score on its blend's OOF over the rows it chose on
 
     def predict(self, probs: dict[str, np.ndarray]) -> np.ndarray:
         prob = self.blend.apply([probs[name] for name in self.members])
-        return decide(prob, self.thresholds, self.min_labels)
+        return self.scoring.decide(prob, self.thresholds)
 
 
 
@@ -113,15 +113,17 @@ def choose(members, sc: Scoring, settings: Settings) -> Choice:
     blend, oof = fitted[name].blend, fitted[name].oof
     methods = (settings.method,) if settings.method else None
     row = th.pick(th.compare(sc, oof, settings.trials, settings.seed, methods), settings.method)
-    return Choice([m.name for m in chosen], name, blend, row.method, row.thresholds, sc.min_labels, row.in_sample)
+    return Choice([m.name for m in chosen], name, blend, row.method, row.thresholds, sc, row.in_sample)
 
 
 def fully_nested(members, sc: Scoring, settings: Settings, log) -> NestedEstimate:
     """choose() on every K-1 folds, scored on the held-out fold; pooled score, per-fold scores and choices."""
-    pred = np.zeros_like(sc.y, dtype=np.uint8)
+    pred = np.zeros(sc.y.shape, dtype=np.float64 if sc.probabilities else np.uint8)
     per_fold = []
     if len(sc.folds) == 2:
-        skipped = [b for b in settings.blends if b not in available(len(members), settings.blends, 1)]
+        ranking = sc.objective.ranking
+        skipped = [b for b in available(len(members), settings.blends, 2, ranking)
+                   if b not in available(len(members), settings.blends, 1, ranking)]
         log("fully nested, 2 folds: each outer fold leaves one inner fold, so the choices inside it are made on "
             "in-sample scores" + (f" and {', '.join(skipped)} (fitted fold-wise) is skipped there" if skipped else ""))
     for f in sc.folds:
@@ -131,5 +133,5 @@ def fully_nested(members, sc: Scoring, settings: Settings, log) -> NestedEstimat
         per_fold.append(OuterFold(int(f), sc.of_pred(pred[outer], outer), tuple(choice.members),
                                   choice.blend_name, choice.method))
         log(f"fully nested: fold {f} {per_fold[-1].score:.4f} ({choice.blend_name} of "
-            f"{'+'.join(choice.members)}, {choice.method} thresholds)")
-    return NestedEstimate(sc.of_pred(pred), tuple(per_fold))
+            f"{'+'.join(choice.members)}, {choice.method} {'temperatures' if sc.probabilities else 'thresholds'})")
+    return NestedEstimate(sc.pooled(pred), tuple(per_fold))

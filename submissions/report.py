@@ -1,4 +1,5 @@
-"""`make report`: per-label F1 (blend vs members), thresholds, member correlation, learning curves."""
+"""`make report`: per-label F1, or AUC and AP (blend vs members), thresholds or temperatures, member correlation,
+learning curves."""
 from __future__ import annotations
 
 import shutil
@@ -9,8 +10,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import f1_score  # noqa: E402
+from sklearn.metrics import average_precision_score, f1_score  # noqa: E402
 
+from competition import metrics  # noqa: E402
 from competition.eda import save  # noqa: E402
 from competition.layout import ModelLayout  # noqa: E402
 from competition.metrics import decide  # noqa: E402
@@ -23,40 +25,58 @@ def per_label_f1(y, prob, thr, min_labels):
     return f1_score(y, decide(prob, thr, min_labels), average=None, zero_division=0)
 
 
+def bars(names, series, ylabel: str, title: str, path: Path) -> Path:
+    """Per-label bars, one series beside the other (the blend, then each member)."""
+    fig, ax = plt.subplots(figsize=(11, 5))
+    x = np.arange(len(names))
+    width = 0.8 / len(series)
+    for i, (label, values) in enumerate(series):
+        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=label)
+    ax.set_xticks(x, names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    save(fig, path)
+    return path
+
+
+def per_label_plots(names, ens: Ensemble, thr, out: Path) -> list[Path]:
+    """Labels submissions: per-label F1 at the tuned thresholds (members: their best global one). Probability
+    submissions: per-label ROC-AUC and average precision, what their metrics average."""
+    sc, members = ens.scoring, ens.members
+    if sc.probabilities:
+        blend = sc.decide(ens.blend.oof, thr)
+        return [bars(names, [(f"blend ({ens.blend_name})", metrics.roc_auc_columns(sc.y, blend))] +
+                     [(m.name, metrics.roc_auc_columns(sc.y, m.oof)) for m in members],
+                     "OOF ROC-AUC", "per-label OOF ROC-AUC: blend vs members", out / "per_label_auc.png"),
+                bars(names, [(f"blend ({ens.blend_name})", metrics.per_label(average_precision_score, sc.y, blend))] +
+                     [(m.name, metrics.per_label(average_precision_score, sc.y, m.oof)) for m in members],
+                     "OOF average precision", "per-label OOF AP: blend vs members", out / "per_label_ap.png")]
+    series = [(f"blend ({ens.blend_name}, tuned thr)", per_label_f1(sc.y, ens.blend.oof, thr, sc.min_labels))]
+    series += [(f"{m.name} (global thr)", per_label_f1(sc.y, m.oof, th.global_threshold(sc, m.oof), sc.min_labels))
+               for m in members]
+    return [bars(names, series, "OOF F1", "per-label OOF F1: blend vs members", out / "per_label_f1.png")]
+
+
 def make_report(spec, ens: Ensemble, art: ThresholdsRecord, out: Path) -> list[Path]:
     """Plots of an ensemble and its thresholds artifact `art` under `out`: the blend against its members,
-    thresholds, correlation, curves."""
+    thresholds (or temperatures), correlation, curves."""
     out.mkdir(parents=True, exist_ok=True)
     names = [f"{t} {n}" for t, n in spec.labels.items()]
     sc = ens.scoring
-    members, y, ml = ens.members, sc.y, sc.min_labels
+    members = ens.members
     thr = art.vector(spec.tokens)
-    paths = []
-
-    fig, ax = plt.subplots(figsize=(11, 5))
-    x = np.arange(len(names))
-    series = [(f"blend ({ens.blend_name}, tuned thr)", per_label_f1(y, ens.blend.oof, thr, ml))]
-    for m in members:
-        series.append((f"{m.name} (global thr)",
-                       per_label_f1(y, m.oof, th.global_threshold(sc, m.oof), ml)))
-    width = 0.8 / len(series)
-    for i, (label, f1) in enumerate(series):
-        ax.bar(x + i * width - 0.4 + width / 2, f1, width, label=label)
-    ax.set_xticks(x, names, rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("OOF F1")
-    ax.set_ylim(0, 1)
-    ax.set_title("per-label OOF F1: blend vs members")
-    ax.legend(fontsize=8)
-    paths.append(out / "per_label_f1.png")
-    save(fig, paths[-1])
+    paths = per_label_plots(names, ens, thr, out)
 
     fig, ax = plt.subplots(figsize=(10, 4))
     ax.bar(names, thr, color="tab:orange")
-    ax.axhline(0.5, color="grey", ls="--", lw=1)
-    ax.set_ylabel("threshold")
-    ax.set_title(f"per-label thresholds ({art.method}; nested {sc.metric} {art.nested_score:.4f})")
+    ax.axhline(0.5 if not sc.probabilities else 1.0, color="grey", ls="--", lw=1)
+    what = "temperature" if sc.probabilities else "threshold"
+    ax.set_ylabel(what)
+    ax.set_title(f"per-label {what}s ({art.method}; nested {sc.metric} {art.nested_score:.4f})")
     ax.tick_params(axis="x", rotation=60, labelsize=8)
-    paths.append(out / "thresholds.png")
+    paths.append(out / f"{what}s.png")
     save(fig, paths[-1])
 
     if len(members) > 1:

@@ -66,8 +66,8 @@ def tune_thresholds(run: RunLayout, ens: Ensemble, tokens, log=print) -> th.Thre
     path = run.thresholds_file(key)
     if path.exists():
         art = th.ThresholdsRecord.read(path)
-        log(f"thresholds: reusing {path} (members unchanged)")
-        print_table(art.comparison, art.method, log)
+        log(f"{step(sc)}: reusing {path} (members unchanged)")
+        print_table(art.comparison, art.method, sc, log)
         return art
     with exclusive_lock(path.with_name(f".{path.name}.lock")):  # one process on this machine tunes a study at a time
         rows = th.compare(sc, oof, st.trials, st.seed, (st.method,) if st.method else None,
@@ -77,13 +77,18 @@ def tune_thresholds(run: RunLayout, ens: Ensemble, tokens, log=print) -> th.Thre
                               {t: float(v) for t, v in zip(tokens, row.thresholds)}, row.in_sample, row.nested,
                               st.trials, st.seed, tuple(r.scores for r in rows), url, f"blend-{key}")
     art.write(path)
-    print_table(art.comparison, art.method, log)
-    log(f"thresholds: {art.method} -> {path}")
+    print_table(art.comparison, art.method, sc, log)
+    log(f"{step(sc)}: {art.method} -> {path}")
     return art
 
 
-def print_table(rows: tuple[th.MethodScore, ...], chosen: str, log=print) -> None:
-    log(f"{'threshold method':<18}{'OOF in-sample':>15}{'nested CV':>12}")
+def step(sc) -> str:
+    """What a submission's last step sets per label, for people."""
+    return "temperatures" if sc.probabilities else "thresholds"
+
+
+def print_table(rows: tuple[th.MethodScore, ...], chosen: str, sc, log=print) -> None:
+    log(f"{'temperature method' if sc.probabilities else 'threshold method':<18}{'OOF in-sample':>15}{'nested CV':>12}")
     for r in rows:
         mark = "  <- chosen" if r.method == chosen else ""
         log(f"{r.method:<18}{r.in_sample:>15.4f}{r.nested:>12.4f}{mark}")
@@ -122,9 +127,9 @@ def estimate_nested(run: RunLayout, ens: Ensemble, thresholds: th.ThresholdsReco
         nested = fully_nested(ens.candidates, ens.scoring, ens.settings, log)
         nested.write(path)
         log(f"fully nested: {time.perf_counter() - t0:.0f} s")
-    log(f"{thresholds.method} thresholds on the {ens.blend_name} blend: OOF in-sample "
-        f"{thresholds.oof_score:.4f}, thresholds nested {thresholds.nested_score:.4f}, fully nested "
-        f"(members, blend, thresholds) {nested.score:.4f}")
+    log(f"{thresholds.method} {step(ens.scoring)} on the {ens.blend_name} blend: OOF in-sample "
+        f"{thresholds.oof_score:.4f}, {step(ens.scoring)} nested {thresholds.nested_score:.4f}, fully nested "
+        f"(members, blend, {step(ens.scoring)}) {nested.score:.4f}")
     return nested
 
 
@@ -147,7 +152,7 @@ def run_submit(spec, ds, run: RunLayout, settings: Settings, command: str, names
     out = run.submission(spec.name, stamp, nested.score)
     # The blend's saved form first; the test rows are blended from it by the function `make predict` uses.
     form = ens.blend.model.form()
-    saved = write_saved(form, saved_path(out, form)) if BLENDS[ens.blend_name].stacked else None
+    saved = write_saved(form, saved_path(out, form)) if BLENDS[ens.blend_name].saved else None
     tests = [m.test(ens.use_full.get(m.name, False)) for m in ens.members]
     test_prob = apply_saved(ens.blend_name, ens.blend.weights, saved, tests)
     frame = submission_frame(spec, ds.test["id"], test_prob, thresholds.vector(spec.tokens))
@@ -179,6 +184,7 @@ def sidecar_of(spec, ens: Ensemble, art: th.ThresholdsRecord, nested: NestedEsti
     return Sidecar(name, command, spec.name, sc.metric, members, submitted, art.thresholds, art.method,
                    sc.score(blend.oof, thr), nested.score, tuple(nested.to_json()["per_fold"]), art.nested_score,
                    tuple(dataclasses.asdict(r) for r in art.comparison),
+                   metrics.summary(sc.y, sc.decide(blend.oof, thr), 0.5, sc.min_labels) if sc.probabilities else
                    metrics.summary(sc.y, blend.oof, thr, sc.min_labels),
                    max(ens.member_scores.values()), round(size, 3), hours,
                    ens.settings.budget.summary(size, hours, ens.budget_notes), tuple(ens.students), stamp)

@@ -6,6 +6,10 @@ TP and FP. For one label with the others fixed, sorting its scores once gives TP
 every cut at once (the rule included: a row left empty gets its top label); coordinate ascent
 over labels then handles their coupling through the pooled counts. That exact search
 warm-starts an Optuna study over the same objective (other metrics start Optuna from the global threshold).
+
+A probability submission (ROC-AUC, mAP, log loss) has no thresholds: its last step is a temperature per label
+(or none), tuned and compared the same way, and its record holds the temperatures where a labels submission's
+holds thresholds.
 """
 from __future__ import annotations
 
@@ -15,9 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from scipy.optimize import minimize_scalar
 
 from competition.artifacts import read_json, write_json
 from competition.errors import UserError
+from competition.metrics import log_loss_columns
+from competition.probs import logit, sigmoid
 from competition.records import as_json, matches, record_problems, short
 from submissions.scoring import Scoring
 
@@ -49,7 +56,7 @@ class ThresholdsRecord:
     method: str
     metric: str
     labels: tuple[str, ...]
-    thresholds: dict                  # label token -> threshold
+    thresholds: dict                  # label token -> threshold (a probability submission: its temperature)
     oof_score: float
     nested_score: float
     trials: int
@@ -230,19 +237,43 @@ def optuna_tune(sc: Scoring, prob, trials: int, seed: int, storage=None, study_n
     return optuna_per_label(sc, prob, trials, seed, init, storage, study_name)
 
 
+def fit_temperatures(sc: Scoring, prob) -> np.ndarray:
+    """Per label, the temperature T of sigmoid(logit(p) / T) with the least log loss on these rows (a bounded 1-D
+    search each: labels are separable in a column-wise mean). A label with one class keeps T = 1."""
+    z = logit(np.asarray(prob, dtype=np.float64))
+    t = np.ones(prob.shape[1])
+    for j in range(prob.shape[1]):
+        y = sc.y[:, j:j + 1].astype(bool)
+        if y.all() or not y.any():
+            continue
+        t[j] = float(np.exp(minimize_scalar(temperature_loss, bounds=(np.log(0.05), np.log(20)), method="bounded",
+                                            args=(z[:, j:j + 1], y)).x))
+    return t
+
+
+def temperature_loss(log_t: float, z: np.ndarray, y: np.ndarray) -> float:
+    return float(log_loss_columns(y, sigmoid(z / np.exp(log_t)))[0])
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """A threshold method: how it tunes thresholds on some rows, and where it applies."""
-    tune: Callable  # (Scoring, prob, trials, seed, storage, study_name) -> thresholds per label
-    applies: Callable = lambda sc: True
+    """A last-step method: how it sets one value per label on some rows (a threshold, or a temperature), and
+    where it applies."""
+    tune: Callable  # (Scoring, prob, trials, seed, storage, study_name) -> one value per label
+    applies: Callable = lambda sc: not sc.probabilities
 
 
-# The threshold methods, simplest first (a tie in nested score goes to the earlier): the one table of their names.
+# The last-step methods, simplest first (a tie in nested score goes to the earlier): the one table of their names.
+# Labels submissions tune thresholds; probability submissions submit the blend's probabilities as they are (none),
+# or calibrated per label (temperature: log loss; a ranking metric cannot change under it).
 METHODS = {
     "fixed": Method(lambda sc, prob, *_: np.full(prob.shape[1], 0.5)),
     "global": Method(lambda sc, prob, *_: global_threshold(sc, prob)),
     "exact": Method(lambda sc, prob, *_: exact_per_label(sc.y, prob, sc.min_labels), applies=lambda sc: sc.exact),
     "optuna": Method(optuna_tune),
+    "none": Method(lambda sc, prob, *_: np.ones(prob.shape[1]), applies=lambda sc: sc.probabilities),
+    "temperature": Method(lambda sc, prob, *_: fit_temperatures(sc, prob),
+                          applies=lambda sc: sc.probabilities and not sc.objective.ranking),
 }
 
 
@@ -262,11 +293,11 @@ def nested_score(method: str, sc: Scoring, prob, trials: int, seed: int) -> floa
     (inside the fully nested estimate of a 2-fold run) nothing can be held out: the in-sample score."""
     if len(sc.folds) < 2:
         return sc.score(prob, tune(method, sc, prob, trials, seed))
-    pred = np.zeros_like(sc.y, dtype=np.uint8)
+    pred = np.zeros(sc.y.shape, dtype=np.float64 if sc.probabilities else np.uint8)
     for f in sc.folds:
         inner, outer = sc.fold != f, sc.fold == f
         pred[outer] = sc.decide(prob[outer], tune(method, sc.rows(inner), prob[inner], trials, seed))
-    return sc.of_pred(pred)
+    return sc.pooled(pred)
 
 
 def pick(rows: list[Tuned], method: str | None = None) -> Tuned:

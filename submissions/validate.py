@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from competition.artifacts import read_csv
@@ -14,10 +15,12 @@ from competition.reader import ID_LIKE, continues, decode_text, file_lines
 
 
 def validate_frame(frame: pd.DataFrame, spec, test_ids, where="submission") -> None:
-    """Raise UserError listing every problem class found: header, ids, labels, empty rows."""
-    expected = [spec.id_column, spec.label_column]
+    """Raise UserError listing every problem class found: header, ids, then labels and empty rows (a labels
+    submission) or values that are not probabilities (a probability submission)."""
+    expected = [spec.id_column, *(spec.tokens if spec.probabilities else [spec.label_column])]
     if list(frame.columns) != expected:
-        raise UserError(f"{where}: header {list(frame.columns)}, expected {expected}")
+        raise UserError(f"{where}: header {list(frame.columns)}, expected {expected}" + header_problem(
+            list(frame.columns), expected))
     ids = frame[spec.id_column].astype(str)
     dup = sorted(set(ids[ids.duplicated()]))
     if dup:
@@ -26,10 +29,41 @@ def validate_frame(frame: pd.DataFrame, spec, test_ids, where="submission") -> N
     if missing or extra:
         raise offenders_error(where, "ids differ from test.csv",
                               [f"missing {i}" for i in missing] + [f"extra {i}" for i in extra])
-    problems = label_problems(frame, ids, spec)
+    problems = probability_problems(frame, ids, spec) if spec.probabilities else label_problems(frame, ids, spec)
     for what, rows in problems.items():
         if rows:
             raise offenders_error(where, what, rows)
+
+
+def header_problem(columns: list[str], expected: list[str]) -> str:
+    """What differs between two headers, for people: missing or unknown columns, or the order."""
+    missing = [c for c in expected if c not in columns]
+    extra = [c for c in columns if c not in expected]
+    if missing or extra:
+        return (f" (missing {missing})" if missing else "") + (f" (not the spec's: {extra})" if extra else "")
+    first = next(i for i, (a, b) in enumerate(zip(columns, expected)) if a != b)
+    return f" (the same columns out of order: column {first + 1} is {columns[first]!r}, expected {expected[first]!r})"
+
+
+def probability_problems(frame: pd.DataFrame, ids, spec) -> dict[str, list[str]]:
+    """Cells a probability scorer refuses or misreads, by kind: not a number (or empty), NaN or infinite, outside
+    [0, 1]."""
+    kinds = {"cells that are not numbers": [], "cells that are NaN or infinite": [],
+             "probabilities outside [0, 1]": []}
+    not_numbers, not_finite, outside = kinds.values()
+    for token in spec.tokens:
+        cells = frame[token].astype(str)
+        values = pd.to_numeric(cells.str.strip().replace("", "x"), errors="coerce").to_numpy(dtype=np.float64)
+        literal_nan = cells.str.strip().str.lower().isin(["nan", "inf", "-inf", "infinity", "-infinity"]).to_numpy()
+        for row in np.flatnonzero(np.isnan(values) | ~np.isfinite(values) | (values < 0) | (values > 1)):
+            where = f"line {row + 2} ({ids.iloc[row]}): {token}={cells.iloc[row]!r}"
+            if literal_nan[row] or np.isinf(values[row]):
+                not_finite.append(where)
+            elif np.isnan(values[row]):
+                not_numbers.append(where)
+            else:
+                outside.append(where)
+    return kinds
 
 
 def label_problems(frame: pd.DataFrame, ids, spec) -> dict[str, list[str]]:

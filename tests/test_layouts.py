@@ -24,7 +24,7 @@ from helpers import settings
 QUIET = dict(log=lambda *_: None)
 
 
-LAYOUTS = ("demo_onehot", "demo_chest", "planet", "plant2021")  # the real specs, on generated miniatures
+LAYOUTS = ("demo_onehot", "demo_chest", "planet", "plant2021", "plant2020", "ranzcr", "chestxray14", "posters")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_a_miniature_reads_as_its_spec_says(miniature):
         assert ds.groups() is None
 
 
-@pytest.mark.parametrize("name", ["demo_onehot", "demo_chest"])
+@pytest.mark.parametrize("name", ["demo_onehot", "demo_chest", "ranzcr", "chestxray14"])
 def test_groups_stay_in_one_fold_and_the_report_says_so(generated, tmp_path, name):
     """30% of the rows share their group with two others: group-aware iterative stratification splits none,
     plain iterative stratification of the rows splits some, and `make folds` reports both."""
@@ -97,11 +97,15 @@ def test_a_miniature_runs_folds_train_submit_export_predict_validate(miniature, 
     run = RunLayout.of(tmp_path / "runs", spec.name)
     write_folds(run, ds, spec, 3, 0)
     train_model(spec, ds, run, resolve("tiny", ["epochs=1"]), **QUIET)
-    sub = run_submit(spec, ds, run, settings(spec, method="global", trials=2, blends=("mean",)), "test", ["tiny"],
-                     **QUIET)
+    # a probability submission: its rank blend's saved quantiles travel in the bundle; labels: thresholds
+    chosen = settings(spec, trials=2, blends=("rank_mean",)) if spec.probabilities else \
+        settings(spec, method="global", trials=2, blends=("mean",))
+    sub = run_submit(spec, ds, run, chosen, "test", ["tiny"], **QUIET)
     folder = export_bundle(spec, ds, run, sub.path, **QUIET)
     assert predict_bundle(folder, data, tmp_path / "p.csv", **QUIET).read_text() == sub.path.read_text()
     assert validate([str(sub.path), "--comp", spec.name, "--data", str(data)]) == 0
+    header = sub.path.read_text().splitlines()[0]
+    assert header == ",".join([spec.id_column, *(spec.tokens if spec.probabilities else [spec.label_column])])
 
 
 def edit_train(data, spec, edit) -> None:

@@ -19,8 +19,8 @@ def test_against_sklearn(data):
         assert m.f1(y, pred, avg) == pytest.approx(skm.f1_score(y, pred, average=avg, zero_division=0))
     assert m.precision(y, pred) == pytest.approx(skm.precision_score(y, pred, average="micro"))
     assert m.recall(y, pred) == pytest.approx(skm.recall_score(y, pred, average="micro"))
-    assert m.mean_average_precision(y, prob) == pytest.approx(skm.average_precision_score(y, prob, average="macro"))
-    assert m.roc_auc_macro(y, prob) == pytest.approx(skm.roc_auc_score(y, prob, average="macro"))
+    assert m.macro_ap(y, prob) == pytest.approx(skm.average_precision_score(y, prob, average="macro"))
+    assert m.mean_roc_auc(y, prob) == pytest.approx(skm.roc_auc_score(y, prob, average="macro"))
     assert m.hamming_loss(y, pred) == pytest.approx(skm.hamming_loss(y, pred))
     assert m.subset_accuracy(y, pred) == pytest.approx(skm.accuracy_score(y, pred))
     assert m.jaccard(y, pred) == pytest.approx(skm.jaccard_score(y, pred, average="samples"))
@@ -39,9 +39,16 @@ def test_objectives_equal_sklearn(data, empty_rows):
         "samples_f1": skm.f1_score(y, pred, average="samples", zero_division=0),
         "samples_f2": skm.fbeta_score(y, pred, beta=2, average="samples", zero_division=0),
     }
-    assert set(expected) == set(m.OBJECTIVES)
+    on_probabilities = {  # the probability metrics, column-wise
+        "mean_roc_auc": skm.roc_auc_score(y, prob, average="macro"),
+        "macro_ap": skm.average_precision_score(y, prob, average="macro"),
+        "log_loss": -np.mean([skm.log_loss(y[:, j], prob[:, j], labels=[0, 1]) for j in range(y.shape[1])]),
+    }
+    assert set(expected) | set(on_probabilities) == set(m.OBJECTIVES)
     for name, value in expected.items():
         assert m.objective(name).score(y, pred) == pytest.approx(value), name
+    for name, value in on_probabilities.items():
+        assert m.objective(name).probabilities and m.objective(name).score(y, prob) == pytest.approx(value), name
 
 
 def test_unknown_objective_names_the_valid_ones():
