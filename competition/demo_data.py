@@ -209,9 +209,6 @@ def generate(out: Path, n_train: int = 2000, n_test: int = 500, size: int = 128,
     tokens = load_spec("demo").tokens
     kaggle = spec.format == "csv" and (spec.label_format == "one_hot" or spec.group_column or spec.no_label or
                                        spec.test_image_dir or spec.image_file != "{}" or spec.tokens != tokens)
-    if spec.tokens != tokens and not kaggle:
-        raise UserError(f"{spec.source}: demo data has the demo spec's labels ({' '.join(tokens)}), or (csv "
-                        "layouts) labels of its own")
     rng = np.random.default_rng(seed)
     (out / spec.image_dir).mkdir(parents=True, exist_ok=True)
     n = n_train + n_test
@@ -234,6 +231,9 @@ def generate(out: Path, n_train: int = 2000, n_test: int = 500, size: int = 128,
     jobs = [(seed * 1_000_003 + i, label_sets[i], size, out / spec.image_dir / ids[i]) for i in range(n)]
     with Pool(workers) as pool:
         pool.map(_render_job, jobs, chunksize=64)
+    if spec.tokens != tokens:  # the spec's own labels (VOC's 20 classes), from the demo's by position
+        mapped = spec_labels(spec, np.random.default_rng(seed + 1))
+        label_sets, tokens = [mapped(labels) for labels in label_sets], spec.tokens
     if spec.format == "voc":
         write_voc_sets(out / spec.labels_dir, tokens, {
             spec.voc_train_set: (voc_ids[:n_train], label_sets[:n_train]),
@@ -267,12 +267,19 @@ ID_SHAPES = [
 ]
 
 
+def spec_labels(spec, rng):
+    """A function from a row's demo labels to the spec's: the spec's labels take the demo's under their own tokens,
+    by position; a label past the demo's 18 is the one 18 places before it, present in half its rows."""
+    demo = load_spec("demo").tokens
+    as_spec = {t: [s for j, s in enumerate(spec.tokens) if j % len(demo) == k] for k, t in enumerate(demo)}
+    return lambda labels: [s for t in labels for j, s in enumerate(as_spec[t]) if j == 0 or rng.random() < .5]
+
+
 def kaggle_csv(out: Path, spec, label_sets, seed: int, size: int, n_train: int, workers: int, rng) -> None:
     """Another competition's csv layout, as its spec says: ids of a shape its id_pattern takes, train and test
     image folders, labels as tokens (with its separator and no_label) or one-hot columns, a group column (30% of
     the rows share their group with two others), a column the spec does not read, and a test file shaped as a
-    sample submission. The spec's labels take the demo's under their own tokens, by position (a row left empty
-    gets the first); a label past the demo's 18 is the one 18 places before it, present in half its rows."""
+    sample submission. The spec's labels: `spec_labels` (a row left empty gets the first)."""
     n = len(label_sets)
     patient = [i // 10 * 10 + (i % 10 if i % 10 >= 3 else 0) for i in range(n)]  # rows 10j..10j+2 share one
     shape = next((s for s in ID_SHAPES if all(re.fullmatch(spec.id_pattern, s(i, n_train, patient[i]))
@@ -286,15 +293,13 @@ def kaggle_csv(out: Path, spec, label_sets, seed: int, size: int, n_train: int, 
     jobs = [(seed * 1_000_003 + i, label_sets[i], size, out / folders[i] / spec.image_name(ids[i])) for i in range(n)]
     with Pool(workers) as pool:
         pool.map(_render_job, jobs, chunksize=64)
-    demo = load_spec("demo").tokens
-    as_spec = {t: [s for j, s in enumerate(spec.tokens) if j % len(demo) == k] for k, t in enumerate(demo)}
+    mapped = spec_labels(spec, rng)
     needs_one = spec.label_format == "tokens" and not spec.no_label
     label_cols = spec.tokens if spec.label_format == "one_hot" else [spec.label_column]
     group = [spec.group_column] if spec.group_column else []
     rows = []
     for i in range(n_train):
-        mine = [s for t in rng.permutation(label_sets[i]) for j, s in enumerate(as_spec[t])
-                if j == 0 or rng.random() < .5]
+        mine = mapped(rng.permutation(label_sets[i]))
         mine = mine or ([spec.tokens[0]] if needs_one else [])
         cells = ([str(int(t in mine)) for t in spec.tokens] if spec.label_format == "one_hot" else
                  [spec.label_separator.join(mine) or spec.no_label])

@@ -221,3 +221,23 @@ def test_an_edited_bundle_with_a_nonpositive_temperature_is_refused(auc_run, tmp
     write_manifest(copy, {"oof": 0, "nested": 0, "metric": "m"})  # re-signed, as a careless hand would
     with pytest.raises(UserError, match=r"temperatures of a mean_roc_auc submission\) not > 0: ETT - Normal=0.0"):
         predict_bundle(copy, data, tmp_path / "p.csv", **QUIET)
+
+
+def test_voc2007_in_miniature_submits_probabilities_scored_by_map(tmp_path):
+    """`make demo-data COMP=voc2007`: VOC's files under its 20 classes; the chain optimises mAP and submits a
+    probability column per class, which its bundle reproduces byte for byte and `make validate` accepts."""
+    from submissions.validate import main as validate
+    spec = load_spec("voc2007")
+    data = tmp_path / "data"
+    generate(data, n_train=120, n_test=30, size=32, seed=3, workers=1, spec=spec)
+    assert sorted(p.name for p in (data / spec.labels_dir).glob("*_test.txt"))[0] == "aeroplane_test.txt"
+    ds = load_dataset(spec, data)
+    assert ds.targets().shape == (120, 20) and ds.targets()[:, 18:].sum() > 0  # classes past the demo's 18 occur
+    run = RunLayout.of(tmp_path / "runs", spec.name)
+    write_folds(run, ds, spec, 3, 0)
+    train_model(spec, ds, run, resolve("tiny", ["epochs=1"]), **QUIET)
+    sub = run_submit(spec, ds, run, settings(spec, trials=2), "test", **QUIET)
+    assert sub.ensemble.scoring.metric == "macro_ap" and sub.thresholds.method == "none"
+    folder = export_bundle(spec, ds, run, sub.path, **QUIET)
+    assert predict_bundle(folder, data, tmp_path / "p.csv", **QUIET).read_bytes() == sub.path.read_bytes()
+    assert validate([str(sub.path), "--comp", str(SPEC_DIR / "voc2007.yaml"), "--data", str(data)]) == 0
