@@ -115,6 +115,83 @@ def fast_samples_fbeta(y, pred, beta: float = 1.0) -> float:
     return float(np.mean(np.where(denom > 0, (1 + b2) * tp / np.maximum(denom, 1), 0.0)))
 
 
+def micro_f1_at_each(y, prob, grid, min_labels: int) -> np.ndarray:
+    """micro-F1 of decide(prob, t, min_labels) for every t of `grid` at once (min_labels 0 or 1), by counting
+    with sorted scores instead of deciding once per t: blend weight searches call this thousands of times."""
+    y = np.asarray(y).astype(bool)
+    prob = np.asarray(prob, dtype=np.float64)
+    grid = np.asarray(grid, dtype=np.float64)
+
+    def at_least(sorted_values):  # how many values are >= each t
+        return len(sorted_values) - np.searchsorted(sorted_values, grid, side="left")
+    predicted = at_least(np.sort(prob.ravel()))
+    tp = at_least(np.sort(prob[y]))
+    if min_labels >= 1:  # a row with nothing above t gets its top label: its max is below t
+        top = np.argmax(prob, axis=1)
+        row_max = prob[np.arange(len(prob)), top]
+        empty = len(prob) - at_least(np.sort(row_max))
+        top_true = y[np.arange(len(prob)), top]
+        empty_true = np.sum(top_true) - at_least(np.sort(row_max[top_true]))
+        predicted, tp = predicted + empty, tp + empty_true
+    denom = predicted + y.sum()
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+
+
+COUNT_CHUNK = 8192  # rows per pass of counts_at_each: its bin indices stay ~70 MB at a thousand labels
+
+
+def counts_at_each(y, prob, grid, min_labels: int, per: str) -> tuple[np.ndarray, np.ndarray]:
+    """True positives and predictions of decide(prob, t, min_labels) at every t of `grid` (min_labels 0 or 1),
+    per row (`per="rows"`: arrays of rows x len(grid)) or per label (`"labels"`), by counting: each probability's
+    grid bin once, then a cumulative sum over the bins, instead of deciding every cell once per t."""
+    y = np.asarray(y).astype(bool)
+    prob = np.asarray(prob, dtype=np.float64)
+    grid = np.asarray(grid, dtype=np.float64)
+    n, labels = prob.shape
+    width = len(grid) + 1
+    hist = {"pred": np.zeros((n if per == "rows" else labels, width), np.int64)}
+    hist["tp"] = np.zeros_like(hist["pred"])
+    for start in range(0, n, COUNT_CHUNK):
+        p, yy = prob[start:start + COUNT_CHUNK], y[start:start + COUNT_CHUNK]
+        bins = np.searchsorted(grid, p, side="right")  # a cell is predicted at grid[g] exactly when g < its bin
+        owner = np.arange(len(p))[:, None] if per == "rows" else np.arange(labels)[None, :]
+        key = owner * width + bins
+        size = (len(p) if per == "rows" else labels) * width
+        place = slice(start, start + len(p)) if per == "rows" else slice(None)
+        hist["pred"][place] += np.bincount(key.ravel(), minlength=size).reshape(-1, width)
+        hist["tp"][place] += np.bincount(key[yy], minlength=size).reshape(-1, width)
+    # predicted at grid[g]: the cells whose bin is above g
+    tp, pred = (np.cumsum(hist[k][:, ::-1], axis=1)[:, ::-1][:, 1:] for k in ("tp", "pred"))
+    if min_labels >= 1:  # a row with nothing at or above t gets its top label: its max is below t
+        top = np.argmax(prob, axis=1)
+        empty_from = np.searchsorted(grid, prob[np.arange(n), top], side="right")  # empty at grid[g] when g >= this
+        top_true = y[np.arange(n), top]
+        if per == "rows":
+            empty = np.arange(len(grid))[None, :] >= empty_from[:, None]
+            pred, tp = pred + empty, tp + (empty & top_true[:, None])
+        else:
+            for extra, rows in ((pred, slice(None)), (tp, top_true)):
+                at = np.zeros((labels, width), np.int64)
+                np.add.at(at, (top[rows], empty_from[rows]), 1)
+                extra += np.cumsum(at, axis=1)[:, :-1]
+    return tp, pred
+
+
+def macro_f1_at_each(y, prob, grid, min_labels: int) -> np.ndarray:
+    """fast_macro_f1 of decide(prob, t, min_labels) for every t of `grid` (min_labels 0 or 1)."""
+    tp, pred = counts_at_each(y, prob, grid, min_labels, "labels")
+    denom = pred + np.asarray(y).sum(0)[:, None]
+    return np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0), axis=0)
+
+
+def samples_fbeta_at_each(y, prob, grid, min_labels: int, beta: float = 1.0) -> np.ndarray:
+    """fast_samples_fbeta of decide(prob, t, min_labels) for every t of `grid` (min_labels 0 or 1)."""
+    tp, pred = counts_at_each(y, prob, grid, min_labels, "rows")
+    b2 = beta * beta
+    denom = b2 * np.asarray(y).sum(1)[:, None] + pred
+    return np.mean(np.where(denom > 0, (1 + b2) * tp / np.maximum(denom, 1), 0.0), axis=0)
+
+
 # Probability metrics, column-wise as Kaggle scores them (RANZCR, Plant Pathology 2020: the mean of each label
 # column's score); `weights` weigh the columns (None: equal). A column with one class has no AUC or AP and is left
 # out of the mean, as sklearn's average=None then np.nanmean would do.
@@ -173,6 +250,7 @@ class Objective:
     exact_thresholds: bool = False  # thresholds.exact_per_label's counting argument holds (micro-F1 only)
     ranking: bool = False           # only each column's order counts (AUC, AP): rank blends apply, calibration cannot
                                     # change the score
+    at_each: Callable | None = None  # (y, prob, grid, min_labels 0 or 1) -> the score at every threshold of the grid
 
     @property
     def probabilities(self) -> bool:
@@ -180,10 +258,12 @@ class Objective:
 
 
 OBJECTIVES = {o.name: o for o in [
-    Objective("micro_f1", fast_micro_f1, exact_thresholds=True),
-    Objective("macro_f1", fast_macro_f1),
-    Objective("samples_f1", functools.partial(fast_samples_fbeta, beta=1.0)),
-    Objective("samples_f2", functools.partial(fast_samples_fbeta, beta=2.0)),
+    Objective("micro_f1", fast_micro_f1, exact_thresholds=True, at_each=micro_f1_at_each),
+    Objective("macro_f1", fast_macro_f1, at_each=macro_f1_at_each),
+    Objective("samples_f1", functools.partial(fast_samples_fbeta, beta=1.0),
+              at_each=functools.partial(samples_fbeta_at_each, beta=1.0)),
+    Objective("samples_f2", functools.partial(fast_samples_fbeta, beta=2.0),
+              at_each=functools.partial(samples_fbeta_at_each, beta=2.0)),
     Objective("mean_roc_auc", mean_roc_auc, "probabilities", ranking=True),
     Objective("macro_ap", macro_ap, "probabilities", ranking=True),
     Objective("log_loss", neg_log_loss, "probabilities"),

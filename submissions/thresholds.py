@@ -103,33 +103,12 @@ def check_method(method: str, sc: Scoring) -> None:
 
 def global_threshold(sc: Scoring, prob) -> np.ndarray:
     """The best single threshold for every label, on the grid."""
-    if sc.exact:
-        best = GRID[int(np.argmax(micro_f1_at_each(sc.y, prob, GRID, sc.min_labels)))]
+    at_each = sc.objective.at_each
+    if at_each is not None and sc.min_labels <= 1:  # every t at once, by counting
+        best = GRID[int(np.argmax(at_each(sc.y, prob, GRID, sc.min_labels)))]
     else:
         best = max(GRID, key=lambda t: sc.score(prob, t))
     return np.full(prob.shape[1], float(best))
-
-
-def micro_f1_at_each(y, prob, grid, min_labels: int) -> np.ndarray:
-    """micro-F1 of decide(prob, t, min_labels) for every t of `grid` at once (min_labels 0 or 1), by counting
-    with sorted scores instead of deciding once per t: blend weight searches call this thousands of times."""
-    y = np.asarray(y).astype(bool)
-    prob = np.asarray(prob, dtype=np.float64)
-    grid = np.asarray(grid, dtype=np.float64)
-
-    def at_least(sorted_values):  # how many values are >= each t
-        return len(sorted_values) - np.searchsorted(sorted_values, grid, side="left")
-    predicted = at_least(np.sort(prob.ravel()))
-    tp = at_least(np.sort(prob[y]))
-    if min_labels >= 1:  # a row with nothing above t gets its top label: its max is below t
-        top = np.argmax(prob, axis=1)
-        row_max = prob[np.arange(len(prob)), top]
-        empty = len(prob) - at_least(np.sort(row_max))
-        top_true = y[np.arange(len(prob)), top]
-        empty_true = np.sum(top_true) - at_least(np.sort(row_max[top_true]))
-        predicted, tp = predicted + empty, tp + empty_true
-    denom = predicted + y.sum()
-    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
 
 
 def cuts(sorted_scores: np.ndarray) -> np.ndarray:

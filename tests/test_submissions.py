@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from competition import load_spec
+from competition import load_spec, metrics
 from competition.errors import UserError
 from competition.formats import ModelMeta
 from competition.metrics import decide, fast_micro_f1
@@ -59,16 +59,23 @@ def test_exact_search_is_coordinatewise_optimal(min_labels):
 
 
 @pytest.mark.parametrize("min_labels", [0, 1])
-def test_micro_f1_at_every_threshold_at_once_equals_deciding_each(min_labels):
+@pytest.mark.parametrize("metric", ["micro_f1", "macro_f1", "samples_f1", "samples_f2"])
+def test_a_metric_at_every_threshold_at_once_equals_deciding_each(metric, min_labels, monkeypatch):
     """The counting shortcut behind the global threshold gives what decide() + sklearn give, ties included
-    (scores rounded to 2 digits tie often, within rows too)."""
+    (scores rounded to 2 digits tie often, within rows too), over several row chunks."""
+    from sklearn.metrics import fbeta_score
+    monkeypatch.setattr(metrics, "COUNT_CHUNK", 7)
+    average, beta = {"micro_f1": ("micro", 1), "macro_f1": ("macro", 1), "samples_f1": ("samples", 1),
+                     "samples_f2": ("samples", 2)}[metric]
     rng = np.random.default_rng(7)
-    for _ in range(30):
+    for _ in range(8):
         n, labels = rng.integers(5, 120), rng.integers(2, 6)  # one column would be a binary task to sklearn
         y = (rng.random((n, labels)) < 0.3).astype(np.uint8)
         prob = np.round(rng.random((n, labels)), 2)
-        fast = th.micro_f1_at_each(y, prob, th.GRID, min_labels)
-        slow = [f1_score(y, decide(prob, t, min_labels), average="micro", zero_division=0) for t in th.GRID]
+        prob[0, 0] = th.GRID[10]  # a probability on a threshold is predicted there (decide: >=)
+        fast = metrics.objective(metric).at_each(y, prob, th.GRID, min_labels)
+        slow = [fbeta_score(y, decide(prob, t, min_labels), beta=beta, average=average, zero_division=0)
+                for t in th.GRID]
         np.testing.assert_allclose(fast, slow, atol=1e-12)
 
 
