@@ -127,7 +127,9 @@ def estimate_nested(run: RunLayout, ens: Ensemble, thresholds: th.ThresholdsReco
         nested = fully_nested(ens.candidates, ens.scoring, ens.settings, log)
         nested.write(path)
         log(f"fully nested: {time.perf_counter() - t0:.0f} s")
-    log(f"{thresholds.method} {step(ens.scoring)} on the {ens.blend_name} blend: OOF in-sample "
+    chosen = (f"temperature method {thresholds.method}" if ens.scoring.probabilities else
+              f"{thresholds.method} thresholds")
+    log(f"{chosen} on the {ens.blend_name} blend: OOF in-sample "
         f"{thresholds.oof_score:.4f}, {step(ens.scoring)} nested {thresholds.nested_score:.4f}, fully nested "
         f"(members, blend, {step(ens.scoring)}) {nested.score:.4f}")
     return nested
