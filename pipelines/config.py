@@ -142,6 +142,9 @@ class ImageConfig(ModelConfig):
     head_hidden: tuple[int, ...] = option((1024,), "mlp widths", within=">= 1")
     head_dim: int = option(256, "attention: query and embedding width", within=">= 1")
     head_heads: int = option(8, "attention: heads (divides head_dim)", within=">= 1")
+    head_groups: int = option(0, "attention: label queries; 0: one per label. Fewer (ML-Decoder's groups) each "
+                              "decode several labels' logits: a thousand labels' cost (benchmarks/head_scale.py)",
+                              within=">= 0")
     extra_stages: int = option(0, "EfficientNet family, linear/mlp heads: the pooled outputs of the last this many "
                                "blocks join the final pooled features (hypercolumns)", within=">= 0")
     mixup: float = option(0.0, "mixup alpha (Beta(a, a)), on images or cached trunk features; 0 off", within=">= 0")

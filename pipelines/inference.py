@@ -24,9 +24,11 @@ from pipelines.model import MultiLabelNet, NetSpec, TopOfNet, inference_dtype, l
 from pipelines.preprocess import DeviceNormalize
 from pipelines.runtime import resolve_runtime, trunk_runner
 
-RECORD_FORMAT = 2
-# A record of an older format, as the current one reads it: format 1 predates caption inputs (none had one).
-UPGRADES = {1: lambda data: {**data, "net": {**data["net"], "caption_input": "none"}, "format": 2}}
+RECORD_FORMAT = 3
+# A record of an older format, as the next one reads it: format 1 predates caption inputs (none had one), format 2
+# grouped label queries (one query per label).
+UPGRADES = {1: lambda data: {**data, "net": {**data["net"], "caption_input": "none"}, "format": 2},
+            2: lambda data: {**data, "net": {**data["net"], "head_groups": 0}, "format": 3}}
 FEATURE_DTYPE = torch.float16  # what the trunk cache stores features as; every reader rounds to it too
 
 
@@ -60,8 +62,9 @@ class InferenceRecord:
     def from_json(cls, data, where: str) -> InferenceRecord:
         """The record as a fit or a bundle stored it; one of another format or shape is one error naming it."""
         got = data.get("format") if isinstance(data, dict) else None
-        if got in UPGRADES and isinstance(data.get("net"), dict):
-            data, got = UPGRADES[got](data), RECORD_FORMAT
+        while got in UPGRADES and isinstance(data.get("net"), dict):
+            data = UPGRADES[got](data)
+            got = data["format"]
         if got != RECORD_FORMAT:
             raise UserError(f"{where}: inference record of format {got!r}, not {RECORD_FORMAT}"
                             f"{' (no record: trained before inference records)' if data is None else ''}; "

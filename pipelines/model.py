@@ -28,6 +28,7 @@ class NetSpec:
     head_hidden: tuple[int, ...]  # mlp widths
     head_dim: int
     head_heads: int
+    head_groups: int           # attention: label queries (0: one per label)
     extra_stages: int
     dropout: float
     drop_path: float
@@ -80,12 +81,17 @@ class QueryHead(nn.Module):
             self.caption_shift = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(width, d))
             nn.init.zeros_(self.caption_shift[1].weight)
             nn.init.zeros_(self.caption_shift[1].bias)
-        self.queries = nn.Parameter(torch.randn(num_classes, d) * 0.02)
+        # ML-Decoder's group decoding: `groups` queries, each its own linear map to `per` labels' logits (one query
+        # per label when groups is 0 or not below the labels: the original weights' shapes)
+        groups = spec.head_groups if 0 < spec.head_groups < num_classes else num_classes
+        self.num_classes, self.per = num_classes, -(-num_classes // groups)
+        self.queries = nn.Parameter(torch.randn(groups, d) * 0.02)
         self.attend = nn.MultiheadAttention(d, spec.head_heads, dropout=spec.dropout, batch_first=True)
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.ffn = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(inplace=True), nn.Dropout(spec.dropout),
                                  nn.Linear(2 * d, d))
-        self.group_weight = nn.Parameter(torch.randn(num_classes, d) * d ** -0.5)
+        shape = (num_classes, d) if groups == num_classes else (groups, d, self.per)
+        self.group_weight = nn.Parameter(torch.randn(shape) * d ** -0.5)
         self.group_bias = nn.Parameter(torch.zeros(num_classes))
 
     def forward(self, x: torch.Tensor, captions: torch.Tensor | None = None) -> torch.Tensor:
@@ -99,7 +105,10 @@ class QueryHead(nn.Module):
             q = q + self.caption_shift(captions).to(q.dtype)[:, None]
         q = self.norm1(q + self.attend(q, memory, memory, need_weights=False)[0])
         q = self.norm2(q + self.ffn(q))
-        return (q * self.group_weight).sum(-1) + self.group_bias
+        if self.group_weight.dim() == 2:
+            return (q * self.group_weight).sum(-1) + self.group_bias
+        logits = torch.einsum("bgd,gdk->bgk", q, self.group_weight).flatten(1)[:, :self.num_classes]
+        return logits + self.group_bias
 
 
 class PyramidHead(nn.Module):

@@ -441,7 +441,7 @@ def test_the_manifest_guards_every_file_and_the_digest_pins_the_bundle(trained, 
              (a_list, "not a bundle manifest \\(a JSON list\\)"), (no_files, "no `files` mapping"),
              (bundle_format, "bundle.json: format 7, not 3"),
              (missing_weights, "bundle.json: names members/tiny/fold9.safetensors, which the bundle does not hold"),
-             (old_record, "members/tiny/fold1.safetensors: inference record of format 0, not 2"),
+             (old_record, "members/tiny/fold1.safetensors: inference record of format 0, not 3"),
              (short_record, "members/tiny/fold0.safetensors: malformed inference record")]
     for edit, problem in cases:
         with pytest.raises(UserError, match=problem):
@@ -536,7 +536,7 @@ def test_export_refuses_fits_and_submissions_from_before_their_records(trained, 
         del fit["inference"]
     meta_path.write_text(json.dumps(meta))
     try:
-        with pytest.raises(UserError, match=r"tiny (fold 0|refit): inference record of format None, not 2 \(no rec"):
+        with pytest.raises(UserError, match=r"tiny (fold 0|refit): inference record of format None, not 3 \(no rec"):
             export_bundle(spec, ds, run, sub.path, **QUIET)
     finally:
         meta_path.write_bytes(kept)

@@ -8,7 +8,7 @@ from pipelines.config import resolve
 from pipelines.model import NetSpec, PyramidHead, QueryHead, TopOfNet, build_model, trunk_forward
 
 CFG = NetSpec(backbone="resnet18", mode="finetune", head="attention", head_hidden=(), head_dim=16, head_heads=4,
-              extra_stages=0, dropout=0.0, drop_path=0.0, img_size=32, caption_input="none")
+              head_groups=0, extra_stages=0, dropout=0.0, drop_path=0.0, img_size=32, caption_input="none")
 
 
 def test_attention_head_reads_every_position_without_order():
@@ -27,6 +27,33 @@ def test_attention_head_reads_every_position_without_order():
     torch.testing.assert_close(head(x.flatten(2).transpose(1, 2)), out)
 
 
+def test_grouped_queries_decode_every_label():
+    """ML-Decoder's groups: 3 queries for 7 labels, each query's own linear map to 3 logits (the last group's
+    extra logit dropped); each label's logit is its group's query's map, and trains like the ungrouped head."""
+    import dataclasses
+    torch.manual_seed(0)
+    head = QueryHead(8, 7, dataclasses.replace(CFG, head_groups=3))
+    assert head.queries.shape == (3, 16) and head.group_weight.shape == (3, 16, 3)
+    x = torch.randn(4, 8, 2, 2)
+    out = head(x)
+    assert out.shape == (4, 7)
+    head.group_weight.data[2, :, 0] += torch.randn(16)  # group 2's first logit is label 6's; no other moves
+    moved = (head(x) - out).abs().amax(0)
+    assert moved[6] > 1e-3 and moved[:6].max() == 0
+    assert QueryHead(8, 7, dataclasses.replace(CFG, head_groups=7)).group_weight.shape == (7, 16)  # one per label
+    y = (torch.rand(64, 7) < 0.3).float()
+    x = torch.randn(64, 8, 2, 2) + y[:, :, None, None].repeat(1, 2, 1, 1)[:, :8]
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+
+
 def test_pyramid_head_keeps_where_things_are():
     """Max-pooled over 1x1, 2x2, 4x4 grids: the linear layer sees 21 cells per channel, so moving one strong
     activation to another quadrant changes the logits (a global pool alone could not tell)."""
@@ -42,7 +69,9 @@ def test_pyramid_head_keeps_where_things_are():
         head(torch.zeros(2, 5, 4))
 
 
-@pytest.mark.parametrize("overrides", [["head=attention", "head_dim=32", "head_heads=4"], ["head=pyramid"],
+@pytest.mark.parametrize("overrides", [["head=attention", "head_dim=32", "head_heads=4"],
+                                       ["head=attention", "head_dim=32", "head_heads=4", "head_groups=2"],
+                                       ["head=pyramid"],
                                        ["extra_stages=2"], ["extra_stages=3", "train_from=3"]])
 def test_heads_and_hypercolumns_build_and_split_at_the_trunk(overrides):
     """Each builds on a real backbone (EfficientNet-Lite0), and its top on trunk features computes what the

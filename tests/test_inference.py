@@ -23,7 +23,7 @@ def test_a_record_round_trips_through_json_and_refuses_what_it_is_not():
     plain = InferenceRecord.of(resolve("tiny"), 18, (0.5,) * 3, (0.25,) * 3, CPU)
     assert plain.train_from is None and plain.trunk_runtime is None and plain.feature_dtype is None
     data = record.to_json()
-    with pytest.raises(UserError, match="fold 2: inference record of format 0, not 2; train the model again"):
+    with pytest.raises(UserError, match="fold 2: inference record of format 0, not 3; train the model again"):
         InferenceRecord.from_json({**data, "format": 0}, "fold 2")
     with pytest.raises(UserError, match="no record: trained before inference records"):
         fit_record(FitRecord.from_json({"best_epoch": 1, "seconds": 1.0, "hours": 0.0, "gpu_hours": 0.0,
@@ -33,11 +33,15 @@ def test_a_record_round_trips_through_json_and_refuses_what_it_is_not():
         InferenceRecord.from_json({**data, "img_size": 64}, "fold 0")  # a key it does not have
     with pytest.raises(UserError, match="malformed inference record"):
         InferenceRecord.from_json({**data, "net": {k: v for k, v in data["net"].items() if k != "dropout"}}, "f")
-    # Format 1 predates caption inputs: its networks had none. Format 2 must say.
-    old = {**data, "format": 1, "net": {k: v for k, v in data["net"].items() if k != "caption_input"}}
+    # Format 1 predates caption inputs: its networks had none; format 2 grouped queries: one per label. Format 3
+    # must say both.
+    old = {**data, "format": 1, "net": {k: v for k, v in data["net"].items()
+                                        if k not in ("caption_input", "head_groups")}}
     assert InferenceRecord.from_json(old, "f") == record and record.net.caption_input == "none"
+    assert InferenceRecord.from_json({**old, "format": 2, "net": {**old["net"], "caption_input": "none"}},
+                                     "f") == record and record.net.head_groups == 0
     with pytest.raises(UserError, match="malformed inference record"):
-        InferenceRecord.from_json({**old, "format": 2}, "f")
+        InferenceRecord.from_json({**old, "format": 3}, "f")
 
 
 @pytest.mark.parametrize("captions", [False, True])
