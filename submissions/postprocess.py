@@ -133,5 +133,5 @@ def fully_nested(members, sc: Scoring, settings: Settings, log) -> NestedEstimat
         per_fold.append(OuterFold(int(f), sc.of_pred(pred[outer], outer), tuple(choice.members),
                                   choice.blend_name, choice.method))
         log(f"fully nested: fold {f} {per_fold[-1].score:.4f} ({choice.blend_name} of "
-            f"{'+'.join(choice.members)}, {choice.method} {'temperatures' if sc.probabilities else 'thresholds'})")
+            f"{'+'.join(choice.members)}, {choice.method} {sc.step}s)")
     return NestedEstimate(sc.pooled(pred), tuple(per_fold))

@@ -72,11 +72,10 @@ def make_report(spec, ens: Ensemble, art: ThresholdsRecord, out: Path) -> list[P
     fig, ax = plt.subplots(figsize=(10, 4))
     ax.bar(names, thr, color="tab:orange")
     ax.axhline(0.5 if not sc.probabilities else 1.0, color="grey", ls="--", lw=1)
-    what = "temperature" if sc.probabilities else "threshold"
-    ax.set_ylabel(what)
-    ax.set_title(f"per-label {what}s ({art.method}; nested {sc.metric} {art.nested_score:.4f})")
+    ax.set_ylabel(sc.step)
+    ax.set_title(f"per-label {sc.step}s ({art.method}; nested {sc.metric} {art.nested_score:.4f})")
     ax.tick_params(axis="x", rotation=60, labelsize=8)
-    paths.append(out / f"{what}s.png")
+    paths.append(out / f"{sc.step}s.png")
     save(fig, paths[-1])
 
     if len(members) > 1:

@@ -39,6 +39,11 @@ class Scoring:
         return self.objective.probabilities
 
     @property
+    def step(self) -> str:
+        """What the last step sets per label, for people: a threshold, or a temperature."""
+        return "temperature" if self.probabilities else "threshold"
+
+    @property
     def exact(self) -> bool:
         """The exact threshold search applies: micro-F1 with the rule "at least 0 or 1 label"."""
         return self.objective.exact_thresholds and self.min_labels <= 1

@@ -66,7 +66,7 @@ def tune_thresholds(run: RunLayout, ens: Ensemble, tokens, log=print) -> th.Thre
     path = run.thresholds_file(key)
     if path.exists():
         art = th.ThresholdsRecord.read(path)
-        log(f"{step(sc)}: reusing {path} (members unchanged)")
+        log(f"{sc.step}s: reusing {path} (members unchanged)")
         print_table(art.comparison, art.method, sc, log)
         return art
     with exclusive_lock(path.with_name(f".{path.name}.lock")):  # one process on this machine tunes a study at a time
@@ -78,17 +78,12 @@ def tune_thresholds(run: RunLayout, ens: Ensemble, tokens, log=print) -> th.Thre
                               st.trials, st.seed, tuple(r.scores for r in rows), url, f"blend-{key}")
     art.write(path)
     print_table(art.comparison, art.method, sc, log)
-    log(f"{step(sc)}: {art.method} -> {path}")
+    log(f"{sc.step}s: {art.method} -> {path}")
     return art
 
 
-def step(sc) -> str:
-    """What a submission's last step sets per label, for people."""
-    return "temperatures" if sc.probabilities else "thresholds"
-
-
 def print_table(rows: tuple[th.MethodScore, ...], chosen: str, sc, log=print) -> None:
-    log(f"{'temperature method' if sc.probabilities else 'threshold method':<18}{'OOF in-sample':>15}{'nested CV':>12}")
+    log(f"{sc.step + ' method':<18}{'OOF in-sample':>15}{'nested CV':>12}")
     for r in rows:
         mark = "  <- chosen" if r.method == chosen else ""
         log(f"{r.method:<18}{r.in_sample:>15.4f}{r.nested:>12.4f}{mark}")
@@ -127,11 +122,11 @@ def estimate_nested(run: RunLayout, ens: Ensemble, thresholds: th.ThresholdsReco
         nested = fully_nested(ens.candidates, ens.scoring, ens.settings, log)
         nested.write(path)
         log(f"fully nested: {time.perf_counter() - t0:.0f} s")
-    chosen = (f"temperature method {thresholds.method}" if ens.scoring.probabilities else
-              f"{thresholds.method} thresholds")
+    sc = ens.scoring
+    chosen = f"{sc.step} method {thresholds.method}" if sc.probabilities else f"{thresholds.method} thresholds"
     log(f"{chosen} on the {ens.blend_name} blend: OOF in-sample "
-        f"{thresholds.oof_score:.4f}, {step(ens.scoring)} nested {thresholds.nested_score:.4f}, fully nested "
-        f"(members, blend, {step(ens.scoring)}) {nested.score:.4f}")
+        f"{thresholds.oof_score:.4f}, {sc.step}s nested {thresholds.nested_score:.4f}, fully nested "
+        f"(members, blend, {sc.step}s) {nested.score:.4f}")
     return nested
 
 
