@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from competition.artifacts import read_csv, read_json, write_json
+from competition.artifacts import read_csv, read_json, write_csv, write_json
 from competition.errors import UserError, offenders_error
 from competition.records import field_problems
 
-PROB_FILE_FORMAT = "%.6f"  # how training writes probabilities (OOF, fold and refit test files)
+PROB_FILE_FORMAT = "%.6f"  # how probability files are written (OOF, fold and refit test files, pseudo-labels)
 
 
 def as_stored(prob: np.ndarray) -> np.ndarray:
@@ -36,6 +36,11 @@ def prob_frame(ids, prob: np.ndarray, tokens, fold=None) -> pd.DataFrame:
 
 PROBABILITY_FORMAT = "%.9g"  # a probability submission's cells: 9 significant digits, so no two values a model
                              # tells apart (float32 has 7-8 digits) tie in a ranking metric, and 1e-12 stays 1e-12
+
+
+def write_probs(path: Path, ids, prob: np.ndarray, tokens, fold=None) -> None:
+    """A probability file (`prob_frame`), its values in PROB_FILE_FORMAT: what `as_stored` reproduces."""
+    write_csv(path, prob_frame(ids, prob, tokens, fold), PROB_FILE_FORMAT)
 
 
 def submission_frame(spec, ids, prob: np.ndarray, values) -> pd.DataFrame:

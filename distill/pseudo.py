@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 
-from competition.artifacts import write_csv, write_json
+from competition.artifacts import write_json
 from competition.cli import Competition, competition_args
 from competition.errors import UserError
-from competition.formats import prob_frame
+from competition.formats import write_probs
 from competition.layout import RunLayout
 from distill.teacher import build_teacher, teacher_names
 from submissions.blend import BLENDS
@@ -27,9 +27,9 @@ def write_pseudo(spec, ds, run: RunLayout, names: list[str] | None = None, blend
     t = build_teacher(spec, ds, run, members, blend, log)
     out = run.pseudo(name)
     ids = ds.test["id"]
-    write_csv(out.test, prob_frame(ids, t.test, spec.tokens))
+    write_probs(out.test, ids, t.test, spec.tokens)
     for f, prob in enumerate(t.fold_tests):
-        write_csv(out.test_fold(f), prob_frame(ids, prob, spec.tokens))
+        write_probs(out.test_fold(f), ids, prob, spec.tokens)
     record = {"name": name, "members": members, "blend": t.blend, "oof_score_global_thr": t.score,
               "metric": spec.metric, "k": len(t.fold_tests), "labels": list(spec.tokens), "sha256": t.sha256()}
     write_json(out.record, record)

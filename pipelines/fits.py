@@ -12,7 +12,7 @@ import pandas as pd
 
 from competition import metrics
 from competition.artifacts import exclusive_lock, remove_temporaries, write_csv
-from competition.formats import PROB_FILE_FORMAT, FitRecord, prob_frame
+from competition.formats import FitRecord, write_probs
 from competition.layout import FitLayout, ModelLayout, RunLayout
 from competition.reader import Dataset
 from pipelines.config import ModelConfig
@@ -84,8 +84,8 @@ def train_fold(cfg: ModelConfig, spec, ds: Dataset, run: RunLayout, fold_of: np.
     result = fold_fitter(cfg)(cfg, ds, run, train, val, fold, f"{cfg.name} fold {f}", log=log,
                               targets=targets_for(f) if targets_for else None)
     seconds = time.time() - t0
-    write_csv(fold.oof, prob_frame(ds.train["id"].iloc[val], result.val_prob, spec.tokens, fold=f), PROB_FILE_FORMAT)
-    write_csv(model.test_fold(f), prob_frame(ds.test["id"], result.test_prob, spec.tokens), PROB_FILE_FORMAT)
+    write_probs(fold.oof, ds.train["id"].iloc[val], result.val_prob, spec.tokens, fold=f)
+    write_probs(model.test_fold(f), ds.test["id"], result.test_prob, spec.tokens)
     write_csv(fold.history, pd.DataFrame(result.history))
     fold_scores = metrics.summary(ds.targets()[val], result.val_prob, 0.5, spec.min_labels_per_image)
     fit_record(result, model, seconds, best_epoch=result.best_epoch, backend=result.backend,
@@ -108,7 +108,7 @@ def refit(cfg: ModelConfig, spec, ds: Dataset, run: RunLayout, k: int, log, targ
         result = fold_fitter(cfg)(cfg.for_refit(epochs), ds, run, np.arange(len(ds.train)),
                                   np.array([], dtype=np.int64), model.full, label, log=log,
                                   targets=targets_for(None) if targets_for else None)
-        write_csv(model.test_full, prob_frame(ds.test["id"], result.test_prob, spec.tokens), PROB_FILE_FORMAT)
+        write_probs(model.test_full, ds.test["id"], result.test_prob, spec.tokens)
         seconds = time.time() - t0
         fit_record(result, model, seconds, epochs=epochs).write(model.full.done)
     return fit_once(model, None, label, log, train)

@@ -11,7 +11,7 @@ import yaml
 from competition import metrics, runlog
 from competition.artifacts import atomic_path, file_sha256, read_csv, read_json, write_csv, write_json, write_text
 from competition.errors import UserError
-from competition.formats import FitRecord, ModelMeta, retrain_hint, weights_mb
+from competition.formats import PROB_FILE_FORMAT, FitRecord, ModelMeta, retrain_hint, weights_mb
 from competition.layout import FitLayout, ModelLayout, RunLayout
 from competition.reader import Dataset
 from folds.split import read_folds
@@ -75,7 +75,7 @@ def assemble(model: ModelLayout, spec, ds: Dataset, fold_of: np.ndarray, k: int)
                      for f in range(k)])
     oof = oof.set_index("ImageID").loc[list(ds.train["id"])].reset_index()
     assert (oof["fold"].to_numpy() == fold_of).all(), "OOF folds disagree with the folds file"
-    write_csv(model.oof, oof)
+    write_csv(model.oof, oof, PROB_FILE_FORMAT)
     prob = oof[spec.tokens].to_numpy()
     y = ds.targets()
     pred = metrics.decide(prob, 0.5, spec.min_labels_per_image)
