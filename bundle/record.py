@@ -109,13 +109,12 @@ class BundleRecord:
             refuse(f"thresholds: {len(thresholds)} values for {len(tokens)} labels")
         if data["metric"] not in OBJECTIVES:
             refuse(f"metric {data['metric']!r}: not a metric ({', '.join(OBJECTIVES)})")
-        if OBJECTIVES[data["metric"]].probabilities:  # a probability submission's last step: temperatures
-            bad = [f"{t}={v}" for t, v in zip(tokens, thresholds) if not 0 < v < math.inf]
-            if bad:
-                refuse(f"thresholds (the temperatures of a {data['metric']} submission) not > 0: {', '.join(bad[:5])}")
-        bad = [f"{t}={v}" for t, v in zip(tokens, thresholds) if not 0 <= v <= THRESHOLD_MAX]
-        if bad and not OBJECTIVES[data["metric"]].probabilities:
-            refuse(f"thresholds outside [0, 1]: {', '.join(bad[:5])}")
+        temperatures = OBJECTIVES[data["metric"]].probabilities  # a probability submission's last step
+        bad = [f"{t}={v}" for t, v in zip(tokens, thresholds)
+               if not (0 < v < math.inf if temperatures else 0 <= v <= THRESHOLD_MAX)]
+        if bad:
+            refuse(f"thresholds (the temperatures of a {data['metric']} submission) not > 0: {', '.join(bad[:5])}"
+                   if temperatures else f"thresholds outside [0, 1]: {', '.join(bad[:5])}")
         scores = checked(Scores, data["scores"], "scores.", refuse)
         return cls(FORMAT, data["competition"], data["submission"], tokens, members, blend, thresholds,
                    data["metric"], Scores(**scores))

@@ -55,7 +55,7 @@ def probability_problems(frame: pd.DataFrame, ids, spec) -> dict[str, list[str]]
         cells = frame[token].astype(str)
         values = pd.to_numeric(cells.str.strip().replace("", "x"), errors="coerce").to_numpy(dtype=np.float64)
         literal_nan = cells.str.strip().str.lower().isin(["nan", "inf", "-inf", "infinity", "-infinity"]).to_numpy()
-        for row in np.flatnonzero(np.isnan(values) | ~np.isfinite(values) | (values < 0) | (values > 1)):
+        for row in np.flatnonzero(~np.isfinite(values) | (values < 0) | (values > 1)):
             where = f"line {row + 2} ({ids.iloc[row]}): {token}={cells.iloc[row]!r}"
             if literal_nan[row] or np.isinf(values[row]):
                 not_finite.append(where)
