@@ -278,7 +278,8 @@ def objective(name: str) -> Objective:
     return OBJECTIVES[name]
 
 
-def score_at(metric: str, y, prob, threshold: float, min_labels: int) -> float:
-    """The metric of raw probabilities: decided at one threshold (label metrics) or as they are (probability ones)."""
+def score_at(metric: str, y, prob, threshold: float, min_labels: int, weights=None) -> float:
+    """The metric of raw probabilities: decided at one threshold (label metrics) or as they are, with the spec's
+    column weights (probability ones)."""
     o = objective(metric)
-    return o.score(y, prob) if o.probabilities else o.score(y, decide(prob, threshold, min_labels))
+    return o.score(y, prob, weights) if o.probabilities else o.score(y, decide(prob, threshold, min_labels))

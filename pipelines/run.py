@@ -80,7 +80,8 @@ def assemble(model: ModelLayout, spec, ds: Dataset, fold_of: np.ndarray, k: int)
     y = ds.targets()
     pred = metrics.decide(prob, 0.5, spec.min_labels_per_image)
     return {"micro_f1_at_0.5": metrics.f1(y, pred),
-            oof_key(spec): metrics.score_at(spec.metric, y, prob, 0.5, spec.min_labels_per_image),
+            oof_key(spec): metrics.score_at(spec.metric, y, prob, 0.5, spec.min_labels_per_image,
+                                            spec.column_weights()),
             "mAP": metrics.macro_ap(y, prob)}
 
 

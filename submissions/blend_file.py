@@ -126,6 +126,9 @@ class SkopsForm:
         return cls(state)
 
 
+RANK_KNOTS = 1001  # quantiles per member and label (0.1% steps of the OOF ranks): 720 KB for 5 members x 18 labels
+
+
 class RankForm:
     """rank_mean's saved form (`.ranks`, npz arrays): per member and label, RANK_KNOTS quantiles of its OOF
     probabilities. A row's value is the mean over members of where its probability falls among that member's OOF
@@ -163,8 +166,6 @@ class RankForm:
                              "each member's and label's non-decreasing")
         return cls(knots)
 
-
-RANK_KNOTS = 1001  # quantiles per member and label (0.1% steps of the OOF ranks): 720 KB for 5 members x 18 labels
 
 # The forms a blend that is more than its weights is saved in, by file suffix (each such blend of
 # submissions.blend names its own): what `make predict` reads, knowing no blend's fitting.

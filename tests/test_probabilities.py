@@ -127,6 +127,9 @@ def test_label_weights_weigh_the_columns(tmp_path):
     prob = np.clip(y * 0.3 + rng.random((200, 4)) * 0.7, 0, 1)
     per = [skm.roc_auc_score(y[:, j], prob[:, j]) for j in range(4)]
     assert Scoring.of(spec, y, np.zeros(200)).of_pred(prob) == pytest.approx((per[1] + per[2] + 2 * per[3]) / 4)
+    # a model's OOF score at training (pipelines.run) weighs them too
+    assert metrics.score_at(spec.metric, y, prob, 0.5, 1, spec.column_weights()) == pytest.approx(
+        (per[1] + per[2] + 2 * per[3]) / 4)
 
 
 @pytest.fixture(scope="module")
