@@ -82,7 +82,7 @@ test-all: $(VENV)
 	$(PY) -m pytest -q tests
 
 demo-data: $(VENV)
-	$(PY) -m competition demo-data --comp $(COMP) --out $(RUNS)/$(COMP)/data --seed $(SEED)
+	$(PY) -m competition demo-data --comp $(COMP) --out $(RUNS)/$(COMP)/data --seed $(SEED) $(if $(LABELS),--labels $(LABELS))
 
 eda: $(VENV)
 	$(PY) -m competition eda $(common)

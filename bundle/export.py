@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bundle.manifest import FORMAT, SUMS, digest, write_manifest
 from bundle.record import BlendRecord, BundleRecord, MemberRecord, Scores
-from competition.artifacts import atomic_path, exclusive_lock, write_json
+from competition.artifacts import atomic_path, exclusive_lock, write_json, write_text
 from competition.errors import UserError
 from competition.layout import RunLayout
 from pipelines.inference import fit_record
@@ -123,7 +123,10 @@ def export_bundle(spec, ds, run: RunLayout, submission: Path | None, ignore_budg
         tmp.unlink()
         tmp.mkdir()
         records = [copy_member(m, use_full[m.name], tmp) for m in members]
-        shutil.copyfile(spec.source, tmp / "spec.yaml")
+        if spec.labels_file is None:
+            shutil.copyfile(spec.source, tmp / "spec.yaml")
+        else:  # the labels it read, inlined: a bundle holds no data folder
+            write_text(tmp / "spec.yaml", spec.inlined_yaml())
         blend_file = f"blend{stacker.suffixes[-1]}" if stacker else None  # blend.npz or blend.skops
         if stacker:
             shutil.copyfile(stacker, tmp / blend_file)

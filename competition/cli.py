@@ -35,7 +35,7 @@ class Competition:
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> Competition:
-        return cls(load_spec(args.comp), args.data, getattr(args, "runs", "runs"))
+        return cls(load_spec(args.comp, args.data), args.data, getattr(args, "runs", "runs"))
 
     @property
     def run(self) -> RunLayout:

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from competition.artifacts import write_text
+from competition.artifacts import read_yaml, write_text
 from competition.errors import UserError
-from competition.spec import load_spec
+from competition.spec import load_spec, spec_path
 
 # (token, shape, caption words). Shapes are polygons in a unit box, rotated and scaled per draw.
 OBJECTS = {
@@ -199,7 +199,16 @@ def write_voc_sets(folder: Path, tokens, sets: dict, rng) -> None:
 
 def _render_job(args):
     seed, labels, size, path = args
-    render(seed, labels, size).save(path, quality=90)
+    image = render(seed, labels, size)
+    if not isinstance(path, tuple):
+        image.save(path, quality=90)
+        return
+    # One grayscale file per channel (HPA's stains): the first three are the picture's red, green and blue; a
+    # further channel k is the mean of two of them, so every channel shows the shapes.
+    rgb = np.asarray(image).astype(np.uint16)
+    for k, p in enumerate(path):
+        plane = rgb[..., k] if k < 3 else (rgb[..., k % 3] + rgb[..., (k + 1) % 3]) // 2
+        Image.fromarray(plane.astype(np.uint8), mode="L").save(p)
 
 
 def generate(out: Path, n_train: int = 2000, n_test: int = 500, size: int = 128, seed: int = 0,
@@ -208,7 +217,8 @@ def generate(out: Path, n_train: int = 2000, n_test: int = 500, size: int = 128,
     spec = spec or load_spec("demo")
     tokens = load_spec("demo").tokens
     kaggle = spec.format == "csv" and (spec.label_format == "one_hot" or spec.group_column or spec.no_label or
-                                       spec.test_image_dir or spec.image_file != "{}" or spec.tokens != tokens)
+                                       spec.test_image_dir or spec.image_file != "{}" or spec.tokens != tokens or
+                                       spec.channels)
     rng = np.random.default_rng(seed)
     (out / spec.image_dir).mkdir(parents=True, exist_ok=True)
     n = n_train + n_test
@@ -259,6 +269,8 @@ ID_SHAPES = [
     lambda i, n_train, patient: f"img_{i}",
     lambda i, n_train, patient: f"train_{i}" if i < n_train else f"test_{i - n_train}",  # Planet
     lambda i, n_train, patient: f"{i * 2654435761 % 2**64:016x}.jpg",                    # Plant Pathology 2021
+    lambda i, n_train, patient: f"{i * 2654435761 % 2**64:016x}",                        # iMet 2019
+    lambda i, n_train, patient: f"{i * 2654435761 % 2**32:08x}-bbc3-11e8-b2bc-ac1f6b6435d0",  # HPA 2018
     lambda i, n_train, patient: f"{patient:08d}_{i % 10:03d}.png",                        # ChestX-ray14
     lambda i, n_train, patient: f"Train_{i}" if i < n_train else f"Test_{i - n_train}",  # Plant Pathology 2020
     lambda i, n_train, patient: f"1.2.826.0.1.3680043.8.498.{i * 2654435761 % 10**20}",  # RANZCR CLiP
@@ -290,7 +302,10 @@ def kaggle_csv(out: Path, spec, label_sets, seed: int, size: int, n_train: int, 
     folders = [spec.image_dir if i < n_train else spec.test_images for i in range(n)]
     for folder in set(folders):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    jobs = [(seed * 1_000_003 + i, label_sets[i], size, out / folders[i] / spec.image_name(ids[i])) for i in range(n)]
+    def files(i):  # an image's file, or with channels its channels' files
+        names = spec.image_name(ids[i])
+        return tuple(out / folders[i] / name for name in names) if spec.channels else out / folders[i] / names
+    jobs = [(seed * 1_000_003 + i, label_sets[i], size, files(i)) for i in range(n)]
     with Pool(workers) as pool:
         pool.map(_render_job, jobs, chunksize=64)
     mapped = spec_labels(spec, rng)
@@ -307,7 +322,22 @@ def kaggle_csv(out: Path, spec, label_sets, seed: int, size: int, n_train: int, 
     write_csv(out / spec.train_csv, rows, ",".join([spec.id_column, *label_cols, *group, "site"]))
     # The test file as a sample submission holds it: ids and placeholder labels (columns the reader skips).
     blank = ",".join(["0"] * len(spec.tokens)) if spec.label_format == "one_hot" else spec.tokens[0]
-    write_csv(out / spec.test_csv, [f"{i},{blank}" for i in ids[n_train:]], ",".join([spec.id_column, *label_cols]))
+    submitted = spec.tokens if spec.label_format == "one_hot" else [spec.submission_column]
+    write_csv(out / spec.test_csv, [f"{i},{blank}" for i in ids[n_train:]], ",".join([spec.id_column, *submitted]))
+
+
+def miniature_spec(comp: str, out: Path, n_labels: int = 300):
+    """The spec a miniature is written for. A spec whose labels live in the data (labels_file, iMet's labels.csv)
+    gets a generated table of `n_labels` labels there first, in the competition's shape (`culture::` then `tag::`
+    names), unless the folder has one."""
+    raw = read_yaml(spec_path(comp), "competition spec")
+    if isinstance(raw, dict) and raw.get("labels_file") and not (out / str(raw["labels_file"])).exists():
+        cultures = round(n_labels * 398 / 1103)
+        names = [f"culture::c{i}" if i < cultures else f"tag::t{i}" for i in range(n_labels)]
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(out / str(raw["labels_file"]), [f"{i},{name}" for i, name in enumerate(names)],
+                  "attribute_id,attribute_name")
+    return load_spec(comp, out)
 
 
 def main(argv=None) -> None:
@@ -318,9 +348,10 @@ def main(argv=None) -> None:
     ap.add_argument("--test", type=int, default=500)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--labels", type=int, default=300, help="labels of a generated label table (labels_file specs)")
     a = ap.parse_args(argv)
-    spec = load_spec(a.comp)
-    out = Path(a.out or spec.data)
+    out = Path(a.out or read_yaml(spec_path(a.comp), "competition spec").get("data", "."))
+    spec = miniature_spec(a.comp, out, a.labels)
     generate(out, a.train, a.test, a.size, a.seed, workers=os.cpu_count() or 1, spec=spec)
     print(f"demo data ({spec.format}): {a.train} train + {a.test} test images at {a.size}px -> {out}")
 

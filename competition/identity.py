@@ -6,14 +6,16 @@ them: hashing every image file once per member or per fold was the cost this rep
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 from competition.errors import UserError
 
 
-def file_digest(path: Path, image_id: str) -> str:
-    """A file's content hash. Content, not modification times: a re-download or `cp` of the same files must
-    not turn every trained image model stale, while a replaced file must."""
+def file_digest(path, image_id: str) -> str:
+    """A file's content hash (a tuple of channel files: theirs, joined). Content, not modification times: a
+    re-download or `cp` of the same files must not turn every trained image model stale, while a replaced file
+    must."""
+    if isinstance(path, tuple):
+        return "+".join(file_digest(p, image_id) for p in path)
     try:
         return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
     except FileNotFoundError:

@@ -249,7 +249,8 @@ class Objective:
     name: str
     score: Callable                 # (y, decisions or probabilities[, weights]) -> float, higher is better
     scores: str = "labels"          # labels: 0/1 decisions (thresholds are tuned) | probabilities: the probabilities
-    exact_thresholds: bool = False  # thresholds.exact_per_label's counting argument holds (micro-F1 only)
+    counts: str | None = None       # micro | samples: an F-score of pooled or per-row counts, which the exact
+    beta: float = 1.0               # threshold search (thresholds.CoordinateAscent) maximises label by label
     ranking: bool = False           # only each column's order counts (AUC, AP): rank blends apply, calibration cannot
                                     # change the score
     at_each: Callable | None = None  # (y, prob, grid, min_labels 0 or 1) -> the score at every threshold of the grid
@@ -258,13 +259,17 @@ class Objective:
     def probabilities(self) -> bool:
         return self.scores == "probabilities"
 
+    @property
+    def exact_thresholds(self) -> bool:
+        return self.counts is not None
+
 
 OBJECTIVES = {o.name: o for o in [
-    Objective("micro_f1", fast_micro_f1, exact_thresholds=True, at_each=micro_f1_at_each),
+    Objective("micro_f1", fast_micro_f1, counts="micro", at_each=micro_f1_at_each),
     Objective("macro_f1", fast_macro_f1, at_each=macro_f1_at_each),
-    Objective("samples_f1", functools.partial(fast_samples_fbeta, beta=1.0),
+    Objective("samples_f1", functools.partial(fast_samples_fbeta, beta=1.0), counts="samples", beta=1.0,
               at_each=functools.partial(samples_fbeta_at_each, beta=1.0)),
-    Objective("samples_f2", functools.partial(fast_samples_fbeta, beta=2.0),
+    Objective("samples_f2", functools.partial(fast_samples_fbeta, beta=2.0), counts="samples", beta=2.0,
               at_each=functools.partial(samples_fbeta_at_each, beta=2.0)),
     Objective("mean_roc_auc", mean_roc_auc, "probabilities", ranking=True),
     Objective("macro_ap", macro_ap, "probabilities", ranking=True),

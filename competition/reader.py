@@ -418,8 +418,11 @@ def read_voc(root: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
     return voc_frame(spec, train_ids, carried), voc_frame(spec, test_ids)
 
 
-def image_files(folder: Path, ids, spec: Spec) -> list[Path]:
-    """The files of image ids in `folder`, by the spec's `image_file` template."""
+def image_files(folder: Path, ids, spec: Spec) -> list:
+    """The files of image ids in `folder`, by the spec's `image_file` template: a path each, or with channels a
+    tuple of the channels' paths."""
+    if spec.channels:
+        return [tuple(folder / name for name in spec.image_name(i)) for i in ids]
     return [folder / spec.image_name(i) for i in ids]
 
 

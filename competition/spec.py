@@ -4,7 +4,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from competition.artifacts import read_yaml
+import numpy as np
+
+from competition.artifacts import read_csv, read_yaml
 from competition.errors import UserError
 from competition.metrics import OBJECTIVES, SUBMISSIONS, objective
 
@@ -18,15 +20,20 @@ VOC_DIFFICULT = ("positive", "ignore")
 class Spec:
     name: str
     data: str
-    labels: dict  # token -> human name, in probability-column order
+    labels: dict  # token -> human name, in probability-column order (from labels_file where the spec names one)
     train_csv: str = "train.csv"
     test_csv: str = "test.csv"
     image_dir: str = "data"
     test_image_dir: str | None = None  # the test images' folder where it is not image_dir (Kaggle's test_images/)
-    image_file: str = "{}"          # the image file of an id: "{}.jpg" for ids without an extension (Planet)
+    image_file: str = "{}"          # the image file of an id: "{}.jpg" for ids without an extension (Planet);
+                                    # with channels, "{}_{channel}.png": one grayscale file per channel (HPA)
+    channels: tuple | None = None   # an image's channels as one file each, in the network's input order
+                                    # ([red, green, blue, yellow]); None: one RGB file per image
     id_column: str = "ImageID"
     id_pattern: str = r'[^,"\s]+'
     label_column: str = "Labels"
+    submission_label_column: str | None = None  # the submission's label column, where it is not label_column
+                                                # (HPA: Target in train.csv, Predicted in the submission)
     label_separator: str = " "
     label_format: str = "tokens"    # tokens: label_column holds a row's tokens | one_hot: one 0/1 column per
                                     # label, named by its token (posters, Plant Pathology 2020, RANZCR)
@@ -46,6 +53,8 @@ class Spec:
                                     # (id_column, then the tokens); default: what the metric scores
     label_weights: dict | None = None  # probability metrics: token -> the weight of its column in the mean
     min_labels_per_image: int = 1
+    labels_file: str | None = None  # the label table as a CSV in the data folder instead of `labels` (iMet's 1,103
+                                    # labels.csv): first column the tokens, second (if any) their names
     budget: dict = dataclasses.field(default_factory=lambda: {"model_mb": None, "gpu_hours": None})
     source: str = ""
 
@@ -71,9 +80,52 @@ class Spec:
         """The test images' folder, relative to the data folder."""
         return self.test_image_dir or self.image_dir
 
-    def image_name(self, image_id: str) -> str:
-        """The file name of an image id (`image_file`)."""
+    def image_name(self, image_id: str):
+        """The file name of an image id (`image_file`), or with channels the tuple of its channels' files."""
+        if self.channels:
+            return tuple(self.image_file.format(image_id, channel=c) for c in self.channels)
         return self.image_file.format(image_id)
+
+    @property
+    def submission_column(self) -> str:
+        """A labels submission's label column."""
+        return self.submission_label_column or self.label_column
+
+    @property
+    def in_chans(self) -> int:
+        """The network's input channels: one per channel file, or RGB's three."""
+        return len(self.channels) if self.channels else 3
+
+    def inlined_yaml(self) -> str:
+        """The spec's YAML as a bundle ships it: its own text, or with labels_file replaced by the labels it read
+        (a bundle holds no data folder)."""
+        import yaml
+        text = Path(self.source).read_text()
+        if self.labels_file is None:
+            return text
+        raw = yaml.safe_load(text)
+        raw.pop("labels_file")
+        raw["labels"] = dict(self.labels)
+        return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+
+
+def read_label_table(path: Path) -> dict[str, str]:
+    """labels_file: token -> name from a CSV with a header (iMet's `attribute_id,attribute_name`)."""
+    table = read_csv(path, "the spec's labels_file names it, in the data folder", dtype=str, keep_default_na=False)
+    if table.empty:
+        raise UserError(f"{path}: the label table has no rows")
+    tokens = table.iloc[:, 0].str.strip()
+    names = table.iloc[:, 1].str.strip() if table.shape[1] > 1 else tokens
+    empty = [f"line {i + 2}" for i in range(len(tokens)) if not tokens.iloc[i]]
+    if empty:
+        raise UserError(f"{path}: empty label id at {', '.join(empty[:5])}")
+    dup = tokens[tokens.duplicated(keep=False)]
+    if len(dup):
+        first = dup.iloc[0]
+        lines = [str(i + 2) for i in np.flatnonzero((tokens == first).to_numpy())]
+        raise UserError(f"{path}: label id {first!r} on lines {', '.join(lines)} ({dup.nunique()} ids listed twice "
+                        "or more): one row per label")
+    return dict(zip(tokens, names))
 
 
 def check_layout(raw: dict, path: Path) -> None:
@@ -104,6 +156,7 @@ def check_layout(raw: dict, path: Path) -> None:
         raise UserError(f"{path}: voc_difficult {raw['voc_difficult']!r}; valid: {', '.join(VOC_DIFFICULT)}")
     if raw.get("image_file", "{}").count("{}") != 1 or not isinstance(raw.get("image_file", "{}"), str):
         raise UserError(f"{path}: image_file {raw['image_file']!r} needs one {{}} for the image id (e.g. '{{}}.jpg')")
+    check_channels(raw, path)
     if raw.get("format") in ("label_files", "voc") and (raw.get("image_file", "{}") != "{}" or
                                                         raw.get("test_image_dir")):
         raise UserError(f"{path}: format {raw['format']} names its images by label_file_image in one image_dir; "
@@ -112,19 +165,41 @@ def check_layout(raw: dict, path: Path) -> None:
         raise UserError(f"{path}: label_file_image {raw['label_file_image']!r} needs a {{}} for the listed name")
 
 
+def check_channels(raw: dict, path: Path) -> None:
+    """channels: distinct names, one file each by image_file's {channel}; a csv format key."""
+    channels, template = raw.get("channels"), str(raw.get("image_file", "{}"))
+    if channels is None:
+        if "{channel}" in template:
+            raise UserError(f"{path}: image_file {template!r} names a {{channel}}, and the spec lists no channels")
+        return
+    names = [str(c) for c in channels] if isinstance(channels, list) else []
+    if not names or len(set(names)) != len(names) or not all(n.strip() for n in names):
+        raise UserError(f"{path}: channels {channels!r}: a list of distinct names (e.g. [red, green, blue, yellow])")
+    if "{channel}" not in template or raw.get("format", "csv") != "csv":
+        raise UserError(f"{path}: channels need a csv format's image_file with {{channel}} (e.g. "
+                        "'{}_{channel}.png'): each channel is its own file")
+    raw["channels"] = tuple(names)
+
+
 def available_specs() -> dict[str, Path]:
     return {p.stem: p for p in sorted(SPEC_DIR.glob("*.yaml"))}
 
 
-def load_spec(name_or_path: str) -> Spec:
-    """A spec by name (competition/<name>.yaml) or by path to a user's own YAML."""
+def spec_path(name_or_path: str) -> Path:
+    """competition/<name>.yaml for a name, or the user's own YAML for a path."""
     path = Path(name_or_path)
-    if not path.suffix:
-        specs = available_specs()
-        if name_or_path not in specs:
-            raise UserError(f"unknown competition {name_or_path!r}; valid: {', '.join(specs)} "
-                           "(or a path to a spec YAML)")
-        path = specs[name_or_path]
+    if path.suffix:
+        return path
+    specs = available_specs()
+    if name_or_path not in specs:
+        raise UserError(f"unknown competition {name_or_path!r}; valid: {', '.join(specs)} (or a path to a spec YAML)")
+    return specs[name_or_path]
+
+
+def load_spec(name_or_path: str, data: str | Path | None = None) -> Spec:
+    """A spec by name (competition/<name>.yaml) or by path to a user's own YAML; a labels_file is read from `data`
+    (default: the spec's data folder)."""
+    path = spec_path(name_or_path)
     raw = read_yaml(path, "competition spec")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a spec is a mapping of keys (name, data, labels, ...), not {type(raw).__name__}")
@@ -132,6 +207,10 @@ def load_spec(name_or_path: str) -> Spec:
     unknown = sorted(set(raw) - fields)
     if unknown:
         raise UserError(f"{path}: unknown keys {unknown}; valid: {sorted(fields)}")
+    if raw.get("labels_file") is not None:
+        if "labels" in raw:
+            raise UserError(f"{path}: labels and labels_file both name the labels; keep one")
+        raw["labels"] = read_label_table(Path(data or raw.get("data", ".")) / str(raw["labels_file"]))
     missing = sorted({"name", "data", "labels"} - set(raw))
     if missing:
         raise UserError(f"{path}: missing keys {missing}")

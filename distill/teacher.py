@@ -68,7 +68,7 @@ def build_teacher(spec, ds, run: RunLayout, names: list[str], blend: str | None 
     probable = tuple(b for b in DEFAULT_BLENDS if not BLENDS[b].ranks)
     tried = probable if blend in (None, *probable) else (*probable, blend)
     settings = Settings(Budget(None, None), method=None, trials=1, seed=0, blends=tried)  # blends only: no thresholds
-    ens = build_ensemble(spec, ds, run, settings, names, log=lambda *_: None)
+    ens = build_ensemble(spec, ds, run, settings, names, log=lambda *_: None, keep_blends=True)
     name = blend or ens.blend_name
     if name not in ens.blends:
         raise UserError(f"blend {name!r} is not available for {len(names)} member(s); valid: {', '.join(ens.blends)}")

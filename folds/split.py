@@ -42,17 +42,10 @@ def stratified(y: np.ndarray, k: int, seed: int, groups=None) -> np.ndarray:
     return assign(splitter, gy)[index]
 
 
-def make_folds(ids, y: np.ndarray, k: int, seed: int, tokens=None, groups=None) -> pd.DataFrame:
+def make_folds(ids, y: np.ndarray, k: int, seed: int, groups=None) -> pd.DataFrame:
     if k < 2 or k > len(y):
         raise UserError(f"K={k} folds need 2 <= K <= {len(y)} rows")
     fold = stratified(y, k, seed, groups)
-    total = y.sum(0)
-    tokens = list(tokens) if tokens is not None else [str(j) for j in range(y.shape[1])]
-    missing = [f"label {tokens[j]} ({int(total[j])} images) absent from fold {f}" for j in range(y.shape[1])
-               for f in range(k) if total[j] >= k and y[fold == f, j].sum() == 0]
-    if missing:
-        raise UserError(f"stratified {k}-fold split with seed {seed} left labels out of folds although they have at "
-                        f"least {k} images: " + "; ".join(missing) + ". Try another SEED or a smaller K.")
     return pd.DataFrame({"ImageID": list(ids), "fold": fold})
 
 
@@ -108,6 +101,14 @@ def quality_report(y: np.ndarray, fold: np.ndarray, k: int, seed: int, tokens, n
                  f"plain KFold {rare.dev_kfold.mean():.3f}")
     if groups is not None:
         lines += group_lines(y, fold, k, seed, groups)
+    absent = [f"{t} ({int(table.total[t])} images, fold {f})" for t in table.index[table.total >= k]
+              for f in range(k) if table.at[t, f"fold{f}"] == 0]
+    if absent:
+        # Iterative stratification places the rarest labels first, and a row carries all its labels: with many
+        # labels per row (iMet's 1,103) some of them end up missing from a fold. Their OOF is complete; a fold
+        # without them cannot validate them, as with labels rarer than K.
+        lines.append(f"WARNING: {len(absent)} labels with at least K={k} images are absent from a fold (another "
+                     f"SEED may place them): {', '.join(absent[:10])}{' ...' if len(absent) > 10 else ''}")
     few = table[table.total < k]
     for t, row in few.iterrows():
         lines.append(f"WARNING: label {t} ({row['name']}) has {int(row.total)} images, fewer than K={k}: "
@@ -129,7 +130,7 @@ def write_folds(run: RunLayout, ds, spec, k: int, seed: int, force: bool = False
     """runs/<COMP>/folds.csv for (k, seed), and its report. A folds file that would change is refused
     unless `force`: every model trained on it would silently stop being comparable."""
     y, groups = ds.targets(), ds.groups()
-    frame = make_folds(ds.train["id"], y, k, seed, spec.tokens, groups)
+    frame = make_folds(ds.train["id"], y, k, seed, groups)
     buf = io.StringIO()
     frame.to_csv(buf, index=False)
     unchanged = run.folds.exists() and run.folds.read_text() == buf.getvalue()

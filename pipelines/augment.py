@@ -35,8 +35,9 @@ def level_params(level: str) -> dict | None:
     return LEVELS[level]  # pipelines.config checked the name against this table (REGISTRIES)
 
 
-def train_transform(level: str, size: int):
-    """The per-image albumentations pipeline of a level (DataLoader path)."""
+def train_transform(level: str, size: int, channels: int = 3):
+    """The per-image albumentations pipeline of a level (DataLoader path). Saturation and hue are RGB's: other
+    channels (microscopy's stains) get brightness and contrast only."""
     p = level_params(level)
     if p is None:
         return eval_transform(size)
@@ -44,7 +45,8 @@ def train_transform(level: str, size: int):
     ops = [
         A.RandomResizedCrop(size=(size, size), scale=p["crop_scale"], ratio=p["crop_ratio"]),
         A.HorizontalFlip(p=p["flip"]),
-        A.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h, p=p["jitter_p"]),
+        A.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h, p=p["jitter_p"]) if channels == 3 else
+        A.RandomBrightnessContrast(brightness_limit=b, contrast_limit=c, p=p["jitter_p"]),
         A.Affine(rotate=(-p["rotate"], p["rotate"]), scale=p["zoom"], p=p["affine_p"]),
     ]
     if p["holes_p"]:
@@ -69,7 +71,8 @@ def seed_transform(transform, seed: int) -> None:
 
 
 class BatchAugment:
-    """A level's augmentation on a (B, 3, H, W) float batch in [0, 255], on whatever device it lives."""
+    """A level's augmentation on a (B, C, H, W) float batch in [0, 255], on whatever device it lives (C other than
+    RGB's 3: brightness and contrast only, as `train_transform`)."""
 
     def __init__(self, level: str, size: int):
         self.p, self.size = level_params(level), size
@@ -120,7 +123,7 @@ class BatchAugment:
         theta = torch.stack([
             torch.stack([w * flip * cos, w * flip * sin, cx], 1),
             torch.stack([-h * sin, h * cos, cy], 1)], 1)
-        grid = F.affine_grid(theta.to(x.dtype), [n, 3, self.size, self.size], align_corners=False)
+        grid = F.affine_grid(theta.to(x.dtype), [n, x.shape[1], self.size, self.size], align_corners=False)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         # Cropping happens before rotation: what a rotation brings in from outside the crop is padding
         # (black), as with albumentations, not the neighbouring scene.
@@ -137,6 +140,9 @@ class BatchAugment:
         def factor(k):  # 1 +- k, 1 where jitter is off for this image
             return 1 + on * k * (self.rand(n, device=dev).view(n, 1, 1, 1) * 2 - 1)
         x = x * factor(b)
+        if x.shape[1] != 3:  # not RGB: contrast about each image's mean, no saturation or hue
+            level = x.mean((1, 2, 3), keepdim=True)
+            return ((x - level) * factor(c) + level).clamp_(0, 255)
         gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
         x = (x - gray.mean((2, 3), keepdim=True)) * factor(c) + gray.mean((2, 3), keepdim=True)
         gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)

@@ -133,7 +133,7 @@ def run_bench(spec, ds, run: RunLayout, cfg: ImageConfig, steps: int = 60, n_ima
         build_cache(few, RunLayout(Path(tmp)), size, quiet=True)
         out["cache_build_images_per_s"] = len(few.train) / (time.perf_counter() - t0)
     cache = build_cache(sub, run, size, quiet=True)  # kept for later runs of the bench
-    y, aug = sub.targets(), train_transform(cfg.augment, size)
+    y, aug = sub.targets(), train_transform(cfg.augment, size, sub.spec.in_chans)
     out["cache_read_images_per_s"] = single_process_rate(CachedImages(cache, np.arange(len(y)), y, aug))
     out["jpeg_decode_images_per_s"] = single_process_rate(DecodedImages(sub.image_paths(sub.train), size, y, aug))
     if out["jpeg_decode_images_per_s"] >= out["cache_read_images_per_s"]:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from competition.artifacts import atomic_array, build_once
 from competition.errors import offenders_error
-from competition.images import load_resized
+from competition.images import load_resized, source_name
 from competition.layout import RunLayout
 from competition.reader import Dataset
 
@@ -29,7 +29,7 @@ def _decode(job):
     try:
         return index, load_resized(path, size), None
     except Exception as e:  # report every bad image at once, not the first one
-        return index, None, f"{path.name}: {type(e).__name__}: {e}"
+        return index, None, f"{source_name(path)}: {type(e).__name__}: {e}"
 
 
 def build_cache(ds: Dataset, run: RunLayout, size: int, workers: int | None = None,
@@ -40,7 +40,7 @@ def build_cache(ds: Dataset, run: RunLayout, size: int, workers: int | None = No
 
     def build(path: Path) -> None:
         errors = []
-        with atomic_array(path, np.uint8, (len(paths), size, size, 3)) as array:
+        with atomic_array(path, np.uint8, (len(paths), size, size, ds.spec.in_chans)) as array:
             jobs = [(i, p, size) for i, p in enumerate(paths)]
             with Pool(workers or os.cpu_count()) as pool:
                 for index, image, error in tqdm(pool.imap_unordered(_decode, jobs, chunksize=64), total=len(jobs),

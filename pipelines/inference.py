@@ -24,11 +24,12 @@ from pipelines.model import MultiLabelNet, NetSpec, TopOfNet, inference_dtype, l
 from pipelines.preprocess import DeviceNormalize
 from pipelines.runtime import resolve_runtime, trunk_runner
 
-RECORD_FORMAT = 3
+RECORD_FORMAT = 4
 # A record of an older format, as the next one reads it: format 1 predates caption inputs (none had one), format 2
-# grouped label queries (one query per label).
+# grouped label queries (one query per label), format 3 input channels (RGB).
 UPGRADES = {1: lambda data: {**data, "net": {**data["net"], "caption_input": "none"}, "format": 2},
-            2: lambda data: {**data, "net": {**data["net"], "head_groups": 0}, "format": 3}}
+            2: lambda data: {**data, "net": {**data["net"], "head_groups": 0}, "format": 3},
+            3: lambda data: {**data, "net": {**data["net"], "in_chans": 3}, "format": 4}}
 FEATURE_DTYPE = torch.float16  # what the trunk cache stores features as; every reader rounds to it too
 
 
@@ -51,7 +52,7 @@ class InferenceRecord:
     def of(cls, cfg, num_classes: int, mean, std, device: torch.device) -> InferenceRecord:
         """A fit's record, from its resolved config, on the device it trains on."""
         trunk = cfg.train_from is not None
-        return cls(NetSpec.of(cfg), num_classes, cfg.train_from, tuple(mean), tuple(std), cfg.tta,
+        return cls(NetSpec.of(cfg, len(mean)), num_classes, cfg.train_from, tuple(mean), tuple(std), cfg.tta,
                    cfg.amp, cfg.amp_dtype, resolve_runtime(cfg.trunk_runtime, device) if trunk else None,
                    str(FEATURE_DTYPE).removeprefix("torch.") if trunk else None)
 
@@ -74,6 +75,9 @@ class InferenceRecord:
             problems += [f"net.{p}" for p in field_problems(NetSpec, data["net"])]
         if not problems and min(data["num_classes"], data["net"]["img_size"]) < 1:
             problems.append("num_classes and net.img_size must be positive")
+        if not problems and not len(data["mean"]) == len(data["std"]) == data["net"]["in_chans"] >= 1:
+            problems.append(f"{len(data['mean'])} means and {len(data['std'])} stds for {data['net']['in_chans']} "
+                            "input channels")
         if problems:
             raise UserError(f"{where}: malformed inference record ({'; '.join(problems)}); train the model again")
         net = NetSpec(**{**data["net"], "head_hidden": tuple(data["net"]["head_hidden"])})

@@ -34,11 +34,14 @@ class NetSpec:
     drop_path: float
     img_size: int              # the input size; fixed-size models (ViT) are built for it
     caption_input: str         # none | a sentence encoder (pipelines.text_encoder) whose embedding the head reads
+    in_chans: int = 3          # input channels: the spec's channel files (HPA's 4), else RGB
 
     @classmethod
-    def of(cls, cfg) -> NetSpec:
-        """From an image model's config (pipelines.config.ImageConfig): the fields of both share their names."""
-        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+    def of(cls, cfg, in_chans: int = 3) -> NetSpec:
+        """From an image model's config (pipelines.config.ImageConfig), whose fields share their names, and the
+        competition's input channels."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if f.name != "in_chans"},
+                   in_chans=in_chans)
 
 
 def linear_head(in_features: int, num_classes: int, spec: NetSpec) -> nn.Module:
@@ -149,7 +152,7 @@ def stage_widths(bb, extra: int) -> list[int]:
         raise UserError(f"extra_stages needs a timm EfficientNet-family backbone, not {type(bb).__name__}")
     if extra > len(bb.blocks) - 1:
         raise UserError(f"extra_stages must be at most {len(bb.blocks) - 1} for this backbone")
-    probe = torch.zeros(1, 3, 64, 64)
+    probe = torch.zeros(1, bb.conv_stem.in_channels, 64, 64)
     widths, x = [], bb.bn1(bb.conv_stem(probe))
     with torch.no_grad():
         for block in bb.blocks:
@@ -190,7 +193,8 @@ class MultiLabelNet(nn.Module):
         pool = "" if spec.head in SPATIAL_HEADS else "avg"
         extra = {"drop_path_rate": spec.drop_path} if spec.drop_path else {}  # not every timm model takes it
         extra |= size_args(spec.backbone, spec.img_size)
-        self.backbone = timm.create_model(spec.backbone, pretrained=False, num_classes=0, global_pool=pool, **extra)
+        self.backbone = timm.create_model(spec.backbone, pretrained=False, num_classes=0, global_pool=pool,
+                                          in_chans=spec.in_chans, **extra)
         width = self.backbone.num_features + sum(stage_widths(self.backbone, self.extra))
         self.head = build_head(width, num_classes, spec)
         if self.frozen:
@@ -240,16 +244,27 @@ def round_to_saved(model: nn.Module) -> None:
             t.copy_(t.half().float())
 
 
-def build_model(cfg, num_classes: int) -> tuple[MultiLabelNet, str, tuple, tuple]:
+def build_model(cfg, num_classes: int, in_chans: int = 3) -> tuple[MultiLabelNet, str, tuple, tuple]:
     """A network to train from a run's config: model, where its weights came from, and the normalisation
-    mean/std of its pretraining (what its inference record then carries)."""
-    spec = NetSpec.of(cfg)
+    mean/std of its pretraining (what its inference record then carries). With `in_chans` other than 3 the
+    pretrained first layer is adapted as timm adapts it (pipelines.weights) and the RGB statistics follow the
+    same channel order: channel k takes RGB channel k mod 3's (one channel: their mean)."""
+    spec = NetSpec.of(cfg, in_chans)
     model = MultiLabelNet(spec, num_classes)
     source = load_pretrained(model.backbone, spec.backbone, cfg.pretrained, cfg.pretrained_file,
                              size_args(spec.backbone, spec.img_size))
     round_to_saved(model)
     timm_data = timm.data.resolve_data_config({}, model=model.backbone)
-    return model, source, tuple(float(v) for v in timm_data["mean"]), tuple(float(v) for v in timm_data["std"])
+    mean, std = (channel_stats([float(v) for v in timm_data[k]], in_chans) for k in ("mean", "std"))
+    return model, source, mean, std
+
+
+def channel_stats(rgb: list[float], in_chans: int) -> tuple[float, ...]:
+    """Per input channel, the RGB statistic its adapted filters came from (timm's adapt_input_conv repeats RGB)."""
+    rgb = rgb[:3]
+    if in_chans == 1:
+        return (sum(rgb) / 3,)
+    return tuple(rgb[k % 3] for k in range(in_chans))
 
 
 class TopOfNet(nn.Module):

@@ -14,8 +14,8 @@ class DeviceNormalize:
 
     def __init__(self, mean, std, device, channels_last: bool, augment=None):
         self.device = device
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255
         self.channels_last = channels_last
         self.augment = augment  # BatchAugment on the device path, applied to training batches only
 

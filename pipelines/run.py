@@ -73,7 +73,8 @@ def assemble(model: ModelLayout, spec, ds: Dataset, fold_of: np.ndarray, k: int)
         return None
     oof = pd.concat([read_csv(model.fold(f).oof, retrain_hint(model.fold(f).dir), dtype={"ImageID": str})
                      for f in range(k)])
-    oof = oof.set_index("ImageID").loc[list(ds.train["id"])].reset_index()
+    # copy(): one block per dtype before reset_index inserts a column (hundreds of label columns fragment it)
+    oof = oof.set_index("ImageID").loc[list(ds.train["id"])].copy().reset_index()
     assert (oof["fold"].to_numpy() == fold_of).all(), "OOF folds disagree with the folds file"
     write_csv(model.oof, oof, PROB_FILE_FORMAT)
     prob = oof[spec.tokens].to_numpy()

@@ -62,13 +62,14 @@ def onnx_session(module: nn.Module, example: torch.Tensor):
 
 
 def trunk_runner(net, start: int, size: int, device: torch.device, dtype: torch.dtype | None, runtime: str):
-    """A callable: normalised images (B, 3, size, size) -> the trunk's float32 output, in `runtime`."""
+    """A callable: normalised images (B, C, size, size) -> the trunk's float32 output, in `runtime`."""
     if runtime == "eager":
         def run(x):
             with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
                 return trunk_forward(net, start, x).float()
         return run
-    session = onnx_session(Trunk(net, start).to("cpu").float(), torch.zeros(1, 3, size, size))
+    in_chans = next(p.shape[1] for p in net.backbone.parameters() if p.dim() == 4)  # the first convolution's
+    session = onnx_session(Trunk(net, start).to("cpu").float(), torch.zeros(1, in_chans, size, size))
 
     def run(x):
         return torch.from_numpy(session.run(None, {"x": x.float().contiguous().cpu().numpy()})[0])

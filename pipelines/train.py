@@ -50,6 +50,11 @@ class FoldData:
     min_labels: int           # the spec's rule: validation decides as the fold score and submission will
     captions: np.ndarray | None = None  # caption_input: every cache row's sentence embedding (train, then test)
 
+    @property
+    def in_chans(self) -> int:
+        """The images' channels, as the cache holds them (rows, size, size, channels)."""
+        return int(np.load(self.cache, mmap_mode="r").shape[-1])
+
 
 def device_setup(cfg: ImageConfig, dist: Dist):
     """(device, training autocast dtype, inference autocast dtype). On a CPU with native bf16, inference
@@ -93,7 +98,8 @@ def image_inputs(cfg, data: FoldData, mean, std, device, channels_last, dist: Di
                               seed=seed, rank=dist.rank, world=dist.world),
                 DeviceBatches(images, data.val_rows, None, bs * 2, device),
                 DeviceBatches(images, data.test_rows, None, bs * 2, device), to_input)
-    train_ds = CachedImages(data.cache, data.train_rows, data.train_y, train_transform(cfg.augment, size), seed)
+    augment = train_transform(cfg.augment, size, data.in_chans)
+    train_ds = CachedImages(data.cache, data.train_rows, data.train_y, augment, seed)
     return (*loaders(cfg, device, dist, train_ds, CachedImages(data.cache, data.val_rows, None, eval_transform(size)),
                      CachedImages(data.cache, data.test_rows, None, eval_transform(size))),
             DeviceNormalize(mean, std, device, channels_last))
@@ -186,7 +192,7 @@ class Setup:
 def setup(cfg: ImageConfig, data: FoldData, dist: Dist) -> Setup:
     torch.manual_seed(cfg.seed)
     device, amp_dtype, infer_dtype = device_setup(cfg, dist)
-    net, source, mean, std = build_model(cfg, data.train_y.shape[1])
+    net, source, mean, std = build_model(cfg, data.train_y.shape[1], data.in_chans)
     record = InferenceRecord.of(cfg, data.train_y.shape[1], mean, std, device)
     channels_last = cfg.channels_last
     net.to(device)

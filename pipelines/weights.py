@@ -80,9 +80,27 @@ def map_by_position(source: dict, target: dict, what: str) -> dict:
     return mapped
 
 
+def input_channels(state: dict) -> int:
+    """The input channels of a network's first convolution: its state dict's first 4-D tensor."""
+    return next(v.shape[1] for v in state.values() if v.dim() == 4)
+
+
+def adapted(source: dict, in_chans: int) -> dict:
+    """RGB weights for a network of `in_chans` inputs: the first convolution adapted by timm's own
+    adapt_input_conv (RGB filters repeated over the channels and scaled by 3 / in_chans; one channel: summed), as
+    timm adapts hub weights for `in_chans`; every other tensor as it is."""
+    first = next((k for k, v in source.items() if v.dim() == 4), None)
+    if first is None or source[first].shape[1] == in_chans:  # no convolution: load_into names what is missing
+        return source
+    from timm.models import adapt_input_conv
+    return {**source, first: adapt_input_conv(in_chans, source[first])}
+
+
 def load_into(backbone_module: torch.nn.Module, source: dict, what: str) -> None:
-    """Strict load of a backbone-only state dict, then proof it took."""
+    """Strict load of a backbone-only state dict (its first convolution adapted to the network's input
+    channels), then proof it took."""
     target = backbone_module.state_dict()
+    source = adapted(source, input_channels(target))
     if not set(target) <= set(source):
         source = map_by_position(source, target, what)
     missing = [k for k in target if k not in source]
@@ -114,7 +132,8 @@ def load_pretrained(backbone_module: torch.nn.Module, backbone: str, source: str
     if source == "hub":
         import timm
         try:
-            hub = timm.create_model(backbone, pretrained=True, num_classes=0, **(size or {}))
+            hub = timm.create_model(backbone, pretrained=True, num_classes=0,
+                                    in_chans=input_channels(backbone_module.state_dict()), **(size or {}))
         except Exception as e:
             raise WeightsError(f"pretrained weights for {backbone} from the timm hub could not be had "
                                f"({type(e).__name__}: {e}); offline: pretrained: offline "

@@ -48,13 +48,47 @@ def selection_score(sc: Scoring, prob) -> float:
     (micro-F1), else the best global threshold's. Blends are thresholded per label afterwards, and one
     global threshold misjudged them on comp5329-6k (the logit blend ranked below the weighted one there and
     above it with per-label thresholds)."""
-    if sc.exact:
+    if sc.exact and exact_selection(sc):
         return nested_score("exact", sc, prob, trials=1, seed=0)  # exact searches: no trials, no seed
     return quick_score(sc, prob)  # a probability metric: its temperatures leave the ranking metrics as they are
 
 
+# Selecting blends by the nested exact search runs it K times per blend, and the fully nested estimate repeats that
+# K more times: at iMet's 100,000 x 1,103 one search takes about 30 s (benchmarks/submit_scale.py). Above this many
+# cells (rows x labels) blends are selected by the best global threshold, as the other metrics' are.
+SELECT_EXACT_MAX_CELLS = 5_000_000
+
+
+def exact_selection(sc: Scoring) -> bool:
+    """Blends are selected by the nested exact search: it applies, and the rows x labels are few enough."""
+    return sc.exact and sc.y.size <= SELECT_EXACT_MAX_CELLS
+
+
+def scale_notes(sc: Scoring, names, log) -> None:
+    """What the size of the OOF (rows x labels) changed in how blends are tuned and chosen, one line each."""
+    rows, labels = sc.y.shape
+    step = weight_rows(sc).step
+    if step > 1 and any(BLENDS[b].tuned for b in names):
+        log(f"blend weights: tuned on every {step}th row ({rows:,} x {labels:,} cells over {WEIGHTS_MAX_CELLS:,})")
+    if sc.exact and not exact_selection(sc):
+        log(f"blend selection: by the best global threshold, not the nested exact search ({rows:,} x {labels:,} "
+            f"cells over {SELECT_EXACT_MAX_CELLS:,})")
+
+
 def mean_blend(oofs, tests, weights=None):
     return weighted_mean(oofs, weights), weighted_mean(tests, weights)
+
+
+# The weight grid scores the blend at each of its points (66 for 3 members). Above this many cells (rows x labels)
+# it scores every k-th row instead, k the smallest that fits: 2 weights do not need iMet's 110 million cells, and
+# all of them cost 3.5 s a point (benchmarks/submit_scale.py). COMP5329 (28,000 x 18) is far below it.
+WEIGHTS_MAX_CELLS = 4_000_000
+
+
+def weight_rows(sc: Scoring) -> slice:
+    """The rows a weight search scores: all, or every k-th above WEIGHTS_MAX_CELLS."""
+    n, labels = sc.y.shape
+    return slice(None, None, max(1, -(-n * labels // WEIGHTS_MAX_CELLS)))
 
 
 def tune_weights(oofs, sc: Scoring, logits: bool, step=0.1) -> np.ndarray:
@@ -63,7 +97,9 @@ def tune_weights(oofs, sc: Scoring, logits: bool, step=0.1) -> np.ndarray:
     m = len(oofs)
     if m == 1:
         return np.ones(1)
-    stacked = np.stack([logit(p) for p in oofs] if logits else oofs)
+    every = weight_rows(sc)
+    sc = sc.rows(every)
+    stacked = np.stack([logit(p[every]) for p in oofs] if logits else [p[every] for p in oofs])
 
     def blend_score(w):
         mixed = np.tensordot(w, stacked, 1)
@@ -110,6 +146,8 @@ class Blend:
     stacked = False          # a second level fitted fold by fold (needs two members and two folds)
     saved = None             # the blend_file form its file is saved in (None: its method and weights are all of it)
     ranks = False            # gives ranks, not probabilities: for ranking metrics only, never a teacher
+    per_label = False        # a second level of one fit per label on every member's every label (`too_large`)
+    tuned = False            # member weights tuned on OOF rows (`tune_weights`)
     weights = None           # a mean blend's member weights
 
     def fit(self, oofs, sc: Scoring) -> np.ndarray:
@@ -126,7 +164,6 @@ class MeanBlend(Blend):
     """Weighted mean of the members' probabilities (or logits): equal weights, or weights tuned on the OOF rows
     given. In logit space a member whose probabilities sit elsewhere (ASL's sit above BCE's) still adds
     its ranking, where a mean of probabilities mixes the two scales."""
-    tuned = False
     logits = False
 
     def fit(self, oofs, sc: Scoring) -> np.ndarray:
@@ -244,7 +281,7 @@ STACK_SOLVER = "newton-cholesky"
 @register
 class Stack(StackBlend):
     """Per label, logistic regression."""
-    name, saved = "stack", LinearForm
+    name, saved, per_label = "stack", LinearForm, True
 
     def learner(self):
         return PerLabel(lambda: LogisticRegression(C=1.0, max_iter=2000, solver=STACK_SOLVER))
@@ -253,7 +290,7 @@ class Stack(StackBlend):
 @register
 class StackHGB(StackBlend):
     """Per label, gradient-boosted trees (interactions, non-linear)."""
-    name, saved = "stack_hgb", SkopsForm
+    name, saved, per_label = "stack_hgb", SkopsForm, True
 
     def learner(self):
         return PerLabel(lambda: HistGradientBoostingClassifier(
@@ -287,31 +324,58 @@ def make_blend(name: str) -> Blend:
     return BLENDS[name]()
 
 
-def available(n_members: int, names=BLENDS, n_folds: int = 2, ranking: bool = False) -> tuple:
+# A per-label second level reads every member's logits of every label: members x labels features, and each of
+# the labels' fits costs rows x features^2 (Newton) or rows x features x trees. COMP5329's 3 x 18 = 54 features fit
+# in about a second (benchmarks/stack_solvers.py); iMet's 3 x 1,103 = 3,309 features for 1,103 labels would take
+# days (benchmarks/submit_scale.py), so above this many features they are not tried.
+STACK_MAX_FEATURES = 512
+
+
+def too_large(name: str, n_members: int, n_labels: int) -> str | None:
+    """Why blend `name` is not tried at this many members and labels, or None."""
+    features = n_members * n_labels
+    if BLENDS[name].per_label and features > STACK_MAX_FEATURES:
+        return (f"{n_members} members x {n_labels} labels = {features:,} features for each label's fit, over "
+                f"{STACK_MAX_FEATURES} (its cost grows as labels x features^2)")
+    return None
+
+
+def available(n_members: int, names=BLENDS, n_folds: int = 2, ranking: bool = False, n_labels: int = 1) -> tuple:
     """Stacking needs two members to have anything to stack, and two folds to fit its fold-wise OOF (inside
-    the fully nested estimate of a 2-fold run, one fold is left); a rank blend needs a metric of rankings."""
+    the fully nested estimate of a 2-fold run, one fold is left); a rank blend needs a metric of rankings; a
+    per-label second level, few enough features (`too_large`)."""
     return tuple(b for b in names if (not BLENDS[b].stacked or (n_members > 1 and n_folds > 1)) and
-                 (ranking or not BLENDS[b].ranks))
+                 (ranking or not BLENDS[b].ranks) and too_large(b, n_members, n_labels) is None)
 
 
 @dataclasses.dataclass(frozen=True)
 class Fitted:
     blend: Blend            # fitted: applies to other rows' member probabilities
-    oof: np.ndarray         # its OOF over the rows it was fitted on
+    oof: np.ndarray | None  # its OOF over the rows it was fitted on (None: not the best, fit_blends(best_only))
     score: float            # at the best global threshold
     select: float           # selection_score
 
 
-def fit_blends(oofs, sc: Scoring, names) -> dict[str, Fitted]:
-    """Every blend of `names` that these members and folds allow, fitted on these rows."""
+def best_blend(scores: dict[str, float]) -> str:
+    """The blend with the best selection score; ties go to the simpler one (BLENDS order)."""
+    return max(scores, key=lambda k: (scores[k], -list(BLENDS).index(k)))
+
+
+def fit_blends(oofs, sc: Scoring, names, best_only: bool = False) -> dict[str, Fitted]:
+    """Every blend of `names` that these members and folds allow, fitted on these rows. `best_only`: only the
+    best blend so far keeps its OOF rows (the others' are None), so a caller that goes on with the best alone
+    (the fully nested estimate) never holds every blend's rows at once (2 GB at iMet's shape)."""
     out = {}
-    usable = available(len(oofs), names, len(sc.folds), sc.objective.ranking)
+    usable = available(len(oofs), names, len(sc.folds), sc.objective.ranking, sc.y.shape[1])
     if not usable:  # every blend asked for is a stack, and it cannot be fitted here: the plain mean stands in
         usable = ("mean",)
     for name in usable:
         blend = make_blend(name)
         oof = blend.fit(oofs, sc)
         out[name] = Fitted(blend, oof, quick_score(sc, oof), selection_score(sc, oof))
+        if best_only:
+            best = best_blend({k: f.select for k, f in out.items()})
+            out = {k: f if k == best else dataclasses.replace(f, oof=None) for k, f in out.items()}
     return out
 
 
@@ -319,21 +383,31 @@ def fit_blends(oofs, sc: Scoring, names) -> dict[str, Fitted]:
 class Blended:
     """A blend fitted on every OOF row and applied to the test rows: what `make submit` and the teacher use."""
     model: Blend              # fitted: applies to other rows' member probabilities
-    oof: np.ndarray           # its OOF over the train rows
-    test: np.ndarray          # the test rows, from each member's fold models (or refit)
-    fold_tests: np.ndarray    # (k, test rows, labels): fold f's models alone (a student of fold f learns them)
+    oof: np.ndarray | None    # its OOF over the train rows (None: a blend not chosen, build_ensemble's choice)
+    test: np.ndarray | None   # the test rows, from each member's fold models (or refit)
+    member_fold_tests: tuple  # each member's (k, test rows, labels): fold f's models alone (references, no copy)
     weights: list | None      # a mean blend's member weights (None: a stacker)
     score: float              # at the best global threshold
     select: float             # selection_score
 
+    @property
+    def fold_tests(self) -> np.ndarray:
+        """(k, test rows, labels): what fold f's models alone blend to (a student of fold f learns them). Computed
+        when asked: only a teacher asks, and every blend holding its own copy costs k x test x labels each."""
+        k = self.member_fold_tests[0].shape[0]
+        return np.stack([self.model.apply([t[f] for t in self.member_fold_tests], fold=f) for f in range(k)])
 
-def blend_all(members, sc: Scoring, use_full: dict, names) -> dict[str, Blended]:
-    """Every blend of `names` that these members allow, fitted on the OOF rows and applied to the test rows."""
+
+def blend_all(members, sc: Scoring, use_full: dict, names, best_only: bool = False) -> dict[str, Blended]:
+    """Every blend of `names` that these members allow, fitted on the OOF rows and applied to the test rows
+    (`best_only`: only the best one's rows are kept, the others' scores alone, as `fit_blends`)."""
     tests = [m.test(use_full.get(m.name, False)) for m in members]
-    k = members[0].test_by_fold.shape[0]
+    fold_tests = tuple(m.test_by_fold for m in members)
     out = {}
-    for name, fit in fit_blends([m.oof for m in members], sc, names).items():
-        fold_tests = np.stack([fit.blend.apply([m.test_by_fold[f] for m in members], fold=f) for f in range(k)])
+    for name, fit in fit_blends([m.oof for m in members], sc, names, best_only).items():
         weights = None if fit.blend.weights is None else [float(v) for v in fit.blend.weights]
+        if fit.oof is None:
+            out[name] = Blended(fit.blend, None, None, (), weights, fit.score, fit.select)
+            continue
         out[name] = Blended(fit.blend, fit.oof, fit.blend.apply(tests), fold_tests, weights, fit.score, fit.select)
     return out

@@ -46,7 +46,7 @@ class MeanForm:
 
     def apply(self, probs: list[np.ndarray]) -> np.ndarray:
         if self.method == "weighted_logit":
-            return sigmoid(weighted_mean([logit(p) for p in probs], self.weights))
+            return weighted_mean(probs, self.weights, of=logit, then=sigmoid)
         return weighted_mean(probs, self.weights)
 
 

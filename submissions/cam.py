@@ -81,6 +81,7 @@ def cam_panels(spec, ds, ens: Ensemble, thresholds: ThresholdsRecord, out: Path,
             net, record = nets[fold]
             image = load_resized(ds.image_paths(ds.train.iloc[[r]])[0], record.net.img_size)
             heat = label_maps(net, image, record, [j])[0]
+            image = as_picture(image)
             true = " ".join(spec.labels[t] for t, v in zip(spec.tokens, sc.y[r]) if v)
             said = " ".join(spec.labels[t] for t, v in zip(spec.tokens, pred[r]) if v)
             axes[0, col].imshow(image)
@@ -90,8 +91,9 @@ def cam_panels(spec, ds, ens: Ensemble, thresholds: ThresholdsRecord, out: Path,
         for ax in axes.ravel():
             ax.axis("off")
         backbone = ModelConfig.from_json(member.meta.config, member.name).backbone
+        shown = "" if not spec.channels else f"; shown: {picture_channels(spec.channels)}"
         fig.suptitle(f"Grad-CAM of '{name}' ({member.name}: {net.backbone.feature_info[-1]['module']} of "
-                     f"{backbone}); validation images, most and least confident", fontsize=9)
+                     f"{backbone}); validation images, most and least confident{shown}", fontsize=9)
         fig.tight_layout()
         path = out / f"{token}_{name.replace(' ', '_')}.png"
         with atomic_path(path) as tmp:
@@ -99,3 +101,23 @@ def cam_panels(spec, ds, ens: Ensemble, thresholds: ThresholdsRecord, out: Path,
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def as_picture(image: np.ndarray) -> np.ndarray:
+    """An RGB picture of an image of any channels: its first three as red, green and blue (one: gray; two: the
+    third black). HPA's red, green, blue are its microtubules, protein and nucleus stains; yellow is left out."""
+    c = image.shape[-1]
+    if c == 1:
+        return np.repeat(image, 3, axis=-1)
+    if c == 2:
+        return np.concatenate([image, np.zeros_like(image[..., :1])], axis=-1)
+    return image[..., :3]
+
+
+def picture_channels(channels) -> str:
+    """What `as_picture` shows, for the panel's title."""
+    names = list(channels)
+    if len(names) == 1:
+        return f"{names[0]} as gray"
+    shown = ", ".join(f"{n} as {c}" for n, c in zip(names, ("red", "green", "blue")))
+    return shown + (f" ({', '.join(names[3:])} not shown)" if len(names) > 3 else "")

@@ -7,10 +7,10 @@ import sys
 
 from competition.layout import RunLayout
 from folds.split import read_folds
-from submissions.blend import Blended, blend_all, quick_name, quick_score
+from submissions.blend import Blended, best_blend, blend_all, quick_name, quick_score, scale_notes, too_large
 from submissions.budget import cost, fit_budget
 from submissions.members import Member, load_members
-from submissions.postprocess import Settings, best_blend
+from submissions.postprocess import Settings
 from submissions.scoring import Scoring
 
 
@@ -35,9 +35,11 @@ class Ensemble:
         return cost(self.members, self.use_full)
 
 
-def build_ensemble(spec, ds, run: RunLayout, settings: Settings, names=None, log=print) -> Ensemble:
+def build_ensemble(spec, ds, run: RunLayout, settings: Settings, names=None, log=print,
+                   keep_blends: bool = False) -> Ensemble:
     """Every complete member (or `names`), fitted into the budget, blended every way in the settings' blends;
-    the best blend chosen."""
+    the best blend chosen. The other blends keep their scores; their rows too with `keep_blends` (a teacher may
+    learn another blend), else they are let go (each holds OOF and test rows: 1 GB at iMet's shape)."""
     members = load_members(spec, ds, run, names, log=log)
     sc = Scoring.of(spec, ds.targets(), read_folds(run.folds, list(ds.train["id"]), ds.groups()))
     scores = {m.name: quick_score(sc, m.oof) for m in members}
@@ -56,13 +58,19 @@ def build_ensemble(spec, ds, run: RunLayout, settings: Settings, names=None, log
             f"{'in this submission' if st['chosen'] else 'left out'}")
     if students and not notes:
         log(f"budget forced nothing: {cost(members, use_full)[0]:.1f} MB within {settings.budget.model_mb} MB")
-    blends = blend_all(members, sc, use_full, settings.blends)
+    for name in settings.blends:
+        reason = too_large(name, len(members), sc.y.shape[1])
+        if reason:
+            log(f"blend {name:<14} not tried: {reason}")
+    scale_notes(sc, settings.blends, log)
+    blends = blend_all(members, sc, use_full, settings.blends, best_only=not keep_blends)
     for name, b in blends.items():
         weights = dict(zip([m.name for m in members], [round(float(w), 3) for w in b.weights or []]))
         log(f"blend {name:<14} OOF {sc.metric} ({quick_name(sc)}) {b.score:.4f}, selection "
             f"{b.select:.4f}" + (f"  weights {weights}" if weights else ""))
     blend_name = best_blend({k: b.select for k, b in blends.items()})
     log(f"blend: {blend_name}")
+
     return Ensemble(sc, settings, members, use_full, {m.name: scores[m.name] for m in members}, blends, blend_name,
                     notes, students, loaded)
 

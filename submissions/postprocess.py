@@ -19,7 +19,7 @@ from competition.artifacts import read_json, write_json
 from competition.errors import UserError
 from competition.records import as_json, record_problems
 from submissions import thresholds as th
-from submissions.blend import BLENDS, available, check_blends, fit_blends
+from submissions.blend import available, best_blend, check_blends, fit_blends
 from submissions.budget import Budget, fit_budget
 from submissions.scoring import Scoring
 
@@ -44,11 +44,6 @@ class Settings:
     def key(self, sc: Scoring) -> str:
         return (f"{sc.metric}|{sc.min_labels}|{self.budget.model_mb}|{self.budget.gpu_hours}|"
                 f"{self.budget.ignored}|{self.method}|{self.trials}|{self.seed}|{','.join(self.blends)}")
-
-
-def best_blend(scores: dict[str, float]) -> str:
-    """The blend with the best selection score; ties go to the simpler one (BLENDS order)."""
-    return max(scores, key=lambda k: (scores[k], -list(BLENDS).index(k)))
 
 
 @dataclasses.dataclass
@@ -108,7 +103,7 @@ class NestedEstimate:
 def choose(members, sc: Scoring, settings: Settings) -> Choice:
     """The post-processing `make submit` runs, on these rows alone (members' `oof` holds exactly them)."""
     chosen, _, _ = fit_budget(members, sc, settings.budget, log=lambda *_: None)
-    fitted = fit_blends([m.oof for m in chosen], sc, settings.blends)
+    fitted = fit_blends([m.oof for m in chosen], sc, settings.blends, best_only=True)
     name = best_blend({k: v.select for k, v in fitted.items()})
     blend, oof = fitted[name].blend, fitted[name].oof
     methods = (settings.method,) if settings.method else None
@@ -121,9 +116,9 @@ def fully_nested(members, sc: Scoring, settings: Settings, log) -> NestedEstimat
     pred = np.zeros(sc.y.shape, dtype=np.float64 if sc.probabilities else np.uint8)
     per_fold = []
     if len(sc.folds) == 2:
-        ranking = sc.objective.ranking
-        skipped = [b for b in available(len(members), settings.blends, 2, ranking)
-                   if b not in available(len(members), settings.blends, 1, ranking)]
+        ranking, labels = sc.objective.ranking, sc.y.shape[1]
+        skipped = [b for b in available(len(members), settings.blends, 2, ranking, labels)
+                   if b not in available(len(members), settings.blends, 1, ranking, labels)]
         log("fully nested, 2 folds: each outer fold leaves one inner fold, so the choices inside it are made on "
             "in-sample scores" + (f" and {', '.join(skipped)} (fitted fold-wise) is skipped there" if skipped else ""))
     for f in sc.folds:

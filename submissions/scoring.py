@@ -45,7 +45,7 @@ class Scoring:
 
     @property
     def exact(self) -> bool:
-        """The exact threshold search applies: micro-F1 with the rule "at least 0 or 1 label"."""
+        """The exact threshold search applies: micro-F1 or samples F-beta with the rule "at least 0 or 1 label"."""
         return self.objective.exact_thresholds and self.min_labels <= 1
 
     @property

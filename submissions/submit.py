@@ -69,6 +69,10 @@ def tune_thresholds(run: RunLayout, ens: Ensemble, tokens, log=print) -> th.Thre
         log(f"{sc.step}s: reusing {path} (members unchanged)")
         print_table(art.comparison, art.method, sc, log)
         return art
+    for m in () if st.method else th.applicable(sc):
+        reason = th.too_costly(m, sc, st.trials)
+        if reason:
+            log(f"{sc.step} method {m} not compared: {reason}")
     with exclusive_lock(path.with_name(f".{path.name}.lock")):  # one process on this machine tunes a study at a time
         rows = th.compare(sc, oof, st.trials, st.seed, (st.method,) if st.method else None,
                           storage=shared or url, study_name=f"blend-{key}")

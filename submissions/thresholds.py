@@ -1,11 +1,13 @@
 """Per-label thresholds against the spec's metric, with the "at least one label" rule, and their honest score.
 
-Every method maximises the spec's objective (competition.metrics.OBJECTIVES); `exact` is micro-F1 only:
-micro-F1 = 2 TP / (TP + FP + P), where P (all true labels) is fixed, so a threshold only moves
-TP and FP. For one label with the others fixed, sorting its scores once gives TP and FP at
-every cut at once (the rule included: a row left empty gets its top label); coordinate ascent
-over labels then handles their coupling through the pooled counts. That exact search
-warm-starts an Optuna study over the same objective (other metrics start Optuna from the global threshold).
+Every method maximises the spec's objective (competition.metrics.OBJECTIVES); `exact` applies to F-scores of
+counts: micro-F1 = 2 TP / (TP + FP + P), where P (all true labels) is fixed, so a threshold only moves TP and FP,
+and samples F-beta, a mean over rows of each row's F-beta of its own counts. For one label with the others fixed,
+sorting its scores once gives the counts at every cut at once (the rule included: a row left empty gets its top
+label); coordinate ascent over labels then handles their coupling through the pooled or per-row counts. Each
+step is O(rows) after one sort per label, so a pass costs rows x labels (iMet's 100,000 x 1,103:
+benchmarks/submit_scale.py). That exact search warm-starts an Optuna study over the same objective (other metrics
+start Optuna from the global threshold).
 
 A probability submission (ROC-AUC, mAP, log loss) has no thresholds: its last step is a temperature per label
 (or none), tuned and compared the same way, and its record holds the temperatures where a labels submission's
@@ -120,56 +122,96 @@ def cuts(sorted_scores: np.ndarray) -> np.ndarray:
     return np.concatenate([[first], mids, [last]])
 
 
-def best_cut_for_label(y, prob, thr, j, order_j, top, min_labels) -> tuple[float, float]:
-    """Best threshold for label j with the others fixed: (threshold, micro-F1)."""
-    n, L = y.shape
-    others = np.delete(np.arange(L), j)
-    passed_others = prob[:, others] >= thr[others]
-    tp_fixed = np.logical_and(passed_others, y[:, others] == 1).sum()
-    fp_fixed = np.logical_and(passed_others, y[:, others] == 0).sum()
-    yj = y[:, j].astype(np.int64)
-    # Row contributions when label j is above / below its threshold.
-    tp_above, fp_above = yj.copy(), 1 - yj
-    tp_below, fp_below = np.zeros(n, np.int64), np.zeros(n, np.int64)
-    if min_labels >= 1:
-        empty = ~passed_others.any(1)
-        forced = y[np.arange(n), top]  # truth of each row's top label
-        own = empty & (top == j)        # j is the top label: predicted either way
-        tp_below[own], fp_below[own] = yj[own], 1 - yj[own]
-        other = empty & (top != j)
-        tp_below[other], fp_below[other] = forced[other], 1 - forced[other]
-    d_tp = (tp_above - tp_below)[order_j]
-    d_fp = (fp_above - fp_below)[order_j]
-    tp = tp_fixed + tp_below.sum() + np.concatenate([[0], np.cumsum(d_tp)])
-    fp = fp_fixed + fp_below.sum() + np.concatenate([[0], np.cumsum(d_fp)])
-    f1 = 2 * tp / np.maximum(tp + fp + y.sum(), 1)
-    s = prob[order_j, j]
-    valid = np.concatenate([[True], s[:-1] > s[1:], [True]])  # a cut between tied scores is not a cut
-    f1 = np.where(valid, f1, -1)
-    c = int(np.argmax(f1))
-    return float(cuts(s)[c]), float(f1[c])
+class CoordinateAscent:
+    """The exact search's state on one matrix: which labels pass their thresholds, and per row how many pass and
+    how many of those are true. Label j's best cut with the others fixed is then one sort of its scores (made once)
+    and a few O(rows) sums: each row's counts with j above and below its threshold, j's sort order summing the
+    difference cut by cut. Micro-F1 pools the counts; samples F-beta sums each row's own F-beta. The min-labels
+    rule (0 or 1) is counted exactly: a row with nothing else above gets its top label (np.argmax's tie rule, as
+    `decide` picks it) when j is below."""
+
+    def __init__(self, y, prob, thr, min_labels: int, average: str, beta: float):
+        self.y, self.prob, self.thr = np.asarray(y).astype(bool), prob, thr
+        self.rule, self.average, self.b2 = min_labels >= 1, average, beta * beta
+        self.passed = prob >= thr
+        self.count = self.passed.sum(1)
+        self.true = (self.passed & self.y).sum(1)
+        self.positives = self.y.sum(1)
+        self.top_true = self.y[np.arange(len(prob)), np.argmax(prob, axis=1)]
+        # One stable sort per label, descending, ties in row order; a column at a time into int32, so no negated
+        # copy or int64 result of the whole matrix is ever held (2 GB at iMet's 100,000 x 1,103).
+        self.orders = np.empty(prob.shape, dtype=np.int32)
+        for j in range(prob.shape[1]):
+            self.orders[:, j] = np.argsort(-prob[:, j], kind="stable")
+
+    def value(self, count, true):
+        """Micro-F1 of pooled counts, or each row's F-beta (cumulated by the caller)."""
+        if self.average == "micro":
+            return 2 * true / np.maximum(count + self.y.sum(), 1)
+        denom = self.b2 * self.positives + count
+        return np.where(denom > 0, (1 + self.b2) * true / np.maximum(denom, 1), 0.0)
+
+    def best_cut(self, j: int) -> tuple[float, float]:
+        """Label j's best threshold with the others fixed: (threshold, score)."""
+        pj, yj = self.passed[:, j], self.y[:, j]
+        count, true = self.count - pj, self.true - (pj & yj)
+        forced = self.rule & (count == 0)
+        count_below, true_below = np.where(forced, 1, count), np.where(forced, self.top_true, true)
+        count_above, true_above = count + 1, true + yj
+        order = self.orders[:, j]
+        if self.average == "micro":
+            tp = true_below.sum() + np.concatenate([[0], np.cumsum((true_above - true_below)[order])])
+            n = count_below.sum() + np.concatenate([[0], np.cumsum((count_above - count_below)[order])])
+            score = self.value(n, tp)
+        else:
+            below = self.value(count_below, true_below)
+            gain = (self.value(count_above, true_above) - below)[order]
+            score = (below.sum() + np.concatenate([[0.0], np.cumsum(gain)])) / len(order)
+        s = self.prob[order, j]
+        valid = np.concatenate([[True], s[:-1] > s[1:], [True]])  # a cut between tied scores is not a cut
+        score = np.where(valid, score, -1)
+        c = int(np.argmax(score))
+        return float(cuts(s)[c]), float(score[c])
+
+    def set(self, j: int, t: float) -> None:
+        now, before, yj = self.prob[:, j] >= t, self.passed[:, j], self.y[:, j]
+        self.count += now.astype(np.int64) - before
+        self.true += (now & yj).astype(np.int64) - (before & yj)
+        self.passed[:, j], self.thr[j] = now, t
 
 
-def exact_per_label(y, prob, min_labels: int, init=None, max_passes=10) -> np.ndarray:
-    """Coordinate ascent of micro-F1 over the labels' thresholds, each step exact (`best_cut_for_label`)."""
+PASS_GAIN = 1e-6  # a pass over the labels that gains less ends the exact search
+
+
+def exact_per_label(y, prob, min_labels: int, init=None, max_passes=10, average="micro", beta=1.0) -> np.ndarray:
+    """Coordinate ascent over the labels' thresholds of micro-F1 or samples F-beta (`average`), each step exact
+    (`CoordinateAscent.best_cut`), until a pass over the labels gains less than PASS_GAIN."""
     if min_labels > 1:
         raise UserError("exact search handles min_labels 0 or 1; use the optuna method")
-    y = np.asarray(y).astype(np.int64)
     prob = np.asarray(prob, dtype=np.float64)
-    sc = Scoring(y, np.zeros(len(y)), "micro_f1", min_labels)
+    sc = Scoring(np.asarray(y), np.zeros(len(y)), "micro_f1" if average == "micro" else f"samples_f{beta:g}",
+                 min_labels)
     thr = np.array(init if init is not None else global_threshold(sc, prob), dtype=np.float64)
-    orders = [np.argsort(-prob[:, j], kind="stable") for j in range(y.shape[1])]
-    top = np.argmax(prob, axis=1)
+    state = CoordinateAscent(y, prob, thr, min_labels, average, beta)
     best = sc.score(prob, thr)
     for _ in range(max_passes):
-        improved = False
-        for j in range(y.shape[1]):
-            t, f1 = best_cut_for_label(y, prob, thr, j, orders[j], top, min_labels)
-            if f1 > best + 1e-12:
-                thr[j], best, improved = t, f1, True
-        if not improved:
+        start = best
+        for j in range(prob.shape[1]):
+            t, score = state.best_cut(j)
+            if score > best + 1e-12:
+                state.set(j, t)
+                best = score
+        # At iMet's shape the passes after the second gain 1e-5, then 1e-7 (benchmarks/submit_scale.py), each as
+        # costly as the first; on COMP5329-like data the second pass gains 2e-5 to 2e-4 and the third nothing.
+        if best - start < PASS_GAIN:
             break
-    return thr
+    return state.thr
+
+
+def exact_search(sc: Scoring, prob) -> np.ndarray:
+    """The exact search for the scoring's metric (micro-F1, samples F-beta) and rule."""
+    o = sc.objective
+    return exact_per_label(sc.y, prob, sc.min_labels, average=o.counts, beta=o.beta)
 
 
 def check_trials(trials: int) -> None:
@@ -212,7 +254,7 @@ def fail_orphaned_trials(storage, study_name: str) -> None:
 
 def optuna_tune(sc: Scoring, prob, trials: int, seed: int, storage=None, study_name=None) -> np.ndarray:
     """Optuna per label, warm-started from the exact search where it applies (else the global threshold)."""
-    init = exact_per_label(sc.y, prob, sc.min_labels) if sc.exact else global_threshold(sc, prob)
+    init = exact_search(sc, prob) if sc.exact else global_threshold(sc, prob)
     return optuna_per_label(sc, prob, trials, seed, init, storage, study_name)
 
 
@@ -248,12 +290,33 @@ class Method:
 METHODS = {
     "fixed": Method(lambda sc, prob, *_: np.full(prob.shape[1], 0.5)),
     "global": Method(lambda sc, prob, *_: global_threshold(sc, prob)),
-    "exact": Method(lambda sc, prob, *_: exact_per_label(sc.y, prob, sc.min_labels), applies=lambda sc: sc.exact),
+    "exact": Method(lambda sc, prob, *_: exact_search(sc, prob), applies=lambda sc: sc.exact),
     "optuna": Method(optuna_tune),
     "none": Method(lambda sc, prob, *_: np.ones(prob.shape[1]), applies=lambda sc: sc.probabilities),
     "temperature": Method(lambda sc, prob, *_: fit_temperatures(sc, prob),
                           applies=lambda sc: sc.probabilities and not sc.objective.ranking),
 }
+
+
+# What one Optuna trial costs on 2 cores: TPE samples each label's threshold (0.35 ms a label at 200 trials, 0.22 at
+# 50), then the thresholds are scored on every cell (4.5-10 ns a cell, 30,000 x 18 and 20,000 x 1,103 rows x labels):
+# measured for issue 42 (benchmarks/submit_scale.py's notes). A comparison runs one study on the rows and one per
+# held-out fold; above OPTUNA_MAX_SECONDS for those, Optuna is left out of the comparison (METHOD=optuna still
+# runs it). COMP5329 (28,000 x 18, 200 trials, K=5) is estimated at 12 s; iMet (100,000 x 1,103) at 23 minutes.
+OPTUNA_SECONDS_PER_LABEL, OPTUNA_SECONDS_PER_CELL, OPTUNA_MAX_SECONDS = 0.35e-3, 7e-9, 120.0
+
+
+def too_costly(method: str, sc: Scoring, trials: int) -> str | None:
+    """Why `method` is left out of a comparison on these rows, or None."""
+    if method != "optuna":
+        return None
+    rows, labels = sc.y.shape
+    studies = 1 + (len(sc.folds) if len(sc.folds) > 1 else 0)
+    seconds = studies * trials * labels * (OPTUNA_SECONDS_PER_LABEL + rows * OPTUNA_SECONDS_PER_CELL)
+    if seconds <= OPTUNA_MAX_SECONDS:
+        return None
+    return (f"{studies} studies of {trials} trials over {labels:,} thresholds on {rows:,} rows, estimated at "
+            f"{seconds / 60:.0f} min (over {OPTUNA_MAX_SECONDS / 60:.0f}; METHOD=optuna runs it anyway)")
 
 
 def applicable(sc: Scoring) -> tuple:
@@ -287,9 +350,10 @@ def pick(rows: list[Tuned], method: str | None = None) -> Tuned:
 
 
 def compare(sc: Scoring, prob, trials: int, seed: int, methods=None, storage=None, study_name=None) -> list[Tuned]:
-    """In-sample and nested score of each method that applies (or of `methods`), plus the in-sample thresholds."""
+    """In-sample and nested score of each method that applies and is affordable here (`too_costly`), or of
+    `methods`, plus the in-sample thresholds."""
     rows = []
-    for m in methods or applicable(sc):
+    for m in methods or [m for m in applicable(sc) if too_costly(m, sc, trials) is None]:
         thr = tune(m, sc, prob, trials, seed, storage if m == "optuna" else None, study_name)
         rows.append(Tuned(m, sc.score(prob, thr), nested_score(m, sc, prob, trials, seed), thr))
     return rows

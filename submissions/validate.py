@@ -17,7 +17,7 @@ from competition.reader import ID_LIKE, continues, decode_text, file_lines
 def validate_frame(frame: pd.DataFrame, spec, test_ids, where="submission") -> None:
     """Raise UserError listing every problem class found: header, ids, then labels and empty rows (a labels
     submission) or values that are not probabilities (a probability submission)."""
-    expected = [spec.id_column, *(spec.tokens if spec.probabilities else [spec.label_column])]
+    expected = [spec.id_column, *(spec.tokens if spec.probabilities else [spec.submission_column])]
     if list(frame.columns) != expected:
         raise UserError(f"{where}: header {list(frame.columns)}, expected {expected}" + header_problem(
             list(frame.columns), expected))
@@ -76,7 +76,7 @@ def label_problems(frame: pd.DataFrame, ids, spec) -> dict[str, list[str]]:
              "rows with a label listed twice": [],
              f"rows with fewer than {spec.min_labels_per_image} labels": []}
     unknown, spaces, gaps, twice, short = kinds.values()
-    for row, (i, cell) in enumerate(zip(ids, frame[spec.label_column].fillna("").astype(str)), start=2):
+    for row, (i, cell) in enumerate(zip(ids, frame[spec.submission_column].fillna("").astype(str)), start=2):
         where = f"line {row} ({i})"
         tokens = cell.split() if sep.isspace() else [t.strip() for t in cell.split(sep) if t.strip()]
         bad = [t for t in tokens if t not in valid]

@@ -23,7 +23,7 @@ def test_a_record_round_trips_through_json_and_refuses_what_it_is_not():
     plain = InferenceRecord.of(resolve("tiny"), 18, (0.5,) * 3, (0.25,) * 3, CPU)
     assert plain.train_from is None and plain.trunk_runtime is None and plain.feature_dtype is None
     data = record.to_json()
-    with pytest.raises(UserError, match="fold 2: inference record of format 0, not 3; train the model again"):
+    with pytest.raises(UserError, match="fold 2: inference record of format 0, not 4; train the model again"):
         InferenceRecord.from_json({**data, "format": 0}, "fold 2")
     with pytest.raises(UserError, match="no record: trained before inference records"):
         fit_record(FitRecord.from_json({"best_epoch": 1, "seconds": 1.0, "hours": 0.0, "gpu_hours": 0.0,

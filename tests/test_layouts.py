@@ -11,7 +11,7 @@ import pytest
 from bundle.export import export_bundle
 from bundle.predict import predict_bundle
 from competition import load_dataset, load_spec
-from competition.demo_data import generate
+from competition.demo_data import generate, miniature_spec
 from competition.errors import UserError
 from competition.layout import RunLayout
 from folds.split import make_folds, write_folds
@@ -24,14 +24,16 @@ from helpers import settings
 QUIET = dict(log=lambda *_: None)
 
 
-LAYOUTS = ("demo_onehot", "demo_chest", "planet", "plant2021", "plant2020", "ranzcr", "chestxray14", "posters")
+LAYOUTS = ("demo_onehot", "demo_chest", "planet", "plant2021", "plant2020", "ranzcr", "chestxray14", "posters",
+           "imet2019", "hpa2018")
 
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> dict:
     out = {}
     for name in LAYOUTS:
-        spec, data = load_spec(name), tmp_path_factory.mktemp(name)
+        data = tmp_path_factory.mktemp(name)
+        spec = miniature_spec(name, data)  # iMet's: a generated labels.csv of 300 labels first
         generate(data, n_train=150, n_test=30, size=32, seed=1, workers=1, spec=spec)
         out[name] = spec, data
     return out
@@ -55,7 +57,8 @@ def test_a_miniature_reads_as_its_spec_says(miniature):
     ds = load_dataset(spec, data)
     raw = pd.read_csv(data / spec.train_csv, dtype=str, keep_default_na=False)
     assert "site" in raw.columns and "site" not in ds.train.columns
-    assert len(ds.test) == 30 and ds.image_paths(ds.test, test=True)[0].is_file()
+    first = ds.image_paths(ds.test, test=True)[0]
+    assert len(ds.test) == 30 and all(p.is_file() for p in (first if spec.channels else [first]))
     if spec.label_format == "one_hot":
         assert (ds.targets() == raw[spec.tokens].to_numpy().astype(np.uint8)).all()
     else:
@@ -105,7 +108,7 @@ def test_a_miniature_runs_folds_train_submit_export_predict_validate(miniature, 
     assert predict_bundle(folder, data, tmp_path / "p.csv", **QUIET).read_text() == sub.path.read_text()
     assert validate([str(sub.path), "--comp", spec.name, "--data", str(data)]) == 0
     header = sub.path.read_text().splitlines()[0]
-    assert header == ",".join([spec.id_column, *(spec.tokens if spec.probabilities else [spec.label_column])])
+    assert header == ",".join([spec.id_column, *(spec.tokens if spec.probabilities else [spec.submission_column])])
 
 
 def edit_train(data, spec, edit) -> None:
@@ -165,3 +168,42 @@ def test_a_standard_csv_with_crlf_and_a_quoted_newline_keeps_its_line_numbers(ge
     path.write_bytes("\r\n".join(lines).encode() + b"\r\n")
     with pytest.raises(UserError, match=r"unknown label tokens .*\n  line 7 \("):
         load_dataset(spec, data)
+
+
+def test_labels_from_the_data_folder_and_inlined_in_the_bundle(generated, tmp_path):
+    """iMet's labels.csv: the spec reads its label table from the data folder it is given (DATA=), and a bundle
+    ships those labels inside its spec.yaml (it holds no data folder)."""
+    import yaml
+    spec, data = copy_of(generated["imet2019"], tmp_path)
+    table = pd.read_csv(data / "labels.csv", dtype=str)
+    assert len(spec.tokens) == 300 and spec.tokens == list(table.attribute_id)
+    assert spec.labels["0"] == table.attribute_name[0] and spec.labels_file == "labels.csv"
+    text = load_spec("imet2019", data).inlined_yaml()
+    raw = yaml.safe_load(text)
+    assert "labels_file" not in raw and list(raw["labels"]) == spec.tokens
+    inlined = tmp_path / "inlined.yaml"
+    inlined.write_text(text)
+    assert load_spec(str(inlined)).labels == spec.labels
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda t: pd.concat([t, t.iloc[[5]]]), r"labels.csv: label id '5' on lines 7, 302 \(1 ids listed twice"),
+    (lambda t: t.assign(attribute_id=t.attribute_id.where(t.index != 3, "")), r"labels.csv: empty label id at line 5"),
+    (lambda t: t.iloc[:0], r"labels.csv: the label table has no rows"),
+])
+def test_a_bad_label_table_is_named(generated, tmp_path, edit, problem):
+    _, data = copy_of(generated["imet2019"], tmp_path)
+    table = pd.read_csv(data / "labels.csv", dtype=str, keep_default_na=False)
+    edit(table).to_csv(data / "labels.csv", index=False)
+    with pytest.raises(UserError, match=problem):
+        load_spec("imet2019", data)
+
+
+def test_a_missing_label_table_or_two_label_lists_are_refused(tmp_path):
+    from competition.spec import SPEC_DIR
+    with pytest.raises(UserError, match=r"nowhere/labels.csv: file not found; the spec's labels_file names it"):
+        load_spec("imet2019", tmp_path / "nowhere")
+    path = tmp_path / "both.yaml"
+    path.write_text((SPEC_DIR / "imet2019.yaml").read_text() + "labels:\n  '0': a\n")
+    with pytest.raises(UserError, match="labels and labels_file both name the labels; keep one"):
+        load_spec(str(path), tmp_path)

@@ -45,10 +45,13 @@ def test_fast_micro_f1_equals_sklearn():
 
 
 @pytest.mark.parametrize("min_labels", [0, 1])
-def test_exact_search_is_coordinatewise_optimal(min_labels):
+@pytest.mark.parametrize("metric", ["micro_f1", "samples_f1", "samples_f2"])
+def test_exact_search_is_coordinatewise_optimal(min_labels, metric):
+    """Micro-F1 pools its counts, samples F-beta scores each row's: either way no single threshold change beats
+    the search's result, the rule included."""
     y, prob = synthetic(seed=1)
-    sc = micro(y, min_labels)
-    thr = th.exact_per_label(y, prob, min_labels)
+    sc = Scoring(y, np.arange(len(y)) % 5, metric, min_labels)
+    thr = th.exact_search(sc, prob)
     best = sc.score(prob, thr)
     assert best >= sc.score(prob, th.global_threshold(sc, prob))
     for j in range(y.shape[1]):  # brute force: no single threshold change does better
@@ -248,8 +251,8 @@ def test_submit_end_to_end_and_threshold_reuse(trained, blends, method):
 
 
 def test_the_spec_metric_is_what_blends_and_thresholds_maximise(trained, tmp_path):
-    """A spec with `metric: samples_f2` (Planet's): scores and thresholds are F2 ones; `exact` (micro-F1 only)
-    is not offered; an unknown metric fails naming the valid ones."""
+    """A spec with `metric: samples_f2` (Planet's): scores and thresholds are F2 ones, the exact search among the
+    methods compared; macro-F1 has no exact search; an unknown metric fails naming the valid ones."""
     from sklearn.metrics import fbeta_score
 
     from competition.spec import SPEC_DIR
@@ -261,7 +264,7 @@ def test_the_spec_metric_is_what_blends_and_thresholds_maximise(trained, tmp_pat
             "--trials", "5", "--models", "captions")
     assert r.returncode == 0, r.stderr
     side = json.loads(max((runs / "demo" / "submissions").glob("*.json"), key=lambda p: p.stat().st_mtime).read_text())
-    assert side["metric"] == "samples_f2" and "exact" not in {row["method"] for row in side["threshold_comparison"]}
+    assert side["metric"] == "samples_f2" and "exact" in {row["method"] for row in side["threshold_comparison"]}
     spec = load_spec(str(spec_path))
     from competition import load_dataset
     ds = load_dataset(spec, data)
@@ -269,9 +272,10 @@ def test_the_spec_metric_is_what_blends_and_thresholds_maximise(trained, tmp_pat
     thr = np.array([side["thresholds"][t] for t in spec.tokens])
     f2 = fbeta_score(ds.targets(), decide(oof, thr, 1), beta=2, average="samples", zero_division=0)
     assert side["oof_score"] == pytest.approx(f2)
+    spec_path.write_text(demo.replace("metric: micro_f1", "metric: macro_f1"))
     r = cli("-m", "submissions", "submit", "--comp", str(spec_path), "--data", str(data), "--runs", str(runs),
             "--method", "exact", "--models", "captions")
-    assert r.returncode == 2 and "does not apply to metric samples_f2" in r.stderr
+    assert r.returncode == 2 and "does not apply to metric macro_f1" in r.stderr
     spec_path.write_text(demo.replace("metric: micro_f1", "metric: f1"))
     r = cli("-m", "submissions", "submit", "--comp", str(spec_path), "--data", str(data), "--runs", str(runs))
     assert r.returncode == 2 and "unknown metric 'f1'; valid: micro_f1" in r.stderr
@@ -570,3 +574,47 @@ def test_one_submission_frame_with_the_spec_separator():
     frame = submission_frame(spec, ["a.jpg", "b.jpg", "c.jpg"], prob, [0.5] * len(spec.tokens))
     assert frame[spec.label_column][0] == ";".join(spec.tokens[:2])
     validate_frame(frame, spec, ["a.jpg", "b.jpg", "c.jpg"], where="x.csv")
+
+
+def test_what_grows_faster_than_rows_x_labels_is_left_out_above_a_size(monkeypatch):
+    """iMet's shape (issue 42): a per-label second level over members x labels features, Optuna's studies and the
+    nested exact selection of blends are left out with a reason above their sizes; the weight grid scores every
+    k-th row. COMP5329's shape keeps everything."""
+    from submissions import blend
+    big, small = Scoring(np.zeros((100_000, 1103), np.uint8), np.arange(100_000) % 5, "samples_f2", 1), \
+        Scoring(np.zeros((28_000, 18), np.uint8), np.arange(28_000) % 5, "micro_f1", 1)
+    assert blend.too_large("stack", 3, 1103).startswith("3 members x 1103 labels = 3,309 features")
+    assert blend.too_large("stack_mlp", 3, 1103) is None and blend.too_large("stack", 3, 18) is None
+    assert blend.available(3, DEFAULT_BLENDS, 5, False, 1103) == ("mean", "weighted", "weighted_logit")
+    assert "stack" in blend.available(3, DEFAULT_BLENDS, 5, False, 18)
+    assert "6 studies of 200 trials over 1,103 thresholds" in th.too_costly("optuna", big, 200)
+    assert th.too_costly("optuna", small, 200) is None and th.too_costly("exact", big, 200) is None
+    assert blend.weight_rows(big).step == 28 and blend.weight_rows(small).step == 1
+    assert not blend.exact_selection(big) and blend.exact_selection(small)
+    lines = []
+    blend.scale_notes(big, DEFAULT_BLENDS, lines.append)
+    assert lines == ["blend weights: tuned on every 28th row (100,000 x 1,103 cells over 4,000,000)",
+                     "blend selection: by the best global threshold, not the nested exact search (100,000 x 1,103 "
+                     "cells over 5,000,000)"]
+    # compare() leaves a costly method out unless asked for by name
+    monkeypatch.setattr(th, "OPTUNA_MAX_SECONDS", 0.0)
+    y, prob = synthetic(seed=3)
+    sc = micro(y)
+    assert "optuna" not in {r.method for r in th.compare(sc, prob, 2, 0)}
+    assert [r.method for r in th.compare(sc, prob, 2, 0, ("optuna",))] == ["optuna"]
+
+
+def test_only_the_best_blend_keeps_its_rows_where_nothing_else_needs_them():
+    """fit_blends(best_only): the same choice and the same OOF rows as fitting every blend, the other blends'
+    rows let go (the fully nested estimate and make submit go on with the best alone)."""
+    from submissions.blend import best_blend, fit_blends
+    y, prob = synthetic(n=300, labels=4, seed=5)
+    rng = np.random.default_rng(5)
+    oofs = [np.clip(prob + rng.normal(0, s, prob.shape), 0.001, 0.999) for s in (0.05, 0.2, 0.1)]
+    sc = micro(y)
+    every = fit_blends(oofs, sc, DEFAULT_BLENDS)
+    best = fit_blends(oofs, sc, DEFAULT_BLENDS, best_only=True)
+    name = best_blend({k: f.select for k, f in every.items()})
+    assert best_blend({k: f.select for k, f in best.items()}) == name
+    assert np.array_equal(best[name].oof, every[name].oof)
+    assert all(f.oof is None for k, f in best.items() if k != name) and len(best) == len(every) > 1
