@@ -246,9 +246,10 @@ def round_to_saved(model: nn.Module) -> None:
 
 def build_model(cfg, num_classes: int, in_chans: int = 3) -> tuple[MultiLabelNet, str, tuple, tuple]:
     """A network to train from a run's config: model, where its weights came from, and the normalisation
-    mean/std of its pretraining (what its inference record then carries). With `in_chans` other than 3 the
-    pretrained first layer is adapted as timm adapts it (pipelines.weights) and the RGB statistics follow the
-    same channel order: channel k takes RGB channel k mod 3's (one channel: their mean)."""
+    mean/std of its pretraining. With `in_chans` other than 3 the pretrained first layer is adapted as timm
+    adapts it (pipelines.weights) and the RGB statistics follow the same channel order: channel k takes RGB
+    channel k mod 3's (one channel: their mean); training then measures each channel's own (FoldData.channel_stats)
+    for the inference record."""
     spec = NetSpec.of(cfg, in_chans)
     model = MultiLabelNet(spec, num_classes)
     source = load_pretrained(model.backbone, spec.backbone, cfg.pretrained, cfg.pretrained_file,

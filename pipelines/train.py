@@ -55,6 +55,13 @@ class FoldData:
         """The images' channels, as the cache holds them (rows, size, size, channels)."""
         return int(np.load(self.cache, mmap_mode="r").shape[-1])
 
+    def channel_stats(self, most: int = 2000) -> tuple[tuple, tuple]:
+        """Each channel's mean and standard deviation (in [0, 1]) over this fit's training images (every k-th of
+        them, at most `most`), as the cache holds them: a stain's brightness is its own, not ImageNet's."""
+        rows = np.sort(self.train_rows)[::max(1, -(-len(self.train_rows) // most))]
+        pixels = np.load(self.cache, mmap_mode="r")[rows].reshape(-1, self.in_chans) / 255.0
+        return tuple(map(float, pixels.mean(0))), tuple(float(max(v, 1e-3)) for v in pixels.std(0))
+
 
 def device_setup(cfg: ImageConfig, dist: Dist):
     """(device, training autocast dtype, inference autocast dtype). On a CPU with native bf16, inference
@@ -193,6 +200,8 @@ def setup(cfg: ImageConfig, data: FoldData, dist: Dist) -> Setup:
     torch.manual_seed(cfg.seed)
     device, amp_dtype, infer_dtype = device_setup(cfg, dist)
     net, source, mean, std = build_model(cfg, data.train_y.shape[1], data.in_chans)
+    if data.in_chans != 3:  # not RGB: each channel standardised by its own statistics, which the record keeps
+        mean, std = data.channel_stats()
     record = InferenceRecord.of(cfg, data.train_y.shape[1], mean, std, device)
     channels_last = cfg.channels_last
     net.to(device)

@@ -137,6 +137,7 @@ class CoordinateAscent:
         self.count = self.passed.sum(1)
         self.true = (self.passed & self.y).sum(1)
         self.positives = self.y.sum(1)
+        self.all_positives = int(self.positives.sum())
         self.top_true = self.y[np.arange(len(prob)), np.argmax(prob, axis=1)]
         # One stable sort per label, descending, ties in row order; a column at a time into int32, so no negated
         # copy or int64 result of the whole matrix is ever held (2 GB at iMet's 100,000 x 1,103).
@@ -147,7 +148,7 @@ class CoordinateAscent:
     def value(self, count, true):
         """Micro-F1 of pooled counts, or each row's F-beta (cumulated by the caller)."""
         if self.average == "micro":
-            return 2 * true / np.maximum(count + self.y.sum(), 1)
+            return 2 * true / np.maximum(count + self.all_positives, 1)
         denom = self.b2 * self.positives + count
         return np.where(denom > 0, (1 + self.b2) * true / np.maximum(denom, 1), 0.0)
 

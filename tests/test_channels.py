@@ -4,6 +4,7 @@ timm adapts it, the chain from folds to a bundle's predictions, and each bad cha
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -95,7 +96,13 @@ def test_a_four_channel_competition_runs_with_offline_weights_to_identical_bundl
     write_folds(run, ds, spec, 3, 0)
     meta = train_model(spec, ds, run, resolve("tf_efficientnet_lite0", ["img_size=32", "epochs=1", "batch_size=32"]),
                        **QUIET)
-    assert meta.folds[0].weights_source.startswith("offline") and meta.folds[0].inference["net"]["in_chans"] == 4
+    record = meta.folds[0].inference
+    assert meta.folds[0].weights_source.startswith("offline") and record["net"]["in_chans"] == 4
+    # each stain normalised by its own statistics on the fold's training images, kept in the record
+    cache = np.load(run.image_cache(ds.images_key, 32), mmap_mode="r")
+    train = np.flatnonzero(pd.read_csv(run.folds)["fold"].to_numpy() != 0)
+    np.testing.assert_allclose(record["mean"], (cache[train] / 255.0).reshape(-1, 4).mean(0), rtol=1e-9)
+    np.testing.assert_allclose(record["std"], (cache[train] / 255.0).reshape(-1, 4).std(0), rtol=1e-9)
     sub = run_submit(spec, ds, run, settings(spec, method="global", trials=2, blends=("mean",)), "test",
                      [meta.model], **QUIET)
     folder = export_bundle(spec, ds, run, sub.path, **QUIET)
