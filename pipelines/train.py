@@ -56,9 +56,11 @@ class FoldData:
         return int(np.load(self.cache, mmap_mode="r").shape[-1])
 
     def channel_stats(self, most: int = 2000) -> tuple[tuple, tuple]:
-        """Each channel's mean and standard deviation (in [0, 1]) over this fit's training images (every k-th of
-        them, at most `most`), as the cache holds them: a stain's brightness is its own, not ImageNet's."""
-        rows = np.sort(self.train_rows)[::max(1, -(-len(self.train_rows) // most))]
+        """Each channel's mean and standard deviation (in [0, 1]) over the cache's labelled images (every k-th of
+        them, at most `most`): a stain's brightness is its own, not ImageNet's. The same rows for every fold and
+        the refit (no label is read), so their trunk caches are one."""
+        labelled = np.setdiff1d(np.arange(len(np.load(self.cache, mmap_mode="r"))), self.test_rows)
+        rows = labelled[::max(1, -(-len(labelled) // most))]
         pixels = np.load(self.cache, mmap_mode="r")[rows].reshape(-1, self.in_chans) / 255.0
         return tuple(map(float, pixels.mean(0))), tuple(float(max(v, 1e-3)) for v in pixels.std(0))
 

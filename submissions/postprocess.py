@@ -100,13 +100,14 @@ class NestedEstimate:
         write_json(path, self.to_json())
 
 
-def choose(members, sc: Scoring, settings: Settings) -> Choice:
-    """The post-processing `make submit` runs, on these rows alone (members' `oof` holds exactly them)."""
+def choose(members, sc: Scoring, settings: Settings, methods=None) -> Choice:
+    """The post-processing `make submit` runs, on these rows alone (members' `oof` holds exactly them); `methods`:
+    the threshold methods `make submit` compared on every row (default: those affordable on these rows)."""
     chosen, _, _ = fit_budget(members, sc, settings.budget, log=lambda *_: None)
     fitted = fit_blends([m.oof for m in chosen], sc, settings.blends, best_only=True)
     name = best_blend({k: v.select for k, v in fitted.items()})
     blend, oof = fitted[name].blend, fitted[name].oof
-    methods = (settings.method,) if settings.method else None
+    methods = (settings.method,) if settings.method else methods
     row = th.pick(th.compare(sc, oof, settings.trials, settings.seed, methods), settings.method)
     return Choice([m.name for m in chosen], name, blend, row.method, row.thresholds, sc, row.in_sample)
 
@@ -121,9 +122,12 @@ def fully_nested(members, sc: Scoring, settings: Settings, log) -> NestedEstimat
                    if b not in available(len(members), settings.blends, 1, ranking, labels)]
         log("fully nested, 2 folds: each outer fold leaves one inner fold, so the choices inside it are made on "
             "in-sample scores" + (f" and {', '.join(skipped)} (fitted fold-wise) is skipped there" if skipped else ""))
+    # The methods make submit compared on every row: one left out there for its cost stays out on fewer rows.
+    methods = tuple(m for m in th.applicable(sc) if th.too_costly(m, sc, settings.trials) is None)
     for f in sc.folds:
         inner, outer = sc.fold != f, sc.fold == f
-        choice = choose([dataclasses.replace(m, oof=m.oof[inner]) for m in members], sc.rows(inner), settings)
+        choice = choose([dataclasses.replace(m, oof=m.oof[inner]) for m in members], sc.rows(inner), settings,
+                        methods)
         pred[outer] = choice.predict({m.name: m.oof[outer] for m in members})
         per_fold.append(OuterFold(int(f), sc.of_pred(pred[outer], outer), tuple(choice.members),
                                   choice.blend_name, choice.method))

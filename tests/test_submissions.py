@@ -514,11 +514,11 @@ def test_fully_nested_choices_see_only_their_training_folds(monkeypatch):
     seen = []
     real = postprocess.choose
 
-    def spy(ms, sc, st):
+    def spy(ms, sc, st, methods=None):
         seen.append(sorted(set(sc.fold)))
         rows = fold != len(seen) - 1
         assert np.array_equal(sc.y, y[rows]) and all(np.array_equal(a.oof, b.oof[rows]) for a, b in zip(ms, members))
-        return real(ms, sc, st)
+        return real(ms, sc, st, methods)
     monkeypatch.setattr(postprocess, "choose", spy)
     st = postprocess.Settings(Budget(None, None), method=None, trials=3, seed=0, blends=DEFAULT_BLENDS)
     postprocess.fully_nested(members, micro(y, fold=fold), st, log=lambda *_: None)
