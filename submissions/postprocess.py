@@ -123,7 +123,7 @@ def fully_nested(members, sc: Scoring, settings: Settings, log) -> NestedEstimat
         log("fully nested, 2 folds: each outer fold leaves one inner fold, so the choices inside it are made on "
             "in-sample scores" + (f" and {', '.join(skipped)} (fitted fold-wise) is skipped there" if skipped else ""))
     # The methods make submit compared on every row: one left out there for its cost stays out on fewer rows.
-    methods = tuple(m for m in th.applicable(sc) if th.too_costly(m, sc, settings.trials) is None)
+    methods = th.affordable(sc, settings.trials)
     for f in sc.folds:
         inner, outer = sc.fold != f, sc.fold == f
         choice = choose([dataclasses.replace(m, oof=m.oof[inner]) for m in members], sc.rows(inner), settings,

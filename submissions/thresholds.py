@@ -320,6 +320,11 @@ def too_costly(method: str, sc: Scoring, trials: int) -> str | None:
             f"{seconds / 60:.0f} min (over {OPTUNA_MAX_SECONDS / 60:.0f}; METHOD=optuna runs it anyway)")
 
 
+def affordable(sc: Scoring, trials: int) -> tuple:
+    """The methods that apply here and are not too costly on these rows (`too_costly`): what is compared."""
+    return tuple(m for m in applicable(sc) if too_costly(m, sc, trials) is None)
+
+
 def applicable(sc: Scoring) -> tuple:
     """The threshold methods that apply to this metric and rule."""
     return tuple(name for name, m in METHODS.items() if m.applies(sc))
@@ -354,7 +359,7 @@ def compare(sc: Scoring, prob, trials: int, seed: int, methods=None, storage=Non
     """In-sample and nested score of each method that applies and is affordable here (`too_costly`), or of
     `methods`, plus the in-sample thresholds."""
     rows = []
-    for m in methods or [m for m in applicable(sc) if too_costly(m, sc, trials) is None]:
+    for m in methods or affordable(sc, trials):
         thr = tune(m, sc, prob, trials, seed, storage if m == "optuna" else None, study_name)
         rows.append(Tuned(m, sc.score(prob, thr), nested_score(m, sc, prob, trials, seed), thr))
     return rows
