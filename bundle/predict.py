@@ -27,7 +27,7 @@ from competition import errors, load_spec
 from competition.artifacts import atomic_path, exclusive_lock, read_json, remove_temporaries, write_json
 from competition.errors import UserError
 from competition.formats import as_stored, submission_frame
-from competition.images import MAX_PIXELS, load_resized, source_name
+from competition.images import MAX_PIXELS, load_resized, source_files, source_name
 from competition.reader import image_files, load_test
 from competition.records import field_problems
 from pipelines import text_encoder
@@ -103,7 +103,7 @@ def decoder(paths: list[Path], test: pd.DataFrame, where: str, max_pixels: int):
         except Exception as e:  # PIL raises several types for a broken file
             line = int(test["line"].iloc[r]) if "line" in test else 0
             at = f"{where} line {line}" if line else f"{where} row {r + 1}"
-            shown = paths[r] if isinstance(paths[r], Path) else paths[r][0].parent / source_name(paths[r])
+            shown = source_files(paths[r])[0].parent / source_name(paths[r])
             raise UserError(f"{shown}: cannot decode the image of {at} ({type(e).__name__}: {e})") from None
     return decode
 

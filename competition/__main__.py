@@ -21,11 +21,16 @@ def main(argv=None) -> int:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
     comp = Competition.of(a)
     ds = comp.dataset()
-    from competition.eda import plot_all, summary_text
+    from competition.artifacts import write_text
+    from competition.eda import channel_stats_yaml, plot_all, summary_text
     print(summary_text(ds))
     if a.cmd == "eda":
         for path in plot_all(ds, comp.run.eda):
             print(f"wrote {path}")
+        if ds.spec.channels and ds.has_images:
+            stats = channel_stats_yaml(ds)
+            write_text(comp.run.eda / "channel_stats.yaml", stats)
+            print(f"{stats}wrote {comp.run.eda / 'channel_stats.yaml'} (add its two lines to the spec to use them)")
     return 0
 
 

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from competition.artifacts import read_yaml, write_text
 from competition.errors import UserError
+from competition.reader import image_files
 from competition.spec import load_spec, spec_path
 
 # (token, shape, caption words). Shapes are polygons in a unit box, rotated and scaled per draw.
@@ -198,17 +199,25 @@ def write_voc_sets(folder: Path, tokens, sets: dict, rng) -> None:
 
 
 def _render_job(args):
-    seed, labels, size, path = args
+    seed, labels, size, source = args
     image = render(seed, labels, size)
-    if not isinstance(path, tuple):
-        image.save(path, quality=90)
+    if isinstance(source, Path):
+        image.save(source, quality=90)
         return
-    # One grayscale file per channel (HPA's stains): the first three are the picture's red, green and blue; a
-    # further channel k is the mean of two of them, so every channel shows the shapes.
+    # Named channels: the first three are the picture's red, green and blue; a further channel k is the mean of
+    # two of them, so every channel shows the shapes.
     rgb = np.asarray(image).astype(np.uint16)
-    for k, p in enumerate(path):
-        plane = rgb[..., k] if k < 3 else (rgb[..., k % 3] + rgb[..., (k + 1) % 3]) // 2
-        Image.fromarray(plane.astype(np.uint8), mode="L").save(p)
+    planes = [rgb[..., k] if k < 3 else (rgb[..., k % 3] + rgb[..., (k + 1) % 3]) // 2
+              for k in range(len(source) if isinstance(source, tuple) else source.channels)]
+    if isinstance(source, tuple):  # one grayscale file per channel (HPA's stains)
+        for plane, p in zip(planes, source):
+            Image.fromarray(plane.astype(np.uint8), mode="L").save(p)
+    elif source.path.suffix.lower() in (".tif", ".tiff"):  # one 16-bit TIFF of every channel (Planet's bands)
+        import tifffile
+        tifffile.imwrite(source.path, np.stack(planes, axis=-1) * 257, photometric="minisblack",
+                         planarconfig="contig", compression="lzw")
+    else:
+        Image.fromarray(np.stack(planes, axis=-1).astype(np.uint8)).save(source.path)
 
 
 def generate(out: Path, n_train: int = 2000, n_test: int = 500, size: int = 128, seed: int = 0,
@@ -302,10 +311,8 @@ def kaggle_csv(out: Path, spec, label_sets, seed: int, size: int, n_train: int, 
     folders = [spec.image_dir if i < n_train else spec.test_images for i in range(n)]
     for folder in set(folders):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    def files(i):  # an image's file, or with channels its channels' files
-        names = spec.image_name(ids[i])
-        return tuple(out / folders[i] / name for name in names) if spec.channels else out / folders[i] / names
-    jobs = [(seed * 1_000_003 + i, label_sets[i], size, files(i)) for i in range(n)]
+    jobs = [(seed * 1_000_003 + i, label_sets[i], size, image_files(out / folders[i], [ids[i]], spec)[0])
+            for i in range(n)]
     with Pool(workers) as pool:
         pool.map(_render_job, jobs, chunksize=64)
     mapped = spec_labels(spec, rng)

@@ -8,18 +8,20 @@ from __future__ import annotations
 import hashlib
 
 from competition.errors import UserError
+from competition.images import source_files
 
 
-def file_digest(path, image_id: str) -> str:
-    """A file's content hash (a tuple of channel files: theirs, joined). Content, not modification times: a
+def file_digest(source, image_id: str) -> str:
+    """An image's content hash (several channel files: theirs, joined). Content, not modification times: a
     re-download or `cp` of the same files must not turn every trained image model stale, while a replaced file
     must."""
-    if isinstance(path, tuple):
-        return "+".join(file_digest(p, image_id) for p in path)
-    try:
-        return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
-    except FileNotFoundError:
-        raise UserError(f"{path}: image missing (id {image_id})") from None
+    digests = []
+    for path in source_files(source):
+        try:
+            digests.append(hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest())
+        except FileNotFoundError:
+            raise UserError(f"{path}: image missing (id {image_id})") from None
+    return "+".join(digests)
 
 
 def images_key(parts) -> str:

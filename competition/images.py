@@ -1,9 +1,12 @@
-"""Decode any image file to RGB uint8, whatever its mode, extension or EXIF orientation; or an image stored as one
-grayscale file per channel (HPA's <id>_red.png, _green, _blue, _yellow) to H x W x channels uint8.
+"""Decode any image file to RGB uint8, whatever its mode, extension or EXIF orientation; or an image of named
+channels to H x W x channels uint8: one grayscale file per channel (HPA's <id>_red.png, _green, _blue, _yellow),
+or one file holding them all (Planet's 4-band 16-bit GeoTIFFs, an RGBA PNG read as four channels).
 
-An image's source is a path, or a tuple of paths: its channels' files (`Spec.image_name`)."""
+An image's source (`reader.image_files`) is a path, a tuple of paths (its channels' files) or Planes (one file of
+several channels)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -21,21 +24,32 @@ class TooLarge(ValueError):
 
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 ONE_CHANNEL = ("L", "1", *SIXTEEN_BIT)
+TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, either byte order
+
+
+@dataclasses.dataclass(frozen=True)
+class Planes:
+    """One file holding an image's `channels` channels in the spec's order: a TIFF of any number of samples
+    (tifffile: Pillow reads neither 16-bit multi-sample nor planar TIFFs), any other format through Pillow, its
+    bands as stored (an RGBA PNG is four channels, its alpha not composited)."""
+    path: Path
+    channels: int
+
+    @property
+    def name(self) -> str:
+        return self.path.name
 
 
 def header_problem(source, max_pixels: int | None = None) -> str | None:
     """Cheap check (header only): why `source` is not a usable image, or None."""
     if isinstance(source, tuple):
         return channels_problem(source, max_pixels)
+    if isinstance(source, Planes):
+        return planes_problem(source, max_pixels)
     path = source
     try:
         with Image.open(path) as im:
-            w, h = im.size
-        if w < 1 or h < 1:
-            return f"empty image {w}x{h}"
-        if max_pixels is not None and w * h > max_pixels:
-            return too_large(w, h, max_pixels)
-        return None
+            return size_problem(*im.size, max_pixels)
     except FileNotFoundError:
         return "missing file"
     except Exception as e:  # PIL raises several types for junk files
@@ -47,19 +61,31 @@ def source_name(source) -> str:
     return f"{source[0].name} (+{len(source) - 1} channel files)" if isinstance(source, tuple) else source.name
 
 
+def source_files(source) -> tuple[Path, ...]:
+    """The files an image is read from."""
+    if isinstance(source, tuple):
+        return source
+    return (source.path,) if isinstance(source, Planes) else (source,)
+
+
 def too_large(w: int, h: int, max_pixels: int) -> str:
     return f"image of {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} (MAX_PIXELS= raises it)"
 
 
 def channels_problem(paths: tuple, max_pixels: int | None) -> str | None:
-    """Every channel file readable, one channel each, of one size and one bit depth."""
+    """Every channel file readable, one channel each, of one size and one bit depth (each header read once)."""
     headers = []
     for p in paths:
-        problem = header_problem(Path(p), max_pixels)
+        try:
+            with Image.open(p) as im:
+                headers.append((Path(p).name, im.size, im.mode))
+        except FileNotFoundError:
+            return f"{Path(p).name}: missing file"
+        except Exception as e:  # PIL raises several types for junk files
+            return f"{Path(p).name}: cannot read image: {type(e).__name__}: {e}"
+        problem = size_problem(*im.size, max_pixels)
         if problem:
             return f"{Path(p).name}: {problem}"
-        with Image.open(p) as im:
-            headers.append((Path(p).name, im.size, im.mode))
     many = [f"{name} ({mode})" for name, _, mode in headers if mode not in ONE_CHANNEL]
     if many:
         return f"channel files hold one channel each: {', '.join(many)} hold{'s' if len(many) == 1 else ''} more"
@@ -68,6 +94,85 @@ def channels_problem(paths: tuple, max_pixels: int | None) -> str | None:
     if len({mode in SIXTEEN_BIT for _, _, mode in headers}) > 1:
         return "8-bit and 16-bit channels mixed: " + ", ".join(f"{n} {m}" for n, _, m in headers)
     return None
+
+
+def size_problem(w: int, h: int, max_pixels: int | None) -> str | None:
+    if w < 1 or h < 1:
+        return f"empty image {w}x{h}"
+    return too_large(w, h, max_pixels) if max_pixels is not None and w * h > max_pixels else None
+
+
+def is_tiff(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) in TIFF_MAGIC
+
+
+def planes_header(path: Path) -> tuple[int, int, int, str]:
+    """(width, height, channels, what) of a one-file image, from its header; `what` names its layout."""
+    if is_tiff(path):
+        import tifffile  # only where TIFFs are read
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, axes = series.shape, series.axes
+        planes = [n for n, a in zip(shape, axes) if a not in "YX"]
+        if "Y" not in axes or "X" not in axes or len(planes) > 1:
+            raise ValueError(f"a TIFF of axes {axes} {shape}: one image of height, width and channels expected")
+        return shape[axes.index("X")], shape[axes.index("Y")], planes[0] if planes else 1, f"TIFF {axes} {series.dtype}"
+    with Image.open(path) as im:
+        return im.size[0], im.size[1], len(im.getbands()), f"{im.format} {im.mode}"
+
+
+def planes_problem(source: Planes, max_pixels: int | None) -> str | None:
+    """The file readable and holding exactly the spec's channels."""
+    try:
+        header = planes_header(source.path)
+    except FileNotFoundError:
+        return "missing file"
+    except Exception as e:  # PIL and tifffile raise several types for junk files
+        return f"cannot read image: {type(e).__name__}: {e}"
+    return planes_mismatch(source, header) or size_problem(header[0], header[1], max_pixels)
+
+
+def planes_mismatch(source: Planes, header: tuple) -> str | None:
+    _, _, channels, what = header
+    if channels == source.channels:
+        return None
+    return f"{source.name} holds {channels} channel{'s' if channels != 1 else ''} ({what}), the spec lists " \
+           f"{source.channels}"
+
+
+def load_planes(source: Planes, size: int, max_pixels: int | None = None) -> np.ndarray:
+    """size x size x channels uint8 from one file: each plane 16-bit scaled down as `gray_image` scales it, and
+    resized alone, as channel files are."""
+    header = planes_header(source.path)
+    problem = planes_mismatch(source, header)
+    if problem:
+        raise ValueError(problem)
+    if max_pixels is not None and header[0] * header[1] > max_pixels:
+        raise TooLarge(f"{source.name}: {too_large(header[0], header[1], max_pixels)}")
+    if is_tiff(source.path):
+        import tifffile
+        with tifffile.TiffFile(source.path) as tif:
+            series = tif.series[0]
+            values, axes = series.asarray(), series.axes
+        values = np.moveaxis(values, [axes.index("Y"), axes.index("X")], [0, 1]).reshape(header[1], header[0], -1)
+    else:
+        with Image.open(source.path) as im:
+            im.draft(im.mode, (size, size))  # a JPEG decodes at reduced scale, as RGB ones do
+            values = np.asarray(ImageOps.exif_transpose(im))
+        values = values.reshape(*values.shape[:2], -1)
+    planes = [Image.fromarray(as_uint8(values[..., c]), mode="L").resize((size, size), Image.BILINEAR)
+              for c in range(values.shape[-1])]
+    return np.stack([np.asarray(p) for p in planes], axis=-1)
+
+
+def as_uint8(plane: np.ndarray) -> np.ndarray:
+    """One plane as 8-bit: wider integers scaled by 1/257 (65,535 -> 255), rounded and clipped."""
+    if plane.dtype == np.uint8:
+        return np.ascontiguousarray(plane)
+    if plane.dtype.kind in "ui":
+        return np.clip(plane.astype(np.float64) / 257.0, 0, 255).round().astype(np.uint8)
+    raise ValueError(f"{plane.dtype} pixels: integer channels of 8 or 16 bits expected")
 
 
 def load_channels(paths: tuple, size: int, max_pixels: int | None = None) -> np.ndarray:
@@ -89,8 +194,7 @@ def load_channels(paths: tuple, size: int, max_pixels: int | None = None) -> np.
 def gray_image(im: Image.Image) -> Image.Image:
     """One channel as 8-bit gray (mode L)."""
     if im.mode in SIXTEEN_BIT:
-        values = np.asarray(im, dtype=np.float64)
-        return Image.fromarray(np.clip(values / 257.0, 0, 255).round().astype(np.uint8), mode="L")
+        return Image.fromarray(as_uint8(np.asarray(im)), mode="L")
     return im.convert("L")
 
 
@@ -100,6 +204,8 @@ def load_resized(source, size: int, max_pixels: int | None = None) -> np.ndarray
     (TooLarge) before it is decoded."""
     if isinstance(source, tuple):
         return load_channels(source, size, max_pixels)
+    if isinstance(source, Planes):
+        return load_planes(source, size, max_pixels)
     path = source
     with Image.open(path) as im:
         if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:

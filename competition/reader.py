@@ -20,7 +20,7 @@ import pandas as pd
 
 from competition import identity
 from competition.errors import UserError, offenders_error
-from competition.images import header_problem
+from competition.images import Planes, header_problem
 from competition.spec import Spec
 
 
@@ -419,10 +419,12 @@ def read_voc(root: Path, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def image_files(folder: Path, ids, spec: Spec) -> list:
-    """The files of image ids in `folder`, by the spec's `image_file` template: a path each, or with channels a
-    tuple of the channels' paths."""
-    if spec.channels:
+    """The images of ids in `folder`, by the spec's `image_file` template: a path each, with channel files a
+    tuple of the channels' paths, with channels in one file its Planes."""
+    if spec.channel_files:
         return [tuple(folder / name for name in spec.image_name(i)) for i in ids]
+    if spec.channels:
+        return [Planes(folder / spec.image_name(i), len(spec.channels)) for i in ids]
     return [folder / spec.image_name(i) for i in ids]
 
 

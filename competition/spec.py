@@ -27,8 +27,11 @@ class Spec:
     test_image_dir: str | None = None  # the test images' folder where it is not image_dir (Kaggle's test_images/)
     image_file: str = "{}"          # the image file of an id: "{}.jpg" for ids without an extension (Planet);
                                     # with channels, "{}_{channel}.png": one grayscale file per channel (HPA)
-    channels: tuple | None = None   # an image's channels as one file each, in the network's input order
-                                    # ([red, green, blue, yellow]); None: one RGB file per image
+    channels: tuple | None = None   # an image's channels, in the network's input order ([red, green, blue,
+                                    # yellow]): a file each by image_file's {channel}, or all in its one file
+                                    # (a 4-band TIFF: Planet's [blue, green, red, nir]); None: RGB
+    channel_mean: tuple | None = None  # with channels: each channel's mean and standard deviation in [0, 1], in
+    channel_std: tuple | None = None   # their order (`make eda` measures them); None: measured when training
     id_column: str = "ImageID"
     id_pattern: str = r'[^,"\s]+'
     label_column: str = "Labels"
@@ -81,10 +84,20 @@ class Spec:
         return self.test_image_dir or self.image_dir
 
     def image_name(self, image_id: str):
-        """The file name of an image id (`image_file`), or with channels the tuple of its channels' files."""
-        if self.channels:
+        """The file name of an image id (`image_file`), or with channel files the tuple of its channels' files."""
+        if self.channel_files:
             return tuple(self.image_file.format(image_id, channel=c) for c in self.channels)
         return self.image_file.format(image_id)
+
+    @property
+    def channel_stats(self) -> tuple[tuple, tuple] | None:
+        """(mean, std) of each channel where the spec gives them, else None (training measures them)."""
+        return (self.channel_mean, self.channel_std) if self.channel_mean else None
+
+    @property
+    def channel_files(self) -> bool:
+        """Each channel is its own file (image_file names a {channel})."""
+        return bool(self.channels) and "{channel}" in self.image_file
 
     @property
     def submission_column(self) -> str:
@@ -166,19 +179,38 @@ def check_layout(raw: dict, path: Path) -> None:
 
 
 def check_channels(raw: dict, path: Path) -> None:
-    """channels: distinct names, one file each by image_file's {channel}; a csv format key."""
+    """channels: distinct names, a file each by image_file's {channel} or all in one file; a csv format key."""
     channels, template = raw.get("channels"), str(raw.get("image_file", "{}"))
     if channels is None:
         if "{channel}" in template:
             raise UserError(f"{path}: image_file {template!r} names a {{channel}}, and the spec lists no channels")
+        check_channel_stats(raw, path)
         return
     names = [str(c) for c in channels] if isinstance(channels, list) else []
     if not names or len(set(names)) != len(names) or not all(n.strip() for n in names):
         raise UserError(f"{path}: channels {channels!r}: a list of distinct names (e.g. [red, green, blue, yellow])")
-    if "{channel}" not in template or raw.get("format", "csv") != "csv":
-        raise UserError(f"{path}: channels need a csv format's image_file with {{channel}} (e.g. "
-                        "'{}_{channel}.png'): each channel is its own file")
+    if raw.get("format", "csv") != "csv":
+        raise UserError(f"{path}: channels are read by the csv format's image_file (a file per channel by "
+                        "'{}_{channel}.png', or all in one file by '{}.tif')")
     raw["channels"] = tuple(names)
+    check_channel_stats(raw, path)
+
+
+def check_channel_stats(raw: dict, path: Path) -> None:
+    """channel_mean and channel_std: both or neither, a number in [0, 1] per channel (a std above 0)."""
+    given = [k for k in ("channel_mean", "channel_std") if raw.get(k) is not None]
+    if not given:
+        return
+    if not raw.get("channels") or len(given) == 1:
+        raise UserError(f"{path}: {' and '.join(given)}: channel_mean and channel_std go together, with channels")
+    for key in given:
+        values = raw[key]
+        ok = isinstance(values, list) and len(values) == len(raw["channels"]) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1 for v in values)
+        if not ok or (key == "channel_std" and min(values) <= 0):
+            raise UserError(f"{path}: {key} {values!r}: one number in [0, 1] per channel "
+                            f"({', '.join(raw['channels'])}), as `make eda` prints them")
+        raw[key] = tuple(float(v) for v in values)
 
 
 def available_specs() -> dict[str, Path]:

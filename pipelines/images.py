@@ -24,7 +24,7 @@ def fit_images(cfg: ImageConfig, ds, run: RunLayout, train_idx, val_idx, out: Fi
     train_rows, train_y = training_rows(train_idx, y, targets)
     encoder, captions = caption_embeddings(cfg, ds, run, ModelLayout(out.dir.parent))
     data = FoldData(cache, train_rows, train_y.astype(np.float32), val_idx, y[val_idx], test_rows,
-                    min_labels=ds.spec.min_labels_per_image, captions=captions)
+                    min_labels=ds.spec.min_labels_per_image, captions=captions, stats=ds.spec.channel_stats)
     result = fit(cfg, data, out, label, dist=Dist.from_env(), log=log)
     return dataclasses.replace(result, shared=[encoder]) if encoder else result
 

@@ -248,16 +248,21 @@ def build_model(cfg, num_classes: int, in_chans: int = 3) -> tuple[MultiLabelNet
     """A network to train from a run's config: model, where its weights came from, and the normalisation
     mean/std of its pretraining. With `in_chans` other than 3 the pretrained first layer is adapted as timm
     adapts it (pipelines.weights) and the RGB statistics follow the same channel order: channel k takes RGB
-    channel k mod 3's (one channel: their mean); training then measures each channel's own (FoldData.channel_stats)
-    for the inference record."""
+    channel k mod 3's (one channel: their mean); training then takes the spec's or measures each channel's own
+    (FoldData.channel_stats) for the inference record."""
     spec = NetSpec.of(cfg, in_chans)
     model = MultiLabelNet(spec, num_classes)
     source = load_pretrained(model.backbone, spec.backbone, cfg.pretrained, cfg.pretrained_file,
                              size_args(spec.backbone, spec.img_size))
     round_to_saved(model)
-    timm_data = timm.data.resolve_data_config({}, model=model.backbone)
+    return model, source, *pretraining_stats(model.backbone, in_chans)
+
+
+def pretraining_stats(backbone, in_chans: int) -> tuple[tuple, tuple]:
+    """The normalisation (mean, std) of the backbone's pretraining, per input channel (`channel_stats`)."""
+    timm_data = timm.data.resolve_data_config({}, model=backbone)
     mean, std = (channel_stats([float(v) for v in timm_data[k]], in_chans) for k in ("mean", "std"))
-    return model, source, mean, std
+    return mean, std
 
 
 def channel_stats(rgb: list[float], in_chans: int) -> tuple[float, ...]:

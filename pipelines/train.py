@@ -49,6 +49,7 @@ class FoldData:
     test_rows: np.ndarray
     min_labels: int           # the spec's rule: validation decides as the fold score and submission will
     captions: np.ndarray | None = None  # caption_input: every cache row's sentence embedding (train, then test)
+    stats: tuple | None = None  # (mean, std) of each channel from the spec; None: measured (channel_stats)
 
     @property
     def in_chans(self) -> int:
@@ -202,7 +203,9 @@ def setup(cfg: ImageConfig, data: FoldData, dist: Dist) -> Setup:
     torch.manual_seed(cfg.seed)
     device, amp_dtype, infer_dtype = device_setup(cfg, dist)
     net, source, mean, std = build_model(cfg, data.train_y.shape[1], data.in_chans)
-    if data.in_chans != 3:  # not RGB: each channel standardised by its own statistics, which the record keeps
+    if data.stats:  # the spec's: each channel standardised by them, which the record keeps
+        mean, std = data.stats
+    elif data.in_chans != 3:  # not RGB: by each channel's own statistics, measured
         mean, std = data.channel_stats()
     record = InferenceRecord.of(cfg, data.train_y.shape[1], mean, std, device)
     channels_last = cfg.channels_last

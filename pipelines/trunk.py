@@ -20,7 +20,7 @@ from competition.layout import RunLayout
 from pipelines.augment import stream_seed
 from pipelines.data import CachedImages
 from pipelines.inference import FEATURE_DTYPE, InferenceRecord, views
-from pipelines.model import trunk_digest
+from pipelines.model import pretraining_stats, trunk_digest
 from pipelines.runtime import runtime_salt, trunk_runner
 
 
@@ -29,10 +29,11 @@ def trunk_cache(net, record: InferenceRecord, image_cache: Path, device, batch_s
     image, computed in the record's runtime (pipelines.runtime: ONNX Runtime on a CPU where installed, 2.8x eager
     bf16 there) or eager under its autocast dtype (bf16 on a CPU with AMX: 2x fp32, benchmarks/cpu_bf16.py)."""
     start, dtype, runtime = record.train_from, record.dtype(device), record.trunk_runtime
-    # Keyed by the trunk's weights and the compute that made the features: either changes them. So does the
-    # normalisation where it is measured on the data (channels other than RGB's, FoldData.channel_stats); RGB's is
-    # the pretraining's, fixed with the weights, and its caches keep their names.
-    measured = "" if record.net.in_chans == 3 else repr((record.mean, record.std))
+    # Keyed by the trunk's weights and the compute that made the features: either changes them. So does a
+    # normalisation other than the pretraining's (measured on the data, FoldData.channel_stats, or the spec's);
+    # the pretraining's is fixed with the weights, and its caches keep their names.
+    own = (tuple(record.mean), tuple(record.std)) != pretraining_stats(net.backbone, record.net.in_chans)
+    measured = repr((record.mean, record.std)) if own else ""
     digest = trunk_digest(net, start, runtime_salt(runtime, dtype) + measured)
     arch = net.backbone.pretrained_cfg.get("architecture", "net")
     path = RunLayout.trunk_features(image_cache, arch, start, digest.hexdigest()[:10])

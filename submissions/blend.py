@@ -43,14 +43,15 @@ def quick_name(sc: Scoring) -> str:
     return "as is" if sc.probabilities else "best global thr"
 
 
-def selection_score(sc: Scoring, prob) -> float:
+def selection_score(sc: Scoring, prob, quick: float | None = None) -> float:
     """What chooses among blends: the nested score of per-label thresholds where the exact search applies
     (micro-F1), else the best global threshold's. Blends are thresholded per label afterwards, and one
     global threshold misjudged them on comp5329-6k (the logit blend ranked below the weighted one there and
     above it with per-label thresholds)."""
     if sc.exact and exact_selection(sc):
         return nested_score("exact", sc, prob, trials=1, seed=0)  # exact searches: no trials, no seed
-    return quick_score(sc, prob)  # a probability metric: its temperatures leave the ranking metrics as they are
+    # a probability metric: its temperatures leave the ranking metrics as they are (`quick`: already computed)
+    return quick_score(sc, prob) if quick is None else quick
 
 
 # Selecting blends by the nested exact search runs it K times per blend, and the fully nested estimate repeats that
@@ -372,7 +373,8 @@ def fit_blends(oofs, sc: Scoring, names, best_only: bool = False) -> dict[str, F
     for name in usable:
         blend = make_blend(name)
         oof = blend.fit(oofs, sc)
-        out[name] = Fitted(blend, oof, quick_score(sc, oof), selection_score(sc, oof))
+        score = quick_score(sc, oof)
+        out[name] = Fitted(blend, oof, score, selection_score(sc, oof, score))
         if best_only:
             best = best_blend({k: f.select for k, f in out.items()})
             out = {k: f if k == best else dataclasses.replace(f, oof=None) for k, f in out.items()}
@@ -385,7 +387,7 @@ class Blended:
     model: Blend              # fitted: applies to other rows' member probabilities
     oof: np.ndarray | None    # its OOF over the train rows (None: a blend not chosen, build_ensemble's choice)
     test: np.ndarray | None   # the test rows, from each member's fold models (or refit)
-    member_fold_tests: tuple  # each member's (k, test rows, labels): fold f's models alone (references, no copy)
+    member_fold_tests: tuple  # each member's test_by_fold: `[f]` = fold f's models' test rows, read when asked
     weights: list | None      # a mean blend's member weights (None: a stacker)
     score: float              # at the best global threshold
     select: float             # selection_score
@@ -394,7 +396,7 @@ class Blended:
     def fold_tests(self) -> np.ndarray:
         """(k, test rows, labels): what fold f's models alone blend to (a student of fold f learns them). Computed
         when asked: only a teacher asks, and every blend holding its own copy costs k x test x labels each."""
-        k = self.member_fold_tests[0].shape[0]
+        k = len(self.member_fold_tests[0])
         return np.stack([self.model.apply([t[f] for t in self.member_fold_tests], fold=f) for f in range(k)])
 
 

@@ -81,7 +81,7 @@ def cam_panels(spec, ds, ens: Ensemble, thresholds: ThresholdsRecord, out: Path,
             net, record = nets[fold]
             image = load_resized(ds.image_paths(ds.train.iloc[[r]])[0], record.net.img_size)
             heat = label_maps(net, image, record, [j])[0]
-            image = as_picture(image)
+            image = as_picture(image, spec.channels)
             true = " ".join(spec.labels[t] for t, v in zip(spec.tokens, sc.y[r]) if v)
             said = " ".join(spec.labels[t] for t, v in zip(spec.tokens, pred[r]) if v)
             axes[0, col].imshow(image)
@@ -103,21 +103,34 @@ def cam_panels(spec, ds, ens: Ensemble, thresholds: ThresholdsRecord, out: Path,
     return paths
 
 
-def as_picture(image: np.ndarray) -> np.ndarray:
-    """An RGB picture of an image of any channels: its first three as red, green and blue (one: gray; two: the
-    third black). HPA's red, green, blue are its microtubules, protein and nucleus stains; yellow is left out."""
-    c = image.shape[-1]
-    if c == 1:
-        return np.repeat(image, 3, axis=-1)
-    if c == 2:
-        return np.concatenate([image, np.zeros_like(image[..., :1])], axis=-1)
-    return image[..., :3]
+def shown_channels(channels) -> list[int]:
+    """Which channels a picture shows as its red, green and blue: those named red, green and blue where there are
+    such (Planet's bands are blue, green, red, nir), else the first three (HPA's red, green and blue are its
+    microtubules, protein and nucleus stains). One channel: gray; two: the third black."""
+    names = [str(c).lower() for c in channels]
+    if {"red", "green", "blue"} <= set(names):
+        return [names.index(c) for c in ("red", "green", "blue")]
+    return list(range(min(3, len(names))))
+
+
+def as_picture(image: np.ndarray, channels) -> np.ndarray:
+    """An RGB picture of an image of the spec's `channels` (None: RGB already), as `shown_channels` says."""
+    if channels is None:
+        return image
+    shown = image[..., shown_channels(channels)]
+    if shown.shape[-1] == 1:
+        return np.repeat(shown, 3, axis=-1)
+    if shown.shape[-1] == 2:
+        return np.concatenate([shown, np.zeros_like(shown[..., :1])], axis=-1)
+    return shown
 
 
 def picture_channels(channels) -> str:
     """What `as_picture` shows, for the panel's title."""
     names = list(channels)
-    if len(names) == 1:
+    picked = shown_channels(names)
+    if len(picked) == 1:
         return f"{names[0]} as gray"
-    shown = ", ".join(f"{n} as {c}" for n, c in zip(names, ("red", "green", "blue")))
-    return shown + (f" ({', '.join(names[3:])} not shown)" if len(names) > 3 else "")
+    shown = ", ".join(f"{names[i]} as {c}" for i, c in zip(picked, ("red", "green", "blue")))
+    rest = [n for i, n in enumerate(names) if i not in picked]
+    return shown + (f" ({', '.join(rest)} not shown)" if rest else "")

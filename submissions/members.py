@@ -9,10 +9,42 @@ import numpy as np
 
 from competition.artifacts import file_sha256
 from competition.errors import UserError
-from competition.formats import ModelMeta, read_probs, weights_mb
+from competition.formats import ModelMeta, read_probs, retrain_hint, weights_mb
 from competition.layout import ModelLayout, RunLayout
 from competition.reader import Dataset
 from pipelines.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldTests:
+    """A member's fold models' test probabilities, `[f]` = fold f's (test rows, labels), read from its file when
+    asked: only a teacher asks, and all of them held for every member are 330 MB a member at iMet's 7,443 x 1,103
+    (benchmarks/submit_scale.py). A file changed since the member was loaded is refused, not read."""
+    files: tuple[Path, ...]
+    stamps: tuple[tuple[int, int], ...]  # each file's (size, mtime_ns) when the member was loaded
+    ids: tuple[str, ...]
+    tokens: tuple[str, ...]
+
+    @classmethod
+    def of(cls, files, ids, tokens) -> FoldTests:
+        return cls(tuple(files), tuple(stamp(p) for p in files), tuple(ids), tuple(tokens))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, f: int) -> np.ndarray:
+        path = self.files[f]
+        if stamp(path) != self.stamps[f]:
+            raise UserError(f"{path}: changed since this command loaded its model; run the command again")
+        return read_probs(path, self.ids, self.tokens)
+
+
+def stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found; {retrain_hint(path)}") from None
+    return st.st_size, st.st_mtime_ns
 
 
 @dataclasses.dataclass
@@ -22,7 +54,7 @@ class Member:
     meta: ModelMeta
     oof: np.ndarray                 # (train rows, labels), train.csv order
     test_folds: np.ndarray          # mean over fold models, test.csv order
-    test_by_fold: np.ndarray        # (k, test rows, labels): fold model f's, which never saw fold f
+    test_by_fold: FoldTests         # [f]: fold model f's test rows (it never saw fold f), read when asked
     test_full: np.ndarray | None    # full-data refit, if trained
     folds_mb: float                 # all fold weight files
     full_mb: float | None
@@ -54,13 +86,17 @@ def load_member(model: ModelLayout, ds: Dataset, tokens) -> Member:
     meta = ModelMeta.read(model.meta)
     train_ids, test_ids = list(ds.train["id"]), list(ds.test["id"])
     oof = read_probs(model.oof, train_ids, tokens)
-    test_by_fold = np.stack([read_probs(model.test_fold(f), test_ids, tokens) for f in range(meta.k)])
+    by_fold = FoldTests.of([model.test_fold(f) for f in range(meta.k)], test_ids, tokens)
+    test_folds = by_fold[0]
+    for f in range(1, meta.k):  # one fold's rows at a time: the sum np.stack(...).mean(0) adds, bitwise
+        test_folds += by_fold[f]
+    test_folds /= meta.k
     test_full = read_probs(model.test_full, test_ids, tokens) if meta.full else None
     shared = {part_sha256(model.dir / p): weights_mb(model.dir / p) for p in meta.shared_weights}
     shared_mb = sum(shared.values())  # once for every fold
     folds_mb = sum(weights_mb(model.dir / meta.fold_weights(f)) for f in range(meta.k)) + shared_mb
     full_mb = weights_mb(model.dir / meta.full.weights) + shared_mb if meta.full else None
-    return Member(model.name, model.dir, meta, oof, test_by_fold.mean(0), test_by_fold, test_full, folds_mb, full_mb,
+    return Member(model.name, model.dir, meta, oof, test_folds, by_fold, test_full, folds_mb, full_mb,
                   float(meta.gpu_hours), file_sha256(model.oof), shared)
 
 

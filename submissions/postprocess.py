@@ -17,6 +17,7 @@ import numpy as np
 
 from competition.artifacts import read_json, write_json
 from competition.errors import UserError
+from competition.probs import Rows
 from competition.records import as_json, record_problems
 from submissions import thresholds as th
 from submissions.blend import available, best_blend, check_blends, fit_blends
@@ -126,9 +127,10 @@ def fully_nested(members, sc: Scoring, settings: Settings, log) -> NestedEstimat
     methods = th.affordable(sc, settings.trials)
     for f in sc.folds:
         inner, outer = sc.fold != f, sc.fold == f
-        choice = choose([dataclasses.replace(m, oof=m.oof[inner]) for m in members], sc.rows(inner), settings,
-                        methods)
-        pred[outer] = choice.predict({m.name: m.oof[outer] for m in members})
+        # Each member's inner rows are read through its OOF (Rows): three copies of 706 MB at iMet's shape.
+        choice = choose([dataclasses.replace(m, oof=Rows(m.oof, inner)) for m in members], sc.rows(inner),
+                        settings, methods)
+        pred[outer] = choice.predict({m.name: Rows(m.oof, outer) for m in members})
         per_fold.append(OuterFold(int(f), sc.of_pred(pred[outer], outer), tuple(choice.members),
                                   choice.blend_name, choice.method))
         log(f"fully nested: fold {f} {per_fold[-1].score:.4f} ({choice.blend_name} of "

@@ -122,6 +122,21 @@ def cuts(sorted_scores: np.ndarray) -> np.ndarray:
     return np.concatenate([[first], mids, [last]])
 
 
+def descending_order(values: np.ndarray) -> np.ndarray:
+    """np.argsort(-values, kind="stable") (descending, ties in row order), by numpy's default sort: 1.8 ms against
+    6.1 ms for 80,000 random values here; the sorts were a third of the exact search at iMet's shape (141 s -> 117 s,
+    benchmarks/submit_scale.py). Tied values are put back in row order by a second sort of unique keys: (tie
+    group, row)."""
+    negated = -values
+    order = np.argsort(negated)
+    ranked = negated[order]
+    tied = ranked[1:] == ranked[:-1]
+    if not tied.any():
+        return order
+    group = np.concatenate([[0], np.cumsum(~tied)])
+    return order[np.argsort(group * len(values) + order)]
+
+
 class CoordinateAscent:
     """The exact search's state on one matrix: which labels pass their thresholds, and per row how many pass and
     how many of those are true. Label j's best cut with the others fixed is then one sort of its scores (made once)
@@ -143,7 +158,7 @@ class CoordinateAscent:
         # copy or int64 result of the whole matrix is ever held (2 GB at iMet's 100,000 x 1,103).
         self.orders = np.empty(prob.shape, dtype=np.int32)
         for j in range(prob.shape[1]):
-            self.orders[:, j] = np.argsort(-prob[:, j], kind="stable")
+            self.orders[:, j] = descending_order(prob[:, j])
 
     def value(self, count, true):
         """Micro-F1 of pooled counts, or each row's F-beta (cumulated by the caller)."""

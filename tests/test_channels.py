@@ -28,11 +28,15 @@ from helpers import settings
 QUIET = dict(log=lambda *_: None)
 
 
+def miniature(tmp_path_factory, name: str, n_train: int, n_test: int, seed: int):
+    spec, data = load_spec(name), tmp_path_factory.mktemp(name)
+    generate(data, n_train=n_train, n_test=n_test, size=32, seed=seed, workers=1, spec=spec)
+    return spec, data
+
+
 @pytest.fixture(scope="module")
 def hpa(tmp_path_factory):
-    spec, data = load_spec("hpa2018"), tmp_path_factory.mktemp("hpa")
-    generate(data, n_train=150, n_test=30, size=32, seed=3, workers=1, spec=spec)
-    return spec, data
+    return miniature(tmp_path_factory, "hpa2018", 150, 30, seed=3)
 
 
 def copy_of(hpa, tmp_path):
@@ -81,9 +85,13 @@ def test_augmentation_keeps_four_channels(level):
 
 def test_grad_cam_shows_three_channels_and_says_which():
     image = np.arange(2 * 2 * 4, dtype=np.uint8).reshape(2, 2, 4)
-    assert (as_picture(image) == image[..., :3]).all() and as_picture(image[..., :1]).shape == (2, 2, 3)
-    assert picture_channels(["red", "green", "blue", "yellow"]) == \
-        "red as red, green as green, blue as blue (yellow not shown)"
+    hpa = ["red", "green", "blue", "yellow"]
+    assert (as_picture(image, hpa) == image[..., :3]).all() and as_picture(image[..., :1], ["dapi"]).shape == (2, 2, 3)
+    assert picture_channels(hpa) == "red as red, green as green, blue as blue (yellow not shown)"
+    planet = ["blue", "green", "red", "nir"]  # a red band is shown as red wherever it sits
+    assert (as_picture(image, planet) == image[..., [2, 1, 0]]).all()
+    assert picture_channels(planet) == "red as red, green as green, blue as blue (nir not shown)"
+    assert picture_channels(["a", "b", "c", "d"]) == "a as red, b as green, c as blue (d not shown)"
 
 
 @pytest.mark.parametrize("trunk", [[], ["train_from=5"]])
@@ -140,7 +148,7 @@ def test_a_spec_names_its_channel_files_with_its_channels(tmp_path):
     from competition.spec import SPEC_DIR
     text = (SPEC_DIR / "hpa2018.yaml").read_text()
     for edit, problem in [(("channels: [red, green, blue, yellow]\n", ""), "names a {channel}, and the spec lists no"),
-                          (("'{}_{channel}.png'", "'{}.png'"), r"channels need a csv format's image_file with"),
+                          (("image_file:", "format: voc\nimage_file:"), r"channels are read by the csv format"),
                           (("[red, green, blue, yellow]", "[red, red]"), "a list of distinct names")]:
         path = tmp_path / "spec.yaml"
         path.write_text(text.replace(*edit))
@@ -155,3 +163,90 @@ def test_sixteen_bit_channel_files_scale_down_as_rgb_images_do(tmp_path):
     for k, p in enumerate(files):
         Image.fromarray(np.full((8, 8), 257 * (10 + k), np.uint16)).save(p)
     assert load_resized(files, 8)[0, 0].tolist() == [10, 11, 12, 13]
+
+
+@pytest.fixture(scope="module")
+def planet_tif(tmp_path_factory):
+    return miniature(tmp_path_factory, "planet_tif", 40, 10, seed=4)
+
+
+def test_one_file_of_four_sixteen_bit_bands_decodes_to_four_channels(planet_tif, tmp_path):
+    """Planet's GeoTIFFs: one 16-bit TIFF of four bands (no {channel} in image_file) decodes to H x W x 4, each band
+    scaled by 1/257 and resized alone as channel files are; the same bands stored planar, or as an 8-bit RGBA PNG
+    (its alpha a channel, not composited), decode alike."""
+    import tifffile
+
+    from competition.images import Planes
+    spec, data = planet_tif
+    ds = load_dataset(spec, data)
+    source = ds.image_paths(ds.train)[0]
+    assert isinstance(source, Planes) and source.path.name == f"{ds.train['id'][0]}.tif" and source.channels == 4
+    bands = tifffile.imread(source.path)
+    assert bands.shape == (32, 32, 4) and bands.dtype == np.uint16 and bands.max() > 255
+    image = load_resized(source, 16)
+    planes = [np.asarray(Image.fromarray((bands[..., k] // 257).astype(np.uint8)).resize((16, 16), Image.BILINEAR))
+              for k in range(4)]
+    assert image.shape == (16, 16, 4) and (image == np.stack(planes, -1)).all()
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(bands, -1, 0), photometric="minisblack",
+                     planarconfig="separate")
+    assert (load_resized(Planes(tmp_path / "planar.tif", 4), 16) == image).all()
+    Image.fromarray((bands // 257).astype(np.uint8), mode="RGBA").save(tmp_path / "rgba.png")
+    assert (load_resized(Planes(tmp_path / "rgba.png", 4), 16) == image).all()
+
+
+def test_a_file_of_other_bands_than_the_spec_lists_is_named(planet_tif, tmp_path):
+    """A file of three bands where the spec lists four, a missing file, a file that is no image: one error each,
+    naming the id and the file, before anything is written."""
+    import tifffile
+    spec, data = copy_of(planet_tif, tmp_path)
+    ds = load_dataset(spec, data, check=False)
+    ids, sources = ds.train["id"], ds.image_paths(ds.train)
+    tifffile.imwrite(sources[1].path, tifffile.imread(sources[1].path)[..., :3], photometric="rgb")
+    sources[2].path.unlink()
+    sources[3].path.write_bytes(b"II*\0 not a tiff")
+    with pytest.raises(UserError) as e:
+        load_dataset(spec, data)
+    text = str(e.value)
+    assert f"train id {ids[1]}: {ids[1]}.tif holds 3 channels (TIFF YXS uint16), the spec lists 4" in text
+    assert f"train id {ids[2]}: missing file" in text and f"train id {ids[3]}: cannot read image" in text
+    assert not (tmp_path / "runs").exists()
+
+
+def test_channel_statistics_make_eda_measures_are_what_training_normalises_by(planet_tif, tmp_path, capsys):
+    """`make eda` prints and saves each band's mean and std; pasted into the spec, training normalises by them
+    (the inference record keeps them) instead of measuring its own, which they come close to."""
+    from competition.__main__ import main
+    from competition.spec import SPEC_DIR
+    spec, data = copy_of(planet_tif, tmp_path)
+    runs = tmp_path / "runs"
+    assert main(["eda", "--comp", "planet_tif", "--data", str(data), "--runs", str(runs)]) == 0
+    lines = (runs / "planet_tif" / "eda" / "channel_stats.yaml").read_text()
+    assert "channel_mean: [" in capsys.readouterr().out and lines.count("\n") == 3
+    path = tmp_path / "planet_stats.yaml"
+    path.write_text((SPEC_DIR / "planet_tif.yaml").read_text() + lines)
+    given = load_spec(str(path), data)
+    ds = load_dataset(given, data)
+    run = RunLayout.of(runs, given.name)
+    write_folds(run, ds, given, 3, 0)
+    record = train_model(given, ds, run, resolve("tiny", ["epochs=1", "img_size=32"]), **QUIET).folds[0].inference
+    assert tuple(record["mean"]) == given.channel_mean and tuple(record["std"]) == given.channel_std
+    cache = np.load(run.image_cache(ds.images_key, 32), mmap_mode="r")[:len(ds.train)].reshape(-1, 4) / 255.0
+    np.testing.assert_allclose(given.channel_mean, cache.mean(0), atol=0.01)
+    np.testing.assert_allclose(given.channel_std, cache.std(0), atol=0.02)
+
+
+@pytest.mark.parametrize("lines, problem", [
+    ("channel_mean: [0.1, 0.2, 0.3, 0.4]\n", "channel_mean and channel_std go together"),
+    ("channel_mean: [0.1, 0.2, 0.3]\nchannel_std: [0.1, 0.1, 0.1, 0.1]\n", r"channel_mean \[0.1, 0.2, 0.3\]: one"),
+    ("channel_mean: [0.1, 0.2, 0.3, 1.5]\nchannel_std: [0.1, 0.1, 0.1, 0.1]\n", "in \\[0, 1\\] per channel"),
+    ("channel_mean: [0.1, 0.2, 0.3, 0.4]\nchannel_std: [0.1, 0.1, 0, 0.1]\n", r"channel_std \[0.1, 0.1, 0, 0.1\]"),
+])
+def test_bad_channel_statistics_in_a_spec_are_named(tmp_path, lines, problem):
+    from competition.spec import SPEC_DIR
+    path = tmp_path / "spec.yaml"
+    path.write_text((SPEC_DIR / "planet_tif.yaml").read_text() + lines)
+    with pytest.raises(UserError, match=problem):
+        load_spec(str(path))
+    path.write_text((SPEC_DIR / "planet.yaml").read_text() + "channel_mean: [0.5]\nchannel_std: [0.2]\n")
+    with pytest.raises(UserError, match="with channels"):
+        load_spec(str(path))

@@ -26,6 +26,37 @@ def test_against_sklearn(data):
     assert m.jaccard(y, pred) == pytest.approx(skm.jaccard_score(y, pred, average="samples"))
 
 
+@pytest.mark.parametrize("min_labels", [0, 1])
+def test_the_summary_from_counts_equals_sklearn(data, min_labels, monkeypatch):
+    """The run records' summary counts its decisions and ranks columns a block at a time: every entry equals
+    scikit-learn's, with rows that have no true and no predicted label, and over several column blocks."""
+    y, prob, _ = data
+    y = y.copy()
+    y[:4] = 0
+    prob = prob.copy()
+    prob[:4] = 0.1  # no label above 0.5 either: empty for min_labels 0
+    monkeypatch.setattr(m, "COLUMN_CHUNK", 4)  # 6 columns: two blocks
+    got = m.summary(y, prob, 0.5, min_labels)
+    pred = m.decide(prob, 0.5, min_labels)
+    expected = {
+        "micro_f1": skm.f1_score(y, pred, average="micro", zero_division=0),
+        "macro_f1": skm.f1_score(y, pred, average="macro", zero_division=0),
+        "samples_f1": skm.f1_score(y, pred, average="samples", zero_division=0),
+        "micro_precision": skm.precision_score(y, pred, average="micro", zero_division=0),
+        "micro_recall": skm.recall_score(y, pred, average="micro", zero_division=0),
+        "mAP": skm.average_precision_score(y, prob, average="macro"),
+        "macro_roc_auc": skm.roc_auc_score(y, prob, average="macro"),
+        "log_loss": np.mean([skm.log_loss(y[:, j], prob[:, j], labels=[0, 1]) for j in range(y.shape[1])]),
+        "hamming_loss": skm.hamming_loss(y, pred),
+        "subset_accuracy": skm.accuracy_score(y, pred),
+        "top1_hit_rate": np.mean(y[np.arange(len(y)), prob.argmax(1)]),
+        "jaccard": skm.jaccard_score(y, pred, average="samples", zero_division=0),
+    }
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key
+
+
 @pytest.mark.parametrize("empty_rows", [False, True])
 def test_objectives_equal_sklearn(data, empty_rows):
     y, prob, pred = data
@@ -80,3 +111,12 @@ def test_absent_label_does_not_crash():
     s = m.summary(y, prob, 0.5, 1)
     assert np.isfinite(s["mAP"]) and np.isfinite(s["macro_roc_auc"]) and np.isfinite(s["macro_f1"])
     assert s["mAP"] == pytest.approx(1.0)  # averaged over the two defined labels
+
+
+@pytest.mark.parametrize("grid", [np.linspace(0.02, 0.98, 97), np.linspace(0.1, 0.9, 5), np.array([0.5]),
+                                  np.array([0.1, 0.2, 0.5])])
+def test_grid_bins_are_searchsorted(grid):
+    """Counting by grid bins: arithmetic on an even grid, exact at the grid values and one ulp either side."""
+    rng = np.random.default_rng(2)
+    p = np.concatenate([rng.random(20000), grid, np.nextafter(grid, 0), np.nextafter(grid, 1), [0.0, 1.0]])
+    np.testing.assert_array_equal(m.grid_bins(grid, p), np.searchsorted(grid, p, side="right"))

@@ -103,6 +103,16 @@ def test_optuna_warm_start_and_resume(tmp_path):
     assert len(optuna.load_study(study_name="s", storage=storage).trials) == 8  # resumed, not restarted
 
 
+def test_descending_order_is_the_stable_argsort():
+    """The exact search's per-label order by numpy's fast sort, ties put back in row order: the stable argsort of
+    the negated values, with ties of every size, 0.0 beside -0.0, and a column of one value."""
+    rng = np.random.default_rng(8)
+    columns = [rng.random(1000), np.round(rng.random(1000), 2), rng.integers(0, 3, 500) / 2.0,
+               np.array([0.0, -0.0, 0.0, 0.5, -0.0]), np.full(7, 0.3), np.array([0.4]), np.zeros(0)]
+    for values in columns:
+        np.testing.assert_array_equal(th.descending_order(values), np.argsort(-values, kind="stable"))
+
+
 def test_nested_score_is_not_in_sample():
     """Few rows, six labels, a weak signal: per-label thresholds tuned on the rows they are scored on fit their
     noise, so the nested score (tuned on the other folds) must be clearly lower; with nothing tuned they agree."""
@@ -523,6 +533,67 @@ def test_fully_nested_choices_see_only_their_training_folds(monkeypatch):
     st = postprocess.Settings(Budget(None, None), method=None, trials=3, seed=0, blends=DEFAULT_BLENDS)
     postprocess.fully_nested(members, micro(y, fold=fold), st, log=lambda *_: None)
     assert seen == [sorted(set(range(4)) - {f}) for f in range(4)]
+
+
+def test_rows_read_as_the_copy_of_those_rows():
+    """The fully nested estimate's member rows (competition.probs.Rows): every index, arithmetic and method gives
+    what the copy a[rows] gives, and the row slices blends read gather only those rows."""
+    from competition.probs import Rows
+    rng = np.random.default_rng(4)
+    a = rng.random((30, 5))
+    mask = rng.random(30) < 0.6
+    view, copy = Rows(a, mask), a[mask]
+    assert view.shape == copy.shape and len(view) == len(copy) and view.dtype == copy.dtype
+    keys = [slice(2, 7), slice(None, None, 3), 4, -1, np.array([0, 3, 1]), copy[:, 0] > 0.5, (slice(None), 2),
+            (slice(1, 5), slice(0, 2)), (np.array([1, 2]), np.array([0, 4])), (Ellipsis, 1), None, (3, 2)]
+    for key in keys:
+        np.testing.assert_array_equal(view[key], copy[key], err_msg=str(key))
+    np.testing.assert_array_equal(np.asarray(view), copy)
+    np.testing.assert_array_equal(view > 0.5, copy > 0.5)
+    np.testing.assert_array_equal(1 - view, 1 - copy)
+    np.testing.assert_array_equal(view.sum(0), copy.sum(0))
+    np.testing.assert_array_equal(np.clip(view, 0.2, 0.8), np.clip(copy, 0.2, 0.8))
+
+
+@pytest.mark.parametrize("name", ["mean", "weighted", "weighted_logit", "rank_mean", "stack"])
+def test_blends_fit_on_rows_as_on_their_copies(name):
+    """Each blend fitted and applied through Rows gives bitwise what it gives on copies of those rows."""
+    from competition.probs import Rows
+    from submissions.blend import make_blend
+    y, fold, members = nested_case(160, 4, 2, seed=6)
+    inner = fold != 1
+    sc = micro(y[inner], fold=fold[inner])
+    by_copy, by_rows = make_blend(name), make_blend(name)
+    oof = by_copy.fit([m.oof[inner] for m in members], sc)
+    np.testing.assert_array_equal(by_rows.fit([Rows(m.oof, inner) for m in members], sc), oof)
+    np.testing.assert_array_equal(by_rows.apply([Rows(m.oof, ~inner) for m in members]),
+                                  by_copy.apply([m.oof[~inner] for m in members]))
+
+
+def test_fully_nested_through_rows_equals_through_copies(monkeypatch):
+    from submissions import postprocess
+    from submissions.budget import Budget
+    y, fold, members = nested_case(160, 4, 2, seed=7)
+    st = postprocess.Settings(Budget(None, None), method=None, trials=3, seed=0, blends=DEFAULT_BLENDS)
+    rows = postprocess.fully_nested(members, micro(y, fold=fold), st, log=lambda *_: None)
+    monkeypatch.setattr(postprocess, "Rows", lambda a, r: a[r])
+    assert postprocess.fully_nested(members, micro(y, fold=fold), st, log=lambda *_: None) == rows
+
+
+def test_fold_test_rows_are_read_when_asked_and_a_changed_file_is_refused(tmp_path):
+    from competition.formats import write_probs
+    from submissions.members import FoldTests
+    rng = np.random.default_rng(5)
+    ids, tokens = [f"t{i}" for i in range(6)], ["a", "b"]
+    probs = [rng.random((6, 2)).round(4) for _ in range(3)]
+    for f, p in enumerate(probs):
+        write_probs(tmp_path / f"test_fold{f}.csv", ids, p, tokens)
+    folds = FoldTests.of([tmp_path / f"test_fold{f}.csv" for f in range(3)], ids, tokens)
+    assert len(folds) == 3
+    np.testing.assert_allclose(folds[2], probs[2])
+    write_probs(tmp_path / "test_fold1.csv", ids, probs[0] / 2, tokens)
+    with pytest.raises(UserError, match="test_fold1.csv: changed since"):
+        folds[1]
 
 
 @pytest.mark.parametrize("name", ["mean", "weighted", "weighted_logit", "stack"])
