@@ -199,16 +199,17 @@ def write_voc_sets(folder: Path, tokens, sets: dict, rng) -> None:
 
 
 def _render_job(args):
-    seed, labels, size, source = args
+    seed, labels, size, source, channels = args
     image = render(seed, labels, size)
     if isinstance(source, Path):
         image.save(source, quality=90)
         return
-    # Named channels: the first three are the picture's red, green and blue; a further channel k is the mean of
-    # two of them, so every channel shows the shapes.
+    # Named channels: one named red, green or blue is the picture's; another, channel k, is the mean of two of them
+    # (by position), so every channel shows the shapes.
     rgb = np.asarray(image).astype(np.uint16)
-    planes = [rgb[..., k] if k < 3 else (rgb[..., k % 3] + rgb[..., (k + 1) % 3]) // 2
-              for k in range(len(source) if isinstance(source, tuple) else source.channels)]
+    colour = {"red": 0, "green": 1, "blue": 2}
+    planes = [rgb[..., colour[c]] if c in colour else (rgb[..., k % 3] + rgb[..., (k + 1) % 3]) // 2
+              for k, c in enumerate(channels)]
     if isinstance(source, tuple):  # one grayscale file per channel (HPA's stains)
         for plane, p in zip(planes, source):
             Image.fromarray(plane.astype(np.uint8), mode="L").save(p)
@@ -247,7 +248,7 @@ def generate(out: Path, n_train: int = 2000, n_test: int = 500, size: int = 128,
         ids = [spec.label_file_image.format(i) for i in voc_ids]
     if kaggle:
         return kaggle_csv(out, spec, label_sets, seed, size, n_train, workers, rng)
-    jobs = [(seed * 1_000_003 + i, label_sets[i], size, out / spec.image_dir / ids[i]) for i in range(n)]
+    jobs = [(seed * 1_000_003 + i, label_sets[i], size, out / spec.image_dir / ids[i], None) for i in range(n)]
     with Pool(workers) as pool:
         pool.map(_render_job, jobs, chunksize=64)
     if spec.tokens != tokens:  # the spec's own labels (VOC's 20 classes), from the demo's by position
@@ -311,8 +312,8 @@ def kaggle_csv(out: Path, spec, label_sets, seed: int, size: int, n_train: int, 
     folders = [spec.image_dir if i < n_train else spec.test_images for i in range(n)]
     for folder in set(folders):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    jobs = [(seed * 1_000_003 + i, label_sets[i], size, image_files(out / folders[i], [ids[i]], spec)[0])
-            for i in range(n)]
+    jobs = [(seed * 1_000_003 + i, label_sets[i], size, image_files(out / folders[i], [ids[i]], spec)[0],
+             spec.channels) for i in range(n)]
     with Pool(workers) as pool:
         pool.map(_render_job, jobs, chunksize=64)
     mapped = spec_labels(spec, rng)
