@@ -117,6 +117,8 @@ def planes_header(path: Path) -> tuple[int, int, int, str]:
         planes = [n for n, a in zip(shape, axes) if a not in "YX"]
         if "Y" not in axes or "X" not in axes or len(planes) > 1:
             raise ValueError(f"a TIFF of axes {axes} {shape}: one image of height, width and channels expected")
+        if series.dtype.kind not in "ui" or series.dtype.itemsize > 2:
+            raise ValueError(f"a TIFF of {series.dtype} pixels: bands of 8- or 16-bit integers expected")
         return shape[axes.index("X")], shape[axes.index("Y")], planes[0] if planes else 1, f"TIFF {axes} {series.dtype}"
     with Image.open(path) as im:
         return im.size[0], im.size[1], len(im.getbands()), f"{im.format} {im.mode}"

@@ -27,6 +27,7 @@ class Rows(np.lib.mixins.NDArrayOperatorsMixin):
         rows = np.asarray(rows)
         self.base, self.rows = base, np.flatnonzero(rows) if rows.dtype == bool else rows
         self.shape, self.dtype, self.ndim = (len(self.rows),) + base.shape[1:], base.dtype, base.ndim
+        self.size = int(np.prod(self.shape))
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -195,8 +195,8 @@ def test_one_file_of_four_sixteen_bit_bands_decodes_to_four_channels(planet_tif,
 
 
 def test_a_file_of_other_bands_than_the_spec_lists_is_named(planet_tif, tmp_path):
-    """A file of three bands where the spec lists four, a missing file, a file that is no image: one error each,
-    naming the id and the file, before anything is written."""
+    """A file of three bands where the spec lists four, a missing file, a file that is no image, float bands: one
+    error each, naming the id and the file, before anything is written."""
     import tifffile
     spec, data = copy_of(planet_tif, tmp_path)
     ds = load_dataset(spec, data, check=False)
@@ -204,11 +204,14 @@ def test_a_file_of_other_bands_than_the_spec_lists_is_named(planet_tif, tmp_path
     tifffile.imwrite(sources[1].path, tifffile.imread(sources[1].path)[..., :3], photometric="rgb")
     sources[2].path.unlink()
     sources[3].path.write_bytes(b"II*\0 not a tiff")
+    tifffile.imwrite(sources[5].path, np.zeros((32, 32, 4), np.float32), photometric="minisblack",
+                     planarconfig="contig")
     with pytest.raises(UserError) as e:
         load_dataset(spec, data)
     text = str(e.value)
     assert f"train id {ids[1]}: {ids[1]}.tif holds 3 channels (TIFF YXS uint16), the spec lists 4" in text
     assert f"train id {ids[2]}: missing file" in text and f"train id {ids[3]}: cannot read image" in text
+    assert f"train id {ids[5]}: cannot read image: ValueError: a TIFF of float32 pixels: bands of 8- or 16-bit" in text
     assert not (tmp_path / "runs").exists()
 
 

@@ -543,7 +543,7 @@ def test_rows_read_as_the_copy_of_those_rows():
     a = rng.random((30, 5))
     mask = rng.random(30) < 0.6
     view, copy = Rows(a, mask), a[mask]
-    assert view.shape == copy.shape and len(view) == len(copy) and view.dtype == copy.dtype
+    assert view.shape == copy.shape and len(view) == len(copy) and view.dtype == copy.dtype and view.size == copy.size
     keys = [slice(2, 7), slice(None, None, 3), 4, -1, np.array([0, 3, 1]), copy[:, 0] > 0.5, (slice(None), 2),
             (slice(1, 5), slice(0, 2)), (np.array([1, 2]), np.array([0, 4])), (Ellipsis, 1), None, (3, 2)]
     for key in keys:
