@@ -112,16 +112,23 @@ def planes_header(path: Path) -> tuple[int, int, int, str]:
     if is_tiff(path):
         import tifffile  # only where TIFFs are read
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            shape, axes = series.shape, series.axes
-        planes = [n for n, a in zip(shape, axes) if a not in "YX"]
-        if "Y" not in axes or "X" not in axes or len(planes) > 1:
-            raise ValueError(f"a TIFF of axes {axes} {shape}: one image of height, width and channels expected")
-        if series.dtype.kind not in "ui" or series.dtype.itemsize > 2:
-            raise ValueError(f"a TIFF of {series.dtype} pixels: bands of 8- or 16-bit integers expected")
-        return shape[axes.index("X")], shape[axes.index("Y")], planes[0] if planes else 1, f"TIFF {axes} {series.dtype}"
+            return tiff_header(tif.series[0])
     with Image.open(path) as im:
-        return im.size[0], im.size[1], len(im.getbands()), f"{im.format} {im.mode}"
+        return pillow_header(im)
+
+
+def tiff_header(series) -> tuple[int, int, int, str]:
+    shape, axes = series.shape, series.axes
+    planes = [n for n, a in zip(shape, axes) if a not in "YX"]
+    if "Y" not in axes or "X" not in axes or len(planes) > 1:
+        raise ValueError(f"a TIFF of axes {axes} {shape}: one image of height, width and channels expected")
+    if series.dtype.kind not in "ui" or series.dtype.itemsize > 2:
+        raise ValueError(f"a TIFF of {series.dtype} pixels: bands of 8- or 16-bit integers expected")
+    return shape[axes.index("X")], shape[axes.index("Y")], planes[0] if planes else 1, f"TIFF {axes} {series.dtype}"
+
+
+def pillow_header(im: Image.Image) -> tuple[int, int, int, str]:
+    return im.size[0], im.size[1], len(im.getbands()), f"{im.format} {im.mode}"
 
 
 def planes_problem(source: Planes, max_pixels: int | None) -> str | None:
@@ -143,29 +150,42 @@ def planes_mismatch(source: Planes, header: tuple) -> str | None:
            f"{source.channels}"
 
 
-def load_planes(source: Planes, size: int, max_pixels: int | None = None) -> np.ndarray:
-    """size x size x channels uint8 from one file: each plane 16-bit scaled down as `gray_image` scales it, and
-    resized alone, as channel files are."""
-    header = planes_header(source.path)
+def check_planes(source: Planes, header: tuple, max_pixels: int | None) -> None:
+    """Before decoding: the spec's channels (ValueError), within the pixel limit (TooLarge)."""
     problem = planes_mismatch(source, header)
     if problem:
         raise ValueError(problem)
     if max_pixels is not None and header[0] * header[1] > max_pixels:
         raise TooLarge(f"{source.name}: {too_large(header[0], header[1], max_pixels)}")
+
+
+def load_planes(source: Planes, size: int, max_pixels: int | None = None) -> np.ndarray:
+    """size x size x channels uint8 from one file, opened once: each plane 16-bit scaled down as `gray_image`
+    scales it, and resized alone, as channel files are."""
     if is_tiff(source.path):
         import tifffile
         with tifffile.TiffFile(source.path) as tif:
             series = tif.series[0]
-            values, axes = series.asarray(), series.axes
-        values = np.moveaxis(values, [axes.index("Y"), axes.index("X")], [0, 1]).reshape(header[1], header[0], -1)
+            header = tiff_header(series)
+            check_planes(source, header, max_pixels)
+            values = np.moveaxis(series.asarray(), [series.axes.index("Y"), series.axes.index("X")], [0, 1])
+        values = values.reshape(header[1], header[0], -1)
     else:
         with Image.open(source.path) as im:
+            check_planes(source, pillow_header(im), max_pixels)
             im.draft(im.mode, (size, size))  # a JPEG decodes at reduced scale, as RGB ones do
             values = np.asarray(ImageOps.exif_transpose(im))
         values = values.reshape(*values.shape[:2], -1)
     planes = [Image.fromarray(as_uint8(values[..., c]), mode="L").resize((size, size), Image.BILINEAR)
               for c in range(values.shape[-1])]
     return np.stack([np.asarray(p) for p in planes], axis=-1)
+
+
+def channel_moments(images: np.ndarray) -> tuple[tuple, tuple]:
+    """Each channel's mean and standard deviation in [0, 1] over uint8 images (..., channels), a std of at least
+    1e-3 (a blank channel): what a spec's channel_mean and channel_std hold, and what training measures."""
+    pixels = np.asarray(images).reshape(-1, images.shape[-1]) / 255.0
+    return tuple(map(float, pixels.mean(0))), tuple(float(max(v, 1e-3)) for v in pixels.std(0))
 
 
 def as_uint8(plane: np.ndarray) -> np.ndarray:
