@@ -49,11 +49,10 @@ def channel_stats_yaml(ds: Dataset) -> str:
     """Each named channel's mean and standard deviation (in [0, 1]) over every k-th labelled image (at most
     EDA_STATS_IMAGES, decoded at EDA_STATS_SIZE px as training decodes them), as the spec's channel_mean and
     channel_std lines: a spec that lists them normalises by them instead of measuring its own when training."""
-    from competition.images import load_resized
+    from competition.images import channel_moments, load_resized
     paths = ds.image_paths(ds.train)
     picked = paths[::max(1, -(-len(paths) // EDA_STATS_IMAGES))]
-    pixels = np.stack([load_resized(p, EDA_STATS_SIZE) for p in picked]).reshape(-1, len(ds.spec.channels)) / 255.0
-    mean, std = pixels.mean(0), np.maximum(pixels.std(0), 1e-3)
+    mean, std = channel_moments(np.stack([load_resized(p, EDA_STATS_SIZE) for p in picked]))
     return (f"# {', '.join(ds.spec.channels)} over {len(picked)} labelled images at {EDA_STATS_SIZE} px (make eda)\n"
             f"channel_mean: [{', '.join(f'{v:.4f}' for v in mean)}]\n"
             f"channel_std: [{', '.join(f'{v:.4f}' for v in std)}]\n")

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from competition import metrics
 from competition.artifacts import atomic_path
 from competition.errors import UserError
+from competition.images import channel_moments
 from competition.layout import FitLayout
 from pipelines.augment import BatchAugment, eval_transform, mix_batch, stream_seed, train_transform
 from pipelines.config import ImageConfig
@@ -62,8 +63,7 @@ class FoldData:
         the refit (no label is read), so their trunk caches are one."""
         labelled = np.setdiff1d(np.arange(len(np.load(self.cache, mmap_mode="r"))), self.test_rows)
         rows = labelled[::max(1, -(-len(labelled) // most))]
-        pixels = np.load(self.cache, mmap_mode="r")[rows].reshape(-1, self.in_chans) / 255.0
-        return tuple(map(float, pixels.mean(0))), tuple(float(max(v, 1e-3)) for v in pixels.std(0))
+        return channel_moments(np.load(self.cache, mmap_mode="r")[rows])
 
 
 def device_setup(cfg: ImageConfig, dist: Dist):
